@@ -1,0 +1,96 @@
+"""Configuration: discovery order, environment overrides, one-line errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmcontroller.config import (DEFAULTS, KEYS, Config, ConfigError, build_config,
+                                 find_config_file, load_config)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_defaults_follow_the_api_reference(tmp_path):
+    config, source = load_config(write(tmp_path / "c.yaml", {"vm_name": "eden"}), env={})
+    assert source == tmp_path / "c.yaml"
+    assert (config.snapshot_name, config.heartbeat_timeout, config.heartbeat_check_interval,
+            config.vm_startup_heartbeat_delay, config.api_host, config.api_port,
+            config.api_reload, config.auto_revert_enabled, config.log_level,
+            config.libvirt_uri) == ("ready", 10, 1, 30, "0.0.0.0", 8000, False, True, "INFO",
+                                    "qemu:///system")
+
+
+def test_environment_overrides_every_key(tmp_path):
+    path = write(tmp_path / "c.yaml", {"vm_name": "eden", "api_port": 8000})
+    env = {"VMCTL_API_PORT": "9001", "VMCTL_AUTO_REVERT_ENABLED": "false",
+           "VMCTL_HEARTBEAT_TIMEOUT": "2.5", "VMCTL_VM_NAME": "2026", "VMCTL_LOG_LEVEL": "debug",
+           "VMCTL_URL": "http://x", "VMCTL_TOKEN": "t"}  # the CLI's own variables are not keys
+    config, _ = load_config(path, env=env)
+    assert config.api_port == 9001 and config.auto_revert_enabled is False
+    assert config.heartbeat_timeout == 2.5 and config.vm_name == "2026"
+    assert config.log_level == "DEBUG"
+
+
+def test_discovery_order(tmp_path, monkeypatch):
+    a = write(tmp_path / "a.yaml", {"vm_name": "a"})
+    b = write(tmp_path / "b.yaml", {"vm_name": "b"})
+    local = write(tmp_path / "config.yaml", {"vm_name": "local"})
+    env = {"VMCTL_CONFIG": str(b)}
+    assert find_config_file(a, env, cwd=tmp_path) == a
+    assert find_config_file(None, env, cwd=tmp_path) == b
+    assert find_config_file(None, {}, cwd=tmp_path) == local
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_config_file(tmp_path / "missing.yaml", {}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="VMCTL_CONFIG"):
+        find_config_file(None, {"VMCTL_CONFIG": str(tmp_path / "nope")}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({}, ["vm_name", "missing"]),
+    ({"vm_name": "eden", "heartbeat_timeot": 5}, ["unknown key 'heartbeat_timeot'"]),
+    ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
+    ({"vm_name": "eden", "api_port": 70000}, ["api_port=70000", "65535"]),
+    ({"vm_name": "eden", "heartbeat_timeout": -1}, ["heartbeat_timeout=-1", "0.1"]),
+    ({"vm_name": "eden", "heartbeat_timeout": True}, ["heartbeat_timeout=True"]),
+    ({"vm_name": "eden", "auto_revert_enabled": "yes please"}, ["auto_revert_enabled", "true or false"]),
+    ({"vm_name": "eden", "log_level": "LOUD"}, ["log_level='LOUD'", "DEBUG"]),
+    ({"vm_name": "--all"}, ["vm_name='--all'"]),
+    ({"vm_name": "eden", "snapshot_name": "../x"}, ["snapshot_name='../x'"]),
+    ({"vm_name": "eden", "libvirt_uri": "nonsense"}, ["libvirt_uri", "qemu:///system"]),
+])
+def test_bad_values_name_key_value_and_expectation(values, words):
+    with pytest.raises(ConfigError) as info:
+        build_config(values)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_bad_yaml_is_reported_with_its_position(tmp_path):
+    path = write(tmp_path / "c.yaml", "vm_name: eden\napi_port: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path / "l.yaml", "- a\n- b\n"), env={})
+
+
+def test_example_config_documents_every_key_with_its_default():
+    example = yaml.safe_load((REPO / "etc" / "config.example.yaml").read_text())
+    assert set(example) == set(KEYS)
+    for key, default in DEFAULTS.items():
+        assert example[key] == default, key
+    assert isinstance(build_config(example), Config)
+    text = (REPO / "etc" / "config.example.yaml").read_text()
+    for key in KEYS:
+        # each key is explained by a comment just above it
+        lines = text.splitlines()
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
+        assert lines[index - 1].startswith("#"), f"{key} has no comment"

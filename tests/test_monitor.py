@@ -1,0 +1,216 @@
+"""The monitor's state machine, driven through the in-memory FakeRunner.
+
+Timings are short (timeouts of a few tenths of a second) and every wait is a
+condition with a deadline; the same behaviours are proven against real
+libvirt in test_integration.py.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from fake_virsh import FakeRunner
+from libvirt_env import wait_until
+from vmcontroller.config import build_config
+from vmcontroller.monitor import Monitor, NotInitialised
+from vmcontroller.virsh import VirshError
+from vmcontroller.vm import Domain
+
+TIMEOUT = 0.4
+GRACE = 0.1
+
+
+@pytest.fixture
+def make_monitor():
+    made: list[Monitor] = []
+
+    def make(runner: FakeRunner | None = None, **overrides) -> tuple[Monitor, FakeRunner]:
+        runner = runner or FakeRunner()
+        config = build_config({"vm_name": runner.domain, "heartbeat_timeout": TIMEOUT,
+                               "vm_startup_heartbeat_delay": GRACE,
+                               "heartbeat_check_interval": 0.05, **overrides})
+        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config)
+        runner.listener = monitor.on_lifecycle_event
+        monitor.on_events_connection(True)
+        monitor.start()
+        assert monitor.wait_initialised(5)
+        made.append(monitor)
+        return monitor, runner
+
+    yield make
+    for monitor in made:
+        monitor.stop()
+
+
+def keep_alive(monitor: Monitor, seconds: float, every: float = 0.05) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        monitor.heartbeat()
+        time.sleep(every)
+
+
+def test_startup_reverts_to_the_snapshot(make_monitor):
+    monitor, runner = make_monitor()
+    assert runner.count("snapshot-revert") == 1
+    status = monitor.heartbeat_status()
+    assert status["is_healthy"] is False and status["last_heartbeat"] is None
+    assert status["seconds_since_last"] is None
+
+
+def test_startup_without_snapshot_boots_a_stopped_vm(make_monitor):
+    monitor, runner = make_monitor(FakeRunner(state="shut off", snapshots=()))
+    assert runner.count("start") == 1 and runner.state == "running"
+
+
+def test_startup_in_maintenance_leaves_the_vm_alone(make_monitor):
+    monitor, runner = make_monitor(FakeRunner(state="shut off"), auto_revert_enabled=False)
+    time.sleep(TIMEOUT * 2)
+    assert runner.count("snapshot-revert") == 0 and runner.count("start") == 0
+
+
+def test_requests_before_initialisation_are_refused():
+    runner = FakeRunner()
+    config = build_config({"vm_name": "art"})
+    monitor = Monitor(Domain(runner, "art", "ready"), config)
+    with pytest.raises(NotInitialised):
+        monitor.heartbeat()
+    with pytest.raises(NotInitialised):
+        monitor.status()
+
+
+def test_grace_period_then_monitoring(make_monitor):
+    monitor, runner = make_monitor()
+    wait_until(lambda: monitor.heartbeat_status()["enabled"], 2, message="monitoring enabled")
+
+
+def test_heartbeats_keep_the_vm_alone(make_monitor):
+    monitor, runner = make_monitor()
+    keep_alive(monitor, TIMEOUT * 4)
+    assert runner.count("snapshot-revert") == 1
+    assert monitor.heartbeat_status()["is_healthy"] is True
+
+
+def test_heartbeat_timeout_reverts(make_monitor):
+    monitor, runner = make_monitor()
+    monitor.heartbeat()
+    last = time.monotonic()
+    wait_until(lambda: runner.count("snapshot-revert") == 2, 5, 0.005, "a revert on timeout")
+    waited = time.monotonic() - last
+    # Not before the deadline (grace + timeout bound it from below).
+    assert waited >= TIMEOUT * 0.9
+    # After the restart the guest must prove itself again.
+    assert monitor.heartbeat_status()["is_healthy"] is False
+    monitor.heartbeat()
+    assert monitor.heartbeat_status()["is_healthy"] is True
+
+
+def test_a_guest_that_never_sends_a_heartbeat_is_a_failure(make_monitor):
+    monitor, runner = make_monitor()
+    wait_until(lambda: runner.count("snapshot-revert") >= 2, 5, message="revert without heartbeats")
+
+
+def test_maintenance_logs_but_does_not_revert(make_monitor, caplog):
+    monitor, runner = make_monitor()
+    monitor.set_auto_revert(False)
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        time.sleep(GRACE + TIMEOUT * 3)
+        runner.external("shut off", "Stopped", "Destroyed")
+        time.sleep(0.3)
+    assert runner.count("snapshot-revert") == 1
+    assert runner.state == "shut off"
+    timeouts = [r for r in caplog.records if "no heartbeat" in r.getMessage()]
+    assert len(timeouts) == 1, "a timeout in maintenance is logged once, not on every check"
+    assert any("maintenance" in r.getMessage() for r in caplog.records)
+
+
+def test_enabling_after_maintenance_gives_the_guest_a_full_timeout(make_monitor):
+    monitor, runner = make_monitor()
+    monitor.set_auto_revert(False)
+    time.sleep(GRACE + TIMEOUT * 2)
+    monitor.set_auto_revert(True)
+    enabled_at = time.monotonic()
+    wait_until(lambda: runner.count("snapshot-revert") == 2, 5, 0.005, "revert after enabling")
+    assert time.monotonic() - enabled_at >= TIMEOUT * 0.9
+
+
+def test_external_destroy_is_recovered(make_monitor):
+    monitor, runner = make_monitor()
+    keep_alive(monitor, 0.2)
+    runner.external("shut off", "Stopped", "Destroyed")
+    began = time.monotonic()
+    wait_until(lambda: runner.count("snapshot-revert") == 2, 5, 0.002, "recovery after destroy")
+    assert time.monotonic() - began < TIMEOUT, "detected from the event, not the heartbeat timeout"
+    assert runner.state == "running"
+
+
+def test_stop_through_the_api_stays_stopped(make_monitor):
+    monitor, runner = make_monitor()
+    assert monitor.stop_vm() is True
+    time.sleep(GRACE + TIMEOUT * 3)
+    assert runner.state == "shut off" and runner.count("snapshot-revert") == 1
+    assert monitor.heartbeat_status()["enabled"] is False
+    assert monitor.stop_vm() is False  # stopping a stopped VM is no error
+    monitor.start_vm()
+    assert runner.state == "running" and runner.count("snapshot-revert") == 2
+    wait_until(lambda: runner.count("snapshot-revert") == 3, 5, message="monitoring resumed")
+
+
+def test_paused_longer_than_the_timeout_is_recovered(make_monitor):
+    monitor, runner = make_monitor()
+    runner.external("paused", "Suspended", "Paused")
+    began = time.monotonic()
+    wait_until(lambda: runner.count("snapshot-revert") == 2, 5, 0.005, "recovery of a paused VM")
+    assert time.monotonic() - began >= TIMEOUT * 0.9
+
+
+def test_a_brief_pause_is_no_failure(make_monitor):
+    monitor, runner = make_monitor()
+    runner.external("paused", "Suspended", "Paused")
+    runner.external("running", "Resumed", "Unpaused")
+    keep_alive(monitor, TIMEOUT * 3)
+    assert runner.count("snapshot-revert") == 1
+
+
+def test_concurrent_restarts_join_the_one_under_way(make_monitor):
+    monitor, runner = make_monitor(FakeRunner(revert_seconds=0.3))
+    errors: list[BaseException] = []
+
+    def restart():
+        try:
+            monitor.restart_vm()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=restart) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert runner.count("snapshot-revert") - 1 <= 2
+
+
+def test_failed_recovery_backs_off_instead_of_looping(make_monitor):
+    monitor, runner = make_monitor()
+    runner.snapshots.clear()
+    runner.external("shut off", "Stopped", "Destroyed")
+    time.sleep(TIMEOUT * 3)
+    attempts = runner.count("snapshot-revert") - 1
+    assert 1 <= attempts <= 4, f"{attempts} revert attempts in {TIMEOUT * 3:.1f} s"
+
+
+def test_restart_without_snapshot_is_refused_clearly(make_monitor):
+    from vmcontroller.vm import SnapshotMissing
+    monitor, runner = make_monitor(FakeRunner(snapshots=()))
+    with pytest.raises(SnapshotMissing, match="does not exist"):
+        monitor.restart_vm()
+
+
+def test_libvirt_failure_during_restart_is_raised_with_virsh_message(make_monitor):
+    monitor, runner = make_monitor()
+    runner.fail("snapshot-revert", VirshError("internal error: qemu unexpectedly closed"))
+    with pytest.raises(VirshError, match="qemu unexpectedly closed"):
+        monitor.restart_vm()

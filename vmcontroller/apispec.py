@@ -1,0 +1,705 @@
+"""The OpenAPI 3.0.3 description of the REST API, written out as data.
+
+Why a hand-written document instead of flasgger's docstring scanning: the
+contract (docs api-reference) fixes paths, methods, field names and status
+codes, and one explicit document is easier to review against it than YAML
+spread over route docstrings. Tests validate real responses against this
+document, so it cannot drift from the handlers unnoticed.
+
+Shared pieces (schemas, responses, parameters, the request body) live under
+``components`` and are referenced with ``$ref``; the operations that GET and
+POST share are built once by helper functions here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .names import NAME_MAX_LENGTH, NAME_PATTERN
+
+OPENAPI_VERSION = "3.0.3"
+TITLE = "Exhibition VM Controller API"
+
+JSON = "application/json"
+
+_DESCRIPTION = """\
+Keeps a digital artwork that runs inside a libvirt/QEMU virtual machine alive \
+at an exhibition without staff. A script in the guest sends a heartbeat every \
+second; when heartbeats stop, when the VM crashes or is shut down behind the \
+controller's back, or when the guest asks for it, the controller reverts the VM \
+to its known-good snapshot and starts it again. Staff and admin scripts use \
+this API to control the VM, manage snapshots and switch automatic recovery off \
+for maintenance.
+
+**Conventions**
+
+* Every response body is JSON. Every error body is `{"detail": "..."}` saying \
+what was wrong (and, for a bad input, what is allowed).
+* An unknown path answers **404** (`{"detail": "Not Found"}`) and a known path \
+called with a method it does not support answers **405** \
+(`{"detail": "Method Not Allowed"}`).
+* Every action accepts GET as well as POST, because the scripts in old guests \
+(AutoIt on Windows XP, wget) can send GET most easily.
+* **503** means the controller is still starting (its VM manager or heartbeat \
+monitor is not ready yet): try again a moment later.
+* There is no authentication: expose the API only on the private network \
+between the host and its VM.
+"""
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+def _json(schema: dict[str, Any], example: Any = None,
+          examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if examples is not None:
+        media["examples"] = {
+            key: {"summary": summary, "value": value}
+            for key, (summary, value) in examples.items()
+        }
+    elif example is not None:
+        media["example"] = example
+    return {JSON: media}
+
+
+def _error(description: str, detail: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": _json(_schema("Error"), {"detail": detail}),
+    }
+
+
+def _message_ok(description: str, message: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": _json(_schema("Message"),
+                         {"message": message, "details": None}),
+    }
+
+
+def _libvirt_error(action: str, detail: str) -> dict[str, Any]:
+    """A 500 whose example shows what this operation reports on failure."""
+    return _error(
+        f"{action} failed: virsh or libvirt reported an error. `detail` "
+        "carries virsh's own message.",
+        detail,
+    )
+
+
+# ---------------------------------------------------------------- components
+
+def _heartbeat_example() -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "last_heartbeat": "2025-12-09T10:30:45.123456",
+        "seconds_since_last": 2.5,
+        "is_healthy": True,
+        "timeout": 10,
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "SnapshotName": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX_LENGTH,
+            "pattern": NAME_PATTERN,
+            "description": (
+                f"1 to {NAME_MAX_LENGTH} characters: the first an ASCII "
+                "letter or digit, the rest ASCII letters, digits, '.', '_' or "
+                "'-'. A leading '-' is refused because virsh would read the "
+                "name as an option."
+            ),
+            "example": "backup-2025-12-09-1030",
+        },
+        "Error": {
+            "type": "object",
+            "description": "Body of every error response.",
+            "required": ["detail"],
+            "properties": {
+                "detail": {
+                    "type": "string",
+                    "description": "What went wrong, in plain words.",
+                },
+            },
+        },
+        "Message": {
+            "type": "object",
+            "description": "Result of an action.",
+            "required": ["message", "details"],
+            "properties": {
+                "message": {
+                    "type": "string",
+                    "description": "What was done.",
+                },
+                "details": {
+                    "type": "object",
+                    "nullable": True,
+                    "additionalProperties": True,
+                    "description": "Extra facts about the result, or null.",
+                },
+            },
+        },
+        "RootInfo": {
+            "type": "object",
+            "required": ["message", "details"],
+            "properties": {
+                "message": {"type": "string",
+                            "example": TITLE},
+                "details": {
+                    "type": "object",
+                    "required": ["version", "documentation", "status"],
+                    "properties": {
+                        "version": {"type": "string",
+                                    "description": "Controller version."},
+                        "documentation": {
+                            "type": "string",
+                            "description": "Path of the Swagger UI page.",
+                            "example": "/docs",
+                        },
+                        "status": {
+                            "type": "string",
+                            "description": "Path of the status endpoint.",
+                            "example": "/api/v1/status",
+                        },
+                    },
+                },
+            },
+        },
+        "HeartbeatStatus": {
+            "type": "object",
+            "description": "State of the heartbeat watchdog.",
+            "required": ["enabled", "last_heartbeat", "seconds_since_last",
+                         "is_healthy", "timeout"],
+            "properties": {
+                "enabled": {
+                    "type": "boolean",
+                    "description": (
+                        "Whether the timeout is enforced now (false while the "
+                        "VM is stopped or during the start-up grace period)."
+                    ),
+                },
+                "last_heartbeat": {
+                    "type": "string",
+                    "format": "date-time",
+                    "nullable": True,
+                    "description": (
+                        "ISO 8601 time of the last heartbeat received, or "
+                        "null if none has arrived since monitoring started."
+                    ),
+                },
+                "seconds_since_last": {
+                    "type": "number",
+                    "nullable": True,
+                    "description": (
+                        "Seconds since the last heartbeat, or null if none "
+                        "has arrived."
+                    ),
+                },
+                "is_healthy": {
+                    "type": "boolean",
+                    "description": "True while heartbeats arrive within "
+                                   "`timeout`.",
+                },
+                "timeout": {
+                    "type": "number",
+                    "description": "Configured heartbeat timeout in seconds "
+                                   "(heartbeat_timeout).",
+                },
+            },
+            "example": _heartbeat_example(),
+        },
+        "HeartbeatAck": {
+            "type": "object",
+            "required": ["message", "details"],
+            "properties": {
+                "message": {"type": "string", "example": "Heartbeat received"},
+                "details": _schema("HeartbeatStatus"),
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["vm_name", "vm_state", "vm_is_running",
+                         "snapshot_name", "snapshot_exists", "heartbeat",
+                         "auto_revert_enabled"],
+            "properties": {
+                "vm_name": {"type": "string",
+                            "description": "Name of the libvirt domain "
+                                           "being controlled."},
+                "vm_state": {
+                    "type": "string",
+                    "description": (
+                        "libvirt's state of the VM, e.g. \"running\", "
+                        "\"shut off\", \"paused\", or \"not found\" when no "
+                        "domain of that name exists."
+                    ),
+                    "example": "running",
+                },
+                "vm_is_running": {"type": "boolean"},
+                "snapshot_name": {
+                    "type": "string",
+                    "description": "The reference snapshot that start, "
+                                   "restart and automatic recovery revert to.",
+                },
+                "snapshot_exists": {"type": "boolean"},
+                "heartbeat": _schema("HeartbeatStatus"),
+                "auto_revert_enabled": {
+                    "type": "boolean",
+                    "description": "Whether a heartbeat timeout or crash "
+                                   "triggers an automatic revert.",
+                },
+            },
+        },
+        "SnapshotList": {
+            "type": "object",
+            "required": ["vm_name", "snapshots"],
+            "properties": {
+                "vm_name": {"type": "string"},
+                "snapshots": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Names of the VM's snapshots.",
+                },
+            },
+        },
+        "SnapshotCreateForm": {
+            "type": "object",
+            "properties": {
+                "snapshot_name": _schema("SnapshotName"),
+            },
+        },
+    }
+
+
+def _parameters() -> dict[str, Any]:
+    return {
+        "SnapshotNameQuery": {
+            "name": "snapshot_name",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Name of the snapshot to create. Defaults to the configured "
+                "snapshot name (usually \"ready\")."
+            ),
+            "schema": _schema("SnapshotName"),
+        },
+        "SnapshotNamePath": {
+            "name": "snapshot_name",
+            "in": "path",
+            "required": True,
+            "description": "Name of the snapshot to delete.",
+            "schema": _schema("SnapshotName"),
+        },
+        "IgnoredQuery": {
+            "name": "params",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Any query parameters (guest scripts add `seq=`, `boot=` and "
+                "the like) are accepted and ignored."
+            ),
+            "style": "form",
+            "explode": True,
+            "schema": {"type": "object",
+                       "additionalProperties": {"type": "string"}},
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    return {
+        "ServiceUnavailable": _error(
+            "The controller is still starting: its VM manager or heartbeat "
+            "monitor is not ready yet. Retry shortly.",
+            "VM manager not initialized",
+        ),
+        "InvalidSnapshotName": _error(
+            "The snapshot name breaks the naming rule (see SnapshotName).",
+            "Invalid parameter: snapshot_name must start with an ASCII "
+            "letter or digit (got '-h')",
+        ),
+        "SnapshotNotFound": _error(
+            "The VM has no snapshot of that name.",
+            "Snapshot 'backup-2025-12-01' not found for VM 'eden-garden-vm'",
+        ),
+        "ReferenceSnapshotMissing": _error(
+            "The configured reference snapshot does not exist, so there is "
+            "nothing to revert to. Create it with /api/v1/snapshot/create.",
+            "Snapshot 'ready' does not exist for VM 'eden-garden-vm'; "
+            "create it first with /api/v1/snapshot/create",
+        ),
+    }
+
+
+def _request_bodies() -> dict[str, Any]:
+    form = {"schema": _schema("SnapshotCreateForm")}
+    return {
+        "SnapshotCreateForm": {
+            "required": False,
+            "description": (
+                "Optional form field `snapshot_name`, the same as the query "
+                "parameter (send one or the other)."
+            ),
+            "content": {
+                "application/x-www-form-urlencoded": form,
+                "multipart/form-data": form,
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- operations
+
+def _operation(tag: str, operation_id: str, summary: str, description: str,
+               responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "tags": [tag],
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "responses": responses,
+    }
+    op.update(extra)
+    return op
+
+
+def _get_and_post(tag: str, base_id: str, summary: str, description: str,
+                  responses: dict[str, Any],
+                  post_extra: dict[str, Any] | None = None,
+                  path_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A path item whose GET and POST do the same thing.
+
+    GET exists for guest scripts that cannot send POST easily, so the two
+    operations differ only in their operationId (which must be unique).
+    """
+    item: dict[str, Any] = dict(path_extra or {})
+    item["get"] = _operation(tag, f"{base_id}Get", summary,
+                             description, responses)
+    item["post"] = _operation(tag, f"{base_id}Post", summary, description,
+                              copy.deepcopy(responses), **(post_extra or {}))
+    return item
+
+
+def _503() -> dict[str, str]:
+    return _ref("responses", "ServiceUnavailable")
+
+
+_DELETE_DESCRIPTION = (
+    "Deletes one snapshot of the VM (its children are kept). Deleting the "
+    "reference snapshot leaves nothing to revert to until a new one is "
+    "created."
+)
+
+
+def _delete_responses() -> dict[str, Any]:
+    return {
+        "200": _message_ok(
+            "The snapshot is gone.",
+            "Snapshot 'backup-2025-12-01' deleted successfully"),
+        "400": _ref("responses", "InvalidSnapshotName"),
+        "404": _ref("responses", "SnapshotNotFound"),
+        "500": _libvirt_error(
+            "Deleting the snapshot",
+            "Error deleting snapshot: error: Failed to delete snapshot "
+            "'backup-2025-12-01': Timed out during operation: cannot acquire "
+            "state change lock",
+        ),
+        "503": _503(),
+    }
+
+
+def _paths() -> dict[str, Any]:
+    heartbeat_ack = {
+        "message": "Heartbeat received",
+        "details": dict(_heartbeat_example(),
+                        last_heartbeat="2025-12-09T10:30:47.654321",
+                        seconds_since_last=0.0),
+    }
+    return {
+        "/": {
+            "get": _operation(
+                "Status", "getRootInfo", "API name, version and links",
+                "Tells the controller's version and where the documentation "
+                "and the status endpoint are.",
+                {"200": {
+                    "description": "API information.",
+                    "content": _json(_schema("RootInfo"), {
+                        "message": TITLE,
+                        "details": {"version": "1.3.0",
+                                    "documentation": "/docs",
+                                    "status": "/api/v1/status"},
+                    }),
+                }},
+            ),
+        },
+        "/api/v1/status": {
+            "get": _operation(
+                "Status", "getStatus", "VM, snapshot and heartbeat status",
+                "Everything an operator needs at a glance: the VM's state, "
+                "whether the reference snapshot exists, the heartbeat "
+                "watchdog and whether automatic revert is on.",
+                {
+                    "200": {
+                        "description": "Current status.",
+                        "content": _json(_schema("Status"), {
+                            "vm_name": "eden-garden-vm",
+                            "vm_state": "running",
+                            "vm_is_running": True,
+                            "snapshot_name": "ready",
+                            "snapshot_exists": True,
+                            "heartbeat": _heartbeat_example(),
+                            "auto_revert_enabled": True,
+                        }),
+                    },
+                    "500": _libvirt_error(
+                        "Reading the status",
+                        "Error getting status: error: failed to connect to "
+                        "the hypervisor",
+                    ),
+                    "503": _503(),
+                },
+            ),
+        },
+        "/api/v1/heartbeat": _get_and_post(
+            "Heartbeat", "sendHeartbeat", "Receive a heartbeat from the guest",
+            "Called by the script in the guest, typically once a second. "
+            "Each call pushes back the heartbeat deadline. GET and POST do "
+            "the same; any query parameters and any body are ignored.",
+            {
+                "200": {
+                    "description": "Heartbeat recorded; the watchdog state "
+                                   "after it.",
+                    "content": _json(_schema("HeartbeatAck"), heartbeat_ack),
+                },
+                "503": _error("The heartbeat monitor is not ready yet.",
+                              "Heartbeat monitor not initialized"),
+            },
+            path_extra={"parameters": [_ref("parameters", "IgnoredQuery")]},
+        ),
+        "/api/v1/heartbeat/status": {
+            "get": _operation(
+                "Heartbeat", "getHeartbeatStatus", "Heartbeat watchdog state",
+                "When the last heartbeat arrived and whether the guest is "
+                "within its timeout.",
+                {
+                    "200": {
+                        "description": "Watchdog state.",
+                        "content": _json(_schema("HeartbeatStatus"),
+                                         _heartbeat_example()),
+                    },
+                    "503": _error("The heartbeat monitor is not ready yet.",
+                                  "Heartbeat monitor not initialized"),
+                },
+            ),
+        },
+        "/api/v1/vm/start": _get_and_post(
+            "VM control", "startVm", "Revert to the snapshot and start the VM",
+            "Reverts the VM to the configured snapshot and starts it. Clears "
+            "a manual stop (automatic recovery applies again) and resets "
+            "heartbeat monitoring, with the start-up grace period "
+            "(vm_startup_heartbeat_delay). If the snapshot does not exist, "
+            "the VM is booted as it is and the message says so.",
+            {
+                "200": {
+                    "description": "The VM runs.",
+                    "content": _json(_schema("Message"), examples={
+                        "reverted": (
+                            "Reverted to the snapshot and started",
+                            {"message": "VM 'eden-garden-vm' started "
+                                        "successfully", "details": None},
+                        ),
+                        "no_snapshot": (
+                            "No snapshot to revert to: booted as it is",
+                            {"message": "VM 'eden-garden-vm' started "
+                                        "without revert: snapshot 'ready' "
+                                        "does not exist",
+                             "details": None},
+                        ),
+                    }),
+                },
+                "500": _libvirt_error(
+                    "Starting the VM",
+                    "Error starting VM: error: Failed to revert snapshot "
+                    "'ready': internal error: unable to execute QEMU command",
+                ),
+                "503": _503(),
+            },
+        ),
+        "/api/v1/vm/stop": _get_and_post(
+            "VM control", "stopVm", "Stop the VM and keep it stopped",
+            "Destroys the VM (like pulling the power plug; nothing is saved) "
+            "and keeps it stopped: heartbeat monitoring and automatic "
+            "recovery are off until the VM is started again with "
+            "/api/v1/vm/start or /api/v1/vm/restart.",
+            {
+                "200": _message_ok("The VM is stopped.",
+                                   "VM 'eden-garden-vm' stopped successfully"),
+                "500": _libvirt_error(
+                    "Stopping the VM",
+                    "Error stopping VM: error: Failed to destroy domain "
+                    "'eden-garden-vm': Requested operation is not valid",
+                ),
+                "503": _503(),
+            },
+        ),
+        "/api/v1/vm/restart": _get_and_post(
+            "VM control", "restartVm",
+            "Revert to the snapshot and start again (recovery)",
+            "The recommended recovery, and the same operation the watchdog "
+            "runs on a heartbeat timeout: reverts the VM to the configured "
+            "snapshot, starts it and answers once it runs. The heartbeat "
+            "grace period (vm_startup_heartbeat_delay) then runs in the "
+            "background before the timeout is enforced again. A restart "
+            "requested while one is under way joins it instead of reverting "
+            "a second time. Clears a manual stop.",
+            {
+                "200": _message_ok("The VM was reverted and runs.",
+                                   "VM 'eden-garden-vm' restarted "
+                                   "successfully"),
+                "409": _ref("responses", "ReferenceSnapshotMissing"),
+                "500": _libvirt_error(
+                    "Restarting the VM",
+                    "Error restarting VM: error: Failed to revert snapshot "
+                    "'ready': internal error: unable to execute QEMU command",
+                ),
+                "503": _503(),
+            },
+        ),
+        "/api/v1/snapshots": {
+            "get": _operation(
+                "Snapshots", "listSnapshots", "List the VM's snapshots",
+                "Names of all snapshots of the configured VM.",
+                {
+                    "200": {
+                        "description": "The snapshots.",
+                        "content": _json(_schema("SnapshotList"), {
+                            "vm_name": "eden-garden-vm",
+                            "snapshots": ["ready", "backup-2025-12-01",
+                                          "test-configuration"],
+                        }),
+                    },
+                    "500": _libvirt_error(
+                        "Listing snapshots",
+                        "Error listing snapshots: error: failed to get "
+                        "domain 'eden-garden-vm'",
+                    ),
+                    "503": _503(),
+                },
+            ),
+        },
+        "/api/v1/snapshot/create": _get_and_post(
+            "Snapshots", "createSnapshot", "Create or replace a snapshot",
+            "Snapshots the VM's current disk (and, if it runs, memory) "
+            "state; the VM keeps running. `snapshot_name` defaults to the "
+            "configured snapshot name. An existing snapshot of that name "
+            "is replaced: only that one is deleted, never the snapshots "
+            "made after it. Test the VM thoroughly before replacing the "
+            "reference snapshot: every automatic revert returns to it.",
+            {
+                "200": _message_ok(
+                    "The snapshot exists now.",
+                    "Snapshot 'ready' created successfully for VM "
+                    "'eden-garden-vm'"),
+                "400": _ref("responses", "InvalidSnapshotName"),
+                "500": _libvirt_error(
+                    "Creating the snapshot",
+                    "Error creating snapshot: error: operation failed: "
+                    "domain 'eden-garden-vm' has active block jobs",
+                ),
+                "503": _503(),
+            },
+            post_extra={"requestBody": _ref("requestBodies",
+                                            "SnapshotCreateForm")},
+            path_extra={"parameters": [_ref("parameters",
+                                            "SnapshotNameQuery")]},
+        ),
+        "/api/v1/snapshot/{snapshot_name}": {
+            "parameters": [_ref("parameters", "SnapshotNamePath")],
+            "delete": _operation(
+                "Snapshots", "deleteSnapshot", "Delete a snapshot",
+                _DELETE_DESCRIPTION, _delete_responses(),
+            ),
+        },
+        "/api/v1/snapshot/delete/{snapshot_name}": {
+            "parameters": [_ref("parameters", "SnapshotNamePath")],
+            "get": _operation(
+                "Snapshots", "deleteSnapshotGet",
+                "Delete a snapshot (GET form)",
+                _DELETE_DESCRIPTION
+                + " Same as DELETE /api/v1/snapshot/{snapshot_name}, for "
+                  "scripts that can only send GET.",
+                _delete_responses(),
+            ),
+        },
+        "/api/v1/revert/enable": _get_and_post(
+            "Auto-revert", "enableAutoRevert", "Turn automatic revert on",
+            "A heartbeat timeout, a crash or an unexpected shutdown of the "
+            "VM makes the controller revert it to the snapshot and start it "
+            "(the default).",
+            {
+                "200": _message_ok("Automatic revert is on.",
+                                   "Automatic revert enabled"),
+                "503": _503(),
+            },
+        ),
+        "/api/v1/revert/disable": _get_and_post(
+            "Auto-revert", "disableAutoRevert",
+            "Turn automatic revert off (maintenance)",
+            "Maintenance mode: failures are logged but nothing is reverted "
+            "or restarted until automatic revert is enabled again.",
+            {
+                "200": _message_ok(
+                    "Automatic revert is off.",
+                    "Automatic revert disabled - manual intervention "
+                    "required on failures"),
+                "503": _503(),
+            },
+        ),
+    }
+
+
+
+
+_TAGS = (
+    ("Status", "What the controller and its VM are doing."),
+    ("Heartbeat", "The guest's sign of life and the watchdog that "
+                  "waits for it."),
+    ("VM control", "Start, stop and restart the VM."),
+    ("Snapshots", "List, create and delete the VM's snapshots."),
+    ("Auto-revert", "Switch automatic recovery on and off (maintenance "
+                    "mode)."),
+)
+
+
+def build_openapi(version: str) -> dict[str, Any]:
+    """Return the OpenAPI 3.0.3 document for controller ``version``.
+
+    A new dict on every call, so callers (flasgger, tests) may keep or
+    modify theirs without affecting anyone else.
+    """
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": TITLE,
+            "version": version,
+            "description": _DESCRIPTION,
+            "license": {"name": "MIT"},
+        },
+        "tags": [{"name": name, "description": text}
+                 for name, text in _TAGS],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(),
+            "requestBodies": _request_bodies(),
+            "responses": _responses(),
+        },
+    }

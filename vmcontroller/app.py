@@ -1,0 +1,225 @@
+"""The REST API: thin routes over the Monitor, JSON errors, request logging.
+
+Handlers validate input, call one method and shape the JSON; everything
+that can go wrong below them is turned into ``{"detail": ...}`` with the
+status code the API reference promises, so no traceback reaches a user.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, Callable, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+
+from .apispec import build_openapi
+from .docs import init_docs
+from .monitor import Monitor, NotInitialised
+from .names import InvalidName, validate_name
+from .virsh import SnapshotNotFound, VirshError
+from .vm import SnapshotMissing
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("vmcontroller.requests")
+
+API = "/api/v1"
+HEARTBEAT_PATHS = frozenset({f"{API}/heartbeat", f"{API}/heartbeat/status"})
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AnyTextConverter(BaseConverter):
+    """Captures everything after the prefix, slashes and newlines included, so that a bad
+    snapshot name gets the name rule's 400 instead of a puzzling 404."""
+
+    regex = r"[\s\S]+"
+    part_isolating = False
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, raised by handlers and turned into JSON."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def when_failing(what: str) -> Callable[[F], F]:
+    """Name the action in libvirt's error, as in "Error starting VM: <virsh's message>"."""
+    def decorate(handler: F) -> F:
+        @functools.wraps(handler)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except SnapshotNotFound:
+                raise
+            except VirshError as exc:
+                raise ApiError(500, f"Error {what}: {exc.message}") from exc
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
+def _message(message: str, details: Any = None) -> Response:
+    return jsonify({"message": message, "details": details})
+
+
+def _error(status: int, detail: str) -> tuple[Response, int]:
+    return jsonify({"detail": detail}), status
+
+
+def create_app(monitor: Monitor, version: str) -> Flask:
+    """Build the Flask app around an already constructed Monitor."""
+    app = Flask(__name__)
+    app.json.sort_keys = False  # keep the field order of the API reference
+    app.url_map.converters["anytext"] = AnyTextConverter
+    domain = monitor.domain
+
+    # ------------------------------------------------------------ errors
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return _error(exc.status, exc.detail)
+
+    @app.errorhandler(InvalidName)
+    def _invalid_name(exc: InvalidName):
+        return _error(400, str(exc))
+
+    @app.errorhandler(SnapshotNotFound)
+    def _snapshot_not_found(exc: SnapshotNotFound):
+        return _error(404, f"Snapshot not found: {exc.message}")
+
+    @app.errorhandler(SnapshotMissing)
+    def _snapshot_missing(exc: SnapshotMissing):
+        return _error(409, str(exc))
+
+    @app.errorhandler(NotInitialised)
+    def _not_initialised(exc: NotInitialised):
+        return _error(503, str(exc))
+
+    @app.errorhandler(VirshError)
+    def _virsh_error(exc: VirshError):
+        return _error(500, f"libvirt error: {exc.message}")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        response = exc.get_response()
+        response.data = app.json.dumps({"detail": exc.description if exc.code not in (404, 405)
+                                        else exc.name})
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return _error(500, f"Internal error: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ request log
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+        level = logging.DEBUG if request.path in HEARTBEAT_PATHS and response.status_code < 400 \
+            else logging.INFO
+        if request_log.isEnabledFor(level):
+            request_log.log(level, "%s %s %s -> %d in %.1f ms", request.remote_addr,
+                            request.method, request.path, response.status_code, elapsed_ms)
+        return response
+
+    # ------------------------------------------------------------ routes
+
+    @app.get("/")
+    def root():
+        return jsonify({"message": "Exhibition VM Controller API",
+                        "details": {"version": version, "documentation": "/docs",
+                                    "status": f"{API}/status"}})
+
+    @app.get(f"{API}/status")
+    @when_failing("retrieving status")
+    def status():
+        return jsonify(monitor.status())
+
+    @app.route(f"{API}/heartbeat", methods=["GET", "POST"])
+    def heartbeat():
+        return _message("Heartbeat received", monitor.heartbeat())
+
+    @app.get(f"{API}/heartbeat/status")
+    def heartbeat_status():
+        return jsonify(monitor.heartbeat_status())
+
+    @app.route(f"{API}/vm/start", methods=["GET", "POST"])
+    @when_failing("starting VM")
+    def vm_start():
+        result = monitor.start_vm()
+        note = "" if result.reverted else \
+            f" (snapshot '{domain.snapshot_name}' not found: booted without a revert)"
+        return _message(f"VM '{domain.name}' started successfully{note}")
+
+    @app.route(f"{API}/vm/stop", methods=["GET", "POST"])
+    @when_failing("stopping VM")
+    def vm_stop():
+        was_running = monitor.stop_vm()
+        note = "" if was_running else " (it was not running)"
+        return _message(f"VM '{domain.name}' stopped successfully{note}")
+
+    @app.route(f"{API}/vm/restart", methods=["GET", "POST"])
+    @when_failing("restarting VM")
+    def vm_restart():
+        monitor.restart_vm()
+        return _message(f"VM '{domain.name}' restarted successfully")
+
+    @app.get(f"{API}/snapshots")
+    @when_failing("listing snapshots")
+    def snapshots():
+        monitor.require_initialised()
+        return jsonify({"vm_name": domain.name, "snapshots": domain.snapshots()})
+
+    @app.route(f"{API}/snapshot/create", methods=["GET", "POST"])
+    @when_failing("creating snapshot")
+    def snapshot_create():
+        raw = request.args.get("snapshot_name")
+        if raw is None and request.method == "POST":
+            raw = request.form.get("snapshot_name")
+        name = domain.snapshot_name if raw is None else validate_name(raw)
+        monitor.require_initialised()
+        replaced = domain.create_snapshot(name)
+        verb = "replaced" if replaced else "created"
+        return _message(f"Snapshot '{name}' {verb} successfully for VM '{domain.name}'")
+
+    def _delete(snapshot_name: str):
+        name = validate_name(snapshot_name)
+        monitor.require_initialised()
+        domain.delete_snapshot(name)
+        if name == domain.snapshot_name:
+            log.warning("the reference snapshot %r was deleted: automatic recovery is impossible "
+                        "until it is created again", name)
+        return _message(f"Snapshot '{name}' deleted successfully")
+
+    @app.delete(f"{API}/snapshot/<anytext:snapshot_name>")
+    @when_failing("deleting snapshot")
+    def snapshot_delete(snapshot_name: str):
+        return _delete(snapshot_name)
+
+    @app.get(f"{API}/snapshot/delete/<anytext:snapshot_name>")
+    @when_failing("deleting snapshot")
+    def snapshot_delete_get(snapshot_name: str):
+        return _delete(snapshot_name)
+
+    @app.route(f"{API}/revert/enable", methods=["GET", "POST"])
+    def revert_enable():
+        monitor.set_auto_revert(True)
+        return _message("Automatic revert enabled")
+
+    @app.route(f"{API}/revert/disable", methods=["GET", "POST"])
+    def revert_disable():
+        monitor.set_auto_revert(False)
+        return _message("Automatic revert disabled - manual intervention required on failures")
+
+    init_docs(app, build_openapi(version))
+    return app

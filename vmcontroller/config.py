@@ -1,0 +1,196 @@
+"""Configuration: YAML file, VMCTL_* environment overrides, validation.
+
+A controller in a gallery is started by systemd and nobody reads a traceback,
+so every problem is reported as one line naming the key, the value and what
+was expected (``ConfigError``), and the program exits with status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .names import NAME_RE
+ENV_PREFIX = "VMCTL_"
+CONFIG_ENV = "VMCTL_CONFIG"
+SYSTEM_CONFIG = Path("/etc/exhibition-vm-controller/config.yaml")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration; immutable once loaded."""
+
+    vm_name: str
+    snapshot_name: str = "ready"
+    heartbeat_timeout: float = 10.0
+    heartbeat_check_interval: float = 1.0
+    vm_startup_heartbeat_delay: float = 30.0
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    api_reload: bool = False
+    api_threads: int = 32
+    auto_revert_enabled: bool = True
+    log_level: str = "INFO"
+    libvirt_uri: str = "qemu:///system"
+    virsh_timeout: float = 30.0
+    state_poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type
+    check: Callable[[Any], bool]
+    expected: str
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+_RULES: dict[str, _Rule] = {
+    "vm_name": _Rule(str, lambda v: bool(NAME_RE.fullmatch(v)),
+                     "a libvirt domain name: 1-64 ASCII letters, digits, '.', '_' or '-', "
+                     "starting with a letter or digit"),
+    "snapshot_name": _Rule(str, lambda v: bool(NAME_RE.fullmatch(v)),
+                           "a snapshot name: 1-64 ASCII letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit"),
+    "heartbeat_timeout": _Rule(float, _between(0.1, 86400), "a number of seconds from 0.1 to 86400"),
+    "heartbeat_check_interval": _Rule(float, _between(0.05, 3600),
+                                      "a number of seconds from 0.05 to 3600"),
+    "vm_startup_heartbeat_delay": _Rule(float, _between(0, 3600),
+                                        "a number of seconds from 0 to 3600"),
+    "api_host": _Rule(str, lambda v: bool(v.strip()) and not any(c.isspace() for c in v),
+                      "a host name or IP address, e.g. 127.0.0.1 or 0.0.0.0"),
+    "api_port": _Rule(int, _between(0, 65535), "a TCP port from 1 to 65535 (0: any free port)"),
+    "api_reload": _Rule(bool, lambda v: True, "true or false"),
+    "api_threads": _Rule(int, _between(4, 256), "a whole number of worker threads from 4 to 256"),
+    "auto_revert_enabled": _Rule(bool, lambda v: True, "true or false"),
+    "log_level": _Rule(str, lambda v: v.upper() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+    "libvirt_uri": _Rule(str, lambda v: "://" in v and not v.startswith("-"),
+                         "a libvirt connection URI such as qemu:///system"),
+    "virsh_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
+    "state_poll_interval": _Rule(float, _between(1, 86400), "a number of seconds from 1 to 86400"),
+}
+
+KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING
+}
+assert set(_RULES) == set(KEYS), "every config key needs a validation rule"
+
+
+def find_config_file(explicit: str | os.PathLike | None, env: Mapping[str, str],
+                     cwd: Path | None = None) -> Path | None:
+    """Pick the file: --config, else $VMCTL_CONFIG, else ./config.yaml, else /etc.
+
+    An explicitly named file must exist; the two fallbacks are optional so
+    that a controller configured only through the environment still starts.
+    """
+    named = explicit or env.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            source = "--config" if explicit else CONFIG_ENV
+            raise ConfigError(f"config file {str(path)!r} (from {source}) does not exist")
+        return path
+    for candidate in ((cwd or Path.cwd()) / "config.yaml", SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, "
+                          f"not {type(data).__name__}")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """VMCTL_<KEY> values, parsed as YAML scalars so 'false' and '8' mean what they say."""
+    found: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in _RULES:
+            # Other tools (the CLI's VMCTL_URL, VMCTL_TOKEN) share the prefix.
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if _RULES[key].kind is str and value is not None and not isinstance(value, str):
+            value = raw  # a VM called "2026" is still a string
+        found[key] = value
+    return found
+
+
+def _coerce(key: str, value: Any) -> Any:
+    rule = _RULES[key]
+    shown = f"{key}={value!r}"
+    if rule.kind is bool:
+        ok = isinstance(value, bool)
+    elif rule.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif rule.kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok or not rule.check(value):
+        raise ConfigError(f"{shown} is invalid: expected {rule.expected}")
+    if key == "log_level":
+        value = value.upper()
+    return value
+
+
+def build_config(values: Mapping[str, Any]) -> Config:
+    """Validate a mapping of settings into a Config, or raise ConfigError."""
+    unknown = sorted(set(values) - set(_RULES))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}: expected one of {', '.join(KEYS)}")
+    if values.get("vm_name") in (None, ""):
+        raise ConfigError("vm_name is missing: expected the name of the libvirt domain to keep running")
+    merged = {**DEFAULTS, **values}
+    return Config(**{key: _coerce(key, merged[key]) for key in KEYS})
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: Mapping[str, str] | None = None) -> tuple[Config, Path | None]:
+    """Load the effective configuration and say which file it came from."""
+    env = os.environ if env is None else env
+    source = find_config_file(path, env)
+    values: dict[str, Any] = _read_yaml(source) if source else {}
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"unknown key {bad[0]!r}: expected one of {', '.join(KEYS)}")
+    values.update(_env_overrides(env))
+    return build_config(values), source
+
+
+def as_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain data, for check-config and the logs."""
+    return dataclasses.asdict(config)

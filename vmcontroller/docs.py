@@ -1,0 +1,145 @@
+"""Offline API documentation: Swagger UI at /docs, ReDoc at /redoc, the
+schema at /openapi.json.
+
+Exhibition PCs have no internet, so every script, stylesheet, font and image
+of these pages must come from this app:
+
+* flasgger serves Swagger UI 3 and its assets from its own blueprint; its
+  ``flasgger/head.html`` links Google Fonts, so this package ships a
+  replacement (``templates/flasgger/head.html``) and the validator badge,
+  which would call validator.swagger.io, is switched off;
+* flasgger has no ReDoc, so ReDoc's standalone bundle is a static file of this
+  package (``static/redoc/``, written by ``scripts/fetch-redoc.sh``);
+* both pages carry a Content-Security-Policy (``templates/offline_csp.html``)
+  that lets the browser load nothing from another origin, which also stops
+  ReDoc's sidebar from requesting its logo from a CDN.
+
+The schema is the hand-written document of :mod:`vmcontroller.apispec`,
+served as it is: flasgger's own rule scanning is switched off.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flasgger import Swagger
+from flask import Blueprint, Flask, render_template, url_for
+
+DOCS_ROUTE = "/docs"
+REDOC_ROUTE = "/redoc"
+SPEC_ROUTE = "/openapi.json"
+REDOC_ASSETS_ROUTE = "/redoc/assets"
+
+DOCS_BLUEPRINT = "docs"
+"""Our blueprint: the /redoc page, ReDoc's bundle and the template override."""
+
+FLASGGER_BLUEPRINT = "flasgger"
+SPEC_ENDPOINT = "openapi"
+"""flasgger's endpoint for the schema, i.e. ``flasgger.openapi``."""
+
+_SANS = ('-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, '
+         '"Helvetica Neue", Arial, "Noto Sans", "Liberation Sans", '
+         '"DejaVu Sans", sans-serif')
+_MONO = ('ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", '
+         '"Liberation Mono", "Courier New", monospace')
+
+
+def _no_rules(rule: Any) -> bool:
+    """flasgger rule filter: document no Flask rule (the schema is given)."""
+    return False
+
+
+def _no_models(tag: Any) -> bool:
+    """flasgger model filter: add no class-based definitions."""
+    return False
+
+
+def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """Configuration for flasgger, built fresh for each app.
+
+    ``openapi`` stops flasgger from adding ``"swagger": "2.0"``; the rule
+    and model filters keep it from adding anything of its own to the
+    schema, so /openapi.json is exactly ``spec`` (passed as the template).
+    """
+    return {
+        "headers": [],
+        "specs": [{
+            "endpoint": SPEC_ENDPOINT,
+            "route": SPEC_ROUTE,
+            "rule_filter": _no_rules,
+            "model_filter": _no_models,
+        }],
+        "openapi": spec["openapi"],
+        "title": spec["info"]["title"],
+        "uiversion": 3,
+        "swagger_ui": True,
+        "specs_route": DOCS_ROUTE,
+        "static_url_path": "/flasgger_static",
+        # flasgger's template renders this with Python's str(); without it
+        # the page would contain `let auth_config = None;`, a JS error.
+        "auth": {},
+        # No online validator badge (validator.swagger.io).
+        "ui_params": {"validatorUrl": None},
+    }
+
+
+def _redoc_options() -> dict[str, Any]:
+    """ReDoc options: the system's fonts, never a web font from elsewhere."""
+    return {
+        "theme": {
+            "typography": {
+                "fontFamily": _SANS,
+                "headings": {"fontFamily": _SANS},
+                "code": {"fontFamily": _MONO},
+            },
+        },
+        "expandResponses": "200",
+    }
+
+
+def _docs_blueprint(title: str) -> Blueprint:
+    """The /redoc page and its assets, plus our template folder.
+
+    The blueprint's template folder holds ``flasgger/head.html``; Flask
+    searches the app's own template folder first, then blueprint folders in
+    registration order, so registering this blueprint before flasgger's
+    makes our head.html win without touching the app's jinja loader.
+    """
+    bp = Blueprint(
+        DOCS_BLUEPRINT,
+        __name__,
+        template_folder="templates",
+        static_folder="static/redoc",
+        static_url_path=REDOC_ASSETS_ROUTE,
+    )
+
+    @bp.get(REDOC_ROUTE)
+    def redoc() -> str:
+        return render_template(
+            "redoc.html",
+            title=title,
+            spec_url=url_for(f"{FLASGGER_BLUEPRINT}.{SPEC_ENDPOINT}"),
+            redoc_js_url=url_for(f"{DOCS_BLUEPRINT}.static",
+                                 filename="redoc.standalone.js"),
+            favicon_url=url_for(f"{FLASGGER_BLUEPRINT}.static",
+                                filename="favicon-32x32.png"),
+            redoc_options=_redoc_options(),
+        )
+
+    return bp
+
+
+def init_docs(app: Flask, spec: dict[str, Any]) -> None:
+    """Serve ``spec`` at /openapi.json, Swagger UI at /docs, ReDoc at /redoc.
+
+    Call once per app, before the first request. Registers two blueprints,
+    ``docs`` (/redoc, /redoc/assets/...) then ``flasgger`` (/docs,
+    /openapi.json, /flasgger_static/..., /oauth2-redirect.html). It sets no
+    Flask config key and registers no error handler, so the app's own JSON
+    error handlers stay in charge. ``spec`` is copied: changing it later
+    does not change what is served.
+    """
+    app.register_blueprint(_docs_blueprint(spec["info"]["title"]))
+    Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec),
+            merge=False)

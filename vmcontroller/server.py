@@ -1,0 +1,98 @@
+"""Build the controller from a Config and run it: threads, waitress, signals.
+
+Startup order matters: the HTTP server listens first (answering 503 until
+the monitor has initialised), the event stream starts before the monitor's
+first look at the VM so no lifecycle event falls between the two.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from waitress import create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer
+
+from . import __version__
+from .app import create_app
+from .config import Config, as_dict
+from .monitor import Monitor
+from .virsh import EventStream, VirshRunner
+from .vm import Domain
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr, where journald picks it up; keep waitress's per-request noise out."""
+    logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT, force=True)
+    # waitress warns once per queued request when all threads are busy; under a
+    # burst of heartbeats that is a line per request for no actionable reason.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+class Controller:
+    """Everything one running controller owns, wired together."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.runner = VirshRunner(config.libvirt_uri, config.virsh_timeout)
+        self.domain = Domain(self.runner, config.vm_name, config.snapshot_name)
+        self.monitor = Monitor(self.domain, config)
+        self.events = EventStream(self.runner, config.vm_name, self.monitor.on_lifecycle_event,
+                                  self.monitor.on_events_connection)
+        self.app = create_app(self.monitor, __version__)
+        self.http: BaseWSGIServer | MultiSocketServer = create_server(
+            self.app, host=config.api_host, port=config.api_port, threads=config.api_threads,
+            ident="", channel_timeout=60, clear_untrusted_proxy_headers=True)
+        self._http_thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (differs from the config when it says 0, as tests do)."""
+        server = self.http
+        if isinstance(server, MultiSocketServer):
+            return int(server.effective_listen[0][1])
+        return int(server.effective_port)
+
+    def start(self) -> None:
+        """Start serving and monitoring in background threads."""
+        if self.config.api_reload:
+            log.warning("api_reload is ignored: waitress has no code reloader (it was a "
+                        "development option of the original server)")
+        log.info("Exhibition VM Controller %s: VM %r, snapshot %r, libvirt %s, API on %s:%d",
+                 __version__, self.config.vm_name, self.config.snapshot_name,
+                 self.config.libvirt_uri, self.config.api_host, self.port)
+        log.debug("effective configuration: %s", as_dict(self.config))
+        self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
+        self._http_thread.start()
+        self.events.start()
+        self.monitor.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, then stop the threads. Safe to call twice."""
+        log.info("shutting down")
+        self.http.close()
+        self.monitor.stop(timeout)
+        self.events.stop()
+        if self._http_thread is not None:
+            self._http_thread.join(timeout)
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT; used by `vmcontroller serve`."""
+        stopped = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            stopped.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not stopped.wait(3600):
+            pass
+        self.stop()

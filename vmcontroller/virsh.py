@@ -1,0 +1,300 @@
+"""The virsh command runner: the only code in the package that starts processes.
+
+Every call runs ``virsh -c URI`` with ``LC_ALL=C`` (so messages can be
+parsed) and a timeout (a hung libvirtd must never hang the controller).
+Failures become typed errors that carry virsh's own message, because that
+message is what an admin needs to read in the API's ``detail``.
+Names always travel behind explicit options (``--domain``, ``--snapshotname``):
+a positional name starting with '-' would be read by virsh as an option.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class VirshError(Exception):
+    """virsh failed; ``message`` is virsh's own text without the 'error: ' prefixes."""
+
+    def __init__(self, message: str, command: Sequence[str] = (), returncode: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.command = tuple(command)
+        self.returncode = returncode
+
+
+class DomainNotFound(VirshError):
+    """The configured domain is not defined in libvirt."""
+
+
+class SnapshotNotFound(VirshError):
+    """No snapshot of that name exists for the domain."""
+
+
+class NotRunning(VirshError):
+    """The operation needs a running domain."""
+
+
+class VirshTimeout(VirshError):
+    """virsh did not finish within the timeout; libvirtd is probably hung."""
+
+
+class LibvirtUnreachable(VirshError):
+    """virsh could not connect to libvirtd at all."""
+
+
+# Most specific first: "failed to connect" must win over the generic fall-through.
+_ERROR_PATTERNS: tuple[tuple[re.Pattern[str], type[VirshError]], ...] = (
+    (re.compile(r"failed to connect to the hypervisor|Failed to connect socket|"
+                r"no connection driver available|Cannot recv data|End of file while reading",
+                re.I), LibvirtUnreachable),
+    (re.compile(r"snapshot not found|no domain snapshot with matching name|"
+                r"has no current snapshot", re.I), SnapshotNotFound),
+    (re.compile(r"failed to get domain|Domain not found|no domain with matching", re.I),
+     DomainNotFound),
+    (re.compile(r"domain is not running", re.I), NotRunning),
+)
+
+
+def classify_error(stderr: str, command: Sequence[str] = (), returncode: int | None = None) -> VirshError:
+    """Turn virsh's stderr into the matching typed error."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    message = "; ".join(re.sub(r"^error:\s*", "", ln) for ln in lines) or \
+        f"virsh exited with status {returncode} and no message"
+    for pattern, cls in _ERROR_PATTERNS:
+        if pattern.search(stderr):
+            return cls(message, command, returncode)
+    return VirshError(message, command, returncode)
+
+
+# ---------------------------------------------------------------- parsers
+
+def parse_domstate(output: str) -> str:
+    """``virsh domstate`` prints the state alone on its first non-blank line."""
+    for line in output.splitlines():
+        if line.strip():
+            return line.strip()
+    raise VirshError(f"virsh domstate printed no state: {output!r}")
+
+
+def parse_name_list(output: str) -> list[str]:
+    """``snapshot-list --name`` and ``list --name`` print one name per line."""
+    return [line.strip() for line in output.splitlines() if line.strip()]
+
+
+def parse_snapshot_current(output: str) -> str | None:
+    """``snapshot-current --name`` prints the name, or nothing on older libvirts."""
+    names = parse_name_list(output)
+    return names[0] if names else None
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """One line of ``virsh event --loop --timestamp --event lifecycle``."""
+
+    timestamp: datetime | None
+    domain: str
+    event: str   # Started, Stopped, Suspended, Resumed, Defined, Undefined, Shutdown, Crashed, ...
+    detail: str  # Booted, Destroyed, Snapshot, Paused, "Finished after host request", ...
+
+
+_EVENT_RE = re.compile(
+    r"^(?:(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d{4}): )?"
+    r"event 'lifecycle' for domain '(?P<domain>.*)': (?P<event>\S+)(?: (?P<detail>.*))?$")
+
+
+def parse_event_line(line: str) -> LifecycleEvent | None:
+    """Parse one event line; anything else (blank, other events) gives None."""
+    m = _EVENT_RE.match(line.strip())
+    if not m:
+        return None
+    ts = None
+    if m.group("ts"):
+        try:
+            ts = datetime.strptime(m.group("ts"), "%Y-%m-%d %H:%M:%S.%f%z")
+        except ValueError:
+            try:
+                ts = datetime.strptime(m.group("ts"), "%Y-%m-%d %H:%M:%S%z")
+            except ValueError:
+                ts = None
+    return LifecycleEvent(ts, m.group("domain"), m.group("event"), (m.group("detail") or "").strip())
+
+
+# ---------------------------------------------------------------- runner
+
+class VirshRunner:
+    """Runs virsh for one libvirt URI. Thread-safe: it holds no per-call state."""
+
+    def __init__(self, uri: str = "qemu:///system", timeout: float = 30.0, binary: str = "virsh"):
+        self.uri = uri
+        self.timeout = timeout
+        self.binary = binary
+
+    def _argv(self, args: Sequence[str]) -> list[str]:
+        return [self.binary, "-q", "-c", self.uri, *args]
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        env = dict(os.environ)
+        env["LC_ALL"] = "C"
+        env.pop("LANGUAGE", None)
+        return env
+
+    def run(self, *args: str, timeout: float | None = None) -> str:
+        """Run one virsh command and return its stdout, or raise a typed VirshError."""
+        argv = self._argv(args)
+        limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  errors="replace", timeout=limit, env=self._env(), check=False)
+        except subprocess.TimeoutExpired:
+            raise VirshTimeout(f"virsh {args[0]} did not answer within {limit:g} s "
+                               f"(is libvirtd hung?)", argv) from None
+        except OSError as exc:
+            raise LibvirtUnreachable(f"cannot run {self.binary!r}: {exc.strerror}", argv) from None
+        log.debug("virsh %s -> %d in %.3f s", " ".join(args), proc.returncode,
+                  time.monotonic() - started)
+        if proc.returncode != 0:
+            raise classify_error(proc.stderr or proc.stdout, argv, proc.returncode)
+        return proc.stdout
+
+    # Thin wrappers: one place that knows each command's options.
+
+    def domstate(self, domain: str) -> str:
+        return parse_domstate(self.run("domstate", "--domain", domain))
+
+    def start(self, domain: str) -> None:
+        self.run("start", "--domain", domain)
+
+    def resume(self, domain: str) -> None:
+        self.run("resume", "--domain", domain)
+
+    def destroy(self, domain: str) -> None:
+        self.run("destroy", "--domain", domain)
+
+    def snapshot_list(self, domain: str) -> list[str]:
+        return parse_name_list(self.run("snapshot-list", "--domain", domain, "--name"))
+
+    def snapshot_current(self, domain: str) -> str | None:
+        try:
+            return parse_snapshot_current(self.run("snapshot-current", "--domain", domain, "--name"))
+        except SnapshotNotFound:
+            return None
+
+    def snapshot_create(self, domain: str, name: str) -> None:
+        self.run("snapshot-create-as", "--domain", domain, "--name", name, "--atomic")
+
+    def snapshot_delete(self, domain: str, name: str) -> None:
+        """Delete one snapshot; its children are re-parented, never deleted."""
+        self.run("snapshot-delete", "--domain", domain, "--snapshotname", name)
+
+    def snapshot_revert(self, domain: str, name: str) -> None:
+        """Revert and leave the domain running, whatever state the snapshot recorded."""
+        self.run("snapshot-revert", "--domain", domain, "--snapshotname", name, "--running")
+
+    def event_argv(self) -> list[str]:
+        return self._argv(["event", "--loop", "--timestamp", "--event", "lifecycle"])
+
+
+class EventStream:
+    """Follows ``virsh event --loop`` in a daemon thread and hands events to a callback.
+
+    All domains' events are read and filtered by name, so the stream works
+    even while the domain is not (yet) defined. When virsh exits (libvirtd
+    restarted or down) the stream reconnects with a growing delay, and
+    ``connected`` tells the monitor to fall back on polling meanwhile.
+    """
+
+    def __init__(self, runner: VirshRunner, domain: str,
+                 on_event: Callable[[LifecycleEvent], None],
+                 on_connection_change: Callable[[bool], None] | None = None,
+                 max_backoff: float = 10.0):
+        self._runner = runner
+        self._domain = domain
+        self._on_event = on_event
+        self._on_connection_change = on_connection_change or (lambda up: None)
+        self._max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._proc_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"virsh-events-{domain}", daemon=True)
+        self.connected = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._proc_lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+        self._thread.join(timeout)
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            self._on_connection_change(up)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._follow_once()
+            except Exception:  # the stream must outlive any surprise; the poll covers the gap
+                log.exception("lifecycle event stream failed")
+            self._set_connected(False)
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started > 30:
+                delay = 0.5
+            log.warning("lifecycle event stream ended; reconnecting in %.1f s", delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._max_backoff)
+
+    def _follow_once(self) -> None:
+        proc = subprocess.Popen(self._runner.event_argv(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                errors="replace", bufsize=1, env=VirshRunner._env())
+        with self._proc_lock:
+            self._proc = proc
+        if self._stop.is_set():
+            proc.terminate()
+        try:
+            # virsh prints nothing until an event comes; it is connected once it has
+            # not failed straight away (a refused connection exits at once).
+            try:
+                proc.wait(timeout=0.3)
+            except subprocess.TimeoutExpired:
+                self._set_connected(True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self._set_connected(True)
+                event = parse_event_line(line)
+                if event is not None and event.domain == self._domain:
+                    self._on_event(event)
+            proc.wait()
+            if proc.returncode and not self._stop.is_set():
+                err = proc.stderr.read() if proc.stderr else ""
+                log.warning("virsh event exited with status %s: %s", proc.returncode,
+                            classify_error(err, returncode=proc.returncode).message)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+            with self._proc_lock:
+                self._proc = None
