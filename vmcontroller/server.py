@@ -12,7 +12,7 @@ import sys
 import threading
 from types import FrameType
 
-from waitress import create_server
+from waitress import create_server, wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from . import __version__
@@ -76,11 +76,23 @@ class Controller:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests, then stop the threads. Safe to call twice."""
         log.info("shutting down")
-        self.http.close()
+        self._close_http()
         self.monitor.stop(timeout)
         self.events.stop()
         if self._http_thread is not None:
             self._http_thread.join(timeout)
+
+    def _close_http(self) -> None:
+        """Close the listening sockets and every open connection, then let the worker
+        threads finish the requests they hold (waitress bounds that wait)."""
+        server = self.http
+        if isinstance(server, MultiSocketServer):
+            server.close()  # shuts the dispatcher down and closes its whole map
+            return
+        connections = server._map  # waitress keeps one map per server: listener + channels
+        server.close()
+        wasyncore.close_all(connections)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT; used by `vmcontroller serve`."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create .venv in the repository and install the controller with its test
+# dependencies into it. Idempotent; reinstalls only when setup.cfg changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+log() { printf 'setup-python: %s\n' "$*" >&2; }
+
+PYTHON=${PYTHON:-python3}
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    log "installing python3"
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3
+fi
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    log "Python >= 3.10 is needed; $("$PYTHON" --version 2>&1) found"
+    exit 1
+fi
+# Debian and Ubuntu ship venv's pip bootstrap in a separate package.
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat setup.cfg setup.py | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    log "installing vmcontroller and its test dependencies into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
