@@ -1,0 +1,398 @@
+"""The REST layer: real Monitor and Domain over the in-memory FakeRunner, no network.
+
+Every response these tests receive is checked against the OpenAPI document
+(see ``Api.call``): a documented route answers what its schema says for that
+status, and anything the document cannot describe (an unknown path, a wrong
+method) must still be a JSON ``{"detail": ...}`` error. What each behaviour
+does to a real VM is proven in test_integration.py; here the point is status
+codes, bodies, input validation and logging, quickly.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+import jsonschema
+import pytest
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from fake_virsh import FakeRunner
+from openapi_check import to_json_schema
+from vmcontroller import __version__
+from vmcontroller.app import create_app
+from vmcontroller.config import build_config
+from vmcontroller.monitor import Monitor
+from vmcontroller.virsh import VirshError
+from vmcontroller.vm import Domain
+
+# Long enough that the monitor thread never acts on its own during a test:
+# every revert and log line below comes from the request under test.
+QUIET = {"heartbeat_timeout": 60, "vm_startup_heartbeat_delay": 60}
+VIRSH_MESSAGE = "internal error: qemu unexpectedly closed the monitor"
+NOT_INITIALISED = {"detail": "VM manager not initialized"}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+# Endpoints of the docs blueprints and Flask's static files: not API operations.
+DOCS_ENDPOINTS = ("static", "docs.", "flasgger.")
+DOCS_PREFIXES = ("/static/", "/docs", "/redoc", "/openapi.json", "/flasgger_static/",
+                 "/oauth2-redirect.html", "/apidocs/")
+
+
+def openapi_path(rule: str) -> str:
+    """Flask's '/a/<anytext:snapshot_name>' written as OpenAPI's '/a/{snapshot_name}'."""
+    return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+class Api:
+    """The Flask test client, checking every answer against the OpenAPI document."""
+
+    def __init__(self, app: Flask, check, spec: dict, monitor: Monitor, runner: FakeRunner):
+        self.app = app
+        self.client = app.test_client()
+        self.monitor = monitor
+        self.runner = runner
+        self._check = check
+        self._routes = app.url_map.bind("localhost")
+        self._error_schema = to_json_schema(spec, {"$ref": "#/components/schemas/Error"})
+
+    def template(self, method: str, path: str) -> str | None:
+        """The documented path template that serves this request, or None if no route does."""
+        try:
+            rule, _ = self._routes.match(path, method=method, return_rule=True)
+        except HTTPException:
+            return None
+        return openapi_path(rule.rule)
+
+    def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> dict:
+        response = self.last = self.client.open(path, method=method, **kwargs)
+        text = response.get_data(as_text=True)
+        assert response.status_code == expect, (method, path, response.status_code, text)
+        assert response.mimetype == "application/json", (method, path, response.content_type)
+        body = response.get_json()
+        template = self.template(method, response.request.path)
+        if template is None:
+            # No operation to check against (unknown path, wrong method): the
+            # document's convention says every error body is still an Error.
+            assert response.status_code >= 400, (method, path, response.status_code)
+            jsonschema.validate(body, self._error_schema)
+        else:
+            self._check(template, method.lower(), response.status_code, body)
+        if response.status_code >= 400:
+            assert set(body) == {"detail"} and body["detail"], body
+        return body
+
+    def get(self, path: str, expect: int = 200, **kwargs: Any) -> dict:
+        return self.call("GET", path, expect, **kwargs)
+
+    def post(self, path: str, expect: int = 200, **kwargs: Any) -> dict:
+        return self.call("POST", path, expect, **kwargs)
+
+
+@pytest.fixture
+def make_api(check_response, openapi):
+    """Build a Monitor (started unless start=False) and the app around it."""
+    started: list[Monitor] = []
+
+    def make(runner: FakeRunner | None = None, start: bool = True, **overrides: Any) -> Api:
+        runner = runner or FakeRunner()
+        config = build_config({"vm_name": runner.domain, **QUIET, **overrides})
+        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config)
+        if start:
+            runner.listener = monitor.on_lifecycle_event
+            monitor.on_events_connection(True)
+            monitor.start()
+            started.append(monitor)
+            assert monitor.wait_initialised(5), "monitor did not initialise"
+        return Api(create_app(monitor, __version__), check_response, openapi, monitor, runner)
+
+    yield make
+    for monitor in started:
+        monitor.stop()
+
+
+@pytest.fixture
+def api(make_api) -> Api:
+    return make_api()
+
+
+def documented_operations(spec: dict) -> set[tuple[str, str]]:
+    return {(path, method.upper()) for path, item in spec["paths"].items()
+            for method in item if method in HTTP_METHODS}
+
+
+# ------------------------------------------------------------------ before start
+
+NEEDS_MONITOR = [
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/heartbeat"), ("POST", "/api/v1/heartbeat"),
+    ("GET", "/api/v1/heartbeat/status"),
+    ("GET", "/api/v1/vm/start"), ("POST", "/api/v1/vm/start"),
+    ("GET", "/api/v1/vm/stop"), ("POST", "/api/v1/vm/stop"),
+    ("GET", "/api/v1/vm/restart"), ("POST", "/api/v1/vm/restart"),
+    ("GET", "/api/v1/snapshots"),
+    ("GET", "/api/v1/snapshot/create"), ("POST", "/api/v1/snapshot/create"),
+    ("DELETE", "/api/v1/snapshot/ready"),
+    ("GET", "/api/v1/snapshot/delete/ready"),
+    ("GET", "/api/v1/revert/enable"), ("POST", "/api/v1/revert/enable"),
+    ("GET", "/api/v1/revert/disable"), ("POST", "/api/v1/revert/disable"),
+]
+
+
+def test_the_503_list_covers_every_operation_but_the_root(openapi):
+    listed = {(path.replace("/ready", "/{snapshot_name}"), method)
+              for method, path in NEEDS_MONITOR}
+    assert listed == documented_operations(openapi) - {("/", "GET")}
+
+
+@pytest.mark.parametrize("method, path", NEEDS_MONITOR, ids=[" ".join(r) for r in NEEDS_MONITOR])
+def test_every_route_answers_503_until_the_monitor_has_started(make_api, method, path):
+    api = make_api(start=False)
+    assert api.call(method, path, 503) == NOT_INITIALISED
+    assert api.runner.calls == [], "nothing reaches virsh before the monitor has started"
+
+
+def test_the_root_answers_before_the_monitor_has_started(make_api):
+    api = make_api(start=False)
+    assert api.get("/") == {"message": "Exhibition VM Controller API",
+                            "details": {"version": __version__, "documentation": "/docs",
+                                        "status": "/api/v1/status"}}
+
+
+# ------------------------------------------------------------------ routes vs document
+
+def test_every_route_is_documented_and_every_documented_operation_exists(make_api, openapi):
+    app = make_api(start=False).app
+    served: set[tuple[str, str]] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(DOCS_ENDPOINTS):
+            # The filter must hide only the docs pages and static files, never an API route.
+            assert rule.rule.startswith(DOCS_PREFIXES), rule.rule
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            served.add((openapi_path(rule.rule), method))
+    documented = documented_operations(openapi)
+    assert not served - documented, f"undocumented routes: {sorted(served - documented)}"
+    assert not documented - served, f"documented but not served: {sorted(documented - served)}"
+    assert len(served) == 20
+
+
+# ------------------------------------------------------------------ every route, happy path
+
+def test_every_route_answers_as_documented(api):
+    name = api.runner.domain
+    status = api.get("/api/v1/status")
+    assert status["vm_name"] == name and status["vm_state"] == "running"
+    assert status["vm_is_running"] is True and status["snapshot_exists"] is True
+    assert status["auto_revert_enabled"] is True
+    assert api.get("/api/v1/heartbeat/status")["last_heartbeat"] is None
+    for method in ("GET", "POST"):
+        assert api.call(method, "/api/v1/heartbeat")["message"] == "Heartbeat received"
+        assert api.call(method, "/api/v1/revert/disable")["message"].startswith(
+            "Automatic revert disabled")
+        assert api.call(method, "/api/v1/revert/enable") == {
+            "message": "Automatic revert enabled", "details": None}
+        assert api.call(method, "/api/v1/vm/restart") == {
+            "message": f"VM '{name}' restarted successfully", "details": None}
+        assert api.call(method, "/api/v1/vm/stop")["message"] == \
+            f"VM '{name}' stopped successfully"
+        assert api.runner.state == "shut off"
+        assert api.call(method, "/api/v1/vm/start")["message"] == \
+            f"VM '{name}' started successfully"
+        assert api.runner.state == "running"
+        api.call(method, f"/api/v1/snapshot/create?snapshot_name=s-{method.lower()}")
+    assert api.get("/api/v1/snapshots") == {"vm_name": name,
+                                            "snapshots": ["ready", "s-get", "s-post"]}
+    assert api.call("DELETE", "/api/v1/snapshot/s-get")["message"] == \
+        "Snapshot 's-get' deleted successfully"
+    api.get("/api/v1/snapshot/delete/s-post")
+    assert api.runner.snapshots == ["ready"]
+
+
+def test_heartbeat_accepts_and_ignores_query_parameters(api):
+    for method in ("GET", "POST"):
+        body = api.call(method, "/api/v1/heartbeat?seq=1&boot=x")
+        assert body["message"] == "Heartbeat received"
+        assert body["details"]["is_healthy"] is True
+        assert body["details"]["seconds_since_last"] == 0.0
+    body = api.post("/api/v1/heartbeat?seq=2", data={"boot": "x", "uptime": "12"})
+    assert body["message"] == "Heartbeat received"
+
+
+# ------------------------------------------------------------------ missing reference snapshot
+
+def test_restart_without_the_snapshot_is_a_conflict(make_api):
+    api = make_api(FakeRunner(snapshots=()))
+    for method in ("GET", "POST"):
+        body = api.call(method, "/api/v1/vm/restart", 409)
+        assert "'ready'" in body["detail"] and "does not exist" in body["detail"]
+        assert "/api/v1/snapshot/create" in body["detail"], "says how to fix it"
+    assert api.runner.count("start") == 0 and api.runner.state == "running"
+
+
+def test_start_without_the_snapshot_boots_the_vm_and_says_so(make_api):
+    api = make_api(FakeRunner(snapshots=()))
+    api.post("/api/v1/vm/stop")
+    assert api.runner.state == "shut off"
+    body = api.post("/api/v1/vm/start")
+    assert body["message"].startswith(f"VM '{api.runner.domain}' started successfully")
+    assert "'ready' not found" in body["message"] and "without a revert" in body["message"]
+    assert api.runner.state == "running" and api.runner.count("start") == 1
+
+
+# ------------------------------------------------------------------ libvirt failures
+
+LIBVIRT_FAILURES = [
+    ("POST", "/api/v1/vm/start", "snapshot-revert", "starting VM"),
+    ("POST", "/api/v1/vm/stop", "destroy", "stopping VM"),
+    ("GET", "/api/v1/vm/restart", "snapshot-revert", "restarting VM"),
+    ("GET", "/api/v1/snapshots", "snapshot-list", "listing snapshots"),
+    ("POST", "/api/v1/snapshot/create?snapshot_name=backup", "snapshot-create-as",
+     "creating snapshot"),
+    ("GET", "/api/v1/status", "snapshot-list", "retrieving status"),
+    ("DELETE", "/api/v1/snapshot/ready", "snapshot-delete", "deleting snapshot"),
+]
+
+
+@pytest.mark.parametrize("method, path, command, doing", LIBVIRT_FAILURES,
+                         ids=[f"{m} {p}" for m, p, _, _ in LIBVIRT_FAILURES])
+def test_a_libvirt_failure_is_a_500_carrying_virsh_message(api, method, path, command, doing):
+    api.runner.fail(command, VirshError(VIRSH_MESSAGE))
+    body = api.call(method, path, 500)
+    assert body == {"detail": f"Error {doing}: {VIRSH_MESSAGE}"}
+    assert command not in api.runner.failures, "the request itself ran into the failure"
+
+
+# ------------------------------------------------------------------ 404, 405
+
+def test_an_unknown_snapshot_is_404_on_both_delete_routes(api):
+    body = api.call("DELETE", "/api/v1/snapshot/never-made", 404)
+    assert "never-made" in body["detail"]
+    body = api.get("/api/v1/snapshot/delete/never-made", 404)
+    assert "never-made" in body["detail"]
+    assert api.runner.snapshots == ["ready"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here", "/api/v2/status", "/nope",
+                                  "/api/v1/vm", "/api/v1/heartbeat/status/extra"])
+def test_an_unknown_path_is_a_json_404(api, path):
+    assert api.get(path, 404) == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("method, path", [
+    ("PUT", "/api/v1/heartbeat"), ("DELETE", "/api/v1/status"),
+    ("GET", "/api/v1/snapshot/foo"), ("POST", "/api/v1/snapshots"),
+    ("PATCH", "/api/v1/vm/restart"), ("POST", "/api/v1/snapshot/delete/foo"),
+])
+def test_a_wrong_method_is_a_json_405(api, method, path):
+    assert api.call(method, path, 405) == {"detail": "Method Not Allowed"}
+
+
+# ------------------------------------------------------------------ bad input
+
+BAD_NAMES = ["--current", "--children", "-h", "--", "a b", "../x", ".hidden", "é✓", "a\n",
+             "ready;reboot", "x" * 65]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_an_invalid_snapshot_name_is_400_and_never_reaches_virsh(api, name):
+    create = "/api/v1/snapshot/create"
+    for method in ("GET", "POST"):
+        body = api.call(method, create, 400, query_string={"snapshot_name": name})
+        assert body["detail"].startswith("Invalid parameter: snapshot_name ")
+    body = api.post(create, 400, data={"snapshot_name": name})
+    assert "snapshot_name" in body["detail"]
+    api.post(create, 400, data={"snapshot_name": name}, content_type="multipart/form-data")
+    quoted = quote(name, safe="")
+    assert "snapshot_name" in api.call("DELETE", f"/api/v1/snapshot/{quoted}", 400)["detail"]
+    assert "snapshot_name" in api.get(f"/api/v1/snapshot/delete/{quoted}", 400)["detail"]
+    assert api.runner.count("snapshot-create-as") == 0
+    assert api.runner.count("snapshot-delete") == 0
+    assert api.runner.snapshots == ["ready"]
+
+
+def test_an_empty_snapshot_name_is_400_and_an_absent_one_is_the_configured_name(make_api):
+    api = make_api(FakeRunner(snapshots=("golden",)), snapshot_name="golden")
+    create = "/api/v1/snapshot/create"
+    for method in ("GET", "POST"):
+        body = api.call(method, create + "?snapshot_name=", 400)
+        assert body == {"detail": "Invalid parameter: snapshot_name cannot be empty"}
+    api.post(create, 400, data={"snapshot_name": ""})
+    assert api.runner.count("snapshot-create-as") == 0
+    for method in ("GET", "POST"):
+        body = api.call(method, create)
+        assert body["message"] == \
+            f"Snapshot 'golden' replaced successfully for VM '{api.runner.domain}'"
+    assert api.runner.snapshots == ["golden"]
+    created = [c[2] for c in api.runner.calls if c[0] == "snapshot-create-as"]
+    assert set(created) == {"golden", "golden~replacing"}
+
+
+# ------------------------------------------------------------------ unexpected errors
+
+def test_an_unexpected_exception_is_a_json_500_without_traceback(api, monkeypatch, caplog):
+    def broken(self):
+        raise RuntimeError("status exploded")
+
+    monkeypatch.setattr(Monitor, "status", broken)
+    body = api.get("/api/v1/status", 500)
+    assert body == {"detail": "Internal error: RuntimeError: status exploded"}
+    text = api.last.get_data(as_text=True)
+    assert "Traceback" not in text and 'File "' not in text and "line " not in text
+    logged = [r for r in caplog.records if r.name == "vmcontroller.app" and r.exc_info]
+    assert logged, "the traceback goes to the log instead"
+
+
+# ------------------------------------------------------------------ logging
+
+def records(caplog, name: str | None = None, level: int = logging.INFO) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.levelno >= level and (name is None or r.name == name)]
+
+
+def test_a_routine_heartbeat_is_logged_at_debug_only(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    api.get("/api/v1/heartbeat")
+    caplog.clear()
+    for method in ("GET", "POST"):
+        api.call(method, "/api/v1/heartbeat")
+    api.get("/api/v1/heartbeat/status")
+    debug = [r.getMessage() for r in caplog.records
+             if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG]
+    assert any("GET /api/v1/heartbeat -> 200" in m for m in debug), debug
+    assert any("POST /api/v1/heartbeat -> 200" in m for m in debug), debug
+    assert any("GET /api/v1/heartbeat/status -> 200" in m for m in debug), debug
+    assert records(caplog, "vmcontroller.requests") == []
+
+
+def test_the_first_heartbeat_after_each_start_is_logged_once_at_info(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    for restart in (None, "/api/v1/vm/restart", "/api/v1/vm/start"):
+        if restart:
+            api.post(restart)
+        caplog.clear()
+        api.get("/api/v1/heartbeat")
+        info = records(caplog, "vmcontroller.monitor")
+        assert len(info) == 1, [r.getMessage() for r in info]
+        assert info[0].levelno == logging.INFO and "first heartbeat" in info[0].getMessage()
+        caplog.clear()
+        for i in range(100):
+            api.call("POST" if i % 2 else "GET", f"/api/v1/heartbeat?seq={i}")
+        assert records(caplog) == [], [r.getMessage() for r in records(caplog)]
+
+
+def test_a_control_request_is_logged_at_info_with_its_duration(api, caplog):
+    caplog.set_level(logging.INFO)
+    api.post("/api/v1/revert/disable")
+    lines = [r.getMessage() for r in records(caplog, "vmcontroller.requests")]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"\S+ POST /api/v1/revert/disable -> 200 in \d+\.\d ms", lines[0]), lines
+
+
+def test_a_failed_heartbeat_is_logged_at_info(make_api, caplog):
+    api = make_api(start=False)
+    caplog.set_level(logging.INFO)
+    api.get("/api/v1/heartbeat", 503)
+    lines = [r.getMessage() for r in records(caplog, "vmcontroller.requests")]
+    assert len(lines) == 1 and "GET /api/v1/heartbeat -> 503 in " in lines[0], lines
