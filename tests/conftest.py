@@ -87,7 +87,7 @@ class Api:
 
 
 @pytest.fixture
-def start_controller(domain, check_response):
+def start_controller(domain, check_response, tmp_path):
     """Start an in-process controller on the test domain; stopped at teardown."""
     from vmcontroller.server import Controller
 
@@ -96,7 +96,8 @@ def start_controller(domain, check_response):
     def start(**overrides: Any) -> tuple[Controller, Api]:
         settings = {"vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
                     "heartbeat_timeout": 3, "vm_startup_heartbeat_delay": 1,
-                    "heartbeat_check_interval": 0.5, "virsh_timeout": 60, **overrides}
+                    "heartbeat_check_interval": 0.5, "virsh_timeout": 60,
+                    "state_path": str(tmp_path / "state.db"), **overrides}
         controller = Controller(build_config(settings))
         started.append(controller)
         controller.start()

@@ -76,6 +76,10 @@ class FakeRunner:
         self.state = "shut off"
         self._emit("Stopped", "Destroyed")
 
+    def state_and_snapshots(self, domain: str) -> tuple[str, list[str]]:
+        self._call("domstate+snapshot-list", domain)
+        return self.state, list(self.snapshots)
+
     def snapshot_list(self, domain: str) -> list[str]:
         self._call("snapshot-list", domain)
         return list(self.snapshots)

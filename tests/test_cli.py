@@ -250,7 +250,8 @@ def test_serve_runs_until_a_signal_and_exits_cleanly(domain, events, tmp_path, c
     config = write_config(tmp_path / "serve.yaml", {
         "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": port,
         "heartbeat_timeout": 20, "vm_startup_heartbeat_delay": 2,
-        "heartbeat_check_interval": 0.5, "virsh_timeout": 30})
+        "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
+        "state_path": str(tmp_path / "state.db")})
     stderr_path, stdout_path = tmp_path / "stderr.log", tmp_path / "stdout.log"
     with stderr_path.open("w") as err, stdout_path.open("w") as out:
         proc = subprocess.Popen([*launcher, "serve", "--config", str(config)],

@@ -44,10 +44,15 @@ CONTRACT = {
     ("/api/v1/snapshot/delete/{snapshot_name}", "get"),
     ("/api/v1/revert/enable", "get"), ("/api/v1/revert/enable", "post"),
     ("/api/v1/revert/disable", "get"), ("/api/v1/revert/disable", "post"),
+    # Beyond the API reference: guest requests and history (issue 3).
+    ("/api/v1/revert/request", "get"), ("/api/v1/revert/request", "post"),
+    ("/api/v1/idle/reset", "get"), ("/api/v1/idle/reset", "post"),
+    ("/api/v1/events", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch",
                 "trace"}
-TAGS = {"Status", "Heartbeat", "VM control", "Snapshots", "Auto-revert"}
+TAGS = {"Status", "Heartbeat", "VM control", "Snapshots", "Auto-revert", "Guest requests",
+        "History"}
 
 
 class _Assets(HTMLParser):
@@ -360,7 +365,7 @@ def test_snapshot_create_post_accepts_form_fields(spec):
     body_ref = spec["paths"]["/api/v1/snapshot/create"]["post"]["requestBody"]
     body = spec["components"]["requestBodies"][body_ref["$ref"].rsplit("/")[-1]]
     assert set(body["content"]) == {"application/x-www-form-urlencoded",
-                                    "multipart/form-data"}
+                                    "multipart/form-data", "application/json"}
     assert body["required"] is False
 
 

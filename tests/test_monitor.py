@@ -15,6 +15,7 @@ import pytest
 from fake_virsh import FakeRunner
 from libvirt_env import wait_until
 from vmcontroller.config import build_config
+from vmcontroller.store import Store
 from vmcontroller.monitor import Monitor, NotInitialised
 from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
@@ -32,7 +33,7 @@ def make_monitor():
         config = build_config({"vm_name": runner.domain, "heartbeat_timeout": TIMEOUT,
                                "vm_startup_heartbeat_delay": GRACE,
                                "heartbeat_check_interval": 0.05, **overrides})
-        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config)
+        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config, Store(":memory:"))
         runner.listener = monitor.on_lifecycle_event
         monitor.on_events_connection(True)
         monitor.start()
@@ -74,7 +75,7 @@ def test_startup_in_maintenance_leaves_the_vm_alone(make_monitor):
 def test_requests_before_initialisation_are_refused():
     runner = FakeRunner()
     config = build_config({"vm_name": "art"})
-    monitor = Monitor(Domain(runner, "art", "ready"), config)
+    monitor = Monitor(Domain(runner, "art", "ready"), config, Store(":memory:"))
     with pytest.raises(NotInitialised):
         monitor.heartbeat()
     with pytest.raises(NotInitialised):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .monitor import TRIGGERS
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 
 OPENAPI_VERSION = "3.0.3"
@@ -256,6 +257,109 @@ def _schemas() -> dict[str, Any]:
                     "description": "Whether a heartbeat timeout or crash "
                                    "triggers an automatic revert.",
                 },
+                "vm_state_detail": {
+                    "type": "string", "nullable": True,
+                    "description": "Why vm_state is \"unknown\" (libvirt did "
+                                   "not answer), else null. Beyond the API "
+                                   "reference (additive).",
+                },
+                "stopped_by_staff": {
+                    "type": "boolean",
+                    "description": "The VM was stopped through the API and stays "
+                                   "stopped until started (additive).",
+                },
+                "recovery": _schema("RecoveryStatus"),
+            },
+        },
+        "RecoveryStatus": {
+            "type": "object",
+            "description": "Automatic recoveries so far and the restart-loop "
+                           "guard (additive).",
+            "required": ["count", "last_time", "last_trigger", "last_outcome",
+                         "guard"],
+            "properties": {
+                "count": {"type": "integer",
+                          "description": "Automatic recovery attempts recorded."},
+                "last_time": {"type": "string", "format": "date-time",
+                              "nullable": True},
+                "last_trigger": {"type": "string", "nullable": True,
+                                 "example": "heartbeat_timeout"},
+                "last_outcome": {"type": "string", "nullable": True,
+                                 "example": "succeeded"},
+                "guard": _schema("GuardStatus"),
+            },
+        },
+        "GuardStatus": {
+            "type": "object",
+            "description": "At most max_recoveries automatic recoveries within "
+                           "recovery_window seconds; past that the VM is left "
+                           "as it is (`failed`) until staff start or restart it.",
+            "required": ["state", "detail", "recent_recoveries", "max_recoveries",
+                         "recovery_window", "consecutive_failures", "retry_in"],
+            "properties": {
+                "state": {"type": "string", "enum": ["ok", "backoff", "failed"]},
+                "detail": {"type": "string", "nullable": True},
+                "recent_recoveries": {"type": "integer"},
+                "max_recoveries": {"type": "integer"},
+                "recovery_window": {"type": "number"},
+                "consecutive_failures": {"type": "integer"},
+                "retry_in": {"type": "number", "nullable": True,
+                             "description": "Seconds until the next attempt may "
+                                            "start, while backing off."},
+            },
+        },
+        "HistoryEvent": {
+            "type": "object",
+            "required": ["id", "time", "vm", "trigger", "action", "reason",
+                         "outcome", "duration", "error"],
+            "properties": {
+                "id": {"type": "integer"},
+                "time": {"type": "string", "format": "date-time"},
+                "vm": {"type": "string"},
+                "trigger": {"type": "string", "enum": list(TRIGGERS)},
+                "action": {"type": "string", "example": "revert",
+                           "description": "revert, start, stop, snapshot_create, "
+                                          "snapshot_delete, enable_auto_revert, "
+                                          "disable_auto_revert"},
+                "reason": {"type": "string"},
+                "outcome": {"type": "string",
+                            "enum": ["started", "succeeded", "failed", "skipped",
+                                     "refused", "interrupted"]},
+                "duration": {"type": "number", "nullable": True,
+                             "description": "Seconds."},
+                "error": {"type": "string", "nullable": True,
+                          "description": "virsh's message when it failed."},
+            },
+        },
+        "History": {
+            "type": "object",
+            "required": ["vm_name", "events"],
+            "properties": {
+                "vm_name": {"type": "string"},
+                "events": {"type": "array", "items": _schema("HistoryEvent")},
+            },
+        },
+        "GuestRequestAck": {
+            "type": "object",
+            "required": ["message", "details"],
+            "properties": {
+                "message": {"type": "string", "example": "Revert queued"},
+                "details": {
+                    "type": "object",
+                    "required": ["action", "trigger", "reason", "queued"],
+                    "properties": {
+                        "action": {"type": "string", "enum": ["revert"]},
+                        "trigger": {"type": "string",
+                                    "enum": ["guest_request", "idle_reset"]},
+                        "reason": {"type": "string"},
+                        "queued": {"type": "boolean",
+                                   "description": "false: a revert is already "
+                                                  "under way or the VM was just "
+                                                  "restored; nothing more is "
+                                                  "queued."},
+                        "note": {"type": "string"},
+                    },
+                },
             },
         },
         "SnapshotList": {
@@ -330,11 +434,16 @@ def _responses() -> dict[str, Any]:
             "The VM has no snapshot of that name.",
             "Snapshot 'backup-2025-12-01' not found for VM 'eden-garden-vm'",
         ),
+        "GuestRequestRefused": _error(
+            "Not queued: automatic revert is disabled (maintenance), the VM "
+            "was stopped by staff, or the restart-loop guard has tripped.",
+            "Revert not queued: automatic revert is disabled (maintenance)",
+        ),
         "ReferenceSnapshotMissing": _error(
             "The configured reference snapshot does not exist, so there is "
             "nothing to revert to. Create it with /api/v1/snapshot/create.",
-            "Snapshot 'ready' does not exist for VM 'eden-garden-vm'; "
-            "create it first with /api/v1/snapshot/create",
+            "snapshot 'ready' of VM 'eden-garden-vm' does not exist; create "
+            "it with /api/v1/snapshot/create",
         ),
     }
 
@@ -345,12 +454,14 @@ def _request_bodies() -> dict[str, Any]:
         "SnapshotCreateForm": {
             "required": False,
             "description": (
-                "Optional form field `snapshot_name`, the same as the query "
-                "parameter (send one or the other)."
+                "Optional field `snapshot_name` (form or JSON object), the same "
+                "as the query parameter; the query parameter wins if both are "
+                "sent."
             ),
             "content": {
                 "application/x-www-form-urlencoded": form,
                 "multipart/form-data": form,
+                "application/json": form,
             },
         },
     }
@@ -408,7 +519,7 @@ def _delete_responses() -> dict[str, Any]:
         "404": _ref("responses", "SnapshotNotFound"),
         "500": _libvirt_error(
             "Deleting the snapshot",
-            "Error deleting snapshot: error: Failed to delete snapshot "
+            "Error deleting snapshot: Failed to delete snapshot "
             "'backup-2025-12-01': Timed out during operation: cannot acquire "
             "state change lock",
         ),
@@ -457,12 +568,26 @@ def _paths() -> dict[str, Any]:
                             "snapshot_exists": True,
                             "heartbeat": _heartbeat_example(),
                             "auto_revert_enabled": True,
+                            "vm_state_detail": None,
+                            "stopped_by_staff": False,
+                            "recovery": {
+                                "count": 3,
+                                "last_time": "2025-12-09T09:12:03.501+01:00",
+                                "last_trigger": "heartbeat_timeout",
+                                "last_outcome": "succeeded",
+                                "guard": {"state": "ok", "detail": None,
+                                          "recent_recoveries": 1,
+                                          "max_recoveries": 5,
+                                          "recovery_window": 600.0,
+                                          "consecutive_failures": 0,
+                                          "retry_in": None},
+                            },
                         }),
                     },
                     "500": _libvirt_error(
                         "Reading the status",
-                        "Error getting status: error: failed to connect to "
-                        "the hypervisor",
+                        "Error retrieving status: failed to connect to the "
+                        "hypervisor",
                     ),
                     "503": _503(),
                 },
@@ -479,8 +604,7 @@ def _paths() -> dict[str, Any]:
                                    "after it.",
                     "content": _json(_schema("HeartbeatAck"), heartbeat_ack),
                 },
-                "503": _error("The heartbeat monitor is not ready yet.",
-                              "Heartbeat monitor not initialized"),
+                "503": _503(),
             },
             path_extra={"parameters": [_ref("parameters", "IgnoredQuery")]},
         ),
@@ -495,8 +619,7 @@ def _paths() -> dict[str, Any]:
                         "content": _json(_schema("HeartbeatStatus"),
                                          _heartbeat_example()),
                     },
-                    "503": _error("The heartbeat monitor is not ready yet.",
-                                  "Heartbeat monitor not initialized"),
+                    "503": _503(),
                 },
             ),
         },
@@ -519,15 +642,15 @@ def _paths() -> dict[str, Any]:
                         "no_snapshot": (
                             "No snapshot to revert to: booted as it is",
                             {"message": "VM 'eden-garden-vm' started "
-                                        "without revert: snapshot 'ready' "
-                                        "does not exist",
+                                        "successfully (snapshot 'ready' not "
+                                        "found: booted without a revert)",
                              "details": None},
                         ),
                     }),
                 },
                 "500": _libvirt_error(
                     "Starting the VM",
-                    "Error starting VM: error: Failed to revert snapshot "
+                    "Error starting VM: Failed to revert snapshot "
                     "'ready': internal error: unable to execute QEMU command",
                 ),
                 "503": _503(),
@@ -544,7 +667,7 @@ def _paths() -> dict[str, Any]:
                                    "VM 'eden-garden-vm' stopped successfully"),
                 "500": _libvirt_error(
                     "Stopping the VM",
-                    "Error stopping VM: error: Failed to destroy domain "
+                    "Error stopping VM: Failed to destroy domain "
                     "'eden-garden-vm': Requested operation is not valid",
                 ),
                 "503": _503(),
@@ -567,7 +690,7 @@ def _paths() -> dict[str, Any]:
                 "409": _ref("responses", "ReferenceSnapshotMissing"),
                 "500": _libvirt_error(
                     "Restarting the VM",
-                    "Error restarting VM: error: Failed to revert snapshot "
+                    "Error restarting VM: Failed to revert snapshot "
                     "'ready': internal error: unable to execute QEMU command",
                 ),
                 "503": _503(),
@@ -588,7 +711,7 @@ def _paths() -> dict[str, Any]:
                     },
                     "500": _libvirt_error(
                         "Listing snapshots",
-                        "Error listing snapshots: error: failed to get "
+                        "Error listing snapshots: failed to get "
                         "domain 'eden-garden-vm'",
                     ),
                     "503": _503(),
@@ -611,7 +734,7 @@ def _paths() -> dict[str, Any]:
                 "400": _ref("responses", "InvalidSnapshotName"),
                 "500": _libvirt_error(
                     "Creating the snapshot",
-                    "Error creating snapshot: error: operation failed: "
+                    "Error creating snapshot: operation failed: "
                     "domain 'eden-garden-vm' has active block jobs",
                 ),
                 "503": _503(),
@@ -650,6 +773,119 @@ def _paths() -> dict[str, Any]:
                 "503": _503(),
             },
         ),
+        "/api/v1/revert/request": _get_and_post(
+            "Guest requests", "requestRevert", "The guest asks to be reverted",
+            "For a guest-side watchdog that sees the artwork misbehave (a "
+            "crashed player, an error dialog). Answers at once with 202; the "
+            "revert runs in the background through the same path as every "
+            "recovery (restart-loop guard included) and is recorded in the "
+            "history with its reason. A request while a revert is under way, "
+            "or during the start-up grace period after one, queues nothing "
+            "more. Refused with 409 in maintenance, when the VM was stopped "
+            "by staff, or when the guard has tripped.",
+            {
+                "202": {
+                    "description": "Queued, or already taken care of.",
+                    "content": _json(_schema("GuestRequestAck"), {
+                        "message": "Revert queued",
+                        "details": {"action": "revert", "trigger": "guest_request",
+                                    "reason": "player crashed (severity high)",
+                                    "queued": True}}),
+                },
+                "400": _error("`reason` is missing or too long, or `severity` "
+                              "is not one of low, normal, high, critical.",
+                              "Invalid parameter: reason is required"),
+                "409": _ref("responses", "GuestRequestRefused"),
+                "503": _503(),
+            },
+            path_extra={"parameters": [
+                {"name": "reason", "in": "query", "required": True,
+                 "description": "Why the guest wants a revert (up to 500 "
+                                "printable characters); also accepted as a "
+                                "POST form field.",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 500}},
+                {"name": "severity", "in": "query", "required": False,
+                 "description": "How bad it is; recorded with the reason.",
+                 "schema": {"type": "string", "default": "normal",
+                            "enum": ["low", "normal", "high", "critical"]}},
+            ]},
+        ),
+        "/api/v1/idle/reset": _get_and_post(
+            "Guest requests", "idleReset",
+            "The guest asks for a fresh start after no visitor interaction",
+            "For an idle monitor in the guest: after `idle_duration` seconds "
+            "without a visitor the artwork is returned to its start state. "
+            "Same rules as /api/v1/revert/request; recorded with the trigger "
+            "idle_reset.",
+            {
+                "202": {
+                    "description": "Queued, or already taken care of.",
+                    "content": _json(_schema("GuestRequestAck"), {
+                        "message": "Revert queued",
+                        "details": {"action": "revert", "trigger": "idle_reset",
+                                    "reason": "the guest reports no visitor "
+                                              "interaction for 900 s",
+                                    "queued": True}}),
+                },
+                "400": _error("`idle_duration` is not a number of seconds.",
+                              "Invalid parameter: idle_duration must be a number "
+                              "of seconds from 0 to 10000000 (got 'soon')"),
+                "409": _ref("responses", "GuestRequestRefused"),
+                "503": _503(),
+            },
+            path_extra={"parameters": [
+                {"name": "idle_duration", "in": "query", "required": False,
+                 "description": "Seconds the guest has been idle (recorded).",
+                 "schema": {"type": "number", "minimum": 0,
+                            "maximum": 10000000}},
+            ]},
+        ),
+        "/api/v1/events": {
+            "get": _operation(
+                "History", "listEvents", "What happened: recoveries and actions",
+                "Every automatic recovery and every control action, newest "
+                "first: when, which VM, what triggered it, why, how long it "
+                "took, how it ended and virsh's error if any. Kept in the "
+                "state file; pruned by age (history_max_age_days) and count "
+                "(history_max_events).",
+                {
+                    "200": {
+                        "description": "The matching events, newest first.",
+                        "content": _json(_schema("History"), {
+                            "vm_name": "eden-garden-vm",
+                            "events": [{
+                                "id": 42, "time": "2025-12-09T09:12:03.501+01:00",
+                                "vm": "eden-garden-vm",
+                                "trigger": "heartbeat_timeout", "action": "revert",
+                                "reason": "no heartbeat for 10.0 s (timeout 10 s)",
+                                "outcome": "succeeded", "duration": 0.612,
+                                "error": None}]}),
+                    },
+                    "400": _error("A filter is malformed.",
+                                  "Invalid parameter: limit must be a whole "
+                                  "number from 1 to 1000 (got '0')"),
+                    "503": _503(),
+                },
+                parameters=[
+                    {"name": "limit", "in": "query", "required": False,
+                     "description": "At most this many events (default 100).",
+                     "schema": {"type": "integer", "minimum": 1,
+                                "maximum": 1000, "default": 100}},
+                    {"name": "since", "in": "query", "required": False,
+                     "description": "Only events at or after this time: ISO "
+                                    "8601 (without an offset: local time) or "
+                                    "seconds since the epoch.",
+                     "schema": {"type": "string"},
+                     "example": "2025-12-09T00:00:00+01:00"},
+                    {"name": "trigger", "in": "query", "required": False,
+                     "description": "Only these triggers (comma-separated or "
+                                    "repeated).",
+                     "style": "form", "explode": True,
+                     "schema": {"type": "array", "items": {
+                         "type": "string", "enum": list(TRIGGERS)}}},
+                ],
+            ),
+        },
         "/api/v1/revert/disable": _get_and_post(
             "Auto-revert", "disableAutoRevert",
             "Turn automatic revert off (maintenance)",
@@ -676,6 +912,8 @@ _TAGS = (
     ("Snapshots", "List, create and delete the VM's snapshots."),
     ("Auto-revert", "Switch automatic recovery on and off (maintenance "
                     "mode)."),
+    ("Guest requests", "The guest's own calls beyond the heartbeat."),
+    ("History", "What the controller did, and why."),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
@@ -17,7 +18,7 @@ from werkzeug.routing import BaseConverter
 
 from .apispec import build_openapi
 from .docs import init_docs
-from .monitor import Monitor, NotInitialised
+from .monitor import GUEST_REQUEST, IDLE_RESET, TRIGGERS, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
@@ -89,10 +90,13 @@ def create_app(monitor: Monitor, version: str) -> Flask:
 
     @app.errorhandler(SnapshotNotFound)
     def _snapshot_not_found(exc: SnapshotNotFound):
-        return _error(404, f"Snapshot not found: {exc.message}")
+        name = request.view_args.get("snapshot_name") if request.view_args else None
+        return _error(404, f"Snapshot '{name}' not found for VM '{domain.name}'" if name
+                      else f"Snapshot not found: {exc.message}")
 
     @app.errorhandler(SnapshotMissing)
-    def _snapshot_missing(exc: SnapshotMissing):
+    @app.errorhandler(Conflict)
+    def _conflict(exc: Exception):
         return _error(409, str(exc))
 
     @app.errorhandler(NotInitialised)
@@ -177,28 +181,20 @@ def create_app(monitor: Monitor, version: str) -> Flask:
     @app.get(f"{API}/snapshots")
     @when_failing("listing snapshots")
     def snapshots():
-        monitor.require_initialised()
-        return jsonify({"vm_name": domain.name, "snapshots": domain.snapshots()})
+        return jsonify({"vm_name": domain.name, "snapshots": monitor.list_snapshots()})
 
     @app.route(f"{API}/snapshot/create", methods=["GET", "POST"])
     @when_failing("creating snapshot")
     def snapshot_create():
-        raw = request.args.get("snapshot_name")
-        if raw is None and request.method == "POST":
-            raw = request.form.get("snapshot_name")
+        raw = _param("snapshot_name")
         name = domain.snapshot_name if raw is None else validate_name(raw)
-        monitor.require_initialised()
-        replaced = domain.create_snapshot(name)
+        replaced = monitor.create_snapshot(name)
         verb = "replaced" if replaced else "created"
         return _message(f"Snapshot '{name}' {verb} successfully for VM '{domain.name}'")
 
     def _delete(snapshot_name: str):
         name = validate_name(snapshot_name)
-        monitor.require_initialised()
-        domain.delete_snapshot(name)
-        if name == domain.snapshot_name:
-            log.warning("the reference snapshot %r was deleted: automatic recovery is impossible "
-                        "until it is created again", name)
+        monitor.delete_snapshot(name)
         return _message(f"Snapshot '{name}' deleted successfully")
 
     @app.delete(f"{API}/snapshot/<anytext:snapshot_name>")
@@ -221,5 +217,108 @@ def create_app(monitor: Monitor, version: str) -> Flask:
         monitor.set_auto_revert(False)
         return _message("Automatic revert disabled - manual intervention required on failures")
 
+    # ------------------------------------------------------------ guest requests
+
+    @app.route(f"{API}/revert/request", methods=["GET", "POST"])
+    def revert_request():
+        reason = _text_param("reason", required=True, limit=REASON_MAX)
+        severity = _text_param("severity", required=False, limit=32) or "normal"
+        if severity not in SEVERITIES:
+            raise ApiError(400, f"Invalid parameter: severity must be one of "
+                                f"{', '.join(SEVERITIES)} (got {severity!r})")
+        details = monitor.request_revert(GUEST_REQUEST, f"{reason} (severity {severity})")
+        return _accepted(details)
+
+    @app.route(f"{API}/idle/reset", methods=["GET", "POST"])
+    def idle_reset():
+        raw = _param("idle_duration")
+        reason = "the guest reports no visitor interaction"
+        if raw not in (None, ""):
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = -1.0
+            if not 0 <= seconds <= 10 ** 7:
+                raise ApiError(400, f"Invalid parameter: idle_duration must be a number of "
+                                    f"seconds from 0 to 10000000 (got {raw!r})")
+            reason += f" for {seconds:g} s"
+        return _accepted(monitor.request_revert(IDLE_RESET, reason))
+
+    # ------------------------------------------------------------ history
+
+    @app.get(f"{API}/events")
+    def events():
+        limit = _int_param("limit", 100, 1, 1000)
+        since = _time_param("since")
+        triggers = [t for value in request.args.getlist("trigger") for t in value.split(",") if t]
+        unknown = sorted(set(triggers) - set(TRIGGERS))
+        if unknown:
+            raise ApiError(400, f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
+                                f"(got {unknown[0]!r})")
+        monitor.require_initialised()
+        found = monitor.store.events(limit=limit, since=since, triggers=triggers)
+        return jsonify({"vm_name": domain.name, "events": [e.as_json() for e in found]})
+
     init_docs(app, build_openapi(version))
     return app
+
+
+REASON_MAX = 500
+SEVERITIES = ("low", "normal", "high", "critical")
+
+
+def _param(name: str) -> str | None:
+    """A parameter from the query string, else a POSTed form field or JSON object."""
+    value = request.args.get(name)
+    if value is None and request.method == "POST":
+        value = request.form.get(name)
+        if value is None and request.is_json:
+            body = request.get_json(silent=True)
+            if isinstance(body, dict) and body.get(name) is not None:
+                value = str(body[name])
+    return value
+
+
+def _text_param(name: str, required: bool, limit: int) -> str | None:
+    value = _param(name)
+    if value is None or not value.strip():
+        if required:
+            raise ApiError(400, f"Invalid parameter: {name} is required")
+        return None
+    value = value.strip()
+    if len(value) > limit or not value.isprintable():
+        raise ApiError(400, f"Invalid parameter: {name} must be at most {limit} printable "
+                            f"characters")
+    return value
+
+
+def _int_param(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"Invalid parameter: {name} must be a whole number from {low} to "
+                            f"{high} (got {raw!r})")
+    return int(raw)
+
+
+def _time_param(name: str) -> float | None:
+    """ISO 8601 (a time without offset is local time) or seconds since the epoch."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ApiError(400, f"Invalid parameter: {name} must be an ISO 8601 time such as "
+                            f"2026-11-25T10:00:00+00:00, or seconds since the epoch "
+                            f"(got {raw!r})") from None
+
+
+def _accepted(details: dict[str, Any]) -> tuple[Response, int]:
+    message = "Revert queued" if details.get("queued") else "Revert not queued again"
+    return jsonify({"message": message, "details": details}), 202

@@ -43,6 +43,15 @@ class Config:
     libvirt_uri: str = "qemu:///system"
     virsh_timeout: float = 30.0
     state_poll_interval: float = 60.0
+    state_path: str = "/var/lib/exhibition-vm-controller/state.db"
+    history_max_age_days: float = 90.0
+    history_max_events: int = 10000
+    max_recoveries: int = 5
+    recovery_window: float = 600.0
+    recovery_backoff_initial: float = 5.0
+    recovery_backoff_max: float = 300.0
+    post_revert_command: tuple[str, ...] | None = None
+    post_revert_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,22 @@ _RULES: dict[str, _Rule] = {
                          "a libvirt connection URI such as qemu:///system"),
     "virsh_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
     "state_poll_interval": _Rule(float, _between(1, 86400), "a number of seconds from 1 to 86400"),
+    "state_path": _Rule(str, lambda v: bool(v.strip()),
+                        "the path of the SQLite state file, e.g. /var/lib/exhibition-vm-controller/state.db"),
+    "history_max_age_days": _Rule(float, _between(1, 3650), "a number of days from 1 to 3650"),
+    "history_max_events": _Rule(int, _between(100, 10_000_000),
+                                "a whole number of events from 100 to 10000000"),
+    "max_recoveries": _Rule(int, _between(1, 1000), "a whole number from 1 to 1000"),
+    "recovery_window": _Rule(float, _between(1, 604800), "a number of seconds from 1 to 604800"),
+    "recovery_backoff_initial": _Rule(float, _between(0.1, 3600),
+                                      "a number of seconds from 0.1 to 3600"),
+    "recovery_backoff_max": _Rule(float, _between(0.1, 86400),
+                                  "a number of seconds from 0.1 to 86400"),
+    "post_revert_command": _Rule(tuple, lambda v: v is None or (
+        len(v) > 0 and all(isinstance(a, str) and a for a in v)),
+        "null or a non-empty list of strings (the program and its arguments; "
+        "{vm_name} and {snapshot_name} are replaced)"),
+    "post_revert_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -151,7 +176,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 def _coerce(key: str, value: Any) -> Any:
     rule = _RULES[key]
     shown = f"{key}={value!r}"
-    if rule.kind is bool:
+    if rule.kind is tuple:
+        ok = value is None or isinstance(value, (list, tuple))
+        value = None if value is None or not ok else tuple(value)
+    elif rule.kind is bool:
         ok = isinstance(value, bool)
     elif rule.kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -175,7 +203,12 @@ def build_config(values: Mapping[str, Any]) -> Config:
     if values.get("vm_name") in (None, ""):
         raise ConfigError("vm_name is missing: expected the name of the libvirt domain to keep running")
     merged = {**DEFAULTS, **values}
-    return Config(**{key: _coerce(key, merged[key]) for key in KEYS})
+    config = Config(**{key: _coerce(key, merged[key]) for key in KEYS})
+    if config.recovery_backoff_max < config.recovery_backoff_initial:
+        raise ConfigError(f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
+                          f"expected at least recovery_backoff_initial "
+                          f"({config.recovery_backoff_initial:g})")
+    return config
 
 
 def load_config(path: str | os.PathLike | None = None,
@@ -193,4 +226,7 @@ def load_config(path: str | os.PathLike | None = None,
 
 def as_dict(config: Config) -> dict[str, Any]:
     """The configuration as plain data, for check-config and the logs."""
-    return dataclasses.asdict(config)
+    data = dataclasses.asdict(config)
+    if data["post_revert_command"] is not None:
+        data["post_revert_command"] = list(data["post_revert_command"])
+    return data

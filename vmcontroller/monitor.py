@@ -2,12 +2,17 @@
 
 One daemon thread owns every automatic decision. It sleeps on a condition
 variable until the next thing that can happen (the heartbeat deadline, the
-end of a grace period, a paused VM's deadline, the safety poll) or until a
-libvirt lifecycle event says the VM's state changed, so a timeout is acted on
-within milliseconds and an idle controller costs nothing.
+end of a grace period, a paused VM's deadline, the safety poll, a guest's
+request) or until a libvirt lifecycle event says the VM's state changed, so
+a timeout is acted on within milliseconds and an idle controller costs
+nothing.
 
 Recovery and staff actions share one path (``_run_exclusive``): a restart
 asked for while another is under way joins it instead of reverting twice.
+What staff set (maintenance, manual stop) and the guard's count live in the
+Store, so a restart of the controller forgets none of it. Status is answered
+from what this object already knows, so a dashboard polling every second
+starts no virsh process and a hung libvirtd cannot slow it down.
 """
 from __future__ import annotations
 
@@ -15,26 +20,43 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .config import Config
-from .virsh import LifecycleEvent, VirshError
-from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, Domain, StartResult
+from .guard import FAILED as GUARD_FAILED
+from .guard import RecoveryGuard
+from .store import FAILED, REFUSED, SKIPPED, SUCCEEDED, Store
+from .virsh import LifecycleEvent, VirshError, run_command
+from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, StartResult
 
 log = logging.getLogger(__name__)
 
-# Why a recovery or action happened; recorded in logs (and, later, history).
+# Why something happened; the words used in logs and history.
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
 VM_STOPPED = "vm_stopped"
 VM_CRASHED = "vm_crashed"
 VM_PAUSED = "vm_paused"
-STARTUP = "startup"
+GUEST_REQUEST = "guest_request"
+IDLE_RESET = "idle_reset"
 API = "api"
+STARTUP = "startup"
+TRIGGERS = (HEARTBEAT_TIMEOUT, VM_STOPPED, VM_CRASHED, VM_PAUSED, GUEST_REQUEST, IDLE_RESET,
+            API, STARTUP)
+
+UNKNOWN = "unknown"
+#: The thread wakes at least this often, so a supervisor (or systemd's
+#: watchdog) can tell a live monitor from a stuck one.
+MAX_SLEEP = 5.0
 
 
 class NotInitialised(Exception):
     """The controller has not finished starting; the API answers 503."""
+
+
+class Conflict(Exception):
+    """The request contradicts what staff decided (maintenance, stop) or the guard: 409."""
 
 
 def _wallclock() -> datetime:
@@ -44,20 +66,30 @@ def _wallclock() -> datetime:
 class Monitor:
     """Heartbeats, VM state and every action on the VM, for one domain."""
 
-    def __init__(self, domain: Domain, config: Config,
+    def __init__(self, domain: Domain, config: Config, store: Store,
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], datetime] = _wallclock):
         self.domain = domain
+        self.store = store
         self.timeout = config.heartbeat_timeout
         self.grace = config.vm_startup_heartbeat_delay
         self.poll_interval = config.state_poll_interval
         self.fallback_poll_interval = config.heartbeat_check_interval
+        self.lock_timeout = config.virsh_timeout + 5
+        self.post_revert_command = config.post_revert_command
+        self.post_revert_timeout = config.post_revert_timeout
         self._clock = clock
         self._wallclock = wallclock
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
-        self._auto_revert = config.auto_revert_enabled
-        self._manual_stop = False
+        saved = store.get("auto_revert_enabled")
+        if saved is None:
+            saved = config.auto_revert_enabled   # the config only seeds the very first start
+            store.put("auto_revert_enabled", saved)
+        self._auto_revert: bool = bool(saved)
+        self._manual_stop: bool = bool(store.get("manual_stop", False))
+        self.guard = RecoveryGuard(store, config.max_recoveries, config.recovery_window,
+                                   config.recovery_backoff_initial, config.recovery_backoff_max)
         self._enabled = False           # heartbeat timeout enforced now
         self._armed_at = 0.0            # when enforcement (re)started
         self._grace_until: float | None = None
@@ -68,31 +100,64 @@ class Monitor:
         self._failure_reported: str | None = None
         self._state_dirty = True
         self._next_poll = 0.0
-        self._vm_state: str | None = None
+        self._vm_state = UNKNOWN
+        self._state_detail: str | None = "not checked yet"
+        self._snapshot_exists: bool | None = None
         self._paused_since: float | None = None
         self._paused_reported = False
-        self._hold_until = 0.0          # no automatic recovery before this (after a failure)
+        self._hold_until = 0.0          # no automatic recovery before this (guard's backoff)
+        self._next_prune = 0.0
         self._last_event: LifecycleEvent | None = None
         self._events_connected = False
+        self._pending: tuple[str, str] | None = None     # a guest's request, queued
         self._stopping = False
+        self._recovery = self._load_recovery_summary()
+        self.last_progress = clock()
         # Join semantics for restarts: the job under way, if any.
         self._job_mutex = threading.Lock()
         self._job: Future[bool] | None = None
         self._initialised = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"monitor-{domain.name}", daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def _load_recovery_summary(self) -> dict[str, Any]:
+        automatic = [t for t in TRIGGERS if t not in (API, STARTUP)]
+        last = self.store.events(limit=1, triggers=automatic)
+        count = self.store.get("recovery_count", 0)
+        return {"count": count,
+                "last_time": last[0].as_json()["time"] if last else None,
+                "last_trigger": last[0].trigger if last else None,
+                "last_outcome": last[0].outcome if last else None}
 
     # ================================================================ life
 
     def start(self) -> None:
         """Start the monitor thread; it first brings the VM to a clean start."""
+        self._thread = threading.Thread(target=self._run, args=(True,),
+                                        name=f"monitor-{self.domain.name}", daemon=True)
         self._thread.start()
+
+    def ensure_thread(self) -> bool:
+        """Restart the monitor thread if it died. Returns False if it had to."""
+        thread = self._thread
+        if thread is None or thread.is_alive() or self._stopping:
+            return True
+        log.error("the monitor thread of VM %r died; starting a new one", self.domain.name)
+        self._thread = threading.Thread(target=self._run, args=(False,),
+                                        name=f"monitor-{self.domain.name}", daemon=True)
+        self._thread.start()
+        return False
+
+    @property
+    def thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout)
 
     @property
     def initialised(self) -> bool:
@@ -117,15 +182,12 @@ class Monitor:
         self.require_initialised()
         now = self._clock()
         with self._cond:
-            first = self._last_hb is None or self._last_hb < self._started_at
-            if first:
+            if self._last_hb is None or self._last_hb < self._started_at:
                 log.info("first heartbeat from VM %r, %.1f s after its (re)start",
                          self.domain.name, now - self._started_at)
             elif self._timeout_reported:
                 log.info("heartbeats from VM %r resumed after %.1f s of silence",
                          self.domain.name, now - self._last_hb)
-            else:
-                log.debug("heartbeat from VM %r", self.domain.name)
             self._last_hb = now
             self._last_hb_wall = self._wallclock()
             self._timeout_reported = False
@@ -136,6 +198,8 @@ class Monitor:
         log.debug("lifecycle event for VM %r: %s %s", event.domain, event.event, event.detail)
         with self._cond:
             self._last_event = event
+            if event.event in ("Stopped", "Crashed") and self._vm_state == RUNNING:
+                self._vm_state = CRASHED if event.event == "Crashed" else SHUT_OFF
             self._state_dirty = True
             self._cond.notify_all()
 
@@ -147,7 +211,7 @@ class Monitor:
             self._state_dirty = True
             self._cond.notify_all()
 
-    # ================================================================ reads
+    # ================================================================ reads (no virsh)
 
     def heartbeat_status(self) -> dict[str, Any]:
         self.require_initialised()
@@ -167,19 +231,21 @@ class Monitor:
         }
 
     def status(self) -> dict[str, Any]:
-        """The whole picture; asks libvirt for the VM's state and snapshot."""
+        """The whole picture, from what the monitor already knows."""
         self.require_initialised()
-        state = self.domain.state()
-        exists = state != NOT_FOUND and self.domain.snapshot_exists()
         with self._cond:
             return {
                 "vm_name": self.domain.name,
-                "vm_state": state,
-                "vm_is_running": state == RUNNING,
+                "vm_state": self._vm_state,
+                "vm_is_running": self._vm_state == RUNNING,
                 "snapshot_name": self.domain.snapshot_name,
-                "snapshot_exists": exists,
+                "snapshot_exists": bool(self._snapshot_exists),
                 "heartbeat": self._heartbeat_status_locked(self._clock()),
                 "auto_revert_enabled": self._auto_revert,
+                # Additive fields, beyond the API reference:
+                "vm_state_detail": self._state_detail,
+                "stopped_by_staff": self._manual_stop,
+                "recovery": {**self._recovery, "guard": self.guard.as_json()},
             }
 
     @property
@@ -194,6 +260,7 @@ class Monitor:
         with self._cond:
             changed = enabled != self._auto_revert
             self._auto_revert = enabled
+            self.store.put("auto_revert_enabled", enabled)
             if enabled and changed:
                 # A guest that went quiet during maintenance gets one full
                 # timeout before it is reverted, rather than being reverted
@@ -201,44 +268,142 @@ class Monitor:
                 self._armed_at = self._clock()
                 self._timeout_reported = False
                 self._failure_reported = None
+                self._paused_since = None
+                self._paused_reported = False
                 self._state_dirty = True
             self._cond.notify_all()
         if changed:
+            action = "enable_auto_revert" if enabled else "disable_auto_revert"
+            self.store.record(self.domain.name, API, action,
+                              "auto-revert enabled" if enabled else "maintenance mode",
+                              SUCCEEDED, 0.0)
             log.info("automatic revert %s", "enabled" if enabled else
                      "disabled (maintenance): failures will be logged, not acted on")
 
     def start_vm(self) -> StartResult:
-        """Start through the API: clean start, and the 'stay stopped' flag is cleared."""
+        """Start through the API: clean start; clears 'stay stopped' and the guard."""
         self.require_initialised()
         result: list[StartResult] = []
 
         def action() -> None:
             result.append(self.domain.start())
 
-        performed = self._run_exclusive(API, "start requested through the API", action)
+        performed = self._run_exclusive(API, "start", "start requested through the API", action)
         return result[0] if performed and result else StartResult(reverted=True, was_running=True)
 
     def restart_vm(self) -> None:
         """Restart through the API; returns once the VM runs again (grace goes on after)."""
         self.require_initialised()
-        self._run_exclusive(API, "restart requested through the API", self.domain.revert_and_start)
+        self._run_exclusive(API, "revert", "restart requested through the API",
+                            self.domain.revert_and_start)
 
     def stop_vm(self) -> bool:
         """Stop through the API; the VM then stays stopped until started again."""
         self.require_initialised()
-        with self.domain.locked():
+        with self._operation(API, "stop", "stop requested through the API"):
             with self._cond:
                 self._manual_stop = True
+                self.store.put("manual_stop", True)
                 self._enabled = False
                 self._grace_until = None
+                self._pending = None
                 self._cond.notify_all()
             log.info("VM %r stopped through the API: it stays stopped until started again",
                      self.domain.name)
-            return self.domain.stop()
+            was_running = self.domain.stop()
+            with self._cond:
+                self._vm_state = SHUT_OFF
+                self._state_detail = None
+            return was_running
 
-    # ================================================================ the one path for restarts
+    def create_snapshot(self, name: str) -> bool:
+        self.require_initialised()
+        with self._operation(API, "snapshot_create", f"snapshot {name!r}"):
+            replaced = self.domain.create_snapshot(name)
+        if name == self.domain.snapshot_name:
+            with self._cond:
+                self._snapshot_exists = True
+        return replaced
 
-    def _run_exclusive(self, trigger: str, reason: str, action: Callable[[], Any],
+    def delete_snapshot(self, name: str) -> None:
+        self.require_initialised()
+        with self._operation(API, "snapshot_delete", f"snapshot {name!r}"):
+            self.domain.delete_snapshot(name)
+        if name == self.domain.snapshot_name:
+            with self._cond:
+                self._snapshot_exists = False
+            log.warning("the reference snapshot %r was deleted: automatic recovery is impossible "
+                        "until it is created again", name)
+
+    def list_snapshots(self) -> list[str]:
+        self.require_initialised()
+        names = self.domain.snapshots()
+        with self._cond:
+            self._snapshot_exists = self.domain.snapshot_name in names
+        return names
+
+    # ================================================================ guest requests
+
+    def request_revert(self, trigger: str, reason: str) -> dict[str, Any]:
+        """A guest asks for a revert: answered at once, carried out by the monitor thread."""
+        self.require_initialised()
+        now = self._clock()
+        with self._cond:
+            refusal = None
+            if self._manual_stop:
+                refusal = "the VM was stopped by staff; it stays stopped until started again"
+            elif not self._auto_revert:
+                refusal = "automatic revert is disabled (maintenance)"
+            elif self.guard.state == "failed":
+                refusal = "the recovery guard tripped; staff must start or restart the VM"
+            if refusal is None:
+                details = {"action": "revert", "trigger": trigger, "reason": reason}
+                busy = self._job is not None or self._pending is not None
+                in_grace = self._grace_until is not None and now < self._grace_until
+                if busy:
+                    return {**details, "queued": False,
+                            "note": "a revert is already under way or queued"}
+                if in_grace:
+                    return {**details, "queued": False,
+                            "note": f"the VM was restored {now - self._started_at:.1f} s ago and "
+                                    f"is in its start-up grace period"}
+                self._pending = (trigger, reason)
+                self._cond.notify_all()
+                return {**details, "queued": True}
+        self.store.record(self.domain.name, trigger, "revert", reason, REFUSED, error=refusal)
+        log.info("guest request refused (%s): %s: %s", trigger, reason, refusal)
+        raise Conflict(f"Revert not queued: {refusal}")
+
+    # ================================================================ the one path for changes
+
+    @contextmanager
+    def _locked(self, trigger: str) -> Iterator[None]:
+        """The VM's lock. Staff wait for it a bounded time (a hung libvirtd must not hang
+        a request); automatic recovery waits as long as it takes."""
+        lock = self.domain.locked()
+        if not lock.acquire(timeout=self.lock_timeout if trigger == API else -1):
+            raise VirshError(f"another operation on VM {self.domain.name!r} has been under way "
+                             f"for more than {self.lock_timeout:g} s (is libvirtd hung?)")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _operation(self, trigger: str, action: str, reason: str) -> Iterator[None]:
+        """Hold the VM's lock and record the action with its outcome and duration."""
+        with self._locked(trigger):
+            event_id = self.store.begin(self.domain.name, trigger, action, reason)
+            started = self._clock()
+            try:
+                yield
+            except BaseException as exc:
+                self.store.finish(event_id, FAILED, self._clock() - started, str(exc))
+                raise
+            self.store.finish(event_id, SUCCEEDED, self._clock() - started)
+
+    def _run_exclusive(self, trigger: str, action_name: str, reason: str,
+                       action: Callable[[], Any],
                        still_needed: Callable[[], bool] | None = None) -> bool:
         """Run a start/revert, or join the one already under way.
 
@@ -260,7 +425,7 @@ class Monitor:
                     return performed
                 continue  # we joined a recovery that turned out unnecessary; do our own
             try:
-                performed = self._perform(trigger, reason, action, still_needed)
+                performed = self._perform(trigger, action_name, reason, action, still_needed)
             except BaseException as exc:
                 job.set_exception(exc)
                 raise
@@ -271,58 +436,130 @@ class Monitor:
                 with self._job_mutex:
                     self._job = None
 
-    def _perform(self, trigger: str, reason: str, action: Callable[[], Any],
+    def _perform(self, trigger: str, action_name: str, reason: str, action: Callable[[], Any],
                  still_needed: Callable[[], bool] | None) -> bool:
-        with self.domain.locked():
+        automatic = trigger not in (API, STARTUP)
+        with self._locked(trigger):  # re-entrant: _operation takes it again, with the record
             if still_needed is not None and not still_needed():
                 log.info("recovery (%s) no longer needed: %s", trigger, reason)
                 return False
             with self._cond:
                 self._enabled = False
                 self._grace_until = None
+                self._pending = None
+                if automatic:
+                    self.guard.started()
             log.info("restoring VM %r (%s): %s", self.domain.name, trigger, reason)
             started = self._clock()
             try:
-                action()
+                with self._operation(trigger, action_name, reason):
+                    action()
             except BaseException as exc:
-                with self._cond:
-                    # Try again after a full timeout, never in a tight loop.
-                    now = self._clock()
-                    self._arm_locked(now)
-                    self._hold_until = now + self.timeout
-                    self._next_poll = min(self._next_poll, self._hold_until)
-                    self._cond.notify_all()
-                log.error("restoring VM %r (%s) failed after %.2f s: %s", self.domain.name,
-                          trigger, self._clock() - started, exc)
+                self._after_failure(trigger, automatic, started, exc)
                 raise
-            now = self._clock()
-            with self._cond:
-                self._manual_stop = False
-                self._started_at = now
-                self._vm_state = RUNNING
-                self._paused_since = None
-                self._paused_reported = False
-                self._timeout_reported = False
-                self._failure_reported = None
-                self._hold_until = 0.0
-                self._grace_until = now + self.grace
-                self._cond.notify_all()
-            log.info("VM %r running again after %.2f s (%s); heartbeats enforced in %g s",
-                     self.domain.name, now - started, trigger, self.grace)
-            return True
+            self._after_success(trigger, action_name, automatic, started)
+        if action_name == "revert" or trigger == STARTUP:
+            self._run_post_revert_command()
+        return True
+
+    def _after_success(self, trigger: str, action_name: str, automatic: bool,
+                       started: float) -> None:
+        now = self._clock()
+        with self._cond:
+            if trigger == API and self.guard.reset():
+                log.info("recovery guard cleared by staff")
+            elif automatic:
+                self.guard.succeeded()
+            if self._manual_stop:
+                self.store.put("manual_stop", False)
+            self._manual_stop = False
+            self._started_at = now
+            self._vm_state = RUNNING
+            self._state_detail = None
+            if action_name == "revert":
+                self._snapshot_exists = True
+            self._paused_since = None
+            self._paused_reported = False
+            self._timeout_reported = False
+            self._failure_reported = None
+            self._hold_until_locked(0.0)
+            self._grace_until = now + self.grace
+            if automatic:
+                self._note_recovery_locked(trigger, SUCCEEDED)
+            self._cond.notify_all()
+        log.info("VM %r running again after %.2f s (%s); heartbeats enforced in %g s",
+                 self.domain.name, now - started, trigger, self.grace)
+
+    def _after_failure(self, trigger: str, automatic: bool, started: float,
+                       exc: BaseException) -> None:
+        now = self._clock()
+        with self._cond:
+            self._arm_locked(now)   # the deadline restarts; the guard's backoff spaces retries
+            delay = self.guard.failed() if automatic else 0.0
+            self._hold_until_locked(now + delay)
+            if automatic:
+                self._note_recovery_locked(trigger, FAILED)
+            self._timeout_reported = False   # time out again once the backoff is over
+            self._state_dirty = not automatic
+            self._cond.notify_all()
+        retry = f"; next attempt in {delay:g} s at the earliest" if automatic else ""
+        log.error("restoring VM %r (%s) failed after %.2f s: %s%s", self.domain.name, trigger,
+                  now - started, exc, retry)
+
+    def _note_recovery_locked(self, trigger: str, outcome: str, attempted: bool = True) -> None:
+        count = self._recovery["count"] + (1 if attempted else 0)
+        if attempted:
+            self.store.put("recovery_count", count)
+        self._recovery = {"count": count, "last_time": self._wallclock().isoformat(),
+                          "last_trigger": trigger, "last_outcome": outcome}
+
+    def _hold_until_locked(self, until: float) -> None:
+        self._hold_until = until
+        if until:
+            self._next_poll = min(self._next_poll, until)
 
     def _arm_locked(self, now: float) -> None:
         self._enabled = True
         self._armed_at = now
         self._grace_until = None
 
+    def _run_post_revert_command(self) -> None:
+        """The site's own command after a revert (e.g. flush conntrack), off the hot path."""
+        if not self.post_revert_command:
+            return
+        names = {"vm_name": self.domain.name, "snapshot_name": self.domain.snapshot_name}
+        argv = [arg.replace("{vm_name}", names["vm_name"])
+                   .replace("{snapshot_name}", names["snapshot_name"])
+                for arg in self.post_revert_command]
+
+        def run() -> None:
+            began = self._clock()
+            result = run_command(argv, self.post_revert_timeout,
+                                 env={"VMCTL_VM_NAME": names["vm_name"],
+                                      "VMCTL_SNAPSHOT_NAME": names["snapshot_name"]})
+            took = self._clock() - began
+            if result.returncode == 0:
+                log.info("post_revert_command %s succeeded in %.2f s%s", argv, took,
+                         f": {result.output}" if result.output else "")
+            elif result.returncode is None:
+                log.error("post_revert_command %s killed after %g s: %s", argv,
+                          self.post_revert_timeout, result.output)
+            else:
+                log.error("post_revert_command %s exited with status %d in %.2f s: %s", argv,
+                          result.returncode, took, result.output)
+
+        threading.Thread(target=run, name="post-revert-command", daemon=True).start()
+
     # ================================================================ the thread
 
-    def _run(self) -> None:
-        try:
-            self._initialise()
-        finally:
-            self._initialised.set()
+    def _run(self, initialise: bool) -> None:
+        if initialise:
+            try:
+                self._initialise()
+            except Exception:
+                log.exception("could not prepare VM %r at start", self.domain.name)
+            finally:
+                self._initialised.set()
         while True:
             try:
                 if not self._step():
@@ -337,51 +574,87 @@ class Monitor:
     def _initialise(self) -> None:
         """Bring the exhibition up clean: revert to the snapshot if there is one."""
         name = self.domain.name
-        try:
-            state = self.domain.state()
-            if state == NOT_FOUND:
-                log.error("VM %r is not defined in libvirt; waiting for it to appear", name)
-            elif not self.auto_revert_enabled:
-                log.warning("automatic revert is disabled (maintenance): VM %r left as it is (%s)",
-                            name, state)
-            elif self.domain.snapshot_exists():
-                self._perform(STARTUP, "controller started: clean start from the snapshot",
-                              self.domain.revert_and_start, None)
+        interrupted = self.store.mark_interrupted()
+        if interrupted:
+            log.warning("%d action(s) were cut short when the controller last stopped; "
+                        "they are marked 'interrupted' in the history", interrupted)
+        state = self._refresh_state()
+        with self._cond:
+            manual, auto = self._manual_stop, self._auto_revert
+        if state == UNKNOWN:
+            log.error("libvirt did not answer at start (%s); will keep trying", self._state_detail)
+        elif state == NOT_FOUND:
+            log.error("VM %r is not defined in libvirt; waiting for it to appear", name)
+        elif manual:
+            log.warning("VM %r was stopped by staff before the controller restarted: it stays "
+                        "%s until started again", name, state)
+            with self._cond:
+                self._enabled = False
+            return
+        elif not auto:
+            log.warning("automatic revert is disabled (maintenance): VM %r left as it is (%s)",
+                        name, state)
+        elif self._snapshot_exists:
+            try:
+                self._perform(STARTUP, "revert", "controller started: clean start from the "
+                              "snapshot", self.domain.revert_and_start, None)
                 return
-            else:
-                log.warning("snapshot %r of VM %r does not exist: automatic recovery is impossible "
-                            "until it is created", self.domain.snapshot_name, name)
-                if state != RUNNING:
-                    self._perform(STARTUP, "controller started: booting the VM", self.domain.start,
-                                  None)
+            except Exception:
+                pass  # logged and recorded by _perform; the monitor retries like any failure
+        else:
+            log.warning("snapshot %r of VM %r does not exist: automatic recovery is impossible "
+                        "until it is created", self.domain.snapshot_name, name)
+            if state != RUNNING:
+                try:
+                    self._perform(STARTUP, "start", "controller started: booting the VM",
+                                  self.domain.start, None)
                     return
-        except VirshError as exc:
-            log.error("could not prepare VM %r at start: %s", name, exc)
+                except Exception:
+                    pass
         with self._cond:
             self._started_at = self._clock()
             self._arm_locked(self._clock())
+
+    def _refresh_state(self) -> str:
+        """Ask libvirt for the VM's state and snapshots; the one virsh call of a poll."""
+        try:
+            state, snapshots = self.domain.state_and_snapshots()
+            detail, exists = None, self.domain.snapshot_name in snapshots
+        except VirshError as exc:
+            state, detail, exists = UNKNOWN, f"libvirt did not answer: {exc.message}", None
+        with self._cond:
+            self._vm_state, self._state_detail = state, detail
+            if exists is not None:
+                self._snapshot_exists = exists
+        return state
 
     def _step(self) -> bool:
         """Wait for the next thing to do, do it. Returns False when stopping."""
         with self._cond:
             while True:
+                self.last_progress = self._clock()
                 if self._stopping:
                     return False
                 now = self._clock()
                 action, wake = self._next_action_locked(now)
                 if action is not None:
                     break
-                self._cond.wait(None if wake is None else max(0.0, wake - now))
+                self._cond.wait(min(MAX_SLEEP, max(0.0, wake - now)))
         action()
         return True
 
-    def _next_action_locked(self, now: float) -> tuple[Callable[[], None] | None, float | None]:
+    def _next_action_locked(self, now: float) -> tuple[Callable[[], None] | None, float]:
         """Decide what is due now, or when to look again."""
         if self._state_dirty or now >= self._next_poll:
             self._state_dirty = False
             interval = self.poll_interval if self._events_connected else self.fallback_poll_interval
             self._next_poll = now + interval
-            return self._check_vm_state, None
+            return self._check_vm_state, now
+        if self._pending is not None and now >= self._hold_until:
+            return self._run_pending, now
+        if now >= self._next_prune:
+            self._next_prune = now + 3600
+            return self.store.prune, now
         wakes = [self._next_poll]
         if self._grace_until is not None:
             if now >= self._grace_until:
@@ -393,12 +666,12 @@ class Monitor:
         if self._enabled and not self._timeout_reported:
             deadline = max(self._deadline_locked(), self._hold_until)
             if now >= deadline:
-                return self._on_heartbeat_timeout, None
+                return self._on_heartbeat_timeout, now
             wakes.append(deadline)
         if self._paused_since is not None and not self._paused_reported:
             deadline = max(self._paused_since + self.timeout, self._hold_until)
             if now >= deadline:
-                return self._on_paused_too_long, None
+                return self._on_paused_too_long, now
             wakes.append(deadline)
         return None, min(wakes)
 
@@ -414,24 +687,41 @@ class Monitor:
 
     # ---------------------------------------------------------------- actions
 
+    def _run_pending(self) -> None:
+        with self._cond:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        trigger, reason = pending
+
+        def still_needed() -> bool:
+            with self._cond:
+                return self._may_recover_locked()
+
+        self._act_on_failure(trigger, reason, still_needed)
+
     def _on_heartbeat_timeout(self) -> None:
         with self._cond:
             silent = self._clock() - (self._last_hb if self._last_hb is not None else self._armed_at)
             may_recover = self._may_recover_locked()
-            if not may_recover:
-                self._timeout_reported = True
         if not may_recover:
+            # Reported once per silence; the next heartbeat clears it.
+            self._mark_timeout_reported()
             log.warning("no heartbeat from VM %r for %.1f s (timeout %g s); automatic revert is "
                         "disabled (maintenance): no action", self.domain.name, silent, self.timeout)
             return
-        log.warning("no heartbeat from VM %r for %.1f s (timeout %g s): reverting to snapshot %r",
-                    self.domain.name, silent, self.timeout, self.domain.snapshot_name)
 
         def still_needed() -> bool:
             with self._cond:
                 return self._timed_out_locked() and self._may_recover_locked()
 
-        self._recover(HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.1f} s", still_needed)
+        self._act_on_failure(HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.1f} s "
+                             f"(timeout {self.timeout:g} s)", still_needed,
+                             on_refused=self._mark_timeout_reported)
+
+    def _mark_timeout_reported(self) -> None:
+        with self._cond:
+            self._timeout_reported = True
 
     def _on_paused_too_long(self) -> None:
         def still_needed() -> bool:
@@ -439,16 +729,26 @@ class Monitor:
                 if self._paused_since is None or not self._may_recover_locked():
                     return False
             return self.domain.state() == PAUSED
+
+        def refused() -> None:
+            with self._cond:
+                self._paused_reported = True
+
         self._act_on_failure(VM_PAUSED, f"VM paused for more than {self.timeout:g} s",
-                             still_needed)
+                             still_needed, on_refused=refused)
 
     def _check_vm_state(self) -> None:
-        """Re-read the VM's state (after an event or on the safety poll) and act on it."""
-        with self.domain.locked():
-            state = self.domain.state()
+        """Re-read the VM's state (after an event or on the safety poll) and act on it.
+
+        It takes no lock on the VM: what it decides is checked again under the
+        lock before anything is done, and a hung virsh here must not block
+        staff's requests.
+        """
+        with self._cond:
+            previous = self._vm_state
+        state = self._refresh_state()
         now = self._clock()
         with self._cond:
-            previous, self._vm_state = self._vm_state, state
             if state == PAUSED:
                 if self._paused_since is None:
                     self._paused_since = now
@@ -460,9 +760,11 @@ class Monitor:
             last_event = self._last_event
             manual = self._manual_stop
         if previous != state:
-            log.info("VM %r is %s%s", self.domain.name, state,
-                     f" (was {previous})" if previous else "")
-        if state in (RUNNING, PAUSED) or manual:
+            level = logging.WARNING if state == UNKNOWN else logging.INFO
+            log.log(level, "VM %r is %s%s%s", self.domain.name, state,
+                    f" (was {previous})" if previous != UNKNOWN else "",
+                    f": {self._state_detail}" if state == UNKNOWN else "")
+        if state in (RUNNING, PAUSED, UNKNOWN) or manual:
             return
         if state == NOT_FOUND:
             self._report_once(NOT_FOUND, "VM %r is not defined in libvirt: nothing to recover",
@@ -480,29 +782,48 @@ class Monitor:
         self._act_on_failure(trigger, f"VM found {state} without a stop through the API",
                              still_needed)
 
-    def _act_on_failure(self, trigger: str, reason: str, still_needed: Callable[[], bool]) -> None:
+    def _act_on_failure(self, trigger: str, reason: str, still_needed: Callable[[], bool],
+                        on_refused: Callable[[], None] | None = None) -> None:
         with self._cond:
             may_recover = self._may_recover_locked()
             manual = self._manual_stop
             held = self._clock() < self._hold_until
-            if trigger == VM_PAUSED and not may_recover:
-                self._paused_reported = True
-        if manual or held:
-            return  # a failed recovery holds off the next; the poll comes back at _hold_until
+        if manual:
+            return
         if not may_recover:
+            if on_refused:
+                on_refused()
             self._report_once(trigger, "VM %r: %s; automatic revert is disabled (maintenance): "
                               "no action", self.domain.name, reason)
             return
+        if held:
+            return  # a failed recovery holds off the next; the poll comes back at _hold_until
+        with self._cond:
+            verdict = self.guard.check()
+            if not verdict.allowed and self.guard.state != GUARD_FAILED:
+                retry_at = self.guard.retry_at or time.time()
+                self._hold_until_locked(self._clock() + max(0.0, retry_at - time.time()))
+        if not verdict.allowed:
+            if self.guard.state == GUARD_FAILED and on_refused:
+                on_refused()
+            if verdict.newly_failed:
+                log.error("VM %r: %s; recovery guard tripped: %s", self.domain.name, reason,
+                          verdict.reason)
+                self.store.record(self.domain.name, trigger, "revert", reason, REFUSED,
+                                  error=verdict.reason)
+                with self._cond:
+                    self._note_recovery_locked(trigger, "guard_tripped", attempted=False)
+            return
         log.warning("VM %r: %s: reverting to snapshot %r", self.domain.name, reason,
                     self.domain.snapshot_name)
-        self._recover(trigger, reason, still_needed)
-
-    def _recover(self, trigger: str, reason: str, still_needed: Callable[[], bool]) -> None:
         try:
-            self._run_exclusive(trigger, reason, self.domain.revert_and_start, still_needed)
+            performed = self._run_exclusive(trigger, "revert", reason, self.domain.revert_and_start,
+                                            still_needed)
         except Exception:
-            # Already logged by _perform; the monitor re-armed and will try again.
-            pass
+            return  # logged and recorded by _perform; the guard spaces the next attempt
+        if not performed:
+            self.store.record(self.domain.name, trigger, "revert", reason, SKIPPED,
+                              error="no longer needed when its turn came")
 
     def _report_once(self, key: str, message: str, *args: Any) -> None:
         with self._cond:

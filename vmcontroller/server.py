@@ -7,6 +7,7 @@ first look at the VM so no lifecycle event falls between the two.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from . import __version__
 from .app import create_app
 from .config import Config, as_dict
 from .monitor import Monitor
+from .store import Store
 from .virsh import EventStream, VirshRunner
 from .vm import Domain
 
@@ -42,7 +44,9 @@ class Controller:
         self.config = config
         self.runner = VirshRunner(config.libvirt_uri, config.virsh_timeout)
         self.domain = Domain(self.runner, config.vm_name, config.snapshot_name)
-        self.monitor = Monitor(self.domain, config)
+        self.store = Store(config.state_path, config.history_max_age_days,
+                           config.history_max_events)
+        self.monitor = Monitor(self.domain, config, self.store)
         self.events = EventStream(self.runner, config.vm_name, self.monitor.on_lifecycle_event,
                                   self.monitor.on_events_connection)
         self.app = create_app(self.monitor, __version__)
@@ -81,6 +85,12 @@ class Controller:
         self.events.stop()
         if self._http_thread is not None:
             self._http_thread.join(timeout)
+        self.store.close()
+
+    def supervise(self) -> None:
+        """Restart a thread that died; called every few seconds from the main thread."""
+        self.monitor.ensure_thread()
+        self.events.ensure_thread()
 
     def _close_http(self) -> None:
         """Close the listening sockets and every open connection, then let the worker
@@ -99,12 +109,18 @@ class Controller:
         stopped = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if stopped.is_set():
+                log.warning("received %s again: exiting at once", name)
+                os._exit(128 + signum)
+            log.info("received %s: finishing the operation under way, then exiting "
+                     "(send it again to exit at once)", name)
             stopped.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
-        while not stopped.wait(3600):
-            pass
-        self.stop()
+        while not stopped.wait(2.0):
+            self.supervise()
+        # Bounded: waitress waits at most 5 s for busy workers, the monitor 4 s.
+        self.stop(timeout=4.0)

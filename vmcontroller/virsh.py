@@ -182,6 +182,19 @@ class VirshRunner:
     def destroy(self, domain: str) -> None:
         self.run("destroy", "--domain", domain)
 
+    def state_and_snapshots(self, domain: str) -> tuple[str, list[str]]:
+        """The domain's state and snapshot names from one virsh process.
+
+        The safety poll needs both; virsh runs ';'-separated commands from a
+        single argument, which halves the processes an idle controller starts.
+        The domain name has passed the name rule, so it cannot break the line.
+        """
+        output = self.run(f"domstate --domain {domain}; snapshot-list --domain {domain} --name")
+        lines = parse_name_list(output)
+        if not lines:
+            raise VirshError(f"virsh domstate printed no state: {output!r}")
+        return lines[0], lines[1:]
+
     def snapshot_list(self, domain: str) -> list[str]:
         return parse_name_list(self.run("snapshot-list", "--domain", domain, "--name"))
 
@@ -206,6 +219,30 @@ class VirshRunner:
         return self._argv(["event", "--loop", "--timestamp", "--event", "lifecycle"])
 
 
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int | None   # None: killed at the timeout
+    output: str              # stdout and stderr, trimmed for the log
+
+
+def run_command(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None,
+                limit: int = 2000) -> CommandResult:
+    """Run a site's own command (post_revert_command) with a timeout; never raises for it.
+
+    It lives here because this module is the one place that starts processes.
+    """
+    try:
+        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace",
+                              timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        return CommandResult(None, out.strip()[-limit:])
+    except OSError as exc:
+        return CommandResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
+    return CommandResult(proc.returncode, proc.stdout.strip()[-limit:])
+
+
 class EventStream:
     """Follows ``virsh event --loop`` in a daemon thread and hands events to a callback.
 
@@ -227,11 +264,21 @@ class EventStream:
         self._stop = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
         self._proc_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"virsh-events-{domain}", daemon=True)
+        self._thread: threading.Thread | None = None
         self.connected = False
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"virsh-events-{self._domain}",
+                                        daemon=True)
         self._thread.start()
+
+    def ensure_thread(self) -> bool:
+        """Restart the reader thread if it died. Returns False if it had to."""
+        if self._thread is None or self._thread.is_alive() or self._stop.is_set():
+            return True
+        log.error("the lifecycle event thread died; starting a new one")
+        self.start()
+        return False
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -239,7 +286,8 @@ class EventStream:
             proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _set_connected(self, up: bool) -> None:
         if up != self.connected:

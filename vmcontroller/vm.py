@@ -73,6 +73,14 @@ class Domain:
         except DomainNotFound:
             return NOT_FOUND
 
+    def state_and_snapshots(self) -> tuple[str, list[str]]:
+        """State and snapshot names in one virsh call (the safety poll's only cost)."""
+        try:
+            state, names = self.runner.state_and_snapshots(self.name)
+        except DomainNotFound:
+            return NOT_FOUND, []
+        return state, [s for s in names if not s.endswith(_REPLACING_SUFFIX)]
+
     def snapshots(self) -> list[str]:
         return [s for s in self.runner.snapshot_list(self.name) if not s.endswith(_REPLACING_SUFFIX)]
 

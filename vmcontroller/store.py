@@ -1,0 +1,172 @@
+"""What must survive a restart or a kill -9: staff's flags, the guard, history.
+
+SQLite in WAL mode, one file. Every write is its own committed transaction,
+so whatever was acknowledged to staff (maintenance on, VM stopped) is on disk
+before the HTTP answer leaves, and a crash at any moment leaves either the
+old or the new value, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS flags (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    time      REAL NOT NULL,
+    vm        TEXT NOT NULL,
+    trigger   TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    duration  REAL,
+    error     TEXT
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+"""
+
+#: Outcomes an event can have; 'started' is rewritten when the action ends,
+#: and one still 'started' at the next start was cut short by a crash.
+STARTED, SUCCEEDED, FAILED, SKIPPED, REFUSED, INTERRUPTED = (
+    "started", "succeeded", "failed", "skipped", "refused", "interrupted")
+
+
+class StoreError(Exception):
+    """The state file cannot be opened or written; worded for the admin."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: float
+    vm: str
+    trigger: str
+    action: str
+    reason: str
+    outcome: str
+    duration: float | None
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": datetime.fromtimestamp(self.time, timezone.utc).astimezone().isoformat(),
+            "vm": self.vm,
+            "trigger": self.trigger,
+            "action": self.action,
+            "reason": self.reason,
+            "outcome": self.outcome,
+            "duration": None if self.duration is None else round(self.duration, 3),
+            "error": self.error,
+        }
+
+
+class Store:
+    """One SQLite file shared by the threads of one controller (a lock serialises them)."""
+
+    def __init__(self, path: str | Path, max_age_days: float = 90, max_rows: int = 10000):
+        self.path = Path(path)
+        self.max_age = max_age_days * 86400
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                       timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ flags
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM flags WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO flags (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (key, json.dumps(value)))
+
+    # ------------------------------------------------------------ history
+
+    def begin(self, vm: str, trigger: str, action: str, reason: str,
+              when: float | None = None) -> int:
+        """Record an action as started; ``finish`` completes it. Returns its id."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO events (time, vm, trigger, action, reason, outcome) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time() if when is None else when, vm, trigger, action, reason, STARTED))
+            return int(cursor.lastrowid)
+
+    def finish(self, event_id: int, outcome: str, duration: float | None,
+               error: str | None = None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE events SET outcome = ?, duration = ?, error = ? WHERE id = ?",
+                             (outcome, duration, error, event_id))
+
+    def record(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
+               duration: float | None = None, error: str | None = None) -> int:
+        """Record an action that is already over (or was refused)."""
+        event_id = self.begin(vm, trigger, action, reason)
+        self.finish(event_id, outcome, duration, error)
+        return event_id
+
+    def mark_interrupted(self) -> int:
+        """At start: actions a crash cut short get the outcome 'interrupted'."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE events SET outcome = ?, error = ? WHERE outcome = ?",
+                (INTERRUPTED, "the controller stopped before this action ended", STARTED))
+            return cursor.rowcount
+
+    def events(self, limit: int = 100, since: float | None = None,
+               triggers: Iterable[str] = ()) -> list[Event]:
+        """Newest first."""
+        query = "SELECT id, time, vm, trigger, action, reason, outcome, duration, error FROM events"
+        where, args = [], []
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
+        triggers = list(triggers)
+        if triggers:
+            where.append(f"trigger IN ({', '.join('?' * len(triggers))})")
+            args.extend(triggers)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [Event(*row) for row in rows]
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop history older than max_age or beyond max_rows; never unbounded."""
+        now = time.time() if now is None else now
+        with self._lock:
+            removed = self._db.execute("DELETE FROM events WHERE time < ? AND outcome != ?",
+                                       (now - self.max_age, STARTED)).rowcount
+            removed += self._db.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+        return removed
