@@ -107,3 +107,79 @@ def start_controller(domain, check_response, tmp_path):
     yield start
     for controller in started:
         controller.stop()
+
+
+class ControllerProcess:
+    """`python -m vmcontroller serve` as a real process, for kill -9 and signal tests."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str], check):
+        import socket
+        import subprocess
+
+        self.config_path = config_path
+        self.log_path = log_path
+        self._log = log_path.open("a")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmcontroller", "serve", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**env, "VMCTL_API_PORT": str(self.port)})
+        self.api = Api(f"http://127.0.0.1:{self.port}", check)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        from libvirt_env import wait_until
+
+        def ready() -> bool:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                return self.api.session.get(self.api.base + "/api/v1/status",
+                                            timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(ready, timeout, 0.1, "the controller process to serve")
+
+    def stop(self, signum: int | None = None, timeout: float = 15) -> int:
+        import signal as signals
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum or signals.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def spawn_controller(domain, check_response, tmp_path):
+    """Start controller processes on the test domain (same state file each time)."""
+    import yaml
+
+    made: list[ControllerProcess] = []
+
+    def spawn(env: dict[str, str] | None = None, **overrides: Any) -> ControllerProcess:
+        settings = {"vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
+                    "heartbeat_timeout": 3, "vm_startup_heartbeat_delay": 1,
+                    "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
+                    "state_path": str(tmp_path / "state.db"), **overrides}
+        config = tmp_path / f"controller-{len(made)}.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+        process = ControllerProcess(config, tmp_path / f"controller-{len(made)}.log",
+                                    {**base_env, **(env or {})}, check_response)
+        made.append(process)
+        process.wait_ready()
+        return process
+
+    yield spawn
+    for process in made:
+        process.stop()

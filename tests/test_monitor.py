@@ -28,12 +28,14 @@ GRACE = 0.1
 def make_monitor():
     made: list[Monitor] = []
 
-    def make(runner: FakeRunner | None = None, **overrides) -> tuple[Monitor, FakeRunner]:
+    def make(runner: FakeRunner | None = None, store: Store | None = None,
+             **overrides) -> tuple[Monitor, FakeRunner]:
         runner = runner or FakeRunner()
         config = build_config({"vm_name": runner.domain, "heartbeat_timeout": TIMEOUT,
                                "vm_startup_heartbeat_delay": GRACE,
                                "heartbeat_check_interval": 0.05, **overrides})
-        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config, Store(":memory:"))
+        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config,
+                          store or Store(":memory:"))
         runner.listener = monitor.on_lifecycle_event
         monitor.on_events_connection(True)
         monitor.start()
@@ -215,3 +217,138 @@ def test_libvirt_failure_during_restart_is_raised_with_virsh_message(make_monito
     runner.fail("snapshot-revert", VirshError("internal error: qemu unexpectedly closed"))
     with pytest.raises(VirshError, match="qemu unexpectedly closed"):
         monitor.restart_vm()
+
+
+# ------------------------------------------------------------------ issue 3: trust over months
+
+def reverts(runner: FakeRunner) -> int:
+    return runner.count("snapshot-revert")
+
+
+def test_guard_trips_after_max_recoveries_and_staff_clear_it(make_monitor, caplog):
+    monitor, runner = make_monitor(max_recoveries=3, recovery_window=600)
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        wait_until(lambda: monitor.status()["recovery"]["guard"]["state"] == "failed", 10,
+                   message="the guard to trip")
+        time.sleep(TIMEOUT * 3)
+    assert reverts(runner) == 1 + 3, "startup + max_recoveries, then nothing"
+    status = monitor.status()
+    assert status["recovery"]["count"] == 3
+    assert status["recovery"]["last_outcome"] == "guard_tripped"
+    assert "left as it is" in status["recovery"]["guard"]["detail"]
+    assert any("recovery guard tripped" in r.getMessage() for r in caplog.records)
+    refused = monitor.store.events(limit=1)[0]
+    assert (refused.outcome, refused.trigger) == ("refused", "heartbeat_timeout")
+    monitor.restart_vm()
+    assert monitor.status()["recovery"]["guard"]["state"] == "ok"
+    wait_until(lambda: reverts(runner) == 1 + 3 + 1 + 1, 10, message="recovery resumed")
+
+
+def test_failed_recoveries_back_off_exponentially(make_monitor):
+    monitor, runner = make_monitor(recovery_backoff_initial=0.2, recovery_backoff_max=0.8,
+                                   max_recoveries=100)
+    runner.snapshots.clear()
+    runner.external("shut off", "Stopped", "Destroyed")
+    wait_until(lambda: reverts(runner) >= 1 + 4, 10, message="four attempts")
+    times = [e.time for e in reversed(monitor.store.events(limit=100))
+             if e.action == "revert" and e.outcome == "failed"]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.38 and gaps[2] >= 0.78, gaps
+    status = monitor.status()["recovery"]
+    assert status["last_outcome"] == "failed" and status["guard"]["consecutive_failures"] >= 3
+    assert "does not exist" in monitor.store.events(limit=1)[0].error
+
+
+def test_maintenance_and_manual_stop_survive_a_controller_restart(make_monitor, tmp_path):
+    store_path = tmp_path / "state.db"
+    first, runner = make_monitor(store=Store(store_path))
+    first.set_auto_revert(False)
+    first.stop()
+    second, _ = make_monitor(runner, store=Store(store_path), auto_revert_enabled=True)
+    assert second.status()["auto_revert_enabled"] is False, "the config only seeds the first start"
+    assert reverts(runner) == 1, "no revert at start in maintenance"
+    second.set_auto_revert(True)
+    second.stop_vm()
+    second.stop()
+    third, _ = make_monitor(runner, store=Store(store_path))
+    time.sleep(TIMEOUT * 2)
+    assert runner.state == "shut off" and reverts(runner) == 1
+    assert third.status()["stopped_by_staff"] is True
+    actions = [(e.trigger, e.action) for e in third.store.events()]
+    assert ("api", "stop") in actions and ("api", "disable_auto_revert") in actions
+
+
+def test_guest_request_is_queued_once_and_recorded(make_monitor):
+    from vmcontroller.monitor import GUEST_REQUEST, IDLE_RESET
+    monitor, runner = make_monitor(vm_startup_heartbeat_delay=5)
+    assert monitor.request_revert(GUEST_REQUEST, "player crashed")["queued"] is False, \
+        "in the grace period after the startup revert"
+    monitor.stop_vm()
+    monitor.start_vm()
+    # grace period again; wait until it is over, keeping the guest alive
+    monitor.heartbeat()
+    with monitor._cond:
+        monitor._grace_until = monitor._clock()
+    before = reverts(runner)
+    answer = monitor.request_revert(GUEST_REQUEST, "player crashed (severity high)")
+    assert answer["queued"] is True
+    wait_until(lambda: reverts(runner) == before + 1, 5, message="the queued revert")
+    event = monitor.store.events(triggers=[GUEST_REQUEST])[0]
+    assert event.reason == "player crashed (severity high)" and event.outcome == "succeeded"
+    assert monitor.request_revert(IDLE_RESET, "idle")["queued"] is False
+
+
+def test_guest_requests_are_refused_in_maintenance_and_after_a_stop(make_monitor):
+    from vmcontroller.monitor import GUEST_REQUEST, Conflict
+    monitor, runner = make_monitor()
+    monitor.set_auto_revert(False)
+    with pytest.raises(Conflict, match="maintenance"):
+        monitor.request_revert(GUEST_REQUEST, "x")
+    monitor.set_auto_revert(True)
+    monitor.stop_vm()
+    with pytest.raises(Conflict, match="stopped by staff"):
+        monitor.request_revert(GUEST_REQUEST, "x")
+    assert [e.outcome for e in monitor.store.events(triggers=[GUEST_REQUEST])] == \
+        ["refused", "refused"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_monitor_thread_is_restarted(make_monitor, caplog, monkeypatch):
+    monitor, runner = make_monitor()
+    original = monitor._step
+    calls = []
+
+    def dying_step():
+        if not calls:
+            calls.append(1)
+            raise SystemExit("simulated death")  # not an Exception: escapes the loop's guard
+        return original()
+
+    monkeypatch.setattr(monitor, "_step", dying_step)
+    wait_until(lambda: not monitor.thread_alive, 5, message="the thread to die")
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        assert monitor.ensure_thread() is False
+    assert monitor.thread_alive and monitor.ensure_thread() is True
+    assert any("died" in r.getMessage() for r in caplog.records)
+    wait_until(lambda: reverts(runner) >= 2, 5, message="the new thread to keep watch")
+
+
+def test_status_is_unknown_while_libvirt_fails_and_heartbeats_still_count(make_monitor):
+    from vmcontroller.virsh import VirshTimeout
+    monitor, runner = make_monitor(heartbeat_timeout=5)
+    runner.fail("domstate+snapshot-list", VirshTimeout("virsh domstate did not answer within 2 s"))
+    monitor.on_events_connection(False)
+    wait_until(lambda: monitor.status()["vm_state"] == "unknown", 5, message="unknown state")
+    assert "did not answer" in monitor.status()["vm_state_detail"]
+    assert monitor.heartbeat()["is_healthy"] is True
+    wait_until(lambda: monitor.status()["vm_state"] == "running", 5, message="libvirt back")
+
+
+def test_post_revert_command_runs_with_the_vm_name(make_monitor, tmp_path):
+    out = tmp_path / "hook.txt"
+    monitor, runner = make_monitor(post_revert_command=[
+        "sh", "-c", f'echo "{{vm_name}} $VMCTL_SNAPSHOT_NAME" >> {out}'])
+    wait_until(lambda: out.exists() and out.read_text().strip(), 5, message="the hook after start")
+    assert out.read_text().splitlines() == ["art ready"]
+    monitor.restart_vm()
+    wait_until(lambda: len(out.read_text().splitlines()) == 2, 5, message="the hook after restart")

@@ -645,10 +645,8 @@ class Monitor:
 
     def _next_action_locked(self, now: float) -> tuple[Callable[[], None] | None, float]:
         """Decide what is due now, or when to look again."""
-        if self._state_dirty or now >= self._next_poll:
+        if self._state_dirty:
             self._state_dirty = False
-            interval = self.poll_interval if self._events_connected else self.fallback_poll_interval
-            self._next_poll = now + interval
             return self._check_vm_state, now
         if self._pending is not None and now >= self._hold_until:
             return self._run_pending, now
@@ -673,6 +671,10 @@ class Monitor:
             if now >= deadline:
                 return self._on_paused_too_long, now
             wakes.append(deadline)
+        # The periodic poll comes last, so that a libvirtd slow to answer every
+        # poll cannot starve the heartbeat deadline.
+        if now >= self._next_poll:
+            return self._check_vm_state, now
         return None, min(wakes)
 
     def _deadline_locked(self) -> float:
@@ -688,8 +690,10 @@ class Monitor:
     # ---------------------------------------------------------------- actions
 
     def _run_pending(self) -> None:
+        # The request stays visible as pending until the restart job exists, so
+        # that a second request in between is not queued again.
         with self._cond:
-            pending, self._pending = self._pending, None
+            pending = self._pending
         if pending is None:
             return
         trigger, reason = pending
@@ -698,7 +702,12 @@ class Monitor:
             with self._cond:
                 return self._may_recover_locked()
 
-        self._act_on_failure(trigger, reason, still_needed)
+        try:
+            self._act_on_failure(trigger, reason, still_needed)
+        finally:
+            with self._cond:
+                if self._pending is pending:
+                    self._pending = None
 
     def _on_heartbeat_timeout(self) -> None:
         with self._cond:
@@ -749,6 +758,10 @@ class Monitor:
         state = self._refresh_state()
         now = self._clock()
         with self._cond:
+            # The next poll counts from the end of this one: a check that took
+            # virsh_timeout must not be followed by another at once.
+            interval = self.poll_interval if self._events_connected else self.fallback_poll_interval
+            self._next_poll = now + interval
             if state == PAUSED:
                 if self._paused_since is None:
                     self._paused_since = now

@@ -158,7 +158,7 @@ class VirshRunner:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   errors="replace", timeout=limit, env=self._env(), check=False)
         except subprocess.TimeoutExpired:
-            raise VirshTimeout(f"virsh {args[0]} did not answer within {limit:g} s "
+            raise VirshTimeout(f"virsh {args[0].split()[0]} did not answer within {limit:g} s "
                                f"(is libvirtd hung?)", argv) from None
         except OSError as exc:
             raise LibvirtUnreachable(f"cannot run {self.binary!r}: {exc.strerror}", argv) from None
