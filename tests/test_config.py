@@ -54,7 +54,7 @@ def test_discovery_order(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("values, words", [
     ({}, ["vm_name", "missing"]),
-    ({"vm_name": "eden", "heartbeat_timeot": 5}, ["unknown key 'heartbeat_timeot'"]),
+    ({"vm_name": "eden", "heartbeat_timeot": 5}, ["unknown key heartbeat_timeot=5"]),
     ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
     ({"vm_name": "eden", "api_port": 70000}, ["api_port=70000", "65535"]),
     ({"vm_name": "eden", "heartbeat_timeout": -1}, ["heartbeat_timeout=-1", "0.1"]),

@@ -237,3 +237,61 @@ def test_post_revert_command_runs_after_a_real_revert(spawn_controller, domain, 
                "the command after both reverts")
     assert out.read_text().split() == [domain.name, domain.name]
     assert "post_revert_command" in ctl.log() and "succeeded" in ctl.log()
+
+
+def test_a_second_signal_exits_at_once(spawn_controller, domain, events, hanging_virsh):
+    env, flag = hanging_virsh
+    ctl = spawn_controller(env=env, virsh_timeout=30)
+    assert events.wait_for(REVERTED, 1, 30)
+    flag.touch()  # the next revert hangs for up to 30 s: shutdown would wait for it
+    restart_in_background(ctl.api)
+    wait_until(lambda: revert_in_progress(ctl.api), 30, 0.01, "a revert under way")
+    began = time.monotonic()
+    ctl.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "received SIGTERM" in ctl.log(), 5, 0.01, "the first signal to land")
+    ctl.proc.send_signal(signal.SIGTERM)
+    assert ctl.proc.wait(5) == 128 + signal.SIGTERM
+    assert time.monotonic() - began < 5
+    assert "exiting at once" in ctl.log()
+    flag.unlink()
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_the_event_stream_reconnects_after_it_dies(spawn_controller, domain, events):
+    ctl = spawn_controller(heartbeat_timeout=60, state_poll_interval=600)
+    assert events.wait_for(REVERTED, 1, 30)
+
+    def stream_pids() -> list[int]:
+        pids = []
+        for pid in child_pids(ctl.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline") as f:
+                    if "event\0--loop" in f.read():
+                        pids.append(pid)
+            except OSError:
+                pass
+        return pids
+
+    wait_until(lambda: len(stream_pids()) == 1, 10, 0.1, "the event stream process")
+    old = stream_pids()[0]
+    os.kill(old, signal.SIGKILL)  # as when libvirtd restarts under it
+    wait_until(lambda: stream_pids() not in ([], [old]), 20, 0.1, "a new event stream")
+    wait_until(lambda: ctl.log().count("lifecycle event stream connected") >= 2, 10, 0.1,
+               "the reconnection to be logged")
+    began = time.monotonic()
+    virsh("destroy", "--domain", domain.name)
+    assert events.wait_for(REVERTED, 2, 20), "a destroy after the reconnection is recovered"
+    assert time.monotonic() - began < 10, "from the event, not the 600 s safety poll"

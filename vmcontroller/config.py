@@ -199,7 +199,8 @@ def build_config(values: Mapping[str, Any]) -> Config:
     """Validate a mapping of settings into a Config, or raise ConfigError."""
     unknown = sorted(set(values) - set(_RULES))
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}: expected one of {', '.join(KEYS)}")
+        key = unknown[0]
+        raise ConfigError(f"unknown key {key}={values[key]!r}: expected one of {', '.join(KEYS)}")
     if values.get("vm_name") in (None, ""):
         raise ConfigError("vm_name is missing: expected the name of the libvirt domain to keep running")
     merged = {**DEFAULTS, **values}
