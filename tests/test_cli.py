@@ -37,7 +37,7 @@ REVERTED = "Started Snapshot"   # libvirt's event when a revert brings the VM up
 BAD_CONFIGS = {
     "missing vm_name": ({"snapshot_name": "ready"}, ["vm_name", "missing"]),
     "empty vm_name": ({"vm_name": ""}, ["vm_name", "missing"]),
-    "unknown key": ({"vm_name": "eden", "heartbeat_timeot": 5}, ["'heartbeat_timeot'"]),
+    "unknown key": ({"vm_name": "eden", "heartbeat_timeot": 5}, ["heartbeat_timeot=5"]),
     "wrong type": ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
     "wrong type bool": ({"vm_name": "eden", "auto_revert_enabled": "yes please"},
                         ["auto_revert_enabled='yes please'", "true or false"]),
