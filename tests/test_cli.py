@@ -124,6 +124,36 @@ def test_check_config_finds_the_file_through_vmctl_config(tmp_path):
     assert effective(result.stdout)["vm_name"] == "from-env"
 
 
+def test_mask_secrets_hides_every_token_and_token_file():
+    from vmcontroller.cli import MASK, mask_secrets
+
+    config = {"vm_name": "eden", "api_token": "s3cret", "token": "t", "guest_tokens": ["a", "b"],
+              "token_file": "/etc/exhibition-vm-controller/token", "admin_token_files": ["/x"],
+              "unset_token": None, "empty_token": "", "token_count": 3, "tokenizer": "x",
+              "nested": {"staff_token": "s", "port": 8000}}
+    assert mask_secrets(config) == {
+        "vm_name": "eden", "api_token": MASK, "token": MASK, "guest_tokens": [MASK, MASK],
+        "token_file": MASK, "admin_token_files": [MASK], "unset_token": None, "empty_token": "",
+        "token_count": 3, "tokenizer": "x", "nested": {"staff_token": MASK, "port": 8000}}
+    assert config["api_token"] == "s3cret", "the config itself is left alone"
+
+
+def test_check_config_masks_secrets(tmp_path, monkeypatch):
+    """No key holds a secret yet (tokens come with authentication); any that ends in _token
+    or token_file is masked the day it appears."""
+    from vmcontroller import cli
+
+    real = cli.as_dict
+    monkeypatch.setattr(cli, "as_dict", lambda config: {**real(config), "api_token": "s3cret",
+                                                        "token_file": "/etc/t"})
+    path = write_config(tmp_path / "c.yaml", {"vm_name": "eden"})
+    result = invoke("check-config", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    values = effective(result.stdout)
+    assert values["api_token"] == "********" and values["token_file"] == "********"
+    assert "s3cret" not in result.stdout and values["vm_name"] == "eden"
+
+
 @pytest.mark.parametrize("values, words", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
 @pytest.mark.parametrize("command", ["check-config", "serve"])
 def test_a_bad_config_exits_2_with_one_line(tmp_path, command, values, words):

@@ -1,20 +1,44 @@
-"""The command line: ``vmcontroller serve`` and ``vmcontroller check-config``.
+"""The command line: ``vmcontroller serve``, ``check-config`` and verbs for admin scripts.
 
-Exit status 2 means "fix the configuration or the command line", and the
-message is one line: systemd shows the last lines of a failed unit, and a
-traceback there hides the one line that matters.
+``serve`` runs the controller; ``check-config`` validates a configuration.
+The other verbs call a running controller's REST API (through
+``client.py``) and print readable text, or the API's JSON with ``--json``.
+
+Exit status, the same for every verb, so that scripts can rely on it:
+
+- 0: success;
+- 1: the API refused or failed (its ``detail`` is printed on stderr);
+- 2: usage error: a bad option or argument, or a bad configuration (one line);
+- 3: the controller is unreachable (nothing listens, unknown host, no answer).
+
+systemd shows the last lines of a failed unit, and a traceback there hides
+the one line that matters, so every error is one line on stderr.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
+import re
 import sys
+from typing import Any, Callable
 
 import click
 import yaml
 
 from . import __version__
+from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for, check_base_url
 from .config import ConfigError, as_dict, load_config
 
+OK = 0
+API_FAILED = 1
 USAGE_ERROR = 2
+UNREACHABLE = 3
+
+MASK = "********"
+# Keys whose values are secrets: a token, tokens, or the file that holds them
+# (api_token, guest_tokens, token_file, ...), wherever they appear.
+SECRET_KEY_RE = re.compile(r"(^|_)tokens?(_files?)?$")
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -22,19 +46,50 @@ config_option = click.option(
          "else /etc/exhibition-vm-controller/config.yaml).")
 
 
-def _load(config_path: str | None):
+def _load(config_path: str | None, env: dict[str, str] | None = None):
     try:
-        return load_config(config_path)
+        return load_config(config_path, env)
     except ConfigError as exc:
-        click.echo(f"vmcontroller: configuration error: {exc}", err=True)
+        hint = " (or give the controller's address with --url or VMCTL_URL)" if env else ""
+        click.echo(f"vmcontroller: configuration error: {exc}{hint}", err=True)
         sys.exit(USAGE_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy of a configuration with every secret value replaced by a mask."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if SECRET_KEY_RE.search(key.lower()) and value not in (None, "", [], ()):
+        if isinstance(value, (list, tuple)):
+            return [MASK for _ in value]
+        return MASK
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(v, key) for v in value]
+    return value
+
+
+class Group(click.Group):
+    """Lists commands in the order they are defined, as the help's story goes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="vmcontroller")
 def main() -> None:
-    """Exhibition VM Controller: keeps a VM-hosted artwork running unattended."""
+    """Exhibition VM Controller: keeps a VM-hosted artwork running unattended.
 
+    `serve` runs the controller; the other commands talk to a running one
+    over its REST API. Exit status: 0 success, 1 the API refused or failed,
+    2 usage or configuration error, 3 controller unreachable.
+    """
+
+
+# ====================================================================== the controller itself
 
 @main.command()
 @config_option
@@ -65,7 +120,252 @@ def serve(config_path: str | None) -> None:
 @main.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
-    """Validate the configuration and print the effective values."""
+    """Validate the configuration and print the effective values (secrets masked)."""
     config, source = _load(config_path)
     click.echo(f"# effective configuration (file: {source or 'none'}, then VMCTL_* overrides)")
-    click.echo(yaml.safe_dump(as_dict(config), sort_keys=False).rstrip())
+    click.echo(yaml.safe_dump(mask_secrets(as_dict(config)), sort_keys=False).rstrip())
+
+
+# ====================================================================== verbs over the API
+
+def _base_url(url: str | None, config_path: str | None) -> str:
+    """--url / VMCTL_URL, else where the configuration says the controller listens."""
+    if url:
+        try:
+            return check_base_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--url'") from None
+    # Only api_host and api_port matter here: a placeholder VM name keeps a
+    # configuration without one (or an admin's partial copy) usable.
+    env = {**os.environ, "VMCTL_VM_NAME": "placeholder"}
+    config, _ = _load(config_path, env)
+    return base_url_for(config.api_host, config.api_port)
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"vmcontroller: {message}", err=True)
+    sys.exit(status)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+Render = Callable[[Any], str]
+
+
+def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """Declare a verb that calls the API.
+
+    The decorated function gets a Client and the verb's own arguments, and
+    returns the API's answer and a function that renders it as text. This
+    wrapper adds the options every verb shares and turns failures into the
+    documented exit status.
+    """
+    def decorate(func: Callable[..., tuple[Any, Render]]) -> click.Command:
+        @click.option("--url", metavar="URL", envvar="VMCTL_URL",
+                      help="The controller, e.g. http://127.0.0.1:8000 (default: $VMCTL_URL, "
+                           "else api_host and api_port of the configuration, 0.0.0.0 meaning "
+                           "127.0.0.1).")
+        @click.option("--token", metavar="TOKEN", envvar="VMCTL_TOKEN",
+                      help="Sent as 'Authorization: Bearer TOKEN' (default: $VMCTL_TOKEN).")
+        @click.option("--json", "as_json", is_flag=True,
+                      help="Print the API's JSON answer instead of text.")
+        @click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+                      show_default=True, help="Seconds to wait for the answer.")
+        @config_option
+        @functools.wraps(func)
+        def command(url: str | None, token: str | None, as_json: bool, timeout: float,
+                    config_path: str | None, **kwargs: Any) -> None:
+            client = Client(_base_url(url, config_path), token, timeout)
+            try:
+                data, render = func(client, **kwargs)
+            except Unreachable as exc:
+                _fail(str(exc), UNREACHABLE)
+            except ApiError as exc:
+                _fail(str(exc), API_FAILED)
+            if as_json:
+                _print_json(data)
+            else:
+                text = render(data)
+                if text:
+                    click.echo(text)
+
+        return group.command(name)(command)
+    return decorate
+
+
+def _message(data: Any) -> str:
+    return str(data.get("message", "")) if isinstance(data, dict) else str(data)
+
+
+@api_command(main, "status")
+@click.option("--field", "fields", metavar="KEY", multiple=True,
+              help="Print only this field (dotted for nested ones, e.g. heartbeat.is_healthy), "
+                   "one value per line; repeatable. For shell scripts.")
+def status(client: Client, fields: tuple[str, ...]) -> tuple[Any, Render]:
+    """Show the VM's state, heartbeat health, maintenance mode and recovery."""
+    data = client.status()
+    if fields:
+        values = [_field(data, name) for name in fields]
+        return data, lambda _: "\n".join(values)
+    return data, _render_status
+
+
+@api_command(main, "start")
+def start(client: Client) -> tuple[Any, Render]:
+    """Start the VM clean (revert to the snapshot); ends a stop by staff."""
+    return client.start(), _message
+
+
+@api_command(main, "stop")
+def stop(client: Client) -> tuple[Any, Render]:
+    """Pull the plug: the VM stays stopped until `start` or `restart`."""
+    return client.stop(), _message
+
+
+@api_command(main, "restart")
+def restart(client: Client) -> tuple[Any, Render]:
+    """Revert the VM to its snapshot and run it; answers once it runs."""
+    return client.restart(), _message
+
+
+@api_command(main, "snapshots")
+def snapshots(client: Client) -> tuple[Any, Render]:
+    """List the VM's snapshots, one name per line."""
+    return client.snapshots(), lambda data: "\n".join(data.get("snapshots", []))
+
+
+@main.group(cls=Group)
+def snapshot() -> None:
+    """Create or delete a snapshot of the VM."""
+
+
+@api_command(snapshot, "create")
+@click.argument("name", required=False)
+def snapshot_create(client: Client, name: str | None) -> tuple[Any, Render]:
+    """Snapshot the running VM as NAME (default: the reference snapshot, e.g. 'ready').
+
+    An existing snapshot of that name is replaced.
+    """
+    return client.create_snapshot(name), _message
+
+
+@api_command(snapshot, "delete")
+@click.argument("name")
+def snapshot_delete(client: Client, name: str) -> tuple[Any, Render]:
+    """Delete the snapshot NAME."""
+    return client.delete_snapshot(name), _message
+
+
+@main.group(cls=Group)
+def revert() -> None:
+    """Automatic revert on failures: `disable` is maintenance mode, `enable` ends it."""
+
+
+@api_command(revert, "enable")
+def revert_enable(client: Client) -> tuple[Any, Render]:
+    """Leave maintenance mode: failures are recovered automatically again."""
+    return client.set_auto_revert(True), _message
+
+
+@api_command(revert, "disable")
+def revert_disable(client: Client) -> tuple[Any, Render]:
+    """Enter maintenance mode: failures are logged, nothing is reverted."""
+    return client.set_auto_revert(False), _message
+
+
+@api_command(main, "heartbeat")
+def heartbeat(client: Client) -> tuple[Any, Render]:
+    """Send one heartbeat, as the guest does (for trying things out)."""
+    data = client.heartbeat()
+    return data, lambda d: f"{_message(d)}: " + _render_heartbeat(d.get("details") or {})
+
+
+@api_command(main, "events")
+@click.option("--limit", type=click.IntRange(1, 1000), default=None,
+              help="At most this many events (the API's default: 100).")
+@click.option("--since", metavar="TIME",
+              help="Only events after TIME: ISO 8601 (2026-11-01, 2026-11-01T10:00:00+01:00) "
+                   "or seconds since the epoch.")
+@click.option("--trigger", "triggers", metavar="TRIGGER", multiple=True,
+              help="Only events with this trigger (heartbeat_timeout, vm_stopped, vm_crashed, "
+                   "vm_paused, guest_request, idle_reset, api, startup); repeatable.")
+def events(client: Client, limit: int | None, since: str | None,
+           triggers: tuple[str, ...]) -> tuple[Any, Render]:
+    """Show the history of recoveries and actions, newest first."""
+    return client.events(limit, since, triggers), _render_events
+
+
+# ====================================================================== text for people
+
+def _field(data: Any, name: str) -> str:
+    value = data
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            known = ", ".join(data) if isinstance(data, dict) else ""
+            raise click.UsageError(f"no field {name!r} in the answer (top-level fields: {known})")
+        value = value[part]
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:g} s" if isinstance(value, (int, float)) else "?"
+
+
+def _render_heartbeat(hb: dict) -> str:
+    since = hb.get("seconds_since_last")
+    health = "healthy" if hb.get("is_healthy") else "NOT healthy"
+    last = (f"last {_seconds(since)} ago" if since is not None
+            else "none received yet")
+    checking = "timeout enforced" if hb.get("enabled") else "timeout not enforced now"
+    return f"{health}, {last} (timeout {_seconds(hb.get('timeout'))}, {checking})"
+
+
+def _render_status(data: dict) -> str:
+    rows: list[tuple[str, str]] = []
+    state = str(data.get("vm_state"))
+    if data.get("vm_state_detail"):
+        state += f" ({data['vm_state_detail']})"
+    rows.append(("VM", f"{data.get('vm_name')}: {state}"))
+    rows.append(("Snapshot", f"{data.get('snapshot_name')} "
+                             f"({'exists' if data.get('snapshot_exists') else 'MISSING: no recovery possible'})"))
+    rows.append(("Heartbeat", _render_heartbeat(data.get("heartbeat") or {})))
+    rows.append(("Auto-revert", "enabled" if data.get("auto_revert_enabled")
+                 else "DISABLED (maintenance mode)"))
+    if data.get("stopped_by_staff"):
+        rows.append(("Stopped", "by staff: stays stopped until start or restart"))
+    recovery = data.get("recovery")
+    if isinstance(recovery, dict):
+        text = f"{recovery.get('count', 0)} automatic"
+        if recovery.get("last_time"):
+            text += (f", last {recovery['last_time']} ({recovery.get('last_trigger')}: "
+                     f"{recovery.get('last_outcome')})")
+        rows.append(("Recoveries", text))
+        guard = recovery.get("guard")
+        if isinstance(guard, dict):
+            text = (f"{guard.get('state')}: {guard.get('recent_recoveries')} of "
+                    f"{guard.get('max_recoveries')} recoveries within "
+                    f"{_seconds(guard.get('recovery_window'))}")
+            if guard.get("detail"):
+                text += f"; {guard['detail']}"
+            rows.append(("Guard", text))
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
+
+
+def _render_events(data: dict) -> str:
+    found = data.get("events") or []
+    if not found:
+        return f"no events for VM {data.get('vm_name')}"
+    lines = []
+    for e in found:
+        took = "" if e.get("duration") is None else f" in {e['duration']:.2f} s"
+        line = (f"{e.get('time')}  {e.get('trigger')}  {e.get('action')} "
+                f"{e.get('outcome')}{took}: {e.get('reason')}")
+        if e.get("error"):
+            line += f" [error: {e['error']}]"
+        lines.append(line)
+    return "\n".join(lines)
