@@ -1,0 +1,345 @@
+"""systemd's notify protocol: READY=1, WATCHDOG=1 only while the monitor makes progress,
+STOPPING=1; heard on a NOTIFY_SOCKET of the test's own (a path and an abstract name).
+
+systemd is not running on this machine, so the tests play systemd: they bind
+the unix datagram socket that systemd would, hand its name to the controller
+in NOTIFY_SOCKET with WATCHDOG_USEC (and WATCHDOG_PID), and read what arrives.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from libvirt_env import wait_until
+from vmcontroller import notify
+from vmcontroller.config import build_config
+from vmcontroller.notify import Notifier, socket_address, stale_limit, watchdog_interval
+
+
+class NotifyListener:
+    """The systemd side: a datagram socket that records every message with its arrival time."""
+
+    def __init__(self, name: str):
+        self.name = name                      # what goes into NOTIFY_SOCKET
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(socket_address(name))
+        self.sock.settimeout(0.2)
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append((time.monotonic(), data.decode()))
+                self._cond.notify_all()
+
+    def lines(self, since: float = 0.0) -> list[tuple[float, str]]:
+        with self._cond:
+            return [(t, line) for t, m in self.messages if t >= since for line in m.split("\n")]
+
+    def times(self, line: str, since: float = 0.0) -> list[float]:
+        return [t for t, text in self.lines(since) if text == line]
+
+    def wait_for(self, line: str, count: int = 1, timeout: float = 30, since: float = 0.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.times(line, since)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+        if not self.name.startswith("@"):
+            Path(self.name).unlink(missing_ok=True)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def listener(request, tmp_path):
+    name = str(tmp_path / "notify.sock") if request.param == "path" else \
+        f"@vmctl-test-notify-{uuid.uuid4().hex[:8]}"
+    heard = NotifyListener(name)
+    yield heard
+    heard.close()
+
+
+@pytest.fixture
+def path_listener(tmp_path):
+    heard = NotifyListener(str(tmp_path / "notify.sock"))
+    yield heard
+    heard.close()
+
+
+@pytest.fixture
+def abstract_listener():
+    heard = NotifyListener(f"@vmctl-test-notify-{uuid.uuid4().hex[:8]}")
+    yield heard
+    heard.close()
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+# ------------------------------------------------------------------ the protocol itself
+
+def test_socket_addresses():
+    assert socket_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert socket_address("@abstract/name") == "\0abstract/name"
+    assert socket_address(None) is None and socket_address("") is None
+    assert socket_address("vsock:2:1234") is None
+    assert socket_address("relative/path") is None
+
+
+def test_send_reaches_path_and_abstract_sockets(listener):
+    assert notify.send("READY=1\nSTATUS=hello", socket_address(listener.name))
+    assert listener.wait_for("READY=1", timeout=5)
+    assert listener.wait_for("STATUS=hello", timeout=5)
+
+
+def test_send_never_raises(tmp_path, caplog):
+    assert notify.send("READY=1", str(tmp_path / "nobody-listens")) is False
+    assert notify.send("READY=1", None) is False
+    assert "could not notify systemd" in caplog.text
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_and_honours_watchdog_pid():
+    pid = os.getpid()
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}, pid) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(pid)}, pid) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(pid + 1)},
+                             pid) is None, "a watchdog meant for another process is not ours"
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}, pid) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "soon"}, pid) is None
+    assert watchdog_interval({}, pid) is None
+
+
+def test_stale_limit_tolerates_a_revert_of_slow_virsh_calls():
+    assert stale_limit(30, 5) == 125
+    assert stale_limit(1, 5) == 9
+    # A revert that needs its second attempt: four calls at their timeout, plus a sleep.
+    assert stale_limit(30, 5) > 5 + 4 * 30 - 1
+
+
+def test_from_environ_reads_and_removes_the_variables(tmp_path):
+    env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid()),
+           "PATH": "/bin"}
+    notifier = Notifier.from_environ(FakeMonitor(), 10, env)
+    assert notifier.enabled and notifier.address == "\0x" and notifier.interval == 1.0
+    assert env == {"PATH": "/bin"}, "virsh and post_revert_command must not inherit them"
+    idle = Notifier.from_environ(FakeMonitor(), 10, {"WATCHDOG_USEC": "2000000"})
+    assert not idle.enabled and idle.interval is None
+    idle.start("x")     # no socket: nothing happens, nothing fails
+    idle.stopping()
+
+
+# ------------------------------------------------------------------ the watchdog logic, fast
+
+class FakeMonitor:
+    """Stands in for Monitor: alive, initialised, and 'making progress' while told to."""
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.progressing = True
+        self._progress = time.monotonic()
+        self.initialised = threading.Event()
+        self.initialised.set()
+
+    @property
+    def thread_alive(self) -> bool:
+        return self.alive
+
+    @property
+    def last_progress(self) -> float:
+        if self.progressing:
+            self._progress = time.monotonic()
+        return self._progress
+
+    def wait_initialised(self, timeout: float | None = None) -> bool:
+        return self.initialised.wait(timeout)
+
+
+def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
+    monitor = FakeMonitor()
+    monitor.initialised.clear()
+    notifier = Notifier(socket_address(listener.name), 0.05, monitor, stale_after=0.3)
+    notifier.start("serving")
+    try:
+        time.sleep(0.3)
+        assert listener.lines() == [], "nothing before the monitor is initialised"
+        monitor.initialised.set()
+        assert listener.wait_for("READY=1", timeout=5)
+        assert ("STATUS=serving" in [line for _, line in listener.lines()])
+        assert listener.wait_for("WATCHDOG=1", count=10, timeout=5)
+
+        monitor.progressing = False              # stuck from now on
+        stuck_at = time.monotonic()
+        wait_until(lambda: any(line.startswith("STATUS=the monitor thread has made no progress")
+                               for _, line in listener.lines()), 5, message="stuck reported")
+        last_ping = max(listener.times("WATCHDOG=1"))
+        assert 0.3 - 0.1 <= last_ping - stuck_at <= 0.3 + 0.2, "pings stop at the stale limit"
+        time.sleep(0.3)
+        assert max(listener.times("WATCHDOG=1")) == last_ping, "no ping while stuck"
+
+        monitor.progressing = True
+        resumed = time.monotonic()
+        assert listener.wait_for("WATCHDOG=1", count=3, timeout=5, since=resumed)
+        assert listener.times("STATUS=serving", since=resumed), "status restored"
+
+        monitor.alive = False                    # a dead thread gets no pings either
+        wait_until(lambda: any(line == "STATUS=the monitor thread is not running"
+                               for _, line in listener.lines()), 5, message="death reported")
+        dead = time.monotonic()
+        time.sleep(0.3)
+        assert listener.times("WATCHDOG=1", since=dead) == []
+    finally:
+        notifier.stopping()
+    assert listener.wait_for("STOPPING=1", timeout=5)
+    stopped = time.monotonic()
+    monitor.alive = True
+    time.sleep(0.2)
+    assert listener.times("WATCHDOG=1", since=stopped) == []
+    notifier.stopping()
+    time.sleep(0.1)
+    assert len(listener.times("STOPPING=1")) == 1, "STOPPING=1 is sent once"
+
+
+def test_stopping_before_ready_sends_stopping_only(path_listener):
+    monitor = FakeMonitor()
+    monitor.initialised.clear()
+    notifier = Notifier(socket_address(path_listener.name), 0.05, monitor, stale_after=1)
+    notifier.start("serving")
+    notifier.stopping()
+    assert path_listener.wait_for("STOPPING=1", timeout=5)
+    monitor.initialised.set()
+    time.sleep(0.3)
+    assert path_listener.times("READY=1") == []
+
+
+# ------------------------------------------------------------------ a real controller
+
+@pytest.mark.libvirt
+def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
+        domain, path_listener, tmp_path, monkeypatch):
+    """In-process controller on a real VM: READY=1 when the API answers, WATCHDOG=1 at half
+    of WATCHDOG_USEC, no pings once the monitor thread is stuck (it waits for the VM's lock,
+    held here, to carry out a recovery), pings again once it moves, STOPPING=1 at stop."""
+    from vmcontroller.server import Controller
+
+    monkeypatch.setenv("NOTIFY_SOCKET", path_listener.name)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    controller = Controller(build_config({
+        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
+        "heartbeat_timeout": 2, "vm_startup_heartbeat_delay": 0.5,
+        "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
+        "state_path": str(tmp_path / "state.db")}))
+    assert "NOTIFY_SOCKET" not in os.environ, "not passed on to virsh"
+    assert controller.notifier.interval == 0.1
+    assert controller.notifier.stale_after == stale_limit(30, 5)
+    controller.notifier.stale_after = 2.0   # the formula is tested above; keep this test short
+    lock = controller.domain.locked()
+    held = False
+    try:
+        controller.start()
+        assert path_listener.wait_for("READY=1", timeout=60)
+        ready_at = path_listener.times("READY=1")[0]
+        assert controller.monitor.initialised, "READY=1 means the API answers 200"
+        assert path_listener.wait_for("WATCHDOG=1", count=10, timeout=10)
+        pings = path_listener.times("WATCHDOG=1")
+        assert pings[0] >= ready_at
+        assert all(0.05 < gap < 0.5 for gap in gaps(pings)), gaps(pings)
+
+        # No heartbeat arrives: the monitor sets out to revert the VM and waits for its
+        # lock, which the test holds: the thread is alive but stuck.
+        lock.acquire()
+        held = True
+        wait_until(lambda: any(line.startswith("STATUS=the monitor thread has made no progress")
+                               for _, line in path_listener.lines()), 30,
+                   message="pings withheld")
+        stuck_since = controller.monitor.last_progress   # its last visit to the wait loop
+        last_ping = max(path_listener.times("WATCHDOG=1"))
+        assert 2.0 - 0.3 <= last_ping - stuck_since <= 2.0 + 0.3
+        assert controller.monitor.thread_alive
+        time.sleep(0.5)
+        assert max(path_listener.times("WATCHDOG=1")) == last_ping
+
+        lock.release()
+        held = False
+        released = time.monotonic()
+        assert path_listener.wait_for("WATCHDOG=1", count=3, timeout=30, since=released), \
+            "pings resume once the monitor moves again"
+    finally:
+        if held:
+            lock.release()
+        controller.stop()
+    assert path_listener.wait_for("STOPPING=1", timeout=5)
+
+
+FAKE_VIRSH = """#!/bin/sh
+# A virsh whose libvirtd hangs: every call blocks until the controller's timeout kills it.
+exec sleep 3600
+"""
+
+
+def test_serve_under_a_hanging_virsh_is_ready_pings_and_says_stopping(abstract_listener,
+                                                                     tmp_path):
+    """The real `vmcontroller serve`, told through an abstract socket: every virsh call
+    hangs until virsh_timeout (1 s), which is slow but progress: READY=1 still comes, pings
+    keep coming beyond the stale limit (9 s), and SIGTERM sends STOPPING=1."""
+    listener = abstract_listener
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "virsh").write_text(FAKE_VIRSH)
+    (bindir / "virsh").chmod(0o755)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "vm_name": "vmctl-test-hanging", "api_host": "127.0.0.1", "api_port": 0,
+        "virsh_timeout": 1, "heartbeat_timeout": 60, "state_path": str(tmp_path / "s.db")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+    env.update(PATH=f"{bindir}:{env['PATH']}", NOTIFY_SOCKET=listener.name,
+               WATCHDOG_USEC="500000")
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vmcontroller", "serve", "--config",
+                             str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert listener.wait_for("READY=1", timeout=30), (tmp_path / "serve.log").read_text()
+        ready_at = listener.times("READY=1")[0]
+        limit = stale_limit(1, 5)
+        assert listener.wait_for("WATCHDOG=1", count=int((limit + 1) / 0.25), timeout=limit + 10)
+        pings = listener.times("WATCHDOG=1")
+        assert pings[-1] - ready_at > limit, "pings outlast the stale limit: slow is not stuck"
+        assert max(gaps(pings)) < 0.6, gaps(pings)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert listener.wait_for("STOPPING=1", timeout=1)
+    output = (tmp_path / "serve.log").read_text()
+    assert "systemd watchdog: a ping every 0.25 s" in output
+    assert "withholding" not in output, output
