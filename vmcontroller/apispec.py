@@ -44,8 +44,17 @@ called with a method it does not support answers **405** \
 (AutoIt on Windows XP, wget) can send GET most easily.
 * **503** means the controller is still starting (its VM manager or heartbeat \
 monitor is not ready yet): try again a moment later.
-* There is no authentication: expose the API only on the private network \
-between the host and its VM.
+* **Tokens** (optional, see the Security section of README.rst): with \
+`api_token` set, every endpoint that changes or reveals state needs it; with \
+`guest_token` set, the guest's endpoints (heartbeat, revert request, idle \
+reset) need it or the staff token. Send it as `Authorization: Bearer <token>` \
+or as a `token` query parameter (for GET-only clients). Missing or wrong: \
+**401**. With no token configured, no token is needed.
+* **Cross-site requests**: a request a browser marks as coming from another \
+site (`Sec-Fetch-Site: cross-site`/`same-site`, or an `Origin` that is not \
+the controller's own and not in `cors_origins`) cannot change anything: \
+**403**, token or not.
+* Bodies over 64 KiB answer **413**; query strings over 8192 bytes **414**.
 """
 
 
@@ -402,19 +411,6 @@ def _parameters() -> dict[str, Any]:
             "description": "Name of the snapshot to delete.",
             "schema": _schema("SnapshotName"),
         },
-        "IgnoredQuery": {
-            "name": "params",
-            "in": "query",
-            "required": False,
-            "description": (
-                "Any query parameters (guest scripts add `seq=`, `boot=` and "
-                "the like) are accepted and ignored."
-            ),
-            "style": "form",
-            "explode": True,
-            "schema": {"type": "object",
-                       "additionalProperties": {"type": "string"}},
-        },
     }
 
 
@@ -439,6 +435,26 @@ def _responses() -> dict[str, Any]:
             "was stopped by staff, or the restart-loop guard has tripped.",
             "Revert not queued: automatic revert is disabled (maintenance)",
         ),
+        "Unauthorized": {
+            **_error("A token is configured and this request did not present a "
+                     "valid one (Authorization: Bearer <token>, or ?token=).",
+                     "Unauthorized: this endpoint needs the staff token, as "
+                     "'Authorization: Bearer <token>' or '?token=<token>'"),
+            "headers": {"WWW-Authenticate": {
+                "description": "Bearer realm=\"exhibition-vm-controller\"",
+                "schema": {"type": "string"}}},
+        },
+        "CrossSiteRefused": _error(
+            "A browser marked the request as coming from another site: it "
+            "may not change anything, token or not.",
+            "Cross-site request refused: the browser marked it Sec-Fetch-Site: "
+            "cross-site. Staff tools must call the API directly, not from "
+            "another site's page."),
+        "TooLarge": _error("The request body is over 64 KiB.",
+                           "Request body too large: at most 65536 bytes "
+                           "(got 70000)"),
+        "UriTooLong": _error("The query string is over 8192 bytes.",
+                             "Query string too long: at most 8192 bytes"),
         "ReferenceSnapshotMissing": _error(
             "The configured reference snapshot does not exist, so there is "
             "nothing to revert to. Create it with /api/v1/snapshot/create.",
@@ -597,7 +613,8 @@ def _paths() -> dict[str, Any]:
             "Heartbeat", "sendHeartbeat", "Receive a heartbeat from the guest",
             "Called by the script in the guest, typically once a second. "
             "Each call pushes back the heartbeat deadline. GET and POST do "
-            "the same; any query parameters and any body are ignored.",
+            "the same; query parameters other than `token` (guest scripts "
+            "add `seq=`, `boot=` and the like) and any body are ignored.",
             {
                 "200": {
                     "description": "Heartbeat recorded; the watchdog state "
@@ -606,7 +623,6 @@ def _paths() -> dict[str, Any]:
                 },
                 "503": _503(),
             },
-            path_extra={"parameters": [_ref("parameters", "IgnoredQuery")]},
         ),
         "/api/v1/heartbeat/status": {
             "get": _operation(
@@ -801,8 +817,8 @@ def _paths() -> dict[str, Any]:
             path_extra={"parameters": [
                 {"name": "reason", "in": "query", "required": True,
                  "description": "Why the guest wants a revert (up to 500 "
-                                "printable characters); also accepted as a "
-                                "POST form field.",
+                                "characters; control characters are recorded "
+                                "as '?'); also accepted as a POST form field.",
                  "schema": {"type": "string", "minLength": 1, "maxLength": 500}},
                 {"name": "severity", "in": "query", "required": False,
                  "description": "How bad it is; recorded with the reason.",
@@ -875,7 +891,10 @@ def _paths() -> dict[str, Any]:
                      "description": "Only events at or after this time: ISO "
                                     "8601 (without an offset: local time) or "
                                     "seconds since the epoch.",
-                     "schema": {"type": "string"},
+                     "schema": {"anyOf": [
+                         {"type": "string", "format": "date-time"},
+                         {"type": "string", "format": "date"},
+                         {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,6})?$"}]},
                      "example": "2025-12-09T00:00:00+01:00"},
                     {"name": "trigger", "in": "query", "required": False,
                      "description": "Only these triggers (comma-separated or "
@@ -917,12 +936,58 @@ _TAGS = (
 )
 
 
+#: Every requirement is optional: {} = no token configured.
+_SECURITY = [{}, {"bearerToken": []}, {"queryToken": []}]
+_GUEST_PATHS = ("/api/v1/heartbeat", "/api/v1/revert/request", "/api/v1/idle/reset")
+_READ_ONLY_PATHS = ("/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
+                    "/api/v1/events")
+
+
+def _security_schemes() -> dict[str, Any]:
+    return {
+        "bearerToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "The staff token (api_token) or, on the guest's "
+                           "endpoints, the guest token (guest_token).",
+        },
+        "queryToken": {
+            "type": "apiKey", "in": "query", "name": "token",
+            "description": "The same token as a query parameter, for GET-only "
+                           "clients such as AutoIt. It is never logged.",
+        },
+    }
+
+
+def _add_gate_responses(paths: dict[str, Any]) -> None:
+    """Every API operation passes the security gate: document its answers once."""
+    for path, item in paths.items():
+        if not path.startswith("/api/"):
+            item_ops = [op for m, op in item.items() if m in ("get", "post", "delete")]
+            for op in item_ops:
+                op["security"] = [{}]   # open even with tokens configured
+            continue
+        for method, op in item.items():
+            if method not in ("get", "post", "delete"):
+                continue
+            responses = op["responses"]
+            responses.setdefault("401", _ref("responses", "Unauthorized"))
+            if path not in _READ_ONLY_PATHS:
+                responses.setdefault("403", _ref("responses", "CrossSiteRefused"))
+            responses.setdefault("413", _ref("responses", "TooLarge"))
+            responses.setdefault("414", _ref("responses", "UriTooLong"))
+            if path in _GUEST_PATHS:
+                op["description"] += (" Open to the guest token as well as the "
+                                      "staff token.")
+
+
 def build_openapi(version: str) -> dict[str, Any]:
     """Return the OpenAPI 3.0.3 document for controller ``version``.
 
     A new dict on every call, so callers (flasgger, tests) may keep or
     modify theirs without affecting anyone else.
     """
+    paths = _paths()
+    _add_gate_responses(paths)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -933,8 +998,10 @@ def build_openapi(version: str) -> dict[str, Any]:
         },
         "tags": [{"name": name, "description": text}
                  for name, text in _TAGS],
-        "paths": _paths(),
+        "paths": paths,
+        "security": _SECURITY,
         "components": {
+            "securitySchemes": _security_schemes(),
             "schemas": _schemas(),
             "parameters": _parameters(),
             "requestBodies": _request_bodies(),

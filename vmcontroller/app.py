@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from datetime import datetime
 from typing import Any, Callable, TypeVar
@@ -20,6 +21,7 @@ from .apispec import build_openapi
 from .docs import init_docs
 from .monitor import GUEST_REQUEST, IDLE_RESET, TRIGGERS, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
+from .security import SecuritySettings, init_security
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
 
@@ -35,7 +37,9 @@ class AnyTextConverter(BaseConverter):
     """Captures everything after the prefix, slashes and newlines included, so that a bad
     snapshot name gets the name rule's 400 instead of a puzzling 404."""
 
-    regex = r"[\s\S]+"
+    # Not 'create' (its own route) nor 'delete/...' (the GET form), so that the
+    # DELETE route does not shadow them and OPTIONS advertises only what exists.
+    regex = r"(?!create$|delete/)[\s\S]+"
     part_isolating = False
 
 
@@ -71,9 +75,11 @@ def _error(status: int, detail: str) -> tuple[Response, int]:
     return jsonify({"detail": detail}), status
 
 
-def create_app(monitor: Monitor, version: str) -> Flask:
+def create_app(monitor: Monitor, version: str,
+               security: SecuritySettings | None = None) -> Flask:
     """Build the Flask app around an already constructed Monitor."""
     app = Flask(__name__)
+    init_security(app, security or SecuritySettings())  # first: it runs before everything
     app.json.sort_keys = False  # keep the field order of the API reference
     app.url_map.converters["anytext"] = AnyTextConverter
     domain = monitor.domain
@@ -186,8 +192,9 @@ def create_app(monitor: Monitor, version: str) -> Flask:
     @app.route(f"{API}/snapshot/create", methods=["GET", "POST"])
     @when_failing("creating snapshot")
     def snapshot_create():
-        raw = _param("snapshot_name")
-        name = domain.snapshot_name if raw is None else validate_name(raw)
+        # Every value given must be valid; the query string's wins (as documented).
+        given = [validate_name(value) for value in _param_values("snapshot_name")]
+        name = given[0] if given else domain.snapshot_name
         replaced = monitor.create_snapshot(name)
         verb = "replaced" if replaced else "created"
         return _message(f"Snapshot '{name}' {verb} successfully for VM '{domain.name}'")
@@ -250,7 +257,7 @@ def create_app(monitor: Monitor, version: str) -> Flask:
     def events():
         limit = _int_param("limit", 100, 1, 1000)
         since = _time_param("since")
-        triggers = [t for value in request.args.getlist("trigger") for t in value.split(",") if t]
+        triggers = [t for value in request.args.getlist("trigger") for t in value.split(",")]
         unknown = sorted(set(triggers) - set(TRIGGERS))
         if unknown:
             raise ApiError(400, f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
@@ -267,29 +274,42 @@ REASON_MAX = 500
 SEVERITIES = ("low", "normal", "high", "critical")
 
 
-def _param(name: str) -> str | None:
-    """A parameter from the query string, else a POSTed form field or JSON object."""
-    value = request.args.get(name)
-    if value is None and request.method == "POST":
-        value = request.form.get(name)
-        if value is None and request.is_json:
+def _param_values(name: str) -> list[Any]:
+    """Every value given for a parameter: query string, POSTed form field, JSON object.
+
+    JSON values come as they are (null, numbers...), for the caller's check to refuse.
+    """
+    values: list[Any] = list(request.args.getlist(name))
+    if request.method == "POST":
+        values += request.form.getlist(name)
+        if request.is_json:
             body = request.get_json(silent=True)
-            if isinstance(body, dict) and body.get(name) is not None:
-                value = str(body[name])
-    return value
+            if not isinstance(body, dict):
+                raise ApiError(400, "Invalid request body: expected a JSON object")
+            if name in body:
+                values.append(body[name])
+    return values
+
+
+def _param(name: str) -> str | None:
+    values = _param_values(name)
+    if values and not isinstance(values[0], str):
+        raise ApiError(400, f"Invalid parameter: {name} must be a string "
+                            f"(got {type(values[0]).__name__})")
+    return values[0] if values else None
 
 
 def _text_param(name: str, required: bool, limit: int) -> str | None:
+    """Free text from the guest, made safe to log: control characters become '?'."""
     value = _param(name)
-    if value is None or not value.strip():
+    if value is None or value == "":
         if required:
             raise ApiError(400, f"Invalid parameter: {name} is required")
         return None
-    value = value.strip()
-    if len(value) > limit or not value.isprintable():
-        raise ApiError(400, f"Invalid parameter: {name} must be at most {limit} printable "
-                            f"characters")
-    return value
+    if len(value) > limit:
+        raise ApiError(400, f"Invalid parameter: {name} must be at most {limit} characters "
+                            f"(got {len(value)})")
+    return "".join(c if c.isprintable() else "?" for c in value).strip() or "(blank)"
 
 
 def _int_param(name: str, default: int, low: int, high: int) -> int:
@@ -305,12 +325,10 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
 def _time_param(name: str) -> float | None:
     """ISO 8601 (a time without offset is local time) or seconds since the epoch."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
-    try:
+    if re.fullmatch(r"[0-9]{1,11}(\.[0-9]{1,6})?", raw):
         return float(raw)
-    except ValueError:
-        pass
     try:
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError:

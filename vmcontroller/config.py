@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -52,6 +53,12 @@ class Config:
     recovery_backoff_max: float = 300.0
     post_revert_command: tuple[str, ...] | None = None
     post_revert_timeout: float = 30.0
+    api_token: str | None = None
+    api_token_file: str | None = None
+    guest_token: str | None = None
+    guest_token_file: str | None = None
+    cors_origins: tuple[str, ...] | None = None
+    api_channel_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,15 @@ class _Rule:
     kind: type
     check: Callable[[Any], bool]
     expected: str
+
+
+_TOKEN_RULE = ("null, or a token of 16 to 256 printable ASCII characters without spaces "
+               "(e.g. from: openssl rand -hex 24)")
+SECRET_KEYS = ("api_token", "guest_token")
+
+
+def _good_token(value: str) -> bool:
+    return 16 <= len(value) <= 256 and all(33 <= ord(c) <= 126 for c in value)
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -104,6 +120,16 @@ _RULES: dict[str, _Rule] = {
         "null or a non-empty list of strings (the program and its arguments; "
         "{vm_name} and {snapshot_name} are replaced)"),
     "post_revert_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
+    "api_token": _Rule(str, lambda v: _good_token(v), _TOKEN_RULE),
+    "api_token_file": _Rule(str, lambda v: bool(v.strip()), "the path of a file holding the token"),
+    "guest_token": _Rule(str, lambda v: _good_token(v), _TOKEN_RULE),
+    "guest_token_file": _Rule(str, lambda v: bool(v.strip()),
+                              "the path of a file holding the token"),
+    "cors_origins": _Rule(tuple, lambda v: v is None or all(
+        isinstance(o, str) and re.fullmatch(r"https?://[^/\s]+", o) for o in v),
+        "null or a list of origins such as http://192.168.122.1:8080 (scheme://host[:port])"),
+    "api_channel_timeout": _Rule(float, _between(1, 3600),
+                                 "a number of seconds from 1 to 3600"),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -175,7 +201,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any) -> Any:
     rule = _RULES[key]
-    shown = f"{key}={value!r}"
+    shown = f"{key}=<hidden, {len(value)} characters>" if key in SECRET_KEYS and \
+        isinstance(value, str) else f"{key}={value!r}"
     if rule.kind is tuple:
         ok = value is None or isinstance(value, (list, tuple))
         value = None if value is None or not ok else tuple(value)
@@ -204,12 +231,34 @@ def build_config(values: Mapping[str, Any]) -> Config:
     if values.get("vm_name") in (None, ""):
         raise ConfigError("vm_name is missing: expected the name of the libvirt domain to keep running")
     merged = {**DEFAULTS, **values}
-    config = Config(**{key: _coerce(key, merged[key]) for key in KEYS})
+    for key in SECRET_KEYS:
+        merged[key] = _token_from_file(key, merged)
+    config = Config(**{key: _coerce(key, merged[key]) for key in KEYS
+                       if merged[key] is not None or DEFAULTS.get(key, 0) is not None})
     if config.recovery_backoff_max < config.recovery_backoff_initial:
         raise ConfigError(f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
                           f"expected at least recovery_backoff_initial "
                           f"({config.recovery_backoff_initial:g})")
     return config
+
+
+def _token_from_file(key: str, merged: dict[str, Any]) -> Any:
+    """Secrets may live in their own file (mode 0600) rather than in the YAML."""
+    path = merged.get(f"{key}_file")
+    if path is None:
+        return merged.get(key)
+    if merged.get(key) is not None:
+        raise ConfigError(f"{key} and {key}_file are both set: expected only one of them")
+    if not isinstance(path, str):
+        return merged.get(key)  # the type check of {key}_file reports it
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}_file={path!r} is invalid: cannot read it "
+                          f"({exc.strerror})") from None
+    if not _good_token(text):
+        raise ConfigError(f"{key}_file={path!r} is invalid: the file must hold {_TOKEN_RULE}")
+    return text
 
 
 def load_config(path: str | os.PathLike | None = None,
@@ -225,9 +274,16 @@ def load_config(path: str | os.PathLike | None = None,
     return build_config(values), source
 
 
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """The same settings with secrets hidden, for the log and for check-config."""
+    return {k: ("********" if k in SECRET_KEYS and v is not None else v)
+            for k, v in values.items()}
+
+
 def as_dict(config: Config) -> dict[str, Any]:
     """The configuration as plain data, for check-config and the logs."""
     data = dataclasses.asdict(config)
-    if data["post_revert_command"] is not None:
-        data["post_revert_command"] = list(data["post_revert_command"])
+    for key in ("post_revert_command", "cors_origins"):
+        if data[key] is not None:
+            data[key] = list(data[key])
     return data

@@ -130,6 +130,18 @@ def _docs_blueprint(title: str) -> Blueprint:
     return bp
 
 
+#: What the docs pages may load: nothing from another origin (an exhibition PC
+#: has no internet, and this also keeps ReDoc's sidebar from fetching its logo
+#: from a CDN). 'unsafe-inline'/'unsafe-eval' are needed by the inline start-up
+#: scripts and the bundles; blob: by ReDoc's search worker. Sent as a header
+#: (with frame-ancestors, which a <meta> cannot carry) and as a <meta>, so a
+#: saved copy of the page keeps it.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+            "child-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'")
+
+
 def init_docs(app: Flask, spec: dict[str, Any]) -> None:
     """Serve ``spec`` at /openapi.json, Swagger UI at /docs, ReDoc at /redoc.
 
@@ -140,6 +152,7 @@ def init_docs(app: Flask, spec: dict[str, Any]) -> None:
     error handlers stay in charge. ``spec`` is copied: changing it later
     does not change what is served.
     """
+    app.context_processor(lambda: {"docs_csp": DOCS_CSP})
     app.register_blueprint(_docs_blueprint(spec["info"]["title"]))
     Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec),
             merge=False)

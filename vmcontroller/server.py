@@ -6,6 +6,8 @@ first look at the VM so no lifecycle event falls between the two.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
 import signal
@@ -14,13 +16,16 @@ import threading
 from types import FrameType
 
 from waitress import create_server, wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.task import ErrorTask
 
 from . import __version__
 from .app import create_app
-from .config import Config, as_dict
+from .config import Config, as_dict, masked
 from .monitor import MAX_SLEEP, Monitor
 from .notify import Notifier, stale_limit
+from .security import MAX_BODY, SecuritySettings
 from .store import Store
 from .virsh import EventStream, VirshRunner
 from .vm import Domain
@@ -38,6 +43,34 @@ def configure_logging(level: str) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
+class _JsonErrorTask(ErrorTask):
+    """What waitress itself refuses (a header block too large, a malformed
+    request) is answered in the API's JSON error shape too."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps({"detail": f"{error.reason}: {error.body}"}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend([("Content-Type", "application/json"),
+                                      ("X-Content-Type-Options", "nosniff")])
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonErrorChannel(HTTPChannel):
+    error_task_class = _JsonErrorTask
+
+
+def _listens_beyond_loopback(host: str) -> bool:
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: assume it is reachable from elsewhere
+
+
 class Controller:
     """Everything one running controller owns, wired together."""
 
@@ -50,10 +83,23 @@ class Controller:
         self.monitor = Monitor(self.domain, config, self.store)
         self.events = EventStream(self.runner, config.vm_name, self.monitor.on_lifecycle_event,
                                   self.monitor.on_events_connection)
-        self.app = create_app(self.monitor, __version__)
+        self.app = create_app(self.monitor, __version__, SecuritySettings(
+            api_token=config.api_token, guest_token=config.guest_token,
+            cors_origins=config.cors_origins or ()))
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app, host=config.api_host, port=config.api_port, threads=config.api_threads,
-            ident="", channel_timeout=60, clear_untrusted_proxy_headers=True)
+            ident="", channel_timeout=int(max(1, config.api_channel_timeout)),
+            # waitress looks for idle channels only this often (default 30 s)
+            cleanup_interval=int(max(1, min(30, config.api_channel_timeout / 2))),
+            clear_untrusted_proxy_headers=True, max_request_header_size=16 * 1024,
+            # Bodies up to this reach the app, which refuses anything over
+            # MAX_BODY with a JSON 413; waitress refuses larger ones itself.
+            max_request_body_size=16 * MAX_BODY)
+        servers = self.http.map.values() if isinstance(self.http, MultiSocketServer) \
+            else [self.http]
+        for server in servers:
+            if isinstance(server, BaseWSGIServer):
+                server.channel_class = _JsonErrorChannel
         self._http_thread: threading.Thread | None = None
         # systemd (Type=notify, WatchdogSec): a no-op unless $NOTIFY_SOCKET is set.
         self.notifier = Notifier.from_environ(self.monitor,
@@ -75,7 +121,11 @@ class Controller:
         log.info("Exhibition VM Controller %s: VM %r, snapshot %r, libvirt %s, API on %s:%d",
                  __version__, self.config.vm_name, self.config.snapshot_name,
                  self.config.libvirt_uri, self.config.api_host, self.port)
-        log.debug("effective configuration: %s", as_dict(self.config))
+        log.debug("effective configuration: %s", masked(as_dict(self.config)))
+        if self.config.api_token is None and _listens_beyond_loopback(self.config.api_host):
+            log.warning("no api_token is set and the API listens on %s, beyond this machine: "
+                        "anyone who can reach it (the guest included) can stop the VM or "
+                        "delete snapshots; see README.rst, Security", self.config.api_host)
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         self.events.start()

@@ -1,0 +1,253 @@
+"""Only staff change the exhibition, whatever the guest or the network sends.
+
+Fast tests through Flask's test client over the fake runner, then the same
+gate on a real server over a real VM: a page in the guest's browser (a
+cross-site GET with browser headers) changes nothing in libvirt.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+import requests
+
+from fake_virsh import FakeRunner
+from libvirt_env import virsh, wait_until
+from vmcontroller import __version__
+from vmcontroller.app import create_app
+from vmcontroller.config import ConfigError, build_config
+from vmcontroller.monitor import Monitor
+from vmcontroller.security import SecuritySettings
+from vmcontroller.store import Store
+from vmcontroller.vm import Domain
+
+STAFF = "staff-token-0123456789abcdef"
+GUEST = "guest-token-0123456789abcdef"
+QUIET = {"heartbeat_timeout": 60, "vm_startup_heartbeat_delay": 60}
+
+# What an <img src="http://host:8000/api/v1/snapshot/delete/ready"> in a page
+# opened by a modern browser sends (old browsers send no Sec-Fetch-* at all).
+BROWSER_IMG = {
+    "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36",
+    "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
+    "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image",
+    "Referer": "http://old-net-art.example/",
+}
+
+
+@pytest.fixture
+def make_client():
+    monitors: list[Monitor] = []
+
+    def make(runner: FakeRunner | None = None, **security):
+        runner = runner or FakeRunner()
+        config = build_config({"vm_name": runner.domain, **QUIET})
+        monitor = Monitor(Domain(runner, runner.domain, "ready"), config, Store(":memory:"))
+        runner.listener = monitor.on_lifecycle_event
+        monitor.start()
+        assert monitor.wait_initialised(5)
+        monitors.append(monitor)
+        app = create_app(monitor, __version__, SecuritySettings(**security))
+        return app.test_client(), runner
+
+    yield make
+    for monitor in monitors:
+        monitor.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_no_token_configured_means_the_api_reference_behaviour(make_client):
+    client, _ = make_client()
+    assert client.get("/api/v1/status").status_code == 200
+    assert client.post("/api/v1/revert/disable").status_code == 200
+    assert client.get("/api/v1/heartbeat").status_code == 200
+
+
+def test_staff_token_guards_everything_that_changes_or_reveals_state(make_client):
+    client, runner = make_client(api_token=STAFF)
+    for method, path in [("GET", "/api/v1/status"), ("GET", "/api/v1/snapshots"),
+                         ("GET", "/api/v1/events"), ("GET", "/api/v1/heartbeat/status"),
+                         ("POST", "/api/v1/vm/stop"), ("GET", "/api/v1/snapshot/delete/ready"),
+                         ("DELETE", "/api/v1/snapshot/ready"), ("GET", "/api/v1/revert/disable")]:
+        response = client.open(path, method=method)
+        assert response.status_code == 401, (method, path)
+        assert response.json["detail"].startswith("Unauthorized: this endpoint needs the staff")
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="exhibition-vm-controller"'
+        wrong = client.open(path, method=method, headers=bearer(STAFF[:-1] + "X"))
+        assert wrong.status_code == 401
+    assert runner.snapshots == ["ready"] and runner.state == "running"
+    assert client.get("/api/v1/status", headers=bearer(STAFF)).status_code == 200
+    assert client.get(f"/api/v1/status?token={STAFF}").status_code == 200
+    # The guest's endpoints stay open while no guest token is set.
+    assert client.get("/api/v1/heartbeat").status_code == 200
+    # The landing document and the docs never need a token.
+    for path in ("/", "/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_guest_token_guards_the_guest_endpoints_and_opens_nothing_else(make_client):
+    client, _ = make_client(api_token=STAFF, guest_token=GUEST)
+    assert client.get("/api/v1/heartbeat").status_code == 401
+    assert client.get("/api/v1/heartbeat", headers=bearer(GUEST)).status_code == 200
+    assert client.get(f"/api/v1/heartbeat?token={GUEST}&seq=3").status_code == 200
+    assert client.get("/api/v1/heartbeat", headers=bearer(STAFF)).status_code == 200
+    assert client.get(f"/api/v1/idle/reset?token={GUEST}").status_code in (202, 409)
+    assert client.get("/api/v1/status", headers=bearer(GUEST)).status_code == 401
+    assert client.get(f"/api/v1/vm/stop?token={GUEST}").status_code == 401
+
+
+@pytest.mark.parametrize("headers", [
+    BROWSER_IMG,
+    {"Sec-Fetch-Site": "same-site"},
+    {"Origin": "http://old-net-art.example"},
+    {"Origin": "null"},
+], ids=["img tag", "same-site", "foreign origin", "null origin"])
+def test_cross_site_requests_cannot_change_state_even_with_the_token(make_client, headers):
+    client, runner = make_client(api_token=STAFF)
+    for method, path in [("GET", f"/api/v1/snapshot/delete/ready?token={STAFF}"),
+                         ("GET", f"/api/v1/vm/stop?token={STAFF}"),
+                         ("POST", f"/api/v1/snapshot/create?snapshot_name=x&token={STAFF}"),
+                         ("GET", f"/api/v1/revert/disable?token={STAFF}"),
+                         ("GET", f"/api/v1/heartbeat?token={STAFF}")]:
+        response = client.open(path, method=method, headers=headers)
+        assert response.status_code == 403, (path, response.json)
+        assert response.json["detail"].startswith("Cross-site request refused")
+    assert runner.snapshots == ["ready"] and runner.state == "running"
+    assert not [c for c in runner.calls if c[0] in ("snapshot-delete", "destroy",
+                                                    "snapshot-create-as")]
+
+
+def test_same_origin_and_non_browser_clients_are_not_cross_site(make_client):
+    client, _ = make_client()
+    own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/api/v1/revert/disable", headers=own).status_code == 200
+    assert client.get("/api/v1/revert/enable", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    # A cross-site page cannot read answers (no CORS), so reads are not refused.
+    assert client.get("/api/v1/status", headers=BROWSER_IMG).status_code == 200
+
+
+def test_cors_is_off_unless_an_origin_is_allowed(make_client):
+    client, _ = make_client()
+    response = client.get("/api/v1/status", headers={"Origin": "http://kiosk.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    client, _ = make_client(cors_origins=("http://kiosk.example",))
+    allowed = client.post("/api/v1/heartbeat", headers={"Origin": "http://kiosk.example",
+                                                         "Sec-Fetch-Site": "cross-site"})
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://kiosk.example"
+    other = client.post("/api/v1/heartbeat", headers={"Origin": "http://evil.example"})
+    assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_limits_answer_json(make_client):
+    client, runner = make_client()
+    big = client.post("/api/v1/snapshot/create", data={"snapshot_name": "x" * (64 * 1024)})
+    assert big.status_code == 413 and big.json["detail"].startswith("Request body too large")
+    long_query = client.get("/api/v1/heartbeat?seq=" + "1" * 9000)
+    assert long_query.status_code == 414 and "Query string too long" in long_query.json["detail"]
+    assert "snapshot-create-as" not in [c[0] for c in runner.calls]
+
+
+def test_security_headers(make_client):
+    client, _ = make_client()
+    assert client.get("/api/v1/status").headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/docs", "/redoc"):
+        headers = client.get(path).headers
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_tokens_never_reach_the_logs(make_client, caplog):
+    client, _ = make_client(api_token=STAFF, guest_token=GUEST)
+    with caplog.at_level(logging.DEBUG):
+        client.get(f"/api/v1/heartbeat?token={GUEST}")
+        client.get(f"/api/v1/status?token={STAFF}")
+        client.get(f"/api/v1/vm/stop?token={STAFF}x")
+        client.get("/api/v1/events", headers=bearer(STAFF))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/api/v1/status" in text, "the requests were logged..."
+    assert STAFF not in text and GUEST not in text, "...without their tokens"
+
+
+def test_token_config(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "x", "api_token": "too-short"})
+    assert "too-short" not in str(info.value) and "<hidden, 9 characters>" in str(info.value)
+    secret = tmp_path / "token"
+    secret.write_text(STAFF + "\n")
+    assert build_config({"vm_name": "x", "api_token_file": str(secret)}).api_token == STAFF
+    with pytest.raises(ConfigError, match="both set"):
+        build_config({"vm_name": "x", "api_token_file": str(secret), "api_token": STAFF})
+
+
+# ------------------------------------------------------------------ real server, real VM
+
+
+
+@pytest.mark.libvirt
+def test_the_guests_browser_changes_nothing(start_controller, domain, events):
+    """A page in the guest's browser embeds <img> tags pointing at the API."""
+    controller, api = start_controller(heartbeat_timeout=60)
+    events.wait_for("Started Snapshot", 1, 30)
+    virsh("snapshot-create-as", "--domain", domain.name, "--name", "backup", "--atomic")
+    time.sleep(0.5)
+    before = (domain.snapshot_tree(), domain.state(), len(events.events))
+    for path in ("/api/v1/snapshot/delete/ready", "/api/v1/vm/stop", "/api/v1/vm/restart",
+                 "/api/v1/snapshot/create?snapshot_name=ready", "/api/v1/revert/disable",
+                 "/api/v1/snapshot/delete/backup"):
+        response = requests.get(api.base + path, headers=BROWSER_IMG, timeout=10)
+        assert response.status_code == 403, (path, response.text)
+    time.sleep(1)
+    assert (domain.snapshot_tree(), domain.state(), len(events.events)) == before
+    assert api.get("/api/v1/status")["auto_revert_enabled"] is True
+
+
+@pytest.mark.libvirt
+def test_no_server_banner_and_waitress_errors_are_json(start_controller):
+    controller, api = start_controller()
+    response = requests.get(api.base + "/api/v1/status", timeout=10)
+    assert "Server" not in response.headers
+    huge = requests.get(api.base + "/api/v1/heartbeat", headers={"X-Big": "a" * 20000},
+                        timeout=10)
+    assert huge.status_code == 431
+    assert huge.headers["Content-Type"] == "application/json"
+    assert "Request Header Fields Too Large" in huge.json()["detail"]
+
+
+@pytest.mark.libvirt
+def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(start_controller):
+    controller, api = start_controller(api_channel_timeout=2, heartbeat_timeout=60)
+    port = controller.port
+    slow = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        slow.append(s)
+    began = time.monotonic()
+    worst = 0.0
+    while time.monotonic() - began < 2:
+        t = time.monotonic()
+        assert requests.get(api.base + "/api/v1/heartbeat", timeout=5).status_code == 200
+        worst = max(worst, time.monotonic() - t)
+    assert worst < 1.0, f"a heartbeat took {worst:.2f} s while slow clients were connected"
+
+    def closed(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(1024) == b""
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+    for s in slow:
+        s.settimeout(0.1)
+    wait_until(lambda: all(closed(s) for s in slow), 15, 0.2, "the slow connections to close")
+    for s in slow:
+        s.close()

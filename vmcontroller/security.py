@@ -1,0 +1,149 @@
+"""Only staff change the exhibition, whatever the guest or the network sends.
+
+The guest is untrusted: it runs decades-old software, often a browser
+showing old web pages, on the same network as the API. This module is the
+one gate every request passes, before any route runs:
+
+- tokens: ``api_token`` guards everything that changes or reveals state;
+  ``guest_token`` guards what the guest calls (heartbeat, revert request,
+  idle reset), which also accept the staff token. A token is accepted as
+  ``Authorization: Bearer ...`` or, for GET-only clients such as AutoIt, as
+  a ``token`` query parameter. Comparison is constant-time.
+- cross-site requests: a request a browser marks as coming from another site
+  (``Sec-Fetch-Site``, or an ``Origin`` that is not the controller's own)
+  cannot change anything, token or not: an ``<img>`` tag in a page the
+  guest's browser opens must not delete the ready snapshot.
+- limits: bodies over 64 KiB, over-long query strings (413/414).
+- headers: nosniff everywhere; the docs pages may not be framed.
+With no token configured the API behaves as the API reference says.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from flask import Flask, Response, jsonify, request
+
+from .docs import DOCS_CSP
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+#: Above the longest query the API documents (a 500-character reason of 4-byte
+#: characters is 6000 bytes percent-encoded, plus a token).
+MAX_QUERY = 8192
+REALM = "exhibition-vm-controller"
+
+#: Called by the guest: open to the guest token (and the staff token).
+GUEST_PATHS = frozenset({"/api/v1/heartbeat", "/api/v1/revert/request", "/api/v1/idle/reset"})
+#: Read-only API paths: a cross-site page cannot read their answers (no CORS), so
+#: they are not refused for being cross-site; they still need the staff token.
+READ_ONLY_PATHS = frozenset({"/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
+                             "/api/v1/events"})
+#: Never guarded: the landing document and the documentation.
+OPEN_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/flasgger_static/", "/apidocs",
+                 "/oauth2-redirect.html")
+DOCS_PREFIXES = ("/docs", "/redoc", "/apidocs", "/oauth2-redirect.html")
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    api_token: str | None = None
+    guest_token: str | None = None
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _matches(given: str | None, *tokens: str | None) -> bool:
+    """Constant-time comparison against every configured token (no early exit)."""
+    if not given:
+        return False
+    ok = False
+    for token in tokens:
+        if token:
+            ok |= hmac.compare_digest(given.encode(), token.encode())
+    return ok
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.args.get("token") or None
+
+
+def _own_origins() -> set[str]:
+    host = request.host  # as the client addressed us, port included
+    return {f"http://{host}", f"https://{host}"}
+
+
+def cross_site_reason(cors_origins: Iterable[str]) -> str | None:
+    """Why a browser marked this request as coming from another site, or None."""
+    origin = request.headers.get("Origin")
+    allowed = set(cors_origins)
+    if origin is not None and origin not in _own_origins() and origin not in allowed:
+        return f"Origin {origin!r} is not this controller's own"
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site in ("cross-site", "same-site") and (origin is None or origin not in allowed):
+        return f"the browser marked it Sec-Fetch-Site: {fetch_site}"
+    return None
+
+
+def _refuse(status: int, detail: str, **headers: str) -> Response:
+    response = jsonify({"detail": detail})
+    response.status_code = status
+    for name, value in headers.items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
+def init_security(app: Flask, settings: SecuritySettings) -> None:
+    """Register the gate on ``app``; its routes stay unaware of it."""
+    cors = settings.cors_origins
+
+    @app.before_request
+    def _gate() -> Response | None:
+        path = request.path
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _refuse(413, f"Request body too large: at most {MAX_BODY} bytes "
+                                f"(got {request.content_length})")
+        if len(request.query_string) > MAX_QUERY:
+            return _refuse(414, f"Query string too long: at most {MAX_QUERY} bytes")
+        if path == "/" or path.startswith(OPEN_PREFIXES) or not path.startswith("/api/"):
+            return None
+        if request.method == "OPTIONS":
+            return None  # CORS preflight: answered below, changes nothing
+        changes_state = path not in READ_ONLY_PATHS and request.method != "HEAD"
+        if changes_state:
+            why = cross_site_reason(cors)
+            if why is not None:
+                log.warning("refused a cross-site %s %s: %s", request.method, path, why)
+                return _refuse(403, f"Cross-site request refused: {why}. Staff tools must call "
+                                    f"the API directly, not from another site's page.")
+        if path in GUEST_PATHS:
+            needed = (settings.guest_token, settings.api_token) if settings.guest_token else ()
+        else:
+            needed = (settings.api_token,) if settings.api_token else ()
+        if needed and not _matches(_presented_token(), *needed):
+            which = "guest or staff token" if path in GUEST_PATHS else "staff token"
+            return _refuse(401, f"Unauthorized: this endpoint needs the {which}, as "
+                                f"'Authorization: Bearer <token>' or '?token=<token>'",
+                           WWW_Authenticate=f'Bearer realm="{REALM}"')
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.path.startswith(DOCS_PREFIXES):
+            response.headers["Content-Security-Policy"] = DOCS_CSP + "; frame-ancestors 'none'"
+            response.headers["X-Frame-Options"] = "DENY"
+        origin = request.headers.get("Origin")
+        if origin and origin in cors:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+        return response
