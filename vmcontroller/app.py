@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
-from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
@@ -21,6 +19,8 @@ from .apispec import build_openapi
 from .docs import init_docs
 from .monitor import GUEST_REQUEST, IDLE_RESET, TRIGGERS, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
+from .params import (REASON_MAX, SEVERITIES, ApiError, int_param, param, param_values,
+                     text_param, time_param)
 from .security import SecuritySettings, init_security
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
@@ -41,15 +41,6 @@ class AnyTextConverter(BaseConverter):
     # DELETE route does not shadow them and OPTIONS advertises only what exists.
     regex = r"(?!create$|delete/)[\s\S]+"
     part_isolating = False
-
-
-class ApiError(Exception):
-    """An error with its HTTP status, raised by handlers and turned into JSON."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def when_failing(what: str) -> Callable[[F], F]:
@@ -193,7 +184,7 @@ def create_app(monitor: Monitor, version: str,
     @when_failing("creating snapshot")
     def snapshot_create():
         # Every value given must be valid; the query string's wins (as documented).
-        given = [validate_name(value) for value in _param_values("snapshot_name")]
+        given = [validate_name(value) for value in param_values("snapshot_name")]
         name = given[0] if given else domain.snapshot_name
         replaced = monitor.create_snapshot(name)
         verb = "replaced" if replaced else "created"
@@ -228,8 +219,8 @@ def create_app(monitor: Monitor, version: str,
 
     @app.route(f"{API}/revert/request", methods=["GET", "POST"])
     def revert_request():
-        reason = _text_param("reason", required=True, limit=REASON_MAX)
-        severity = _text_param("severity", required=False, limit=32) or "normal"
+        reason = text_param("reason", required=True, limit=REASON_MAX)
+        severity = text_param("severity", required=False, limit=32) or "normal"
         if severity not in SEVERITIES:
             raise ApiError(400, f"Invalid parameter: severity must be one of "
                                 f"{', '.join(SEVERITIES)} (got {severity!r})")
@@ -238,7 +229,7 @@ def create_app(monitor: Monitor, version: str,
 
     @app.route(f"{API}/idle/reset", methods=["GET", "POST"])
     def idle_reset():
-        raw = _param("idle_duration")
+        raw = param("idle_duration")
         reason = "the guest reports no visitor interaction"
         if raw not in (None, ""):
             try:
@@ -255,8 +246,8 @@ def create_app(monitor: Monitor, version: str,
 
     @app.get(f"{API}/events")
     def events():
-        limit = _int_param("limit", 100, 1, 1000)
-        since = _time_param("since")
+        limit = int_param("limit", 100, 1, 1000)
+        since = time_param("since")
         triggers = [t for value in request.args.getlist("trigger") for t in value.split(",")]
         unknown = sorted(set(triggers) - set(TRIGGERS))
         if unknown:
@@ -268,73 +259,6 @@ def create_app(monitor: Monitor, version: str,
 
     init_docs(app, build_openapi(version))
     return app
-
-
-REASON_MAX = 500
-SEVERITIES = ("low", "normal", "high", "critical")
-
-
-def _param_values(name: str) -> list[Any]:
-    """Every value given for a parameter: query string, POSTed form field, JSON object.
-
-    JSON values come as they are (null, numbers...), for the caller's check to refuse.
-    """
-    values: list[Any] = list(request.args.getlist(name))
-    if request.method == "POST":
-        values += request.form.getlist(name)
-        if request.is_json:
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                raise ApiError(400, "Invalid request body: expected a JSON object")
-            if name in body:
-                values.append(body[name])
-    return values
-
-
-def _param(name: str) -> str | None:
-    values = _param_values(name)
-    if values and not isinstance(values[0], str):
-        raise ApiError(400, f"Invalid parameter: {name} must be a string "
-                            f"(got {type(values[0]).__name__})")
-    return values[0] if values else None
-
-
-def _text_param(name: str, required: bool, limit: int) -> str | None:
-    """Free text from the guest, made safe to log: control characters become '?'."""
-    value = _param(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(400, f"Invalid parameter: {name} is required")
-        return None
-    if len(value) > limit:
-        raise ApiError(400, f"Invalid parameter: {name} must be at most {limit} characters "
-                            f"(got {len(value)})")
-    return "".join(c if c.isprintable() else "?" for c in value).strip() or "(blank)"
-
-
-def _int_param(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, f"Invalid parameter: {name} must be a whole number from {low} to "
-                            f"{high} (got {raw!r})")
-    return int(raw)
-
-
-def _time_param(name: str) -> float | None:
-    """ISO 8601 (a time without offset is local time) or seconds since the epoch."""
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    if re.fullmatch(r"[0-9]{1,11}(\.[0-9]{1,6})?", raw):
-        return float(raw)
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise ApiError(400, f"Invalid parameter: {name} must be an ISO 8601 time such as "
-                            f"2026-11-25T10:00:00+00:00, or seconds since the epoch "
-                            f"(got {raw!r})") from None
 
 
 def _accepted(details: dict[str, Any]) -> tuple[Response, int]:
