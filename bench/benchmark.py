@@ -1,0 +1,866 @@
+"""The benchmark: ``scripts/bench [--quick] [--out FILE] [--compare FILE]``.
+
+It creates two identical VMs of its own (``vmctl-bench-ctl-<random>`` for the controller,
+``vmctl-bench-raw-<random>`` for libvirt's own floor, timed with virsh right after each
+controller sample) on the real libvirtd, starts the controller as a separate process
+(``python -m vmcontroller serve`` on 127.0.0.1, a free port, its own state file in a
+temporary directory, a counting ``virsh`` stand-in first on its PATH), measures detection,
+recovery, API latency, throughput, mixed load, concurrent restarts and the idle cost,
+then removes everything it made, also on Ctrl-C, SIGTERM or an error. It prints a table
+(each figure with how it was measured and its target) and writes the same as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import load as loadgen
+from bench import probes, stats
+from bench.load import Client, Paced
+
+REPO = Path(__file__).resolve().parent.parent
+HEARTBEAT = "/api/v1/heartbeat"
+STATUS = "/api/v1/status"
+RESTART = "/api/v1/vm/restart"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many samples each figure gets, and how long the load phases last."""
+    mode: str
+    raw_calls: int            # domstate, snapshot-list, ...
+    deadline: int             # heartbeat-timeout samples
+    destroy: int
+    suspend: int
+    api_requests: int         # sequential requests per endpoint
+    throughput_s: float       # per concurrency level
+    mixed_s: float
+    concurrent_rounds: int
+    idle_s: float
+    heartbeat_timeout: float = 2.0    # > 1 s: the idle phase heartbeats at 1 Hz
+    grace: float = 1.0                # vm_startup_heartbeat_delay: short, so samples are quick
+    guest_hz: float = 4.0             # the simulated guest between phases
+    mixed_heartbeat_hz: float = 50.0
+    restart_every: float = 10.0
+    concurrent_requests: int = 20
+    throughput_clients: tuple[int, ...] = (1, 8, 32)
+
+
+FULL = Plan("full", raw_calls=60, deadline=20, destroy=20, suspend=15,
+            api_requests=3000, throughput_s=10, mixed_s=60, concurrent_rounds=5, idle_s=60)
+QUICK = Plan("quick", raw_calls=20, deadline=3, destroy=4, suspend=3, api_requests=400,
+             throughput_s=2, mixed_s=13, concurrent_rounds=2, idle_s=15)
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def iso_to_epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class PhaseFailed(Exception):
+    pass
+
+
+class Benchmark:
+    def __init__(self, plan: Plan, stack: ExitStack, keep: bool = False,
+                 load_tool: str = "auto"):
+        self.plan = plan
+        self.use_wrk = load_tool == "wrk" or (load_tool == "auto" and
+                                              loadgen.wrk_available() is not None)
+        self.stack = stack
+        self.keep = keep
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.detail: dict[str, Any] = {}
+        self.errors: list[str] = []
+        self.phases: dict[str, float] = {}
+        self.children: list[subprocess.Popen] = []
+        self.controller: subprocess.Popen | None = None
+        self.guest: Paced | None = None
+
+    # ============================================================ helpers
+
+    def cleanup(self, what: str, action: Callable[[], Any]) -> None:
+        """Register a clean-up step; run in reverse order, each one even if another fails."""
+        def safe() -> None:
+            try:
+                action()
+            except Exception as exc:  # clean-up goes on with the next step
+                say(f"clean-up: {what} failed: {exc}")
+        self.stack.callback(safe)
+
+    def fig(self, name: str, figure: dict[str, Any]) -> None:
+        self.figures[name] = figure
+
+    @property
+    def pid(self) -> int:
+        assert self.controller is not None
+        return self.controller.pid
+
+    def api(self, method: str, path: str) -> tuple[int, Any]:
+        return self.ctl.json(method, path)
+
+    def last_event_id(self) -> int:
+        status, body = self.api("GET", "/api/v1/events?limit=1")
+        if status != 200:
+            raise PhaseFailed(f"GET /api/v1/events answered {status}: {body}")
+        return body["events"][0]["id"] if body["events"] else 0
+
+    def wait_action(self, after_id: int, triggers: set[str], timeout: float,
+                    action: str = "revert") -> dict[str, Any]:
+        """The first finished action of these triggers recorded after ``after_id``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.api("GET", "/api/v1/events?limit=50")
+            if status == 200:
+                found = [e for e in body["events"] if e["id"] > after_id
+                         and e["trigger"] in triggers and e["action"] == action]
+                if found:
+                    first = min(found, key=lambda e: e["id"])
+                    if first["outcome"] != "started":
+                        return first
+            time.sleep(0.1)
+        raise PhaseFailed(f"no {action} with trigger {sorted(triggers)} within {timeout:g} s")
+
+    def wait_quiet(self, settle: float = 0.4, timeout: float = 60) -> None:
+        """VM running, no action under way; then a moment for the monitor's own re-check."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            s1, status = self.api("GET", STATUS)
+            s2, events = self.api("GET", "/api/v1/events?limit=1")
+            if s1 == 200 and s2 == 200 and status["vm_state"] == "running" and \
+                    (not events["events"] or events["events"][0]["outcome"] != "started"):
+                time.sleep(settle)
+                return
+            time.sleep(0.1)
+        raise PhaseFailed(f"the VM did not settle (running, no action under way) "
+                          f"within {timeout:g} s")
+
+    def wait_enforced(self, timeout: float = 30) -> None:
+        """Until the start-up grace after the last revert is over (timeout enforced)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.api("GET", STATUS)
+            if status == 200 and body["heartbeat"]["enabled"]:
+                return
+            time.sleep(0.1)
+        raise PhaseFailed("the heartbeat timeout was not enforced again after the grace period")
+
+    def check_alive(self) -> None:
+        if self.controller is not None and self.controller.poll() is not None:
+            raise PhaseFailed(f"the controller exited with status {self.controller.returncode}; "
+                              f"its log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def log_size(self) -> int:
+        return self.stderr_path.stat().st_size
+
+    def phase(self, name: str, body: Callable[[], None], needs_controller: bool = True) -> None:
+        say(f"{name} ...")
+        started = time.monotonic()
+        try:
+            if needs_controller:
+                self.check_alive()
+            body()
+        except Exception as exc:
+            message = f"{name}: {type(exc).__name__}: {exc}"
+            self.errors.append(message)
+            say(f"FAILED {message}")
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            self.phases[name] = round(time.monotonic() - started, 1)
+            say(f"{name} done in {self.phases[name]:.0f} s")
+
+    # ============================================================ set-up
+
+    def setup(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="vmctl-bench-"))
+        if self.keep:
+            say(f"keeping the work directory {self.work}")
+        else:
+            self.cleanup("remove the work directory",
+                         lambda: subprocess.run(["rm", "-rf", str(self.work)], check=False))
+        self.virsh_log = self.work / "virsh-calls.log"
+        self.stand_in = probes.write_stand_in(self.work / "bin", self.virsh_log)
+        # Two identical VMs: the controller watches the first; the raw virsh floor is
+        # measured on the second, interleaved with the controller's samples, so that the
+        # load of this shared machine weighs on both alike.
+        self.domain = probes.BenchDomain("ctl")
+        self.raw_domain = probes.BenchDomain("raw")
+        for vm in (self.domain, self.raw_domain):
+            self.cleanup(f"remove VM {vm.name}", vm.remove)
+            say(f"creating VM {vm.name}")
+            vm.create()
+        self.detail["vms"] = [self.domain.name, self.raw_domain.name]
+        self.raw: dict[str, list[float]] = {k: [] for k in (
+            "running", "shutoff", "paused", "destroy", "suspend")}
+        self.watcher = probes.EventWatcher(self.domain.name)
+        self.cleanup("stop the event watcher", self.watcher.close)
+        self.cleanup("stop helper processes", self._stop_children)
+
+    def _stop_children(self) -> None:
+        for proc in self.children:
+            probes.stop_process(proc, timeout=5)
+
+    def start_controller(self) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.settings = {
+            "vm_name": self.domain.name, "snapshot_name": self.domain.snapshot,
+            "api_host": "127.0.0.1", "api_port": self.port,
+            "heartbeat_timeout": self.plan.heartbeat_timeout,
+            "vm_startup_heartbeat_delay": self.plan.grace,
+            "heartbeat_check_interval": 1.0, "state_poll_interval": 60.0,
+            "log_level": "INFO", "libvirt_uri": probes.URI, "virsh_timeout": 30,
+            "state_path": str(self.work / "state.db"),
+            # The benchmark reverts the VM on purpose, over and over: the restart-loop
+            # guard must not stop it (its own cost is the same either way).
+            "max_recoveries": 1000, "recovery_window": 60,
+        }
+        config = self.work / "config.yaml"
+        config.write_text(json.dumps(self.settings, indent=2))  # JSON is YAML
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+        env["PATH"] = f"{self.stand_in.parent}:{env.get('PATH', '/usr/bin:/bin')}"
+        python = REPO / ".venv" / "bin" / "python"
+        self.python = str(python if python.exists() else Path(sys.executable))
+        self.stderr_path = self.work / "controller.log"
+        say(f"starting the controller on 127.0.0.1:{self.port}")
+        self.controller = probes.spawn(
+            [self.python, "-m", "vmcontroller", "serve", "--config", str(config)],
+            stdout=open(self.work / "controller.out", "wb"),
+            stderr=open(self.stderr_path, "wb"), env=env, cwd=str(self.work))
+        self.cleanup("stop the controller", self.stop_controller)
+        self.ctl = Client(self.port, timeout=60)
+        began = time.monotonic()
+        while True:
+            self.check_alive()
+            status, _ = self.api("GET", STATUS)
+            if status == 200:
+                break
+            if time.monotonic() - began > 120:
+                raise PhaseFailed("the controller did not answer within 120 s:\n" +
+                                  self.log_tail())
+            time.sleep(0.05)
+        self.wait_quiet()
+        self.detail["controller_ready_s"] = round(time.monotonic() - began, 2)
+        self.rss_after_start = probes.vm_rss_kib(self.pid)
+        self.guest = Paced(self.port, HEARTBEAT, self.plan.guest_hz)
+        self.guest.start()
+        self.cleanup("stop the simulated guest", self.guest.stop)
+
+    def stop_controller(self) -> None:
+        if self.controller is None or self.controller.poll() is not None:
+            return
+        began = time.monotonic()
+        code = probes.stop_process(self.controller, timeout=15)
+        self.detail["controller_shutdown"] = {"exit_status": code,
+                                              "seconds": round(time.monotonic() - began, 2)}
+
+    # ============================================================ a. raw libvirt
+
+    def raw_revert(self, kind: str) -> None:
+        """One raw sample on the second VM: bring it to the state, time the revert."""
+        name, snap = self.raw_domain.name, self.raw_domain.snapshot
+        if kind == "shutoff":
+            self.raw["destroy"].append(
+                probes.timed(probes.virsh_argv("destroy", "--domain", name)) * 1000)
+        elif kind == "paused":
+            self.raw["suspend"].append(
+                probes.timed(probes.virsh_argv("suspend", "--domain", name)) * 1000)
+        self.raw[kind].append(probes.timed(probes.virsh_argv(
+            "snapshot-revert", "--domain", name, "--snapshotname", snap, "--running")) * 1000)
+
+    RAW_HOW = ("wall time of the virsh process run by the benchmark (spawn to exit, the same "
+               "`virsh -q -c URI ...` argv as the controller) on the benchmark's second VM, "
+               "identical to the controller's; one sample right after each controller sample "
+               "of b. (controller quiet), so both see the same machine load")
+
+    def raw_figure(self, kind: str) -> None:
+        labels = {"running": "snapshot-revert --running, VM running",
+                  "shutoff": "snapshot-revert --running, VM shut off",
+                  "paused": "snapshot-revert --running, VM paused",
+                  "destroy": "destroy", "suspend": "suspend"}
+        self.fig(f"raw_{kind}", stats.sampled("a", labels[kind], "ms", self.raw[kind],
+                                              self.RAW_HOW))
+
+    def raw_floor(self) -> None:
+        name = self.raw_domain.name
+        for kind in ("running", "shutoff", "paused"):   # warm-up, not kept
+            self.raw_revert(kind)
+        for samples in self.raw.values():
+            samples.clear()
+        domstate, snaplist, poll, through = [], [], [], []
+        stand_in = str(self.stand_in)
+        for i in range(self.plan.raw_calls + 3):
+            w = probes.timed(probes.virsh_argv("domstate", "--domain", name))
+            x = probes.timed(probes.virsh_argv("snapshot-list", "--domain", name, "--name"))
+            y = probes.timed(probes.virsh_argv(
+                f"domstate --domain {name}; snapshot-list --domain {name} --name"))
+            z = probes.timed(probes.virsh_argv("domstate", "--domain", name, binary=stand_in))
+            if i >= 3:
+                for samples, value in ((domstate, w), (snaplist, x), (poll, y), (through, z)):
+                    samples.append(value * 1000)
+        how = ("wall time of the virsh process (spawn to exit, `virsh -q -c URI ...` as the "
+               "controller runs it), before the controller starts; kinds interleaved, first "
+               "3 rounds discarded")
+        self.fig("raw_domstate", stats.sampled("a", "domstate", "ms", domstate, how))
+        self.fig("raw_snapshot_list", stats.sampled(
+            "a", "snapshot-list --name", "ms", snaplist, how))
+        self.fig("raw_poll", stats.sampled(
+            "a", "'domstate; snapshot-list' (one process)", "ms", poll,
+            how + "; this is the controller's safety poll"))
+        self.fig("raw_domstate_stand_in", stats.sampled(
+            "a", "domstate through the counting stand-in", "ms", through,
+            "as above, through the /bin/sh stand-in put first on the controller's PATH to "
+            "count its virsh calls; the difference to 'domstate' is what the stand-in adds to "
+            "each of the controller's virsh calls in this run"))
+
+    # ============================================================ b/c. detection, recovery
+
+    def _resumed_after(self, began: float) -> float | None:
+        """ms from the recorded revert start to libvirt's 'Resumed Snapshot' after it."""
+        event = self.watcher.wait_for("Resumed", "Snapshot", after_time=began - 0.002,
+                                      timeout=10)
+        return None if event is None else (event.time - began) * 1000
+
+    def detect_deadline(self) -> None:
+        timeout = self.plan.heartbeat_timeout
+        detect, recovery, to_running, bad = [], [], [], []
+        assert self.guest is not None
+        for _ in range(self.plan.deadline):
+            self.wait_quiet()
+            self.guest.pause()
+            try:
+                hb = Client(self.port)
+                self.wait_enforced()
+                mark = self.last_event_id()
+                status, body = hb.json("GET", HEARTBEAT)   # the last heartbeat
+                hb.close()
+                if status != 200:
+                    raise PhaseFailed(f"heartbeat answered {status}")
+                last = iso_to_epoch(body["details"]["last_heartbeat"])
+                # Stay off the API until the revert should be over: a poll right at the
+                # deadline would compete with the monitor thread for the interpreter.
+                time.sleep(max(0.0, last + timeout + 0.9 - time.time()))
+                event = self.wait_action(mark, {"heartbeat_timeout"}, timeout=30)
+            finally:
+                self.guest.resume()
+            began = iso_to_epoch(event["time"])
+            if event["outcome"] != "succeeded":
+                bad.append(event)
+            detect.append((began - (last + timeout)) * 1000)
+            recovery.append(event["duration"] * 1000)
+            resumed = self._resumed_after(began)
+            if resumed is not None:
+                to_running.append(resumed)
+            self.wait_quiet()
+            self.raw_revert("running")
+        self.raw_figure("running")
+        self.fig("detect_deadline", stats.sampled(
+            "b", "heartbeat deadline -> revert start", "ms", detect,
+            f"the benchmark stops heartbeating (timeout {timeout:g} s, after the grace period); "
+            f"deadline = the controller's own time of the last heartbeat (its answer's "
+            f"last_heartbeat) + heartbeat_timeout; revert start = the time the controller "
+            f"records for the revert in GET /api/v1/events (trigger heartbeat_timeout); both "
+            f"wall clock of the controller process", failed=bad))
+        self._recovery("heartbeat_timeout", "VM running", recovery, to_running, "running")
+
+    def detect_destroy(self) -> None:
+        detect, from_command, recovery, to_running, bad = [], [], [], [], []
+        for _ in range(self.plan.destroy):
+            self.wait_quiet()
+            mark, since = self.last_event_id(), self.watcher.mark()
+            issued = time.time()
+            probes.virsh("destroy", "--domain", self.domain.name)
+            stopped = self.watcher.wait_for("Stopped", "Destroyed", since=since, timeout=10)
+            if stopped is None:
+                raise PhaseFailed("no 'Stopped Destroyed' lifecycle event within 10 s")
+            time.sleep(0.6)   # off the API while the controller should be reverting
+            event = self.wait_action(mark, {"vm_stopped", "vm_crashed"}, timeout=30)
+            began = iso_to_epoch(event["time"])
+            if event["outcome"] != "succeeded":
+                bad.append(event)
+            detect.append((began - stopped.time) * 1000)
+            from_command.append((began - issued) * 1000)
+            recovery.append(event["duration"] * 1000)
+            resumed = self._resumed_after(began)
+            if resumed is not None:
+                to_running.append(resumed)
+            self.wait_quiet()
+            self.raw_revert("shutoff")
+        self.raw_figure("shutoff")
+        self.raw_figure("destroy")
+        self.fig("detect_destroy", stats.sampled(
+            "b", "virsh destroy (event) -> revert start", "ms", detect,
+            "an external `virsh destroy` by the benchmark; from libvirt's 'Stopped Destroyed' "
+            "lifecycle event, as timestamped by the benchmark's own `virsh event --loop "
+            "--timestamp` (ms resolution), to the revert start the controller records in "
+            "GET /api/v1/events (trigger vm_stopped)", failed=bad))
+        self.fig("detect_destroy_command", stats.sampled(
+            "b", "`virsh destroy` started -> revert start", "ms", from_command,
+            "as above, but from the moment the benchmark started `virsh destroy` (includes "
+            "libvirt's destroy itself, see a.)"))
+        self._recovery("vm_stopped", "VM shut off", recovery, to_running, "shutoff")
+
+    def detect_suspend(self) -> None:
+        timeout = self.plan.heartbeat_timeout
+        detect, recovery, to_running, bad = [], [], [], []
+        for _ in range(self.plan.suspend):
+            self.wait_quiet()
+            mark, since = self.last_event_id(), self.watcher.mark()
+            probes.virsh("suspend", "--domain", self.domain.name)
+            suspended = self.watcher.wait_for("Suspended", "Paused", since=since, timeout=10)
+            if suspended is None:
+                raise PhaseFailed("no 'Suspended Paused' lifecycle event within 10 s")
+            time.sleep(timeout + 0.9)
+            event = self.wait_action(mark, {"vm_paused"}, timeout=30)
+            began = iso_to_epoch(event["time"])
+            if event["outcome"] != "succeeded":
+                bad.append(event)
+            detect.append((began - (suspended.time + timeout)) * 1000)
+            recovery.append(event["duration"] * 1000)
+            resumed = self._resumed_after(began)
+            if resumed is not None:
+                to_running.append(resumed)
+            self.wait_quiet()
+            self.raw_revert("paused")
+        self.raw_figure("paused")
+        self.raw_figure("suspend")
+        self.fig("detect_suspend", stats.sampled(
+            "b", "(virsh suspend event + timeout) -> revert start", "ms", detect,
+            f"an external `virsh suspend`; a pause is only acted on after heartbeat_timeout "
+            f"({timeout:g} s) of pause, so this is the time from libvirt's 'Suspended Paused' "
+            f"event (own `virsh event --loop --timestamp`) plus heartbeat_timeout to the revert "
+            f"start recorded in GET /api/v1/events (trigger vm_paused); the simulated guest "
+            f"keeps heartbeating meanwhile so that the pause, not a heartbeat timeout, is what "
+            f"the controller acts on", failed=bad))
+        self._recovery("vm_paused", "VM paused", recovery, to_running, "paused")
+
+    def _recovery(self, trigger: str, state: str, recovery: list[float],
+                  to_running: list[float], kind: str) -> None:
+        raw = self.raw[kind]
+        label = self.figures.get(f"raw_{kind}", {}).get("label")
+        self.fig(f"recovery_{trigger}", stats.sampled(
+            "c", f"{trigger} ({state}): revert start -> running", "ms", recovery,
+            f"the duration the controller records for the revert (GET /api/v1/events): its "
+            f"`virsh snapshot-revert --running` plus its check that the VM runs "
+            f"(`virsh domstate`); compare a. '{label}'"))
+        self.fig(f"recovery_{trigger}_libvirt", stats.sampled(
+            "c", f"{trigger} ({state}): revert start -> libvirt 'Resumed'", "ms", to_running,
+            "from the recorded revert start to libvirt's 'Resumed Snapshot' lifecycle event "
+            "(own watcher): when libvirt itself reports the VM running again"))
+        pairs = [r / w for r, w in zip(recovery, raw) if w > 0]
+        of_medians = stats.ratio(stats.describe(recovery)["median"], stats.describe(raw)["median"])
+        self.fig(f"recovery_ratio_{trigger}", stats.sampled(
+            "c", f"{trigger}: recovery / raw revert, per pair", "x", pairs,
+            f"each recorded recovery divided by the raw revert of a {state} that the benchmark "
+            f"timed right after it (a.), so that drifting machine load cancels out; ratio of "
+            f"the medians: {stats.fmt(of_medians, 'x')}", ratio_of_medians=of_medians))
+        ratios = [f["median"] for n, f in self.figures.items()
+                  if n.startswith("recovery_ratio_") and f.get("median") is not None]
+        self.fig("recovery_ratio", stats.scalar(
+            "c", "recovery / raw revert, worst trigger", "x", max(ratios) if ratios else None,
+            "the largest median of the per-trigger ratios above (heartbeat timeout: running "
+            "VM; destroy: shut off VM; suspend: paused VM)"))
+
+    # ============================================================ d. API latency
+
+    def api_latency(self) -> None:
+        n = self.plan.api_requests
+        status, status_errors = loadgen.sequential(self.port, "GET", STATUS, n)
+        heartbeat, heartbeat_errors = loadgen.sequential(self.port, "GET", HEARTBEAT, n)
+        how = (f"{n} back-to-back requests on one keep-alive HTTP/1.1 connection from the "
+               f"benchmark (Python http.client), after 50 not counted; send to last byte; the "
+               f"simulated guest heartbeats at {self.plan.guest_hz:g} Hz meanwhile")
+        self.fig("api_status", stats.sampled("d", "GET /api/v1/status", "ms", status, how,
+                                             keep_samples=False, errors=status_errors))
+        self.fig("api_heartbeat", stats.sampled("d", "GET /api/v1/heartbeat", "ms", heartbeat,
+                                                how, keep_samples=False,
+                                                errors=heartbeat_errors))
+
+    # ============================================================ e. throughput
+
+    def _load(self, path: str, clients: int, duration: float) -> subprocess.Popen:
+        if self.use_wrk:
+            argv = loadgen.wrk_argv(self.port, path, clients, duration)
+        else:
+            argv = [self.python, "-m", "bench.load", "--port", str(self.port), "--path", path,
+                    "--clients", str(clients), "--duration", str(duration)]
+        proc = probes.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(REPO))
+        self.children.append(proc)
+        return proc
+
+    def _load_result(self, proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
+        out, _ = proc.communicate(timeout=timeout)
+        self.children.remove(proc)
+        if proc.returncode != 0:
+            raise PhaseFailed(f"{proc.args[0]} failed: {out[-2000:]}")
+        return loadgen.parse_wrk(out) if self.use_wrk else json.loads(out)
+
+    def load_tool(self) -> str:
+        if self.use_wrk:
+            return f"wrk {loadgen.wrk_version()}"
+        return "the bounded Python load generator (bench/load.py)"
+
+    def throughput(self) -> None:
+        tool = self.load_tool()
+        results = {}
+        for clients in self.plan.throughput_clients:
+            log_before, cpu_before = self.log_size(), probes.cpu_sample(self.pid)
+            proc = self._load(HEARTBEAT, clients, self.plan.throughput_s)
+            result = self._load_result(proc, self.plan.throughput_s + 60)
+            cpu = probes.cpu_sample(self.pid).total - cpu_before.total
+            result["log_bytes_written"] = self.log_size() - log_before
+            result["controller_cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["requests"]),
+                                                            4)
+            results[clients] = result
+            self.fig(f"throughput_c{clients}", stats.scalar(
+                "e", f"heartbeats/s, {clients} client{'s' if clients > 1 else ''} "
+                     f"(p99 {stats.fmt(result.get('p99_ms'), 'ms')}, "
+                     f"{result['errors']} errors)", "req/s", result["rps"],
+                f"{tool}, {clients} keep-alive connection(s), closed loop, "
+                f"{self.plan.throughput_s:g} s, GET {HEARTBEAT}; the load tool shares the "
+                f"machine's {os.cpu_count()} cores with the controller; "
+                f"p99 and errors (socket errors + non-2xx) as reported by the tool",
+                p50_ms=result.get("p50_ms"), p99_ms=result.get("p99_ms"),
+                errors=result["errors"], requests=result["requests"],
+                log_bytes_written=result["log_bytes_written"],
+                controller_cpu_ms_per_request=result["controller_cpu_ms_per_request"]))
+            time.sleep(0.5)
+
+    # ============================================================ f. mixed load
+
+    def mixed(self) -> None:
+        assert self.guest is not None
+        plan = self.plan
+        self.wait_quiet()
+        restarts: list[tuple[int, float]] = []
+        stop = threading.Event()
+
+        def restarter() -> None:
+            client = Client(self.port, timeout=120)
+            began = time.monotonic()
+            k = 0
+            while True:
+                at = began + 1.5 + k * plan.restart_every
+                if at > began + plan.mixed_s - 1 or stop.wait(max(0.0, at - time.monotonic())):
+                    break
+                status, took, _ = client.request("POST", RESTART)
+                restarts.append((status, took * 1000))
+                k += 1
+            client.close()
+
+        mark = self.last_event_id()
+        beats = Paced(self.port, HEARTBEAT, plan.mixed_heartbeat_hz)
+        thread = threading.Thread(target=restarter, daemon=True)
+        self.guest.pause()   # the 50 Hz heartbeat client plays the guest meanwhile
+        try:
+            pollers = self._load(STATUS, 4, plan.mixed_s + 1)
+            time.sleep(0.3)
+            beats.start()
+            thread.start()
+            time.sleep(plan.mixed_s)
+        finally:
+            self.guest.resume()
+            stop.set()
+            beats.stop()
+            thread.join(130)
+        polls = self._load_result(pollers, 60)
+        status, body = self.api("GET", "/api/v1/events?limit=50")
+        timeouts = [e for e in (body or {}).get("events", [])
+                    if e["id"] > mark and e["trigger"] != "api"]
+        self.fig("mixed_heartbeat", stats.sampled(
+            "f", "GET /api/v1/heartbeat under mixed load", "ms", beats.latencies,
+            f"one heartbeat client at {plan.mixed_heartbeat_hz:g} Hz (send to answer) for "
+            f"{plan.mixed_s:g} s while 4 clients poll {STATUS} in a closed loop "
+            f"({self.load_tool()}, {polls['rps']:.0f} polls/s reached) and one client POSTs "
+            f"{RESTART} every {plan.restart_every:g} s ({len(restarts)} restarts)",
+            keep_samples=False, errors=beats.errors,
+            p99_from_schedule_ms=stats.percentile(beats.from_schedule, 99),
+            status_polls=polls, restarts=[{"status": s, "ms": round(ms, 1)}
+                                          for s, ms in restarts],
+            automatic_recoveries_meanwhile=len(timeouts)))
+        self.fig("mixed_restart", stats.sampled(
+            "f", "POST /api/v1/vm/restart under mixed load", "ms",
+            [ms for _, ms in restarts],
+            "client wall time of each restart in the mixed load (the answer comes once the VM "
+            "runs again); compare a. 'snapshot-revert --running, VM running'",
+            errors=sum(1 for s, _ in restarts if s != 200)))
+
+    # ============================================================ g. concurrency
+
+    def concurrency(self) -> None:
+        n = self.plan.concurrent_requests
+        walls, reverts, recorded, per_request, errors = [], [], [], [], 0
+        for _ in range(self.plan.concurrent_rounds):
+            self.wait_quiet(settle=0.8)
+            mark, since = self.last_event_id(), self.watcher.mark()
+            clients = [Client(self.port, timeout=120) for _ in range(n)]
+            for c in clients:
+                c.connect()
+            barrier = threading.Barrier(n + 1)
+            answers: list[tuple[int, float]] = []
+            lock = threading.Lock()
+
+            def send(client: Client) -> None:
+                barrier.wait()
+                status, _, _ = client.request("POST", RESTART)
+                with lock:
+                    answers.append((status, time.perf_counter()))
+
+            threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in clients]
+            for t in threads:
+                t.start()
+            barrier.wait()
+            began = time.perf_counter()
+            for t in threads:
+                t.join(150)
+            for c in clients:
+                c.close()
+            walls.append((max(t for _, t in answers) - began) * 1000)
+            per_request.extend((t - began) * 1000 for _, t in answers)
+            errors += sum(1 for s, _ in answers if s != 200) + (n - len(answers))
+            self.wait_quiet(settle=1.5)   # a late extra revert would show up by now
+            reverts.append(len(self.watcher.matching("Started", "Snapshot", since=since)))
+            status, body = self.api("GET", "/api/v1/events?limit=50")
+            recorded.append(sum(1 for e in body["events"] if e["id"] > mark
+                                and e["action"] == "revert" and e["outcome"] == "succeeded"))
+        self.fig("concurrent_wall", stats.sampled(
+            "g", "wall time until all 20 answered", "ms", walls,
+            f"{n} threads of the benchmark, each with its own connection opened beforehand, "
+            f"released by a barrier; from the release to the last answer; "
+            f"{self.plan.concurrent_rounds} rounds", errors=errors,
+            per_request=stats.describe(per_request)))
+        self.fig("concurrent_reverts", stats.sampled(
+            "g", "reverts libvirt performed per round", "reverts", reverts,
+            "'Started Snapshot' lifecycle events of the VM seen by the benchmark's own "
+            "`virsh event --loop` from the release until the VM settled; the summary takes "
+            "the worst round", reverts_recorded_by_controller=recorded))
+
+    # ============================================================ h. idle cost
+
+    def idle(self) -> None:
+        assert self.guest is not None
+        self.rss_after_load = probes.vm_rss_kib(self.pid)
+        self.guest.set_rate(1.0)
+        self.wait_quiet()
+        self.wait_enforced()
+        time.sleep(3)   # the grace is over, nothing is under way: steady state
+        window = self.plan.idle_s
+        cpu_a, calls_a, log_a = probes.cpu_sample(self.pid), probes.uptime(), self.log_size()
+        began = time.monotonic()
+        while time.monotonic() - began < window:
+            time.sleep(0.5)
+            self.check_alive()
+        took = time.monotonic() - began
+        cpu_b, calls_b, log_b = probes.cpu_sample(self.pid), probes.uptime(), self.log_size()
+        self.guest.set_rate(self.plan.guest_hz)
+        self.rss_after_idle = probes.vm_rss_kib(self.pid)
+        calls = [args for up, args in probes.stand_in_calls(self.virsh_log)
+                 if calls_a <= up <= calls_b]
+        cpu = cpu_b.total - cpu_a.total
+        live = {f"{pid} {cmd}": round(cpu_b.live[pid][1] - cpu_a.live.get(pid, (cmd, 0.0))[1], 3)
+                for pid, (cmd, _) in cpu_b.live.items()}
+        self.fig("idle_cpu", stats.scalar(
+            "h", "CPU of the controller and its children", "%", cpu / took * 100,
+            f"utime+stime from /proc over {took:.0f} s of idle (1 Hz heartbeat, no action): the "
+            f"controller's own threads, its reaped children (cutime+cstime: each short virsh) "
+            f"and its live children (the `virsh event` stream), as a share of one core; "
+            f"resolution 1/{probes.CLK_TCK} s", cpu_seconds=round(cpu, 3),
+            breakdown={"controller_threads": round(cpu_b.own - cpu_a.own, 3),
+                       "reaped_children": round(cpu_b.reaped - cpu_a.reaped, 3),
+                       "live_children": live}))
+        self.fig("idle_virsh", stats.scalar(
+            "h", "virsh processes started per minute", "/min", len(calls) / took * 60,
+            f"calls logged by the counting `virsh` stand-in first on the controller's PATH "
+            f"during the {took:.0f} s idle window, per minute (state_poll_interval "
+            f"{self.settings['state_poll_interval']:g} s; the long-running `virsh event` was "
+            f"started once, before)" + (f"; the window is shorter than the poll interval, so "
+                                        f"one poll in it reads as {60 / took:.0f}/min: coarse"
+                                        if took < 60 else ""),
+            calls=calls))
+        self.fig("idle_log", stats.scalar(
+            "h", "INFO log bytes per day of heartbeats", "B", (log_b - log_a) / took * 86400,
+            f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
+            f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated to a day",
+            bytes_in_window=log_b - log_a, per_hour=(log_b - log_a) / took * 3600))
+        samples = {"after_start": self.rss_after_start, "after_load": self.rss_after_load,
+                   "after_idle": self.rss_after_idle}
+        self.fig("rss", stats.scalar(
+            "h", "controller resident memory, largest", "MB",
+            max(samples.values()) * 1024 / 1e6,
+            "VmRSS of the controller process from /proc/PID/status, after start (VM reverted, "
+            "API answering), after the load phases and after the idle window; the largest; "
+            "MB = 10^6 bytes",
+            samples_mb={k: round(v * 1024 / 1e6, 2) for k, v in samples.items()},
+            event_stream_rss_mb={cmd: round(probes.vm_rss_kib(pid) * 1024 / 1e6, 2)
+                                 for pid, (cmd, _) in cpu_b.live.items()}))
+
+    # ============================================================ the run
+
+    def run(self) -> dict[str, Any]:
+        started_wall = datetime.now(timezone.utc)
+        started = time.monotonic()
+        load_start = os.getloadavg()
+        machine = probes.machine_info()
+        say(f"{self.plan.mode} run; load average {load_start[0]:.2f} {load_start[1]:.2f} "
+            f"{load_start[2]:.2f} on {machine['cores']} cores")
+        self.setup()
+        self.phase("a. raw libvirt floor", self.raw_floor, needs_controller=False)
+        self.start_controller()
+        self.phase("b. detection: heartbeat deadline", self.detect_deadline)
+        self.phase("b. detection: virsh destroy", self.detect_destroy)
+        self.phase("b. detection: virsh suspend", self.detect_suspend)
+        self.phase("d. API latency", self.api_latency)
+        self.phase("e. heartbeat throughput", self.throughput)
+        self.phase("f. mixed load", self.mixed)
+        self.phase("g. concurrent restarts", self.concurrency)
+        self.phase("h. idle cost", self.idle)
+        say("cleaning up")
+        self.stack.close()
+        self.figures = dict(sorted(self.figures.items(),
+                                   key=lambda kv: kv[1].get("section", "z")))
+        summary = stats.build_summary(self.figures)
+        from vmcontroller import __version__
+        return {
+            "benchmark": "exhibition-vm-controller",
+            "format": 1,
+            "mode": self.plan.mode,
+            "started": started_wall.isoformat(timespec="seconds"),
+            "duration_s": round(time.monotonic() - started, 1),
+            "machine": machine,
+            "load_average": {"start": [round(x, 2) for x in load_start],
+                             "end": [round(x, 2) for x in os.getloadavg()]},
+            "controller": {"version": __version__, "commit": _git_commit(),
+                           "config": self.settings},
+            "plan": asdict(self.plan),
+            "load_tool": self.load_tool(),
+            "phases_s": self.phases,
+            "errors": self.errors,
+            "detail": self.detail,
+            "figures": self.figures,
+            "summary": summary,
+            "targets": stats.evaluate_targets(summary),
+        }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+# ================================================================ command line
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Measure the controller against libvirt's own limits on this machine's "
+                    "real libvirtd; prints a table and writes the figures as JSON.")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer samples and shorter loads: under 2 minutes")
+    p.add_argument("--out", metavar="FILE", default="bench-latest.json",
+                   help="write the figures as JSON here (default: %(default)s)")
+    p.add_argument("--compare", metavar="FILE",
+                   help="an earlier JSON (e.g. bench/baseline.json): print this run's summary "
+                        "as ratios to it")
+    p.add_argument("--show", metavar="FILE",
+                   help="measure nothing: print the table of an earlier JSON (and --compare)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work directory (controller log, virsh call log)")
+    p.add_argument("--load-tool", choices=("auto", "wrk", "python"), default="auto",
+                   help="HTTP load generator for e. and f. (default: wrk if installed)")
+    p.add_argument("--samples", type=float, default=1.0, metavar="FACTOR",
+                   help="scale the sample counts and load durations (default 1)")
+    return p
+
+
+def _scaled(plan: Plan, factor: float) -> Plan:
+    if factor == 1.0:
+        return plan
+    n = lambda v: max(1, round(v * factor))   # noqa: E731
+    return replace(plan, raw_calls=n(plan.raw_calls),
+                   deadline=n(plan.deadline), destroy=n(plan.destroy), suspend=n(plan.suspend),
+                   api_requests=n(plan.api_requests), throughput_s=n(plan.throughput_s),
+                   mixed_s=max(12, n(plan.mixed_s)),
+                   concurrent_rounds=n(plan.concurrent_rounds), idle_s=max(10, n(plan.idle_s)))
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _while_cleaning(signum: int, frame: Any) -> None:
+    say("still cleaning up (VM, controller); please wait")
+
+
+def report(result: dict[str, Any], compare_path: str | None) -> None:
+    print(stats.format_table(result))
+    if compare_path:
+        baseline = json.loads(Path(compare_path).read_text())
+        rows = stats.compare(result["summary"], baseline["summary"])
+        result["compared_with"] = {"file": compare_path, "started": baseline.get("started"),
+                                   "rows": rows}
+        print()
+        print(stats.format_compare(rows, f"{compare_path} ({baseline.get('mode', '?')} run of "
+                                         f"{baseline.get('started', '?')})"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.show:
+        report(json.loads(Path(args.show).read_text()), args.compare)
+        return 0
+    if os.geteuid() != 0:
+        say("note: not root; libvirt's qemu:///system may refuse (run scripts/bench as root)")
+    plan = _scaled(QUICK if args.quick else FULL, args.samples)
+    signal.signal(signal.SIGTERM, _on_terminate)
+    signal.signal(signal.SIGHUP, _on_terminate)
+    stack = ExitStack()
+    bench = Benchmark(plan, stack, keep=args.keep, load_tool=args.load_tool)
+    try:
+        result = bench.run()
+    except KeyboardInterrupt:
+        say("interrupted: cleaning up")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        say("failed: cleaning up")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, _while_cleaning)
+        signal.signal(signal.SIGTERM, _while_cleaning)
+        stack.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    report(result, args.compare)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    say(f"figures written to {args.out}")
+    return 1 if result["errors"] else 0

@@ -1,0 +1,281 @@
+"""Pure helpers of the benchmark: statistics, the summary, targets, comparison, the table.
+
+Nothing here starts a process or touches libvirt, so tests/test_bench.py runs it in
+milliseconds. A *figure* is a dict: ``section`` (a-h), ``label``, ``unit``, ``method``
+(how it was measured, in words) and either sample statistics (``n``, ``median``,
+``p95``, ``p99``, ...) or a single ``value``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+#: The flat ``summary`` object of the JSON: exactly these keys, in these units.
+SUMMARY_KEYS = (
+    "status_p50_ms", "heartbeat_p50_ms", "detect_deadline_ms", "detect_destroy_ms",
+    "detect_suspend_ms", "recovery_ratio", "heartbeat_p99_mixed_ms", "heartbeat_rps_c32",
+    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mb",
+    "log_bytes_per_day",
+)
+
+#: Where each summary number comes from: (figure name, field of that figure).
+SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
+    "status_p50_ms": ("api_status", "median"),
+    "heartbeat_p50_ms": ("api_heartbeat", "median"),
+    "detect_deadline_ms": ("detect_deadline", "median"),
+    "detect_destroy_ms": ("detect_destroy", "median"),
+    "detect_suspend_ms": ("detect_suspend", "median"),
+    "recovery_ratio": ("recovery_ratio", "value"),
+    "heartbeat_p99_mixed_ms": ("mixed_heartbeat", "p99"),
+    "heartbeat_rps_c32": ("throughput_c32", "value"),
+    "concurrent_restart_reverts": ("concurrent_reverts", "max"),
+    "idle_cpu_percent": ("idle_cpu", "value"),
+    "virsh_per_minute": ("idle_virsh", "value"),
+    "rss_mb": ("rss", "value"),
+    "log_bytes_per_day": ("idle_log", "value"),
+}
+
+#: Summary keys for which a larger number is better (all others: smaller is better).
+HIGHER_IS_BETTER = frozenset({"heartbeat_rps_c32"})
+
+MIB = 1024 * 1024
+
+#: (summary key, what the target says, upper limit). Every target is "at most".
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("status_p50_ms", "GET /api/v1/status p50 <= 2 ms", 2.0),
+    ("detect_deadline_ms", "heartbeat deadline to revert start <= 20 ms (median)", 20.0),
+    ("detect_destroy_ms", "virsh destroy event to revert start <= 100 ms (median)", 100.0),
+    ("recovery_ratio", "recovery <= 1.05x raw virsh snapshot-revert (worst trigger)", 1.05),
+    ("heartbeat_p99_mixed_ms", "heartbeat p99 under the mixed load <= 20 ms", 20.0),
+    ("concurrent_restart_reverts", "20 simultaneous restarts cause <= 2 reverts", 2.0),
+    ("idle_cpu_percent", "idle CPU <= 0.3 % of one core", 0.3),
+    ("virsh_per_minute", "virsh processes at steady state <= 1 per minute", 1.0),
+    ("rss_mb", "controller resident memory <= 40 MB", 40.0),
+    ("log_bytes_per_day", "INFO log <= 1 MiB per day of heartbeats", float(MIB)),
+)
+
+UNITS = {
+    "status_p50_ms": "ms", "heartbeat_p50_ms": "ms", "detect_deadline_ms": "ms",
+    "detect_destroy_ms": "ms", "detect_suspend_ms": "ms", "recovery_ratio": "x",
+    "heartbeat_p99_mixed_ms": "ms", "heartbeat_rps_c32": "req/s",
+    "concurrent_restart_reverts": "reverts", "idle_cpu_percent": "%",
+    "virsh_per_minute": "/min", "rss_mb": "MB", "log_bytes_per_day": "B",
+}
+
+
+# ---------------------------------------------------------------- statistics
+
+def percentile(values: Iterable[float], p: float) -> float | None:
+    """The p-th percentile (0-100), interpolated linearly between the closest ranks
+    (numpy's default method); None for no values."""
+    data = sorted(values)
+    if not data:
+        return None
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    rank = (len(data) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """n, median, p95, p99, min, max and mean of the samples (None for each when empty)."""
+    data = list(values)
+    if not data:
+        return {"n": 0, "median": None, "p95": None, "p99": None, "min": None, "max": None,
+                "mean": None}
+    return {"n": len(data), "median": percentile(data, 50), "p95": percentile(data, 95),
+            "p99": percentile(data, 99), "min": min(data), "max": max(data),
+            "mean": sum(data) / len(data)}
+
+
+def sampled(section: str, label: str, unit: str, samples: Sequence[float], method: str,
+            keep_samples: bool = True, **extra: Any) -> dict[str, Any]:
+    """A figure made of samples: their statistics, the method and (optionally) the samples."""
+    fig: dict[str, Any] = {"section": section, "label": label, "unit": unit, **describe(samples),
+                           "method": method, **extra}
+    if keep_samples:
+        fig["samples"] = [round(s, 4) for s in samples]
+    return fig
+
+
+def scalar(section: str, label: str, unit: str, value: float | None, method: str,
+           **extra: Any) -> dict[str, Any]:
+    """A figure that is one number (a ratio, a rate, a count)."""
+    return {"section": section, "label": label, "unit": unit, "value": value, "method": method,
+            **extra}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+# ---------------------------------------------------------------- summary and targets
+
+def build_summary(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """The flat summary: exactly SUMMARY_KEYS; None where the figure is missing."""
+    summary: dict[str, float | None] = {}
+    for key in SUMMARY_KEYS:
+        name, field = SUMMARY_SOURCES[key]
+        value = figures.get(name, {}).get(field)
+        summary[key] = None if value is None else round(float(value), 4)
+    return summary
+
+
+def evaluate_targets(summary: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    """Each target with the measured value and met (True), not met (False) or unknown (None)."""
+    rows = []
+    for key, text, limit in TARGETS:
+        value = summary.get(key)
+        rows.append({"key": key, "target": text, "limit": limit, "value": value,
+                     "met": None if value is None else value <= limit})
+    return rows
+
+
+def compare(current: Mapping[str, float | None], baseline: Mapping[str, float | None],
+            tolerance: float = 0.05) -> list[dict[str, Any]]:
+    """current / baseline for each summary key, and whether that is better or worse
+    (beyond ``tolerance``) given the direction in which the figure improves."""
+    rows = []
+    for key in SUMMARY_KEYS:
+        now, then = current.get(key), baseline.get(key)
+        r = ratio(now, then)
+        if r is None:
+            verdict = "n/a" if now is None or then is None else \
+                ("same" if now == then else ("worse" if (now > then) != (key in HIGHER_IS_BETTER)
+                                             else "better"))
+        elif abs(r - 1) <= tolerance:
+            verdict = "same"
+        else:
+            verdict = "better" if (r > 1) == (key in HIGHER_IS_BETTER) else "worse"
+        rows.append({"key": key, "baseline": then, "current": now, "ratio": r,
+                     "verdict": verdict})
+    return rows
+
+
+# ---------------------------------------------------------------- text
+
+def fmt(value: float | None, unit: str) -> str:
+    """A number with its unit, at a precision fit for reading."""
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms" if abs(value) < 1 else (
+            f"{value:.2f} ms" if abs(value) < 10 else f"{value:.1f} ms")
+    if unit == "x":
+        return f"{value:.3f}x"
+    if unit == "%":
+        return f"{value:.3f} %"
+    if unit == "B":
+        if abs(value) >= MIB:
+            return f"{value / MIB:.2f} MiB"
+        if abs(value) >= 1024:
+            return f"{value / 1024:.1f} KiB"
+        return f"{value:.0f} B"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit in ("req/s", "/min", "s"):
+        return f"{value:.1f} {unit}" if unit != "/min" else f"{value:.2f}/min"
+    if float(value).is_integer():
+        return f"{value:.0f} {unit}".strip()
+    return f"{value:.2f} {unit}".strip()
+
+
+SECTIONS = {
+    "a": "a. raw libvirt floor (virsh alone, same run)",
+    "b": "b. detection: failure to the start of the revert",
+    "c": "c. recovery: start of the revert to the VM running again",
+    "d": "d. API latency, sequential",
+    "e": "e. heartbeat throughput",
+    "f": "f. mixed load",
+    "g": "g. 20 simultaneous POST /api/v1/vm/restart",
+    "h": "h. idle cost (one VM, 1 Hz heartbeat)",
+}
+
+_TARGET_OF_FIGURE = {SUMMARY_SOURCES[key][0]: (key, limit) for key, _, limit in TARGETS}
+
+
+def _figure_row(name: str, fig: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+    unit = fig.get("unit", "")
+    if "value" in fig:
+        cells = [fig["label"], "", fmt(fig["value"], unit), "", ""]
+    else:
+        cells = [fig["label"], str(fig.get("n", "")), fmt(fig.get("median"), unit),
+                 fmt(fig.get("p95"), unit), fmt(fig.get("p99"), unit)]
+    target = ""
+    if name in _TARGET_OF_FIGURE:
+        key, limit = _TARGET_OF_FIGURE[name]
+        value = summary.get(key)
+        verdict = "?" if value is None else ("met" if value <= limit else "NOT MET")
+        target = f"<= {fmt(limit, UNITS[key])}: {verdict}"
+    cells.append(target)
+    return cells
+
+
+def _grid(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 2, 3, 4}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
+
+
+def format_table(result: Mapping[str, Any], methods: bool = True) -> str:
+    """The printed report: machine, then each section's figures with their targets and,
+    under each figure, how it was measured."""
+    figures: Mapping[str, Mapping[str, Any]] = result.get("figures", {})
+    summary = result.get("summary", {})
+    out: list[str] = []
+    machine = result.get("machine", {})
+    load = result.get("load_average", {})
+    out.append(f"Exhibition VM Controller benchmark ({result.get('mode', '?')} mode), "
+               f"{result.get('started', '?')}, took {result.get('duration_s', 0):.0f} s")
+    if machine:
+        out.append(f"machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, "
+                   f"libvirt {machine.get('libvirt')}, QEMU {machine.get('qemu')}, "
+                   f"Linux {machine.get('kernel')}, Python {machine.get('python')}")
+    if load:
+        out.append("load average (1/5/15 min): " + "; ".join(
+            f"{k} {' '.join(f'{x:.2f}' for x in v)}" for k, v in load.items()))
+    header = ["figure", "n", "median/value", "p95", "p99", "target"]
+    for section, title in SECTIONS.items():
+        names = [n for n, f in figures.items() if f.get("section") == section]
+        if not names:
+            continue
+        out.append("")
+        out.append(title)
+        rows = [_figure_row(n, figures[n], summary) for n in names]
+        lines = _grid(rows, header)
+        out.extend("  " + ln for ln in lines[:2])
+        # Figures measured the same way in a row share one "how:" line, printed after them.
+        for i, (name, ln) in enumerate(zip(names, lines[2:])):
+            out.append("  " + ln)
+            method = figures[name].get("method")
+            following = figures[names[i + 1]].get("method") if i + 1 < len(names) else None
+            if methods and method and method != following:
+                out.append("      how: " + method)
+    targets = evaluate_targets(summary)
+    missed = [t for t in targets if t["met"] is False]
+    out.append("")
+    out.append(f"targets: {sum(1 for t in targets if t['met'])} of {len(targets)} met" +
+               (": not met: " + "; ".join(f"{t['target']} (measured "
+                                           f"{fmt(t['value'], UNITS[t['key']])})"
+                                           for t in missed) if missed else ""))
+    return "\n".join(out)
+
+
+def format_compare(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
+    lines = [f"compared with {baseline_label} (ratio = this run / baseline)"]
+    table = [[r["key"], fmt(r["baseline"], UNITS[r["key"]]), fmt(r["current"], UNITS[r["key"]]),
+              "-" if r["ratio"] is None else f"{r['ratio']:.3f}", r["verdict"]] for r in rows]
+    header = ["summary key", "baseline", "this run", "ratio", ""]
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    for cells in [header, ["-" * w for w in widths], *table]:
+        lines.append("  " + "  ".join(c.rjust(w) if 0 < i < 4 else c.ljust(w)
+                                      for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+    return "\n".join(lines)
