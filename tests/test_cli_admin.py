@@ -366,6 +366,23 @@ def test_a_broken_config_is_a_usage_error_unless_the_url_is_given(stand_in, tmp_
     assert invoke("status", "--config", str(config), "--url", stand_in.url).exit_code == 0
 
 
+def test_the_configs_api_token_goes_only_to_the_configs_address(stand_in, monkeypatch):
+    """An admin on the exhibition PC needs no --token: the config has it. But a token from
+    the local config is never sent to an address typed by hand."""
+    from types import SimpleNamespace
+
+    from vmcontroller import cli
+
+    port = int(stand_in.url.rsplit(":", 1)[1])
+    config = SimpleNamespace(api_host="0.0.0.0", api_port=port, api_token="from-the-config-file")
+    monkeypatch.setattr(cli, "load_config", lambda path, env=None: (config, None))
+    assert invoke("status").exit_code == 0
+    assert invoke("status", "--token", "given").exit_code == 0
+    assert invoke("status", "--url", stand_in.url).exit_code == 0
+    assert [r["headers"].get("Authorization") for r in stand_in.requests] == \
+        ["Bearer from-the-config-file", "Bearer given", None]
+
+
 def test_base_urls():
     assert base_url_for("0.0.0.0", 8000) == "http://127.0.0.1:8000"
     assert base_url_for("127.0.0.1", 80) == "http://127.0.0.1:80"
@@ -459,3 +476,31 @@ def test_the_installed_command_exit_status_as_a_real_process(start_controller, t
     gone = run("status", VMCTL_URL=f"http://127.0.0.1:{free_port()}")
     assert gone.returncode == 3 and "connection refused" in gone.stderr
     assert all("Traceback" not in p.stderr for p in (ok, refused, usage, gone))
+
+
+STAFF = "staff-token-0123456789abcdef"
+GUEST_TOKEN = "guest-token-0123456789abcdef"
+
+
+@pytestmark_libvirt
+def test_tokens_against_a_real_controller(start_controller, tmp_path):
+    """With api_token and guest_token set (README, Security): the staff token from --token,
+    VMCTL_TOKEN or the controller's own config; the guest token only for the heartbeat."""
+    controller, api = start_controller(heartbeat_timeout=30, api_token=STAFF,
+                                       guest_token=GUEST_TOKEN)
+    url = api.base
+    refused = invoke("status", "--url", url)
+    assert refused.exit_code == 1
+    assert "Unauthorized" in refused.stderr and "(HTTP 401)" in refused.stderr
+    assert invoke("status", "--url", url, "--token", STAFF).exit_code == 0
+    assert invoke("status", "--url", url, env={"VMCTL_TOKEN": STAFF}).exit_code == 0
+    assert invoke("heartbeat", "--url", url, "--token", GUEST_TOKEN).exit_code == 0
+    assert invoke("revert", "disable", "--url", url, "--token", GUEST_TOKEN).exit_code == 1
+
+    config = tmp_path / "admin.yaml"
+    config.write_text(yaml.safe_dump({"vm_name": "whatever", "api_host": "127.0.0.1",
+                                      "api_port": controller.port, "api_token": STAFF}))
+    mine = invoke("status", "--config", str(config), "--field", "auto_revert_enabled")
+    assert mine.exit_code == 0 and mine.stdout == "true\n", mine.output
+    shown = invoke("check-config", "--config", str(config))
+    assert STAFF not in shown.stdout and "api_token: '********'" in shown.stdout

@@ -128,18 +128,23 @@ def check_config(config_path: str | None) -> None:
 
 # ====================================================================== verbs over the API
 
-def _base_url(url: str | None, config_path: str | None) -> str:
-    """--url / VMCTL_URL, else where the configuration says the controller listens."""
+def _target(url: str | None, config_path: str | None) -> tuple[str, str | None]:
+    """The controller's base URL and the configuration's staff token, if it is to be used.
+
+    --url / VMCTL_URL wins; else the configuration says where the controller
+    listens, and then its api_token (when it has one) is the default token.
+    A token from a local configuration is never sent to an address given by hand.
+    """
     if url:
         try:
-            return check_base_url(url)
+            return check_base_url(url), None
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--url'") from None
-    # Only api_host and api_port matter here: a placeholder VM name keeps a
-    # configuration without one (or an admin's partial copy) usable.
+    # Only api_host, api_port (and the token) matter here: a placeholder VM name
+    # keeps a configuration without one (or an admin's partial copy) usable.
     env = {**os.environ, "VMCTL_VM_NAME": "placeholder"}
     config, _ = _load(config_path, env)
-    return base_url_for(config.api_host, config.api_port)
+    return base_url_for(config.api_host, config.api_port), getattr(config, "api_token", None)
 
 
 def _fail(message: str, status: int) -> None:
@@ -168,16 +173,19 @@ def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]],
                            "else api_host and api_port of the configuration, 0.0.0.0 meaning "
                            "127.0.0.1).")
         @click.option("--token", metavar="TOKEN", envvar="VMCTL_TOKEN",
-                      help="Sent as 'Authorization: Bearer TOKEN' (default: $VMCTL_TOKEN).")
+                      help="Sent as 'Authorization: Bearer TOKEN' (default: $VMCTL_TOKEN, "
+                           "else the configuration's api_token if the URL comes from it too).")
         @click.option("--json", "as_json", is_flag=True,
                       help="Print the API's JSON answer instead of text.")
-        @click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+        @click.option("--timeout", metavar="SECONDS", type=click.FloatRange(min=0.1),
+                      default=DEFAULT_TIMEOUT,
                       show_default=True, help="Seconds to wait for the answer.")
         @config_option
         @functools.wraps(func)
         def command(url: str | None, token: str | None, as_json: bool, timeout: float,
                     config_path: str | None, **kwargs: Any) -> None:
-            client = Client(_base_url(url, config_path), token, timeout)
+            base, config_token = _target(url, config_path)
+            client = Client(base, token or config_token, timeout)
             try:
                 data, render = func(client, **kwargs)
             except Unreachable as exc:
