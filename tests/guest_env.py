@@ -1,0 +1,145 @@
+"""The project's tiny Linux guest for tests: built once per session, run as vmctl-test-* VMs.
+
+scripts/build-guest.sh builds Debian's cloud kernel and a busybox initramfs
+whose init runs scripts/guest/posix/heartbeat.sh against the host through
+QEMU user-mode networking (the guest dials 10.0.2.2, QEMU connects to the
+host's 127.0.0.1). The build goes to a cache folder that survives test runs
+(VMCTL_TEST_GUEST_DIR, default /var/cache/exhibition-vm-controller/test-guest;
+the downloaded .debs are cached by the script itself), so only a fresh
+machine pays for it, inside the test run. What the guest sends is read from
+its serial console, written to a file next to its disk: one line per
+heartbeat, ``heartbeat: seq=N boot=ID ok`` (or ``FAIL: why``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from libvirt_env import IMAGES, PREFIX, virsh
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST_DIR = Path(os.environ.get("VMCTL_TEST_GUEST_DIR",
+                                "/var/cache/exhibition-vm-controller/test-guest"))
+BEAT = re.compile(r"heartbeat: seq=(\d+) boot=(\S+) (ok|FAIL)")
+
+GUEST_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{guest}/vmlinuz</kernel>
+    <initrd>{guest}/initrd.gz</initrd>
+    <cmdline>console=ttyS0 quiet ipv6.disable=1 hb_url=http://10.0.2.2:{port} hb_interval=1 hb_timeout={hb_timeout}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'><model type='virtio'/></interface>
+    <serial type='file'>
+      <source path='{console}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+@dataclass(frozen=True)
+class Build:
+    path: Path
+    seconds: float      # what scripts/build-guest.sh took in this session
+    log: str
+
+
+@functools.lru_cache(maxsize=None)
+def build_guest() -> Build:
+    """Run scripts/build-guest.sh once per test session (it returns at once when up to date)."""
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build-guest.sh"), str(GUEST_DIR)],
+                          capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/build-guest.sh {GUEST_DIR} failed ({proc.returncode}):\n"
+                           f"{proc.stdout}{proc.stderr}")
+    return Build(GUEST_DIR, time.monotonic() - started, proc.stderr)
+
+
+@dataclass(frozen=True)
+class Beat:
+    seq: int
+    boot: str
+    ok: bool
+
+
+class GuestDomain:
+    """A vmctl-test-* VM running the heartbeat guest against 127.0.0.1:port."""
+
+    __test__ = False
+
+    def __init__(self, label: str, guest: Path, port: int, hb_timeout: float = 2):
+        self.name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
+        self.disk = IMAGES / f"{self.name}.qcow2"
+        self.console = IMAGES / f"{self.name}.console.log"
+        self.guest = guest
+        self.port = port
+        self.hb_timeout = hb_timeout
+
+    def define(self) -> "GuestDomain":
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "16M"],
+                       check=True)
+        xml = self.disk.with_suffix(".xml")
+        xml.write_text(GUEST_XML.format(name=self.name, guest=self.guest, port=self.port,
+                                        hb_timeout=self.hb_timeout, disk=self.disk,
+                                        console=self.console))
+        try:
+            virsh("define", "--file", str(xml))
+        finally:
+            xml.unlink()
+        return self
+
+    def start(self) -> None:
+        virsh("start", "--domain", self.name)
+
+    def remove(self) -> None:
+        virsh("destroy", "--domain", self.name, check=False)
+        virsh("undefine", "--domain", self.name, "--snapshots-metadata", check=False)
+        self.disk.unlink(missing_ok=True)
+        self.console.unlink(missing_ok=True)
+
+    def state(self) -> str:
+        return virsh("domstate", "--domain", self.name).strip()
+
+    def console_size(self) -> int:
+        try:
+            return self.console.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def console_text(self, offset: int = 0) -> str:
+        try:
+            with self.console.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace").replace("\r\n", "\n")
+        except FileNotFoundError:
+            return ""
+
+    def beats(self, offset: int = 0) -> list[Beat]:
+        """Every heartbeat the guest reported on its console after offset, in order."""
+        return [Beat(int(m.group(1)), m.group(2), m.group(3) == "ok")
+                for m in BEAT.finditer(self.console_text(offset))]

@@ -1,0 +1,417 @@
+"""The guest side, for real: scripts/guest/posix/heartbeat.sh on this machine (curl, GNU
+wget, busybox) and inside the project's tiny Linux guest under the controller.
+
+The end-to-end test does what the README's demo shows a newcomer: a real guest
+heartbeats through QEMU user-mode networking, staff take the 'ready' snapshot while
+it does, the guest is frozen (virsh suspend), the controller reverts it, and the
+heartbeats resume from the snapshot's memory: the sequence numbers jump back. What
+the guest sent is read from its own serial console; libvirt's lifecycle events time
+the revert independently of the controller.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from guest_env import BEAT, GuestDomain, build_guest
+from libvirt_env import EventRecorder, wait_until, virsh
+from vmcontroller.config import build_config
+
+REPO = Path(__file__).resolve().parent.parent
+HEARTBEAT_SH = REPO / "scripts" / "guest" / "posix" / "heartbeat.sh"
+
+
+@pytest.fixture(scope="module")
+def guest_build():
+    try:
+        return build_guest()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ the script on this machine
+
+class Recorder:
+    """A controller stand-in that records each heartbeat's query and headers (or stays silent)."""
+
+    def __init__(self, port: int = 0, silent: bool = False):
+        self.hits: list[dict[str, Any]] = []
+        recorder = self
+        self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if silent:
+                    recorder.release.wait(30)
+                    return
+                parts = urllib.parse.urlsplit(self.path)
+                recorder.hits.append({"path": parts.path,
+                                      "query": dict(urllib.parse.parse_qsl(parts.query)),
+                                      "auth": self.headers.get("Authorization")})
+                body = b'{"message": "Heartbeat received", "details": {}}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Script:
+    """heartbeat.sh running in the background, its output collected."""
+
+    def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path, shell: str = "sh"):
+        self.out = tmp_path / f"heartbeat-{time.monotonic_ns()}.log"
+        self._file = self.out.open("w")
+        self.proc = subprocess.Popen([shell, str(HEARTBEAT_SH), *args], stdout=self._file,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def text(self) -> str:
+        return self.out.read_text()
+
+    def beats(self) -> list[tuple[int, str, bool]]:
+        return [(int(m.group(1)), m.group(2), m.group(3) == "ok") for m in BEAT.finditer(self.text())]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._file.close()
+
+
+def busybox_env(guest_build, tmp_path: Path) -> tuple[dict[str, str], str]:
+    """A PATH with nothing but busybox applets, as in the guest (no curl, busybox wget)."""
+    bindir = tmp_path / "busybox-bin"
+    bindir.mkdir(exist_ok=True)
+    busybox = guest_build.path / "busybox"
+    for applet in ("sh", "wget", "timeout", "sleep", "cut", "sed", "date", "grep", "cat"):
+        link = bindir / applet
+        if not link.exists():
+            link.symlink_to(busybox)
+    return {"PATH": str(bindir)}, str(bindir / "sh")
+
+
+CLIENTS = ["curl", "wget", "busybox"]
+
+
+def script_env(client: str, guest_build, tmp_path: Path) -> tuple[dict[str, str], str]:
+    if client == "busybox":
+        return busybox_env(guest_build, tmp_path)
+    env = {"PATH": os.environ["PATH"], "HEARTBEAT_CLIENT": client}
+    return env, "sh"
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    started: list[Script] = []
+
+    def start(args: list[str], env: dict[str, str], shell: str = "sh") -> Script:
+        script = Script(args, env, tmp_path, shell)
+        started.append(script)
+        return script
+
+    yield start
+    for script in started:
+        script.stop()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_the_script_survives_a_controller_that_is_down_then_comes_back(client, guest_build,
+                                                                      tmp_path, scripts):
+    env, shell = script_env(client, guest_build, tmp_path)
+    port = free_port()                       # nothing listens here yet
+    script = scripts(["-k", "guest-token-0123456789", f"http://127.0.0.1:{port}/", "0.2"],
+                     env, shell)
+    wait_until(lambda: len(script.text().splitlines()) >= 2, 10, message="a first failure")
+    time.sleep(1.0)                          # several more refused heartbeats
+    assert script.alive(), script.text()
+    lines = script.text().splitlines()
+    assert lines[0].startswith(f"heartbeat: sending to http://127.0.0.1:{port}/api/v1/heartbeat "
+                               f"every 0.2 s with {client if client != 'busybox' else 'wget'}")
+    failures = [line for line in lines if " FAIL: " in line]
+    assert len(failures) == 1, "without -v only the first failure of a run is logged"
+    assert "seq=1 " in failures[0]
+
+    recorder = Recorder(port)               # the controller comes back
+    try:
+        wait_until(lambda: len(recorder.hits) >= 3, 15, message="heartbeats after the outage")
+        assert "the controller answers again after" in script.text()
+        first, *rest = recorder.hits
+        seqs = [int(hit["query"]["seq"]) for hit in recorder.hits]
+        assert seqs[0] > 2 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert {hit["query"]["boot"] for hit in recorder.hits} == {first["query"]["boot"]}
+        assert all(hit["path"] == "/api/v1/heartbeat" for hit in recorder.hits)
+        assert all(hit["auth"] == "Bearer guest-token-0123456789" for hit in recorder.hits)
+    finally:
+        recorder.close()
+    assert script.alive()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_silent_controller_cannot_stall_the_loop(client, guest_build, tmp_path, scripts):
+    env, shell = script_env(client, guest_build, tmp_path)
+    silent = Recorder(silent=True)           # accepts connections, never answers
+    try:
+        script = scripts(["-v", "-t", "1", f"http://127.0.0.1:{silent.port}", "0.2"], env, shell)
+        wait_until(lambda: len(script.beats()) >= 3, 15,
+                   message="three heartbeats, each given up after 1 s")
+        assert all(not ok for _, _, ok in script.beats())
+        assert "no answer within 1 s" in script.text(), script.text()
+        assert script.alive()
+    finally:
+        silent.close()
+
+
+def test_usage_errors_exit_2(tmp_path):
+    for args in ([], ["ftp://host"], ["http://host", "0"], ["http://host", "soon"],
+                 ["-t", "x", "http://host"], ["-q", "http://host"], ["http://a", "1", "extra"]):
+        proc = subprocess.run(["sh", str(HEARTBEAT_SH), *args], capture_output=True, text=True,
+                              timeout=10)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "usage: heartbeat.sh" in proc.stderr
+
+
+@pytest.mark.libvirt
+def test_the_script_keeps_a_real_controller_healthy(start_controller, guest_build, tmp_path,
+                                                    scripts):
+    controller, api = start_controller(heartbeat_timeout=2, vm_startup_heartbeat_delay=0.5)
+    for client in CLIENTS:
+        env, shell = script_env(client, guest_build, tmp_path)
+        script = scripts(["-v", api.base, "0.2"], env, shell)
+        wait_until(lambda: sum(ok for _, _, ok in script.beats()) >= 5, 20,
+                   message=f"five heartbeats answered through {client}")
+        script.stop()
+        status = api.get("/api/v1/status")
+        assert status["heartbeat"]["is_healthy"] is True, client
+        assert status["heartbeat"]["seconds_since_last"] < 2
+    # The controller never had to revert: 2 s timeout, heartbeats every 0.2 s.
+    history = api.get("/api/v1/events?trigger=heartbeat_timeout")["events"]
+    assert history == []
+
+
+@pytest.mark.libvirt
+def test_the_script_sends_the_guest_token(start_controller, guest_build, tmp_path, scripts):
+    token = "guest-token-0123456789abcdef"
+    _, api = start_controller(heartbeat_timeout=30, guest_token=token,
+                              api_token="staff-token-0123456789abcdef")
+    for client in ("curl", "busybox"):
+        env, shell = script_env(client, guest_build, tmp_path)
+        refused = scripts(["-v", api.base, "0.2"], env, shell)
+        wait_until(lambda: len(refused.beats()) >= 2, 15, message="refused heartbeats")
+        refused.stop()
+        assert not any(ok for _, _, ok in refused.beats())
+        assert "401" in refused.text(), refused.text()
+        accepted = scripts(["-v", "-k", token, api.base, "0.2"], env, shell)
+        wait_until(lambda: sum(ok for _, _, ok in accepted.beats()) >= 2, 15,
+                   message=f"heartbeats with the token through {client}")
+        accepted.stop()
+    staff = {"Authorization": "Bearer staff-token-0123456789abcdef"}
+    assert api.get("/api/v1/status", headers=staff)["heartbeat"]["is_healthy"] is True
+
+
+# ------------------------------------------------------------------ the Windows scripts
+
+GUEST = REPO / "scripts" / "guest"
+
+
+def query_parameters(openapi: dict, path: str) -> set[str]:
+    item = openapi["paths"][path]
+    found = [p for p in item.get("parameters", [])]
+    found += [p for p in item["get"].get("parameters", [])]
+    return {p["name"] for p in found if p.get("in") == "query"}
+
+
+def test_the_windows_scripts_call_the_api_as_documented(openapi):
+    """They cannot run here (no Windows); check what they send against the OpenAPI document."""
+    au3 = (GUEST / "autoit" / "exhibition-guest.au3").read_bytes()
+    ini = (GUEST / "autoit" / "exhibition-guest.ini").read_bytes()
+    vbs = (GUEST / "vbscript" / "heartbeat.vbs").read_bytes()
+    for name, data in (("au3", au3), ("ini", ini), ("vbs", vbs)):
+        assert b"\n" not in data.replace(b"\r\n", b""), f"{name}: CRLF line ends for Notepad"
+        assert data.isascii(), name
+    autoit, settings, vbscript = au3.decode(), ini.decode(), vbs.decode()
+
+    calls = dict(re.findall(r'_Get\("(/api/v1/[a-z/]+)\?([^"]*)"', autoit))
+    assert set(calls) == {"/api/v1/heartbeat", "/api/v1/revert/request", "/api/v1/idle/reset"}
+    for path, query in calls.items():
+        assert "get" in openapi["paths"][path], f"{path} answers GET"
+        sent = set(re.findall(r"(?:^|&)(\w+)=", query))
+        if path != "/api/v1/heartbeat":
+            assert sent <= query_parameters(openapi, path), (path, sent)
+    assert re.findall(r'(?:^|&)(\w+)=', calls["/api/v1/heartbeat"]) == ["seq"]
+    assert '"&boot=" & $sBoot' in autoit
+    assert "&severity=" in autoit
+    severities = set(re.findall(r'_RequestRevert\(.+, "(\w+)"\)', autoit))
+    enum = next(p["schema"]["enum"] for p in openapi["paths"]["/api/v1/revert/request"]
+                .get("parameters", []) if p["name"] == "severity")
+    assert severities and severities <= set(enum), (severities, enum)
+    assert '"Authorization", "Bearer " & $sToken' in autoit
+    assert "SetTimeouts($iTimeout, $iTimeout, $iTimeout, $iTimeout)" in autoit
+
+    read = set(re.findall(r'IniRead\(\$INI, "(\w+)", "(\w+)"', autoit))
+    written: set[tuple[str, str]] = set()
+    section = None
+    for line in settings.splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and not line.startswith(";"):
+            written.add((section, line.split("=", 1)[0]))
+    assert read == written, "every setting the script reads is in the .ini, and no other"
+
+    assert re.findall(r'"(/api/v1/[a-z/]+)\?', vbscript) == ["/api/v1/heartbeat"]
+    assert 'CreateObject("MSXML2.XMLHTTP")' in vbscript
+    assert 'http.open "GET", target, True' in vbscript, "asynchronous, so it can be bounded"
+    assert "http.abort" in vbscript
+    assert '"Authorization", "Bearer " & Token' in vbscript
+    assert '"&boot=" & Boot' in vbscript
+
+
+# ------------------------------------------------------------------ the real guest, end to end
+
+TIMEOUT = 5.0          # heartbeat_timeout of the controller under test
+REVERT_ALLOWANCE = 6.0  # a revert of a paused TCG guest takes ~1-2 s here; room for a busy machine
+
+
+def seqs(beats) -> list[int]:
+    return [b.seq for b in beats]
+
+
+@pytest.mark.libvirt
+def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapshot(
+        libvirt, guest_build, tmp_path, check_response):
+    from vmcontroller.server import Controller
+
+    port = free_port()
+    vm = GuestDomain("guest", guest_build.path, port, hb_timeout=2).define()
+    recorder = EventRecorder(vm.name)
+    controller = None
+    figures: dict[str, float] = {"build (this session)": guest_build.seconds}
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict:
+        body = requests.get(f"{base}/api/v1/status", timeout=10).json()
+        check_response("/api/v1/status", "get", 200, body)
+        return body
+
+    def post(path: str, expect: int = 200) -> dict:
+        response = requests.post(base + path, timeout=60)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    try:
+        # The staff's order of work: maintenance first, then the guest, then the snapshot.
+        controller = Controller(build_config({
+            "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": port,
+            "heartbeat_timeout": TIMEOUT, "vm_startup_heartbeat_delay": 8,
+            "heartbeat_check_interval": 0.5, "virsh_timeout": 60,
+            "auto_revert_enabled": False, "state_path": str(tmp_path / "state.db")}))
+        controller.start()
+        assert controller.monitor.wait_initialised(60)
+        started = time.monotonic()
+        vm.start()
+
+        # 1. Heartbeats arrive: on the guest's console and in the controller's status.
+        wait_until(lambda: status()["heartbeat"]["last_heartbeat"] is not None, 120, 0.05,
+                   "the guest's first heartbeat")
+        figures["start to first heartbeat"] = time.monotonic() - started
+        wait_until(lambda: sum(b.ok for b in vm.beats()) >= 3, 30, message="three heartbeats")
+        assert status()["heartbeat"]["is_healthy"] is True
+        boot = vm.beats()[0].boot
+        assert all(b.ok and b.boot == boot for b in vm.beats()), vm.console_text()
+        assert seqs(vm.beats()) == list(range(1, len(vm.beats()) + 1))
+
+        # 2. The 'ready' snapshot, taken while the guest heartbeats; then out of maintenance.
+        before = vm.beats()[-1].seq
+        post("/api/v1/snapshot/create")
+        after = vm.beats()[-1].seq
+        assert "ready" in virsh("snapshot-list", "--domain", vm.name, "--name").split()
+        post("/api/v1/revert/enable")
+        wait_until(lambda: vm.beats()[-1].seq >= after + 5, 30, message="more heartbeats")
+
+        # 3. Freeze the guest.
+        last_before = vm.beats()[-1].seq
+        offset = vm.console_size()
+        heard_before = status()["heartbeat"]["last_heartbeat"]
+        frozen = time.monotonic()
+        virsh("suspend", "--domain", vm.name)
+        assert recorder.wait_for("Suspended Paused", 1, 10)
+
+        # 4. Nothing arrives while it is frozen (looked at well before the timeout ends).
+        time.sleep(TIMEOUT / 2)
+        assert vm.state() == "paused"
+        assert status()["heartbeat"]["last_heartbeat"] == heard_before
+        assert vm.console_size() == offset, "a frozen guest writes nothing"
+
+        # 5. The controller reverts it within the heartbeat timeout plus the revert time.
+        assert recorder.wait_for("Started Snapshot", 1, TIMEOUT + REVERT_ALLOWANCE + 10), \
+            recorder.events
+        reverted = next(t for t, e in recorder.events if e == "Started Snapshot")
+        figures["suspend to revert"] = reverted - frozen
+        assert TIMEOUT - 1.5 <= reverted - frozen <= TIMEOUT + REVERT_ALLOWANCE, figures
+        wait_until(lambda: vm.state() == "running", 30, message="the VM running again")
+
+        # 6. Heartbeats resume, from the snapshot's memory: seq jumps back, boot is the same.
+        wait_until(lambda: any(b.ok for b in vm.beats(offset)), 30, 0.05,
+                   "a heartbeat after the revert")
+        figures["revert to next heartbeat"] = time.monotonic() - reverted
+        wait_until(lambda: sum(b.ok for b in vm.beats(offset)) >= 3, 30,
+                   message="heartbeats going on after the revert")
+        resumed = vm.beats(offset)
+        assert {b.boot for b in resumed} == {boot}, "the same boot: memory restored, not rebooted"
+        assert before <= resumed[0].seq <= after + 2, (before, after, seqs(resumed))
+        assert resumed[0].seq < last_before, "the sequence jumped back"
+        assert seqs(resumed) == list(range(resumed[0].seq, resumed[0].seq + len(resumed)))
+        now = status()
+        assert now["heartbeat"]["is_healthy"] is True
+        assert now["heartbeat"]["last_heartbeat"] != heard_before
+
+        # 7. The controller's own account agrees.
+        history = requests.get(f"{base}/api/v1/events?trigger=heartbeat_timeout,vm_paused",
+                               timeout=10).json()["events"]
+        assert [(e["action"], e["outcome"]) for e in history] == [("revert", "succeeded")], history
+        assert history[0]["trigger"] in ("heartbeat_timeout", "vm_paused")
+    finally:
+        if controller is not None:
+            controller.stop()
+        recorder.close()
+        vm.remove()
+    print("\nreal guest figures: " + ", ".join(f"{k} {v:.2f} s" for k, v in figures.items()))
+    assert vm.name not in virsh("list", "--all", "--name").split(), "the test VM is gone"
+    assert not vm.disk.exists() and not vm.console.exists(), "and so are its files"
