@@ -6,7 +6,8 @@
 # (the same static busybox, for running the heartbeat script under busybox on
 # the host). Nothing is installed: the two .debs are fetched with
 # `apt-get download` into GUEST_CACHE (default
-# /var/cache/exhibition-vm-controller/debs) and unpacked with `dpkg-deb -x`.
+# /var/cache/exhibition-vm-controller/debs, for a user other than root
+# ~/.cache/exhibition-vm-controller/debs) and unpacked with `dpkg-deb -x`.
 #
 # The guest boots with `console=ttyS0 hb_url=http://10.0.2.2:PORT` on its
 # kernel command line (optional: hb_interval=SECONDS between heartbeats,
@@ -23,7 +24,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 HEARTBEAT="$REPO/scripts/guest/posix/heartbeat.sh"
 [ $# -eq 1 ] || { echo "usage: scripts/build-guest.sh OUTDIR" >&2; exit 2; }
 OUT=$(realpath -m "$1")
-CACHE=${GUEST_CACHE:-/var/cache/exhibition-vm-controller/debs}
+if [ "$(id -u)" -eq 0 ]; then
+    CACHE=${GUEST_CACHE:-/var/cache/exhibition-vm-controller/debs}
+else
+    CACHE=${GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/exhibition-vm-controller/debs}
+fi
 KERNEL_META=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 # Loaded with insmod in this order (dependencies first); the cloud kernel has
 # virtio networking only as modules and no e1000. A module the kernel has

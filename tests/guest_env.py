@@ -4,7 +4,8 @@ scripts/build-guest.sh builds Debian's cloud kernel and a busybox initramfs
 whose init runs scripts/guest/posix/heartbeat.sh against the host through
 QEMU user-mode networking (the guest dials 10.0.2.2, QEMU connects to the
 host's 127.0.0.1). The build goes to a cache folder that survives test runs
-(VMCTL_TEST_GUEST_DIR, default /var/cache/exhibition-vm-controller/test-guest;
+(VMCTL_TEST_GUEST_DIR, default /var/cache/exhibition-vm-controller/test-guest,
+~/.cache/... for a user other than root;
 the downloaded .debs are cached by the script itself), so only a fresh
 machine pays for it, inside the test run. What the guest sends is read from
 its serial console, written to a file next to its disk: one line per
@@ -24,8 +25,10 @@ from pathlib import Path
 from libvirt_env import IMAGES, PREFIX, virsh
 
 REPO = Path(__file__).resolve().parent.parent
+_CACHE = Path("/var/cache") if os.geteuid() == 0 else \
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 GUEST_DIR = Path(os.environ.get("VMCTL_TEST_GUEST_DIR",
-                                "/var/cache/exhibition-vm-controller/test-guest"))
+                                _CACHE / "exhibition-vm-controller" / "test-guest"))
 BEAT = re.compile(r"heartbeat: seq=(\d+) boot=(\S+) (ok|FAIL)")
 
 GUEST_XML = """<domain type='qemu'>

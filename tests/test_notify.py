@@ -199,7 +199,7 @@ def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
         wait_until(lambda: any(line.startswith("STATUS=the monitor thread has made no progress")
                                for _, line in listener.lines()), 5, message="stuck reported")
         last_ping = max(listener.times("WATCHDOG=1"))
-        assert 0.3 - 0.1 <= last_ping - stuck_at <= 0.3 + 0.2, "pings stop at the stale limit"
+        assert 0.3 - 0.2 <= last_ping - stuck_at <= 0.3 + 0.2, "pings stop at the stale limit"
         time.sleep(0.3)
         assert max(listener.times("WATCHDOG=1")) == last_ping, "no ping while stuck"
 
@@ -270,7 +270,7 @@ def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
         assert path_listener.wait_for("WATCHDOG=1", count=10, timeout=10)
         pings = path_listener.times("WATCHDOG=1")
         assert pings[0] >= ready_at
-        assert all(0.05 < gap < 0.5 for gap in gaps(pings)), gaps(pings)
+        assert all(0.05 < gap < 1.0 for gap in gaps(pings)), gaps(pings)
 
         # No heartbeat arrives: the monitor sets out to revert the VM and waits for its
         # lock, which the test holds: the thread is alive but stuck.
@@ -331,7 +331,7 @@ def test_serve_under_a_hanging_virsh_is_ready_pings_and_says_stopping(abstract_l
         assert listener.wait_for("WATCHDOG=1", count=int((limit + 1) / 0.25), timeout=limit + 10)
         pings = listener.times("WATCHDOG=1")
         assert pings[-1] - ready_at > limit, "pings outlast the stale limit: slow is not stuck"
-        assert max(gaps(pings)) < 0.6, gaps(pings)
+        assert max(gaps(pings)) < 1.5, gaps(pings)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
