@@ -188,9 +188,10 @@ class Benchmark:
             self.errors.append(message)
             say(f"FAILED {message}")
             traceback.print_exc(file=sys.stderr)
+        else:
+            say(f"{name} done in {time.monotonic() - started:.0f} s")
         finally:
             self.phases[name] = round(time.monotonic() - started, 1)
-            say(f"{name} done in {self.phases[name]:.0f} s")
 
     # ============================================================ set-up
 
@@ -529,29 +530,35 @@ class Benchmark:
 
     def throughput(self) -> None:
         tool = self.load_tool()
-        results = {}
+        how = (f"{tool}: as many keep-alive connections as stated, each in a closed loop, "
+               f"{self.plan.throughput_s:g} s per level, GET {HEARTBEAT}; the tool shares the "
+               f"machine's {os.cpu_count()} cores with the controller; p99 latency and errors "
+               f"(socket errors + non-2xx answers) as the tool reports them")
+        log_bytes, cpu_total, requests = 0, 0.0, 0
         for clients in self.plan.throughput_clients:
             log_before, cpu_before = self.log_size(), probes.cpu_sample(self.pid)
             proc = self._load(HEARTBEAT, clients, self.plan.throughput_s)
             result = self._load_result(proc, self.plan.throughput_s + 60)
             cpu = probes.cpu_sample(self.pid).total - cpu_before.total
-            result["log_bytes_written"] = self.log_size() - log_before
-            result["controller_cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["requests"]),
-                                                            4)
-            results[clients] = result
+            written = self.log_size() - log_before
+            log_bytes, cpu_total, requests = log_bytes + written, cpu_total + cpu, \
+                requests + result["requests"]
             self.fig(f"throughput_c{clients}", stats.scalar(
                 "e", f"heartbeats/s, {clients} client{'s' if clients > 1 else ''} "
                      f"(p99 {stats.fmt(result.get('p99_ms'), 'ms')}, "
-                     f"{result['errors']} errors)", "req/s", result["rps"],
-                f"{tool}, {clients} keep-alive connection(s), closed loop, "
-                f"{self.plan.throughput_s:g} s, GET {HEARTBEAT}; the load tool shares the "
-                f"machine's {os.cpu_count()} cores with the controller; "
-                f"p99 and errors (socket errors + non-2xx) as reported by the tool",
-                p50_ms=result.get("p50_ms"), p99_ms=result.get("p99_ms"),
-                errors=result["errors"], requests=result["requests"],
-                log_bytes_written=result["log_bytes_written"],
-                controller_cpu_ms_per_request=result["controller_cpu_ms_per_request"]))
+                     f"{result['errors']} errors)", "req/s", result["rps"], how,
+                clients=clients, p50_ms=result.get("p50_ms"), p99_ms=result.get("p99_ms"),
+                errors=result["errors"], requests=result["requests"], log_bytes_written=written,
+                controller_cpu_s=round(cpu, 3), tool_output=result))
             time.sleep(0.5)
+        self.fig("throughput_cpu", stats.scalar(
+            "e", "controller CPU per heartbeat", "ms", cpu_total * 1000 / max(1, requests),
+            f"utime+stime of the controller (/proc) over all {requests} heartbeats of these "
+            f"runs, per request"))
+        self.fig("throughput_log", stats.scalar(
+            "e", "controller log written during these runs", "B", log_bytes,
+            "growth of the controller's stderr (log_level INFO) while the runs lasted: a "
+            "per-heartbeat line or waitress's queue-depth warning would show here"))
 
     # ============================================================ f. mixed load
 
@@ -686,15 +693,23 @@ class Benchmark:
         cpu = cpu_b.total - cpu_a.total
         live = {f"{pid} {cmd}": round(cpu_b.live[pid][1] - cpu_a.live.get(pid, (cmd, 0.0))[1], 3)
                 for pid, (cmd, _) in cpu_b.live.items()}
+        how = (f"utime+stime from /proc over the {took:.0f} s idle window (1 Hz heartbeat, "
+               f"nothing else): the controller's threads, its reaped children (cutime+cstime: "
+               f"each short virsh) and its live children (the `virsh event` stream), as a share "
+               f"of one core; resolution 1/{probes.CLK_TCK} s")
         self.fig("idle_cpu", stats.scalar(
-            "h", "CPU of the controller and its children", "%", cpu / took * 100,
-            f"utime+stime from /proc over {took:.0f} s of idle (1 Hz heartbeat, no action): the "
-            f"controller's own threads, its reaped children (cutime+cstime: each short virsh) "
-            f"and its live children (the `virsh event` stream), as a share of one core; "
-            f"resolution 1/{probes.CLK_TCK} s", cpu_seconds=round(cpu, 3),
+            "h", f"CPU, controller and its children ({cpu:.2f} s)", "%", cpu / took * 100, how,
+            cpu_seconds=round(cpu, 3), window_s=round(took, 1),
             breakdown={"controller_threads": round(cpu_b.own - cpu_a.own, 3),
                        "reaped_children": round(cpu_b.reaped - cpu_a.reaped, 3),
                        "live_children": live}))
+        for name, label, seconds in (
+                ("idle_cpu_threads", "  of which the controller's threads", cpu_b.own - cpu_a.own),
+                ("idle_cpu_virsh", "  of which short virsh processes",
+                 cpu_b.reaped - cpu_a.reaped),
+                ("idle_cpu_events", "  of which the `virsh event` stream", sum(live.values()))):
+            self.fig(name, stats.scalar("h", f"{label} ({seconds:.2f} s)", "%",
+                                        seconds / took * 100, how))
         self.fig("idle_virsh", stats.scalar(
             "h", "virsh processes started per minute", "/min", len(calls) / took * 60,
             f"calls logged by the counting `virsh` stand-in first on the controller's PATH "
@@ -704,19 +719,27 @@ class Benchmark:
                                         f"one poll in it reads as {60 / took:.0f}/min: coarse"
                                         if took < 60 else ""),
             calls=calls))
+        how = (f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
+               f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated")
+        self.fig("idle_log_hour", stats.scalar(
+            "h", "INFO log bytes per hour of heartbeats", "B", (log_b - log_a) / took * 3600, how))
         self.fig("idle_log", stats.scalar(
-            "h", "INFO log bytes per day of heartbeats", "B", (log_b - log_a) / took * 86400,
-            f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
-            f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated to a day",
-            bytes_in_window=log_b - log_a, per_hour=(log_b - log_a) / took * 3600))
+            "h", "INFO log bytes per day of heartbeats", "B", (log_b - log_a) / took * 86400, how,
+            bytes_in_window=log_b - log_a))
         samples = {"after_start": self.rss_after_start, "after_load": self.rss_after_load,
                    "after_idle": self.rss_after_idle}
+        how = ("VmRSS of the controller process from /proc/PID/status: after start (VM reverted, "
+               "API answering), after the load phases b-g, after the idle window; "
+               "MB = 10^6 bytes")
+        self.fig("rss_after_start", stats.scalar(
+            "h", "controller resident memory after start", "MB",
+            self.rss_after_start * 1024 / 1e6, how))
+        self.fig("rss_after_load", stats.scalar(
+            "h", "controller resident memory after the loads", "MB",
+            self.rss_after_load * 1024 / 1e6, how))
         self.fig("rss", stats.scalar(
             "h", "controller resident memory, largest", "MB",
-            max(samples.values()) * 1024 / 1e6,
-            "VmRSS of the controller process from /proc/PID/status, after start (VM reverted, "
-            "API answering), after the load phases and after the idle window; the largest; "
-            "MB = 10^6 bytes",
+            max(samples.values()) * 1024 / 1e6, how,
             samples_mb={k: round(v * 1024 / 1e6, 2) for k, v in samples.items()},
             event_stream_rss_mb={cmd: round(probes.vm_rss_kib(pid) * 1024 / 1e6, 2)
                                  for pid, (cmd, _) in cpu_b.live.items()}))
@@ -794,6 +817,8 @@ def _parser() -> argparse.ArgumentParser:
                         "as ratios to it")
     p.add_argument("--show", metavar="FILE",
                    help="measure nothing: print the table of an earlier JSON (and --compare)")
+    p.add_argument("--rst", action="store_true",
+                   help="with --show: print the summary as the README's reStructuredText table")
     p.add_argument("--keep", action="store_true",
                    help="keep the work directory (controller log, virsh call log)")
     p.add_argument("--load-tool", choices=("auto", "wrk", "python"), default="auto",
@@ -830,6 +855,9 @@ def report(result: dict[str, Any], compare_path: str | None) -> None:
         result["compared_with"] = {"file": compare_path, "started": baseline.get("started"),
                                    "rows": rows}
         print()
+        if baseline.get("mode") != result.get("mode"):
+            print(f"note: the baseline is a {baseline.get('mode')} run, this one "
+                  f"{result.get('mode')}: fewer samples make the quick figures noisier")
         print(stats.format_compare(rows, f"{compare_path} ({baseline.get('mode', '?')} run of "
                                          f"{baseline.get('started', '?')})"))
 
@@ -837,13 +865,19 @@ def report(result: dict[str, Any], compare_path: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.show:
-        report(json.loads(Path(args.show).read_text()), args.compare)
+        shown = json.loads(Path(args.show).read_text())
+        if args.rst:
+            print(stats.format_rst(shown))
+        else:
+            report(shown, args.compare)
         return 0
     if os.geteuid() != 0:
         say("note: not root; libvirt's qemu:///system may refuse (run scripts/bench as root)")
     plan = _scaled(QUICK if args.quick else FULL, args.samples)
-    signal.signal(signal.SIGTERM, _on_terminate)
-    signal.signal(signal.SIGHUP, _on_terminate)
+    # Also SIGINT: a shell without job control starts background commands with it ignored,
+    # and the VMs must go whatever stops the run.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_terminate)
     stack = ExitStack()
     bench = Benchmark(plan, stack, keep=args.keep, load_tool=args.load_tool)
     try:

@@ -139,10 +139,9 @@ class EventWatcher:
         self.domain = domain
         self.events: list[LifecycleEvent] = []
         self._cond = threading.Condition()
-        self._proc = subprocess.Popen(
+        self._proc = spawn(
             ["virsh", "-c", URI, "event", "--loop", "--timestamp", "--event", "lifecycle"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            text=True, bufsize=1, env=ENV, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1, env=ENV)
         self._thread = threading.Thread(target=self._read, name="bench-events", daemon=True)
         self._thread.start()
         time.sleep(0.5)  # virsh registers its callback a moment after it starts

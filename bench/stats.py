@@ -8,6 +8,7 @@ milliseconds. A *figure* is a dict: ``section`` (a-h), ``label``, ``unit``, ``me
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 #: The flat ``summary`` object of the JSON: exactly these keys, in these units.
@@ -33,6 +34,23 @@ SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
     "virsh_per_minute": ("idle_virsh", "value"),
     "rss_mb": ("rss", "value"),
     "log_bytes_per_day": ("idle_log", "value"),
+}
+
+#: How each summary number reads in the README's table.
+SUMMARY_LABELS = {
+    "status_p50_ms": "``GET /api/v1/status``, p50",
+    "heartbeat_p50_ms": "``GET /api/v1/heartbeat``, p50",
+    "detect_deadline_ms": "heartbeat deadline to revert start",
+    "detect_destroy_ms": "``virsh destroy`` to revert start",
+    "detect_suspend_ms": "pause + timeout to revert start",
+    "recovery_ratio": "recovery / raw ``snapshot-revert``",
+    "heartbeat_p99_mixed_ms": "heartbeat p99, mixed load",
+    "heartbeat_rps_c32": "heartbeats per second, 32 clients",
+    "concurrent_restart_reverts": "reverts for 20 simultaneous restarts",
+    "idle_cpu_percent": "idle CPU (share of one core)",
+    "virsh_per_minute": "virsh processes per minute, idle",
+    "rss_mb": "resident memory (VmRSS)",
+    "log_bytes_per_day": "INFO log per day of heartbeats",
 }
 
 #: Summary keys for which a larger number is better (all others: smaller is better).
@@ -279,3 +297,33 @@ def format_compare(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> st
         lines.append("  " + "  ".join(c.rjust(w) if 0 < i < 4 else c.ljust(w)
                                       for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
     return "\n".join(lines)
+
+
+def format_rst(result: Mapping[str, Any]) -> str:
+    """The summary as the README's reStructuredText table, with the machine it ran on."""
+    limits = {key: limit for key, _, limit in TARGETS}
+    rows = []
+    for key in SUMMARY_KEYS:
+        value = result["summary"].get(key)
+        limit = limits.get(key)
+        target = "" if limit is None else f"<= {fmt(limit, UNITS[key])}"
+        met = "" if limit is None or value is None else ("met" if value <= limit else "**not met**")
+        rows.append([SUMMARY_LABELS[key], fmt(value, UNITS[key]), target, met])
+    header = ["figure", "measured", "target", ""]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    machine = result.get("machine", {})
+    load = result.get("load_average", {})
+    started = str(result.get("started", "?"))[:10]
+    intro = (f"{result.get('mode', '?').capitalize()} run of {started}, "
+             f"{result.get('duration_s', 0) / 60:.1f} minutes, on {machine.get('cores')} cores "
+             f"({machine.get('cpu_model')}), libvirt {machine.get('libvirt')}, "
+             f"QEMU {machine.get('qemu')} (``type='qemu'``, TCG), libvirtd under "
+             f"{machine.get('libvirtd_under', '?')}, Python {machine.get('python')}; load "
+             f"average {' / '.join(f'{x:.2f}' for x in load.get('start', []))} at the start "
+             f"(a machine shared with other test runs):")
+    return "\n".join([textwrap.fill(intro, 78), "", rule, line(header), rule,
+                      *[line(r) for r in rows], rule])
