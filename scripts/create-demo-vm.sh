@@ -65,38 +65,10 @@ if ! v dominfo --domain "$NAME" >/dev/null 2>&1; then
     qemu-img create -q -f qcow2 "$DISK" 16M
     xml=$(mktemp)
     trap 'rm -f "$xml"' EXIT
-    cat >"$xml" <<XML
-<domain type='qemu'>
-  <name>$NAME</name>
-  <description>$MARK</description>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$GUEST/vmlinuz</kernel>
-    <initrd>$GUEST/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet ipv6.disable=1 hb_url=http://10.0.2.2:$PORT hb_interval=1 hb_timeout=2</cmdline>
-  </os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$DISK'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='user'><model type='virtio'/></interface>
-    <serial type='file'>
-      <source path='$CONSOLE' append='on'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-XML
+    # The one domain template, shared with the tests (tests/guest_env.py).
+    sed -e "s|{name}|$NAME|g" -e "s|{description}|$MARK|g" -e "s|{guest}|$GUEST|g" \
+        -e "s|{port}|$PORT|g" -e "s|{hb_timeout}|2|g" -e "s|{disk}|$DISK|g" \
+        -e "s|{console}|$CONSOLE|g" "$(cd "$(dirname "$0")" && pwd)/guest/domain.xml" >"$xml"
     v define --file "$xml" >/dev/null
     log "defined VM '$NAME' (guest $GUEST, disk $DISK, console $CONSOLE)"
 fi

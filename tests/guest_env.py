@@ -31,36 +31,7 @@ GUEST_DIR = Path(os.environ.get("VMCTL_TEST_GUEST_DIR",
                                 _CACHE / "exhibition-vm-controller" / "test-guest"))
 BEAT = re.compile(r"heartbeat: seq=(\d+) boot=(\S+) (ok|FAIL)")
 
-GUEST_XML = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{guest}/vmlinuz</kernel>
-    <initrd>{guest}/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet ipv6.disable=1 hb_url=http://10.0.2.2:{port} hb_interval=1 hb_timeout={hb_timeout}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='user'><model type='virtio'/></interface>
-    <serial type='file'>
-      <source path='{console}' append='on'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+GUEST_XML = (REPO / "scripts" / "guest" / "domain.xml").read_text()  # shared with the demo
 
 
 @dataclass(frozen=True)
@@ -107,7 +78,8 @@ class GuestDomain:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "16M"],
                        check=True)
         xml = self.disk.with_suffix(".xml")
-        xml.write_text(GUEST_XML.format(name=self.name, guest=self.guest, port=self.port,
+        xml.write_text(GUEST_XML.format(name=self.name, description="vmctl test guest",
+                                        guest=self.guest, port=self.port,
                                         hb_timeout=self.hb_timeout, disk=self.disk,
                                         console=self.console))
         try:
