@@ -197,6 +197,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} MB"
     if unit in ("req/s", "/min", "s"):
         return f"{value:.1f} {unit}" if unit != "/min" else f"{value:.2f}/min"
+    if unit == "reverts":
+        return f"{value:.0f} revert" + ("" if value == 1 else "s")
     if float(value).is_integer():
         return f"{value:.0f} {unit}".strip()
     return f"{value:.2f} {unit}".strip()

@@ -1,0 +1,182 @@
+"""The benchmark's pure helpers (fast), and the benchmark itself when asked for.
+
+`scripts/bench --quick` takes about two minutes on a real libvirtd, so it runs only with
+VMCTL_TEST_BENCH=1; the CI suite stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import benchmark, stats  # noqa: E402
+from bench.load import parse_wrk  # noqa: E402
+
+WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:40000/api/v1/heartbeat
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    12.86ms    8.01ms  95.20ms   80.10%
+    Req/Sec     1.27k   210.33     1.70k    70.00%
+  Latency Distribution
+     50%   10.92ms
+     75%   14.50ms
+     90%   20.01ms
+     99%  850.00us
+  7612 requests in 3.00s, 2.05MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2537.41
+Transfer/sec:    700.10KB
+"""
+
+
+def _summary(**values: float | None) -> dict[str, float | None]:
+    summary = {key: 1.0 for key in stats.SUMMARY_KEYS}
+    summary.update(values)
+    return summary
+
+
+def test_percentile_interpolates_between_ranks():
+    assert stats.percentile([], 50) is None
+    assert stats.percentile([7.0], 99) == 7.0
+    assert stats.percentile([4, 1, 3, 2], 50) == 2.5
+    assert stats.percentile([1, 2, 3, 4], 0) == 1
+    assert stats.percentile([1, 2, 3, 4], 100) == 4
+    assert stats.percentile(range(1, 101), 95) == pytest.approx(95.05)
+    with pytest.raises(ValueError):
+        stats.percentile([1], 101)
+
+
+def test_describe_and_figures():
+    d = stats.describe([3.0, 1.0, 2.0])
+    assert (d["n"], d["median"], d["min"], d["max"], d["mean"]) == (3, 2.0, 1.0, 3.0, 2.0)
+    assert stats.describe([])["median"] is None
+    fig = stats.sampled("b", "x", "ms", [1.0, 2.0], "how", extra=5)
+    assert fig["median"] == 1.5 and fig["method"] == "how" and fig["extra"] == 5
+    assert fig["samples"] == [1.0, 2.0]
+    assert stats.ratio(3, 2) == 1.5 and stats.ratio(1, 0) is None and stats.ratio(None, 1) is None
+
+
+def test_summary_has_exactly_the_keys_and_takes_the_right_statistic():
+    figures = {
+        "api_status": stats.sampled("d", "s", "ms", [1.0, 2.0, 3.0], "m"),
+        "mixed_heartbeat": stats.sampled("f", "h", "ms", list(range(101)), "m"),
+        "concurrent_reverts": stats.sampled("g", "r", "reverts", [1, 2, 1], "m"),
+        "throughput_c32": stats.scalar("e", "t", "req/s", 2500.123456, "m"),
+    }
+    summary = stats.build_summary(figures)
+    assert list(summary) == list(stats.SUMMARY_KEYS)
+    assert summary["status_p50_ms"] == 2.0
+    assert summary["heartbeat_p99_mixed_ms"] == 99.0
+    assert summary["concurrent_restart_reverts"] == 2      # the worst round
+    assert summary["heartbeat_rps_c32"] == 2500.1235
+    assert summary["idle_cpu_percent"] is None             # not measured
+
+
+def test_targets_met_not_met_unknown():
+    rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
+        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mb=None,
+        log_bytes_per_day=float(stats.MIB)))}
+    assert rows["status_p50_ms"]["met"] is True          # the limit itself is met
+    assert rows["detect_deadline_ms"]["met"] is False
+    assert rows["rss_mb"]["met"] is None
+    assert rows["log_bytes_per_day"]["met"] is True
+    assert "heartbeat_rps_c32" not in rows               # no target: reported only
+    assert len(rows) == 10
+
+
+def test_compare_ratios_respect_the_direction_of_each_figure():
+    rows = {r["key"]: r for r in stats.compare(
+        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mb=1.02, idle_cpu_percent=0.0,
+                 virsh_per_minute=None),
+        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mb=1.0, idle_cpu_percent=0.0))}
+    assert rows["status_p50_ms"]["ratio"] == 1.5 and rows["status_p50_ms"]["verdict"] == "worse"
+    assert rows["heartbeat_rps_c32"]["verdict"] == "better"
+    assert rows["rss_mb"]["verdict"] == "same"            # within 5 %
+    assert rows["idle_cpu_percent"]["ratio"] is None
+    assert rows["idle_cpu_percent"]["verdict"] == "same"
+    assert rows["virsh_per_minute"]["verdict"] == "n/a"
+    text = stats.format_compare(list(rows.values()), "baseline.json")
+    assert "1.500" in text and "worse" in text
+
+
+def test_parse_wrk_output():
+    r = parse_wrk(WRK_OUTPUT)
+    assert r["requests"] == 7612 and r["rps"] == 2537.41 and r["duration_s"] == 3.0
+    assert r["p50_ms"] == 10.92 and r["p99_ms"] == 0.85 and r["max_ms"] == 95.2
+    assert r["socket_errors"] == {"connect": 0, "read": 2, "write": 0, "timeout": 1}
+    assert r["non_2xx"] == 4 and r["errors"] == 7
+    with pytest.raises(ValueError):
+        parse_wrk("wrk: connection refused")
+
+
+def _result() -> dict:
+    figures = {
+        "api_status": stats.sampled("d", "GET /api/v1/status", "ms", [0.5, 0.6], "sequential"),
+        "rss": stats.scalar("h", "resident memory", "MB", 45.0, "VmRSS"),
+    }
+    summary = stats.build_summary(figures)
+    return {"mode": "quick", "started": "2026-11-25T20:00:00+00:00", "duration_s": 90,
+            "machine": {"cores": 2, "cpu_model": "CPU", "libvirt": "9.0.0", "qemu": "7.2"},
+            "load_average": {"start": [0.1, 0.2, 0.3]}, "figures": figures,
+            "summary": summary, "targets": stats.evaluate_targets(summary)}
+
+
+def test_table_states_method_and_verdict():
+    text = stats.format_table(_result())
+    assert "GET /api/v1/status" in text and "how: sequential" in text
+    assert "<= 2.00 ms: met" in text and "<= 40.0 MB: NOT MET" in text
+    assert "not met: controller resident memory <= 40 MB (measured 45.0 MB)" in text
+
+
+def test_readme_table_renders_and_names_the_machine():
+    import docutils.core
+
+    result = _result()
+    result["summary"] = _summary(rss_mb=45.0, heartbeat_rps_c32=2500.0)
+    text = stats.format_rst(result)
+    assert "2 cores (CPU), libvirt 9.0.0, QEMU 7.2" in " ".join(text.split())
+    assert "**not met**" in text and "2500.0 req/s" in text
+    docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2, "report_level": 2})
+
+
+def test_show_and_compare_from_files(tmp_path, capsys):
+    current, baseline = tmp_path / "now.json", tmp_path / "base.json"
+    current.write_text(json.dumps(_result()))
+    old = _result()
+    old["summary"]["status_p50_ms"] = 0.275
+    baseline.write_text(json.dumps(old))
+    assert benchmark.main(["--show", str(current), "--compare", str(baseline)]) == 0
+    out = capsys.readouterr().out
+    assert "compared with" in out and "2.000" in out      # 0.55 / 0.275
+
+
+def test_committed_baseline_is_complete():
+    baseline = json.loads((REPO / "bench" / "baseline.json").read_text())
+    assert list(baseline["summary"]) == list(stats.SUMMARY_KEYS)
+    assert all(isinstance(v, (int, float)) for v in baseline["summary"].values())
+    assert baseline["machine"]["cores"] and baseline["load_average"]
+
+
+@pytest.mark.libvirt
+@pytest.mark.skipif(os.environ.get("VMCTL_TEST_BENCH") != "1",
+                    reason="takes ~2 minutes: set VMCTL_TEST_BENCH=1 to run scripts/bench --quick")
+def test_quick_benchmark_runs_and_cleans_up(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([str(REPO / "scripts" / "bench"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == []
+    assert all(isinstance(v, (int, float)) for v in result["summary"].values()), result["summary"]
+    assert "targets:" in proc.stdout and "how:" in proc.stdout
+    left = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name"],
+                          capture_output=True, text=True).stdout.split()
+    assert not set(result["detail"]["vms"]) & set(left)
