@@ -29,6 +29,17 @@ def check_response(openapi):
 
 
 @pytest.fixture(scope="session")
+def guest_build(libvirt):
+    """The heartbeat guest, built once per session (scripts/build-guest.sh)."""
+    from guest_env import build_guest
+
+    try:
+        return build_guest()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def libvirt() -> None:
     """Real libvirt is required: its absence fails the tests rather than skipping them,
     unless VMCTL_TEST_WITHOUT_LIBVIRT=1 says a quick local run is fine without."""

@@ -157,6 +157,15 @@ class EventRecorder:
             self._proc.kill()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05,
                message: str = "condition") -> None:
     """Poll a condition with a deadline; fail with a message instead of hanging."""

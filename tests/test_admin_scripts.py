@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_env import virsh
+from libvirt_env import free_port, virsh
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = REPO / "scripts" / "admin"
@@ -31,11 +30,6 @@ def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(ADMIN / script), *args], capture_output=True, text=True,
                           timeout=120, env={**base, **env})
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health(url: str, *args: str) -> tuple[int, str]:

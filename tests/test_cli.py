@@ -23,7 +23,7 @@ import requests
 import yaml
 from click.testing import CliRunner
 
-from libvirt_env import wait_until
+from libvirt_env import free_port, wait_until
 from vmcontroller import __version__
 from vmcontroller.cli import main
 from vmcontroller.config import DEFAULTS, KEYS
@@ -242,13 +242,6 @@ def test_the_real_program_checks_a_good_config(tmp_path, launcher):
     version = subprocess.run([*launcher, "--version"], capture_output=True, text=True,
                              env=clean_environ(), timeout=60)
     assert version.returncode == 0 and __version__ in version.stdout
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_status(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> dict:

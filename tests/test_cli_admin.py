@@ -23,6 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from libvirt_env import free_port
 from vmcontroller.cli import main
 from vmcontroller.client import Client, base_url_for, check_base_url
 
@@ -102,11 +103,6 @@ def stand_in():
     yield server
     server.close()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 STATUS = {

@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from guest_env import GuestDomain, build_guest
-from libvirt_env import EventRecorder, TestDomain, virsh, wait_until
+from guest_env import GuestDomain
+from libvirt_env import EventRecorder, TestDomain, free_port, virsh, wait_until
 
 pytestmark = pytest.mark.libvirt
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TIMEOUT = 10     # heartbeat_timeout in the config scripts/demo writes
 
 
-@pytest.fixture(scope="module")
-def guest_build():
-    try:
-        return build_guest()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_runs_the_heartbeat_guest_and_recovers_it(libvirt, guest_build, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,26 +24,14 @@ from typing import Any
 import pytest
 import requests
 
-from guest_env import BEAT, GuestDomain, build_guest
-from libvirt_env import EventRecorder, wait_until, virsh
+from guest_env import BEAT, GuestDomain
+from libvirt_env import EventRecorder, free_port, virsh, wait_until
 from vmcontroller.config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT_SH = REPO / "scripts" / "guest" / "posix" / "heartbeat.sh"
 
 
-@pytest.fixture(scope="module")
-def guest_build():
-    try:
-        return build_guest()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the script on this machine
