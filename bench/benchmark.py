@@ -468,8 +468,8 @@ class Benchmark:
         self.fig(f"recovery_{trigger}", stats.sampled(
             "c", f"{trigger} ({state}): revert start -> running", "ms", recovery,
             f"the duration the controller records for the revert (GET /api/v1/events): its "
-            f"`virsh snapshot-revert --running` plus its check that the VM runs "
-            f"(`virsh domstate`); compare a. '{label}'"))
+            f"`virsh snapshot-revert --running`, whose exit status it trusts; compare a. "
+            f"'{label}'"))
         self.fig(f"recovery_{trigger}_libvirt", stats.sampled(
             "c", f"{trigger} ({state}): revert start -> libvirt 'Resumed'", "ms", to_running,
             "from the recorded revert start to libvirt's 'Resumed Snapshot' lifecycle event "
