@@ -52,22 +52,8 @@ def virsh_argv(*args: str, binary: str = "virsh") -> list[str]:
 
 # ---------------------------------------------------------------- the VM
 
-DOMAIN_XML = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='hda' bus='ide'/>
-    </disk>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>
-"""
+#: The tests' empty-disk VM, from the one template both use.
+DOMAIN_XML = (Path(__file__).resolve().parent.parent / "scripts" / "empty-domain.xml").read_text()
 
 
 class BenchDomain:

@@ -42,22 +42,9 @@ def libvirt_available() -> bool:
         return False
 
 
-DOMAIN_XML = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='hda' bus='ide'/>
-    </disk>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>
-"""
+#: An empty-disk VM: SeaBIOS idles in it, so it is 'running' without a guest OS.
+#: One template for the tests and bench/ (scripts/empty-domain.xml).
+DOMAIN_XML = (Path(__file__).resolve().parent.parent / "scripts" / "empty-domain.xml").read_text()
 
 
 class TestDomain:
@@ -140,14 +127,9 @@ class EventRecorder:
             return sum(1 for _, e in self.events if e == text)
 
     def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> bool:
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while sum(1 for _, e in self.events if e == text) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return self._cond.wait_for(
+                lambda: sum(1 for _, e in self.events if e == text) >= count, timeout)
 
     def close(self) -> None:
         self._proc.terminate()

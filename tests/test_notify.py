@@ -60,14 +60,8 @@ class NotifyListener:
         return [t for t, text in self.lines(since) if text == line]
 
     def wait_for(self, line: str, count: int = 1, timeout: float = 30, since: float = 0.0) -> bool:
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self.times(line, since)) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return self._cond.wait_for(lambda: len(self.times(line, since)) >= count, timeout)
 
     def close(self) -> None:
         self._closed = True
