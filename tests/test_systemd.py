@@ -6,7 +6,7 @@ still lets it write its state file, one state file per instance of the template)
 documented install path (/opt/exhibition-vm-controller/bin/vmcontroller), which this
 machine does not have, so the test verifies a copy whose ExecStart points at this
 checkout's installed `vmcontroller` script. Everything else is verified as shipped.
-scripts/test installs systemd-analyze (scripts/setup-systemd-tools.sh) where missing.
+scripts/test installs systemd-analyze (scripts/setup-test-tools.sh) where missing.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def one(unit: dict, section: str, key: str) -> str:
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze")
     if found is None:
-        pytest.fail("systemd-analyze is missing: run scripts/test (scripts/setup-systemd-tools.sh "
+        pytest.fail("systemd-analyze is missing: run scripts/test (scripts/setup-test-tools.sh "
                     "installs Debian's systemd package)", pytrace=False)
     return found
 

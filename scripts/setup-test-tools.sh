@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install the programs some tests check the project's files with, where
+# missing, from the distribution's packages; nothing is started. Idempotent.
+#   systemd-analyze  `verify` on the unit files in etc/systemd (works without
+#                    a running systemd: containers and CI sandboxes have none)
+#   nginx            `nginx -t` on etc/nginx, and a TLS proxy run on loopback
+#   openssl          a throw-away certificate for that proxy
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+log() { printf 'setup-test-tools: %s\n' "$*" >&2; }
+
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+log "installing ${missing[*]}"
+$SUDO apt-get update -q
+# policy-rc.d keeps the nginx package from starting its own server on port 80.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    created_policy=1
+fi
+status=0
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}" || status=$?
+[ "$created_policy" -eq 1 ] && $SUDO rm -f "$policy"
+[ "$status" -eq 0 ] || exit "$status"
+command -v systemd-analyze >/dev/null 2>&1 || { log "systemd-analyze still missing"; exit 1; }
