@@ -515,6 +515,17 @@ def _get_and_post(tag: str, base_id: str, summary: str, description: str,
     return item
 
 
+def _guest_request_queued(trigger: str, reason: str) -> dict[str, Any]:
+    """The 202 of the guest's requests, with an example for this trigger."""
+    return {
+        "description": "Queued, or already taken care of.",
+        "content": _json(_schema("GuestRequestAck"), {
+            "message": "Revert queued",
+            "details": {"action": "revert", "trigger": trigger, "reason": reason,
+                        "queued": True}}),
+    }
+
+
 def _503() -> dict[str, str]:
     return _ref("responses", "ServiceUnavailable")
 
@@ -800,14 +811,8 @@ def _paths() -> dict[str, Any]:
             "more. Refused with 409 in maintenance, when the VM was stopped "
             "by staff, or when the guard has tripped.",
             {
-                "202": {
-                    "description": "Queued, or already taken care of.",
-                    "content": _json(_schema("GuestRequestAck"), {
-                        "message": "Revert queued",
-                        "details": {"action": "revert", "trigger": "guest_request",
-                                    "reason": "player crashed (severity high)",
-                                    "queued": True}}),
-                },
+                "202": _guest_request_queued("guest_request",
+                                             "player crashed (severity high)"),
                 "400": _error("`reason` is missing or too long, or `severity` "
                               "is not one of low, normal, high, critical.",
                               "Invalid parameter: reason is required"),
@@ -834,15 +839,8 @@ def _paths() -> dict[str, Any]:
             "Same rules as /api/v1/revert/request; recorded with the trigger "
             "idle_reset.",
             {
-                "202": {
-                    "description": "Queued, or already taken care of.",
-                    "content": _json(_schema("GuestRequestAck"), {
-                        "message": "Revert queued",
-                        "details": {"action": "revert", "trigger": "idle_reset",
-                                    "reason": "the guest reports no visitor "
-                                              "interaction for 900 s",
-                                    "queued": True}}),
-                },
+                "202": _guest_request_queued("idle_reset", "the guest reports no "
+                                             "visitor interaction for 900 s"),
                 "400": _error("`idle_duration` is not a number of seconds.",
                               "Invalid parameter: idle_duration must be a number "
                               "of seconds from 0 to 10000000 (got 'soon')"),
