@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Callable
 
 from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
@@ -126,7 +127,7 @@ class Controller:
             log.warning("no api_token is set and the API listens on %s, beyond this machine: "
                         "anyone who can reach it (the guest included) can stop the VM or "
                         "delete snapshots; see README.rst, Security", self.config.api_host)
-        self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
+        self._http_thread = threading.Thread(target=self._serve_http, name="http", daemon=True)
         self._http_thread.start()
         self.events.start()
         self.monitor.start()
@@ -150,16 +151,51 @@ class Controller:
         self.events.ensure_thread()
 
     def _close_http(self) -> None:
-        """Close the listening sockets and every open connection, then let the worker
-        threads finish the requests they hold (waitress bounds that wait)."""
+        """Stop accepting, let the workers finish the requests they hold (waitress
+        bounds that wait), then close every connection.
+
+        The sockets are closed by waitress's own loop thread (through its
+        trigger): closed from here while that thread sits in select(), they make
+        select() fail with EBADF; and the trigger must outlive the workers,
+        which pull it to hand their answers to the loop.
+        """
         server = self.http
-        if isinstance(server, MultiSocketServer):
-            server.close()  # shuts the dispatcher down and closes its whole map
-            return
-        connections = server._map  # waitress keeps one map per server: listener + channels
-        server.close()
-        wasyncore.close_all(connections)
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        multi = isinstance(server, MultiSocketServer)
+        connections = server.map if multi else server._map  # listener(s), channels, trigger
+        listeners = [s for s in list(connections.values()) if isinstance(s, BaseWSGIServer)]
+        dispatcher = server.task_dispatcher if multi else listeners[0].task_dispatcher
+        loop = self._http_thread
+        looping = loop is not None and loop.is_alive()
+
+        def in_loop(action: Callable[[], None]) -> None:
+            if looping:
+                done = threading.Event()
+
+                def run() -> None:
+                    try:
+                        action()
+                    finally:
+                        done.set()
+                listeners[0].trigger.pull_trigger(run)
+                done.wait(5)
+            else:
+                action()
+
+        def stop_accepting() -> None:
+            for listener in listeners:
+                wasyncore.dispatcher.close(listener)  # the listening socket, not the trigger
+
+        in_loop(stop_accepting)
+        dispatcher.shutdown(cancel_pending=True, timeout=5)
+        in_loop(lambda: wasyncore.close_all(connections))  # an empty map ends the loop
+        if loop is not None:
+            loop.join(5)
+
+    def _serve_http(self) -> None:
+        try:
+            self.http.run()
+        except Exception:  # the loop must not die in silence; the log says why
+            log.exception("the HTTP server stopped unexpectedly")
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT; used by `vmcontroller serve`."""
