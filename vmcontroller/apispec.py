@@ -18,6 +18,7 @@ from typing import Any
 
 from .monitor import TRIGGERS
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
+from .security import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -450,11 +451,11 @@ def _responses() -> dict[str, Any]:
             "Cross-site request refused: the browser marked it Sec-Fetch-Site: "
             "cross-site. Staff tools must call the API directly, not from "
             "another site's page."),
-        "TooLarge": _error("The request body is over 64 KiB.",
-                           "Request body too large: at most 65536 bytes "
+        "TooLarge": _error(f"The request body is over {MAX_BODY // 1024} KiB.",
+                           f"Request body too large: at most {MAX_BODY} bytes "
                            "(got 70000)"),
-        "UriTooLong": _error("The query string is over 8192 bytes.",
-                             "Query string too long: at most 8192 bytes"),
+        "UriTooLong": _error(f"The query string is over {MAX_QUERY} bytes.",
+                             f"Query string too long: at most {MAX_QUERY} bytes"),
         "ReferenceSnapshotMissing": _error(
             "The configured reference snapshot does not exist, so there is "
             "nothing to revert to. Create it with /api/v1/snapshot/create.",
@@ -936,9 +937,6 @@ _TAGS = (
 
 #: Every requirement is optional: {} = no token configured.
 _SECURITY = [{}, {"bearerToken": []}, {"queryToken": []}]
-_GUEST_PATHS = ("/api/v1/heartbeat", "/api/v1/revert/request", "/api/v1/idle/reset")
-_READ_ONLY_PATHS = ("/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
-                    "/api/v1/events")
 
 
 def _security_schemes() -> dict[str, Any]:
@@ -969,11 +967,11 @@ def _add_gate_responses(paths: dict[str, Any]) -> None:
                 continue
             responses = op["responses"]
             responses.setdefault("401", _ref("responses", "Unauthorized"))
-            if path not in _READ_ONLY_PATHS:
+            if path not in READ_ONLY_PATHS:
                 responses.setdefault("403", _ref("responses", "CrossSiteRefused"))
             responses.setdefault("413", _ref("responses", "TooLarge"))
             responses.setdefault("414", _ref("responses", "UriTooLong"))
-            if path in _GUEST_PATHS:
+            if path in GUEST_PATHS:
                 op["description"] += (" Open to the guest token as well as the "
                                       "staff token.")
 

@@ -28,6 +28,11 @@ NOT_FOUND = "not found"
 _REPLACING_SUFFIX = "~replacing"
 
 
+def _visible(names: list[str]) -> list[str]:
+    """Snapshot names without the spare kept while a snapshot is being replaced."""
+    return [name for name in names if not name.endswith(_REPLACING_SUFFIX)]
+
+
 class SnapshotMissing(Exception):
     """The configured reference snapshot does not exist, so there is nothing to revert to."""
 
@@ -79,16 +84,10 @@ class Domain:
             state, names = self.runner.state_and_snapshots(self.name)
         except DomainNotFound:
             return NOT_FOUND, []
-        return state, [s for s in names if not s.endswith(_REPLACING_SUFFIX)]
+        return state, _visible(names)
 
     def snapshots(self) -> list[str]:
-        return [s for s in self.runner.snapshot_list(self.name) if not s.endswith(_REPLACING_SUFFIX)]
-
-    def snapshot_exists(self, name: str | None = None) -> bool:
-        try:
-            return (name or self.snapshot_name) in self.runner.snapshot_list(self.name)
-        except DomainNotFound:
-            return False
+        return _visible(self.runner.snapshot_list(self.name))
 
     # -------------------------------------------------------------- changes
 
