@@ -279,7 +279,7 @@ def test_maintenance_and_manual_stop_survive_a_controller_restart(make_monitor, 
 
 
 def test_guest_request_is_queued_once_and_recorded(make_monitor):
-    from vmcontroller.monitor import GUEST_REQUEST, IDLE_RESET
+    from vmcontroller.vocab import GUEST_REQUEST, IDLE_RESET
     monitor, runner = make_monitor(vm_startup_heartbeat_delay=5)
     assert monitor.request_revert(GUEST_REQUEST, "player crashed")["queued"] is False, \
         "in the grace period after the startup revert"
@@ -299,7 +299,8 @@ def test_guest_request_is_queued_once_and_recorded(make_monitor):
 
 
 def test_guest_requests_are_refused_in_maintenance_and_after_a_stop(make_monitor):
-    from vmcontroller.monitor import GUEST_REQUEST, Conflict
+    from vmcontroller.monitor import Conflict
+    from vmcontroller.vocab import GUEST_REQUEST
     monitor, runner = make_monitor()
     monitor.set_auto_revert(False)
     with pytest.raises(Conflict, match="maintenance"):

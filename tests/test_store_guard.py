@@ -4,7 +4,8 @@ from __future__ import annotations
 import sqlite3
 
 from vmcontroller.guard import BACKOFF, FAILED, OK, RecoveryGuard
-from vmcontroller.store import INTERRUPTED, STARTED, SUCCEEDED, Store
+from vmcontroller.store import Store
+from vmcontroller.vocab import INTERRUPTED, STARTED, SUCCEEDED
 
 
 class Clock:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .monitor import TRIGGERS
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
-from .security import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS
+from .security import GUEST_PATHS, READ_ONLY_PATHS
+from .vocab import GUARD_STATES, MAX_BODY, MAX_QUERY, OUTCOMES, TRIGGERS
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -307,7 +307,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["state", "detail", "recent_recoveries", "max_recoveries",
                          "recovery_window", "consecutive_failures", "retry_in"],
             "properties": {
-                "state": {"type": "string", "enum": ["ok", "backoff", "failed"]},
+                "state": {"type": "string", "enum": list(GUARD_STATES)},
                 "detail": {"type": "string", "nullable": True},
                 "recent_recoveries": {"type": "integer"},
                 "max_recoveries": {"type": "integer"},
@@ -333,8 +333,7 @@ def _schemas() -> dict[str, Any]:
                                           "disable_auto_revert"},
                 "reason": {"type": "string"},
                 "outcome": {"type": "string",
-                            "enum": ["started", "succeeded", "failed", "skipped",
-                                     "refused", "interrupted"]},
+                            "enum": list(OUTCOMES)},
                 "duration": {"type": "number", "nullable": True,
                              "description": "Seconds."},
                 "error": {"type": "string", "nullable": True,

@@ -17,18 +17,18 @@ from werkzeug.routing import BaseConverter
 
 from .apispec import build_openapi
 from .docs import init_docs
-from .monitor import GUEST_REQUEST, IDLE_RESET, TRIGGERS, Conflict, Monitor, NotInitialised
+from .monitor import Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
-from .params import (REASON_MAX, SEVERITIES, ApiError, int_param, param, param_values,
-                     text_param, time_param)
+from .params import SEVERITIES, ApiError, int_param, param, param_values, text_param, time_param
 from .security import SecuritySettings, init_security
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
+from .vocab import API_PREFIX as API
+from .vocab import GUEST_REQUEST, IDLE_RESET, REASON_MAX, TRIGGERS
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("vmcontroller.requests")
 
-API = "/api/v1"
 HEARTBEAT_PATHS = frozenset({f"{API}/heartbeat", f"{API}/heartbeat/status"})
 F = TypeVar("F", bound=Callable[..., Any])
 

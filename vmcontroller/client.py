@@ -19,8 +19,9 @@ import urllib.request
 from typing import Any, Iterable, Mapping
 
 from . import __version__
+from .vocab import API_PREFIX
 
-API = "/api/v1"
+API = API_PREFIX
 DEFAULT_TIMEOUT = 120.0  # a restart answers once the VM runs again, which may take a while
 
 

@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-OK, BACKOFF, FAILED = "ok", "backoff", "failed"
+from .vocab import GUARD_BACKOFF as BACKOFF
+from .vocab import GUARD_FAILED as FAILED
+from .vocab import GUARD_OK as OK
+
 _KEY = "guard"
 
 

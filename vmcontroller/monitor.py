@@ -25,25 +25,14 @@ from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from .config import Config
-from .guard import FAILED as GUARD_FAILED
 from .guard import RecoveryGuard
-from .store import FAILED, REFUSED, SKIPPED, SUCCEEDED, Store
+from .store import Store
 from .virsh import LifecycleEvent, VirshError, run_command
 from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, StartResult
+from .vocab import (API, AUTOMATIC_TRIGGERS, FAILED, GUARD_FAILED, HEARTBEAT_TIMEOUT, REFUSED,
+                    SKIPPED, STARTUP, SUCCEEDED, VM_CRASHED, VM_PAUSED, VM_STOPPED)
 
 log = logging.getLogger(__name__)
-
-# Why something happened; the words used in logs and history.
-HEARTBEAT_TIMEOUT = "heartbeat_timeout"
-VM_STOPPED = "vm_stopped"
-VM_CRASHED = "vm_crashed"
-VM_PAUSED = "vm_paused"
-GUEST_REQUEST = "guest_request"
-IDLE_RESET = "idle_reset"
-API = "api"
-STARTUP = "startup"
-TRIGGERS = (HEARTBEAT_TIMEOUT, VM_STOPPED, VM_CRASHED, VM_PAUSED, GUEST_REQUEST, IDLE_RESET,
-            API, STARTUP)
 
 UNKNOWN = "unknown"
 #: The thread wakes at least this often, so a supervisor (or systemd's
@@ -120,8 +109,7 @@ class Monitor:
         self._thread: threading.Thread | None = None
 
     def _load_recovery_summary(self) -> dict[str, Any]:
-        automatic = [t for t in TRIGGERS if t not in (API, STARTUP)]
-        last = self.store.events(limit=1, triggers=automatic)
+        last = self.store.events(limit=1, triggers=AUTOMATIC_TRIGGERS)
         count = self.store.get("recovery_count", 0)
         return {"count": count,
                 "last_time": last[0].as_json()["time"] if last else None,
@@ -354,7 +342,7 @@ class Monitor:
                 refusal = "the VM was stopped by staff; it stays stopped until started again"
             elif not self._auto_revert:
                 refusal = "automatic revert is disabled (maintenance)"
-            elif self.guard.state == "failed":
+            elif self.guard.state == GUARD_FAILED:
                 refusal = "the recovery guard tripped; staff must start or restart the VM"
             if refusal is None:
                 details = {"action": "revert", "trigger": trigger, "reason": reason}

@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import request
 
+from .vocab import REASON_MAX
+
 
 class ApiError(Exception):
     """An error with its HTTP status, raised by handlers and turned into JSON."""
@@ -23,7 +25,6 @@ class ApiError(Exception):
         self.detail = detail
 
 
-REASON_MAX = 500
 SEVERITIES = ("low", "normal", "high", "critical")
 
 

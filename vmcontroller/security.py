@@ -27,21 +27,18 @@ from typing import Iterable
 from flask import Flask, Response, jsonify, request
 
 from .docs import DOCS_CSP
+from .vocab import API_PREFIX, MAX_BODY, MAX_QUERY
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
-#: Above the longest query the API documents (a 500-character reason of 4-byte
-#: characters is 6000 bytes percent-encoded, plus a token).
-MAX_QUERY = 8192
 REALM = "exhibition-vm-controller"
 
 #: Called by the guest: open to the guest token (and the staff token).
-GUEST_PATHS = frozenset({"/api/v1/heartbeat", "/api/v1/revert/request", "/api/v1/idle/reset"})
+GUEST_PATHS = frozenset(API_PREFIX + p for p in ("/heartbeat", "/revert/request", "/idle/reset"))
 #: Read-only API paths: a cross-site page cannot read their answers (no CORS), so
 #: they are not refused for being cross-site; they still need the staff token.
-READ_ONLY_PATHS = frozenset({"/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
-                             "/api/v1/events"})
+READ_ONLY_PATHS = frozenset(API_PREFIX + p for p in ("/status", "/heartbeat/status",
+                                                      "/snapshots", "/events"))
 #: Never guarded: the landing document and the documentation.
 OPEN_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/flasgger_static/", "/apidocs",
                  "/oauth2-redirect.html")

@@ -26,10 +26,11 @@ from .app import create_app
 from .config import Config, as_dict, masked
 from .monitor import MAX_SLEEP, Monitor
 from .notify import Notifier, stale_limit
-from .security import MAX_BODY, SecuritySettings
+from .security import SecuritySettings
 from .store import Store
 from .virsh import EventStream, VirshRunner
 from .vm import Domain
+from .vocab import MAX_BODY
 
 log = logging.getLogger(__name__)
 

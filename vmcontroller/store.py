@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from .vocab import INTERRUPTED, STARTED
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flags (
     key   TEXT PRIMARY KEY,
@@ -35,10 +37,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
 
-#: Outcomes an event can have; 'started' is rewritten when the action ends,
-#: and one still 'started' at the next start was cut short by a crash.
-STARTED, SUCCEEDED, FAILED, SKIPPED, REFUSED, INTERRUPTED = (
-    "started", "succeeded", "failed", "skipped", "refused", "interrupted")
 
 
 class StoreError(Exception):

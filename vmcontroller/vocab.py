@@ -1,0 +1,50 @@
+"""The words and numbers that the monitor, the store, the API, its description
+and the command line must agree on, defined once so they cannot drift.
+
+A leaf module: it imports nothing from the package.
+"""
+from __future__ import annotations
+
+#: Every REST route lives under this prefix.
+API_PREFIX = "/api/v1"
+
+# ------------------------------------------------------------------ triggers
+# Why something happened: the words used in logs, history, status and the API.
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+VM_STOPPED = "vm_stopped"
+VM_CRASHED = "vm_crashed"
+VM_PAUSED = "vm_paused"
+GUEST_REQUEST = "guest_request"
+IDLE_RESET = "idle_reset"
+API = "api"          # staff, through the REST API
+STARTUP = "startup"  # the controller itself, when it starts
+TRIGGERS = (HEARTBEAT_TIMEOUT, VM_STOPPED, VM_CRASHED, VM_PAUSED, GUEST_REQUEST, IDLE_RESET,
+            API, STARTUP)
+#: Triggers of automatic recovery (they count against the restart-loop guard).
+AUTOMATIC_TRIGGERS = tuple(t for t in TRIGGERS if t not in (API, STARTUP))
+
+# ------------------------------------------------------------------ outcomes
+# An action's outcome in the history. 'started' is rewritten when the action
+# ends; one still 'started' at the next start was cut short by a crash.
+STARTED = "started"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+REFUSED = "refused"
+INTERRUPTED = "interrupted"
+OUTCOMES = (STARTED, SUCCEEDED, FAILED, SKIPPED, REFUSED, INTERRUPTED)
+
+# ------------------------------------------------------------------ guard states
+GUARD_OK = "ok"
+GUARD_BACKOFF = "backoff"
+GUARD_FAILED = "failed"
+GUARD_STATES = (GUARD_OK, GUARD_BACKOFF, GUARD_FAILED)
+
+# ------------------------------------------------------------------ request limits
+#: Request bodies above this are refused with 413.
+MAX_BODY = 64 * 1024
+#: Above the longest query the API documents (a 500-character reason of 4-byte
+#: characters is 6000 bytes percent-encoded, plus a token); longer gets 414.
+MAX_QUERY = 8192
+#: The longest reason a guest may give with a revert request.
+REASON_MAX = 500
