@@ -288,7 +288,7 @@ def test_guest_request_is_queued_once_and_recorded(make_monitor):
     # grace period again; wait until it is over, keeping the guest alive
     monitor.heartbeat()
     with monitor._cond:
-        monitor._grace_until = monitor._clock()
+        monitor._w.grace_until = monitor._clock()
     before = reverts(runner)
     answer = monitor.request_revert(GUEST_REQUEST, "player crashed (severity high)")
     assert answer["queued"] is True

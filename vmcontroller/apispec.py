@@ -44,7 +44,10 @@ called with a method it does not support answers **405** \
 * Every action accepts GET as well as POST, because the scripts in old guests \
 (AutoIt on Windows XP, wget) can send GET most easily.
 * **503** means the controller is still starting (its VM manager or heartbeat \
-monitor is not ready yet): try again a moment later.
+monitor is not ready yet), or that another operation on the VM (a revert, a \
+snapshot) has held it longer than `api_busy_timeout`, or that the history \
+cannot be read from the state file: try again later (busy answers carry \
+`Retry-After`).
 * **Tokens** (optional, see the Security section of README.rst): with \
 `api_token` set, every endpoint that changes or reveals state needs it; with \
 `guest_token` set, the guest's endpoints (heartbeat, revert request, idle \
@@ -279,6 +282,19 @@ def _schemas() -> dict[str, Any]:
                                    "stopped until started (additive).",
                 },
                 "recovery": _schema("RecoveryStatus"),
+                "state_file": {
+                    "type": "object",
+                    "description": "Whether state and history reach the state "
+                                   "file (additive). When they do not (disk "
+                                   "full, read-only, locked), the watchdog "
+                                   "goes on and writes are retried.",
+                    "required": ["saving", "detail"],
+                    "properties": {
+                        "saving": {"type": "boolean"},
+                        "detail": {"type": "string", "nullable": True,
+                                   "example": None},
+                    },
+                },
             },
         },
         "RecoveryStatus": {
@@ -416,11 +432,19 @@ def _parameters() -> dict[str, Any]:
 
 def _responses() -> dict[str, Any]:
     return {
-        "ServiceUnavailable": _error(
-            "The controller is still starting: its VM manager or heartbeat "
-            "monitor is not ready yet. Retry shortly.",
-            "VM manager not initialized",
-        ),
+        "ServiceUnavailable": {
+            **_error(
+                "The controller is still starting (its VM manager or heartbeat "
+                "monitor is not ready yet), another operation has held the VM "
+                "longer than api_busy_timeout (then with Retry-After), or the "
+                "state file cannot be read. Retry shortly.",
+                "VM manager not initialized",
+            ),
+            "headers": {"Retry-After": {
+                "description": "Seconds to wait before retrying, when the VM "
+                               "is busy with another operation.",
+                "schema": {"type": "integer", "minimum": 1}}},
+        },
         "InvalidSnapshotName": _error(
             "The snapshot name breaks the naming rule (see SnapshotName).",
             "Invalid parameter: snapshot_name must start with an ASCII "
@@ -609,6 +633,7 @@ def _paths() -> dict[str, Any]:
                                           "consecutive_failures": 0,
                                           "retry_in": None},
                             },
+                            "state_file": {"saving": True, "detail": None},
                         }),
                     },
                     "500": _libvirt_error(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from typing import Any, Callable, TypeVar
 
@@ -17,10 +18,11 @@ from werkzeug.routing import BaseConverter
 
 from .apispec import build_openapi
 from .docs import init_docs
-from .monitor import Conflict, Monitor, NotInitialised
+from .monitor import Busy, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
 from .params import SEVERITIES, ApiError, int_param, param, param_values, text_param, time_param
 from .security import SecuritySettings, init_security
+from .store import StoreError
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
 from .vocab import API_PREFIX as API
@@ -98,6 +100,16 @@ def create_app(monitor: Monitor, version: str,
 
     @app.errorhandler(NotInitialised)
     def _not_initialised(exc: NotInitialised):
+        return _error(503, str(exc))
+
+    @app.errorhandler(Busy)
+    def _busy(exc: Busy):
+        response, status = _error(503, str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response, status
+
+    @app.errorhandler(StoreError)
+    def _store_error(exc: StoreError):
         return _error(503, str(exc))
 
     @app.errorhandler(VirshError)
@@ -253,8 +265,7 @@ def create_app(monitor: Monitor, version: str,
         if unknown:
             raise ApiError(400, f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
                                 f"(got {unknown[0]!r})")
-        monitor.require_initialised()
-        found = monitor.store.events(limit=limit, since=since, triggers=triggers)
+        found = monitor.history(limit=limit, since=since, triggers=triggers)
         return jsonify({"vm_name": domain.name, "events": [e.as_json() for e in found]})
 
     init_docs(app, build_openapi(version))

@@ -43,6 +43,9 @@ class Config:
     log_level: str = "INFO"
     libvirt_uri: str = "qemu:///system"
     virsh_timeout: float = 30.0
+    virsh_long_timeout: float = 120.0
+    api_busy_timeout: float = 30.0
+    always_clean_start: bool = False
     state_poll_interval: float = 60.0
     state_path: str = "/var/lib/exhibition-vm-controller/state.db"
     history_max_age_days: float = 90.0
@@ -103,6 +106,10 @@ _RULES: dict[str, _Rule] = {
     "libvirt_uri": _Rule(str, lambda v: "://" in v and not v.startswith("-"),
                          "a libvirt connection URI such as qemu:///system"),
     "virsh_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
+    "virsh_long_timeout": _Rule(float, _between(1, 7200), "a number of seconds from 1 to 7200"),
+    "api_busy_timeout": _Rule(float, _between(0.1, 3600),
+                              "a number of seconds from 0.1 to 3600"),
+    "always_clean_start": _Rule(bool, lambda v: True, "true or false"),
     "state_poll_interval": _Rule(float, _between(1, 86400), "a number of seconds from 1 to 86400"),
     "state_path": _Rule(str, lambda v: bool(v.strip()),
                         "the path of the SQLite state file, e.g. /var/lib/exhibition-vm-controller/state.db"),
@@ -235,6 +242,9 @@ def build_config(values: Mapping[str, Any]) -> Config:
         merged[key] = _token_from_file(key, merged)
     config = Config(**{key: _coerce(key, merged[key]) for key in KEYS
                        if merged[key] is not None or DEFAULTS.get(key, 0) is not None})
+    if config.virsh_long_timeout < config.virsh_timeout:
+        raise ConfigError(f"virsh_long_timeout={config.virsh_long_timeout:g} is invalid: "
+                          f"expected at least virsh_timeout ({config.virsh_timeout:g})")
     if config.recovery_backoff_max < config.recovery_backoff_initial:
         raise ConfigError(f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
                           f"expected at least recovery_backoff_initial "

@@ -5,14 +5,18 @@ variable until the next thing that can happen (the heartbeat deadline, the
 end of a grace period, a paused VM's deadline, the safety poll, a guest's
 request) or until a libvirt lifecycle event says the VM's state changed, so
 a timeout is acted on within milliseconds and an idle controller costs
-nothing.
+nothing. What is due is decided by ``decide.decide``, a pure function of the
+record this object keeps; this module holds the thread, the locks and the
+side effects.
 
 Recovery and staff actions share one path (``_run_exclusive``): a restart
 asked for while another is under way joins it instead of reverting twice.
 What staff set (maintenance, manual stop) and the guard's count live in the
-Store, so a restart of the controller forgets none of it. Status is answered
-from what this object already knows, so a dashboard polling every second
-starts no virsh process and a hung libvirtd cannot slow it down.
+state file, written by a StateWriter: nothing here waits for the disk under
+the lock that heartbeats and status take, and a disk that refuses writes
+costs history, never a recovery. Status is answered from what this object
+already knows, so a dashboard polling every second starts no virsh process
+and a hung libvirtd cannot slow it down.
 """
 from __future__ import annotations
 
@@ -20,13 +24,18 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
+from . import decide as rules
 from .config import Config
+from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .guard import RecoveryGuard
-from .store import Store
+from .statewriter import StateWriter
+from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
 from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, StartResult
 from .vocab import (API, AUTOMATIC_TRIGGERS, FAILED, GUARD_FAILED, HEARTBEAT_TIMEOUT, REFUSED,
@@ -34,10 +43,13 @@ from .vocab import (API, AUTOMATIC_TRIGGERS, FAILED, GUARD_FAILED, HEARTBEAT_TIM
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
 #: The thread wakes at least this often, so a supervisor (or systemd's
 #: watchdog) can tell a live monitor from a stuck one.
 MAX_SLEEP = 5.0
+#: How long a staff action waits for its record to reach the disk before it
+#: answers; a disk that refuses writes is not waited for at all.
+FLUSH_WAIT = 2.0
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
 class NotInitialised(Exception):
@@ -48,8 +60,30 @@ class Conflict(Exception):
     """The request contradicts what staff decided (maintenance, stop) or the guard: 409."""
 
 
+class Busy(Exception):
+    """Another operation holds the VM longer than a request may wait: 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def _wallclock() -> datetime:
     return datetime.now().astimezone()
+
+
+def host_boot_id() -> str | None:
+    """The kernel's id of this boot: it changes when the host restarts, not the controller."""
+    try:
+        return BOOT_ID_PATH.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def longest_locked_operation(config: Config) -> float:
+    """The longest a single operation may hold the VM's lock: a long virsh command
+    (a revert or snapshot) and the quick ones around it."""
+    return config.virsh_long_timeout + 2 * config.virsh_timeout
 
 
 class Monitor:
@@ -57,48 +91,44 @@ class Monitor:
 
     def __init__(self, domain: Domain, config: Config, store: Store,
                  clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], datetime] = _wallclock):
+                 wallclock: Callable[[], datetime] = _wallclock,
+                 boot_id: Callable[[], str | None] = host_boot_id):
         self.domain = domain
-        self.store = store
+        self.store = StateWriter(store)
         self.timeout = config.heartbeat_timeout
         self.grace = config.vm_startup_heartbeat_delay
         self.poll_interval = config.state_poll_interval
         self.fallback_poll_interval = config.heartbeat_check_interval
-        self.lock_timeout = config.virsh_timeout + 5
+        self.busy_timeout = config.api_busy_timeout
+        self.longest_operation = longest_locked_operation(config)
+        self.always_clean_start = config.always_clean_start
         self.post_revert_command = config.post_revert_command
         self.post_revert_timeout = config.post_revert_timeout
         self._clock = clock
         self._wallclock = wallclock
+        self._boot_id = boot_id
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
-        saved = store.get("auto_revert_enabled")
+        saved = self.store.get("auto_revert_enabled")
         if saved is None:
             saved = config.auto_revert_enabled   # the config only seeds the very first start
-            store.put("auto_revert_enabled", saved)
+            self.store.put("auto_revert_enabled", saved)
         self._auto_revert: bool = bool(saved)
-        self._manual_stop: bool = bool(store.get("manual_stop", False))
-        self.guard = RecoveryGuard(store, config.max_recoveries, config.recovery_window,
+        self._manual_stop: bool = bool(self.store.get("manual_stop", False))
+        self._healthy_saved: bool = bool(self.store.get("vm_healthy", False))
+        self.guard = RecoveryGuard(self.store, config.max_recoveries, config.recovery_window,
                                    config.recovery_backoff_initial, config.recovery_backoff_max)
-        self._enabled = False           # heartbeat timeout enforced now
-        self._armed_at = 0.0            # when enforcement (re)started
-        self._grace_until: float | None = None
+        self._w = Watch(timeout=self.timeout, armed_at=clock())
         self._started_at = clock()      # last (re)start: is_healthy needs a heartbeat after it
-        self._last_hb: float | None = None
         self._last_hb_wall: datetime | None = None
-        self._timeout_reported = False
         self._failure_reported: str | None = None
-        self._state_dirty = True
-        self._next_poll = 0.0
         self._vm_state = UNKNOWN
         self._state_detail: str | None = "not checked yet"
         self._snapshot_exists: bool | None = None
-        self._paused_since: float | None = None
-        self._paused_reported = False
-        self._hold_until = 0.0          # no automatic recovery before this (guard's backoff)
-        self._next_prune = 0.0
         self._last_event: LifecycleEvent | None = None
         self._events_connected = False
         self._pending: tuple[str, str] | None = None     # a guest's request, queued
+        self._busy = 0                  # operations of ours holding the VM's lock
         self._stopping = False
         self._recovery = self._load_recovery_summary()
         self.last_progress = clock()
@@ -109,9 +139,12 @@ class Monitor:
         self._thread: threading.Thread | None = None
 
     def _load_recovery_summary(self) -> dict[str, Any]:
-        last = self.store.events(limit=1, triggers=AUTOMATIC_TRIGGERS)
-        count = self.store.get("recovery_count", 0)
-        return {"count": count,
+        try:
+            last = self.store.events(limit=1, triggers=AUTOMATIC_TRIGGERS, wait=0)
+        except Exception as exc:   # an unreadable history must not keep the watchdog down
+            log.error("cannot read the history at start: %s", exc)
+            last = []
+        return {"count": self.store.get("recovery_count", 0),
                 "last_time": last[0].as_json()["time"] if last else None,
                 "last_trigger": last[0].trigger if last else None,
                 "last_outcome": last[0].outcome if last else None}
@@ -119,13 +152,15 @@ class Monitor:
     # ================================================================ life
 
     def start(self) -> None:
-        """Start the monitor thread; it first brings the VM to a clean start."""
+        """Start the state writer and the monitor thread; it first looks at the VM."""
+        self.store.start()
         self._thread = threading.Thread(target=self._run, args=(True,),
                                         name=f"monitor-{self.domain.name}", daemon=True)
         self._thread.start()
 
     def ensure_thread(self) -> bool:
-        """Restart the monitor thread if it died. Returns False if it had to."""
+        """Restart the monitor thread (or the state writer) if it died. False if it had to."""
+        self.store.start()
         thread = self._thread
         if thread is None or thread.is_alive() or self._stopping:
             return True
@@ -146,6 +181,12 @@ class Monitor:
         thread = self._thread
         if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
             thread.join(timeout)
+        self.store.flush(min(timeout, FLUSH_WAIT))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop, write what is queued, close the state file."""
+        self.stop(timeout)
+        self.store.close(timeout)
 
     @property
     def initialised(self) -> bool:
@@ -170,15 +211,17 @@ class Monitor:
         self.require_initialised()
         now = self._clock()
         with self._cond:
-            if self._last_hb is None or self._last_hb < self._started_at:
+            w = self._w
+            if w.last_hb is None or w.last_hb < self._started_at:
                 log.info("first heartbeat from VM %r, %.1f s after its (re)start",
                          self.domain.name, now - self._started_at)
-            elif self._timeout_reported:
+            elif w.timeout_reported:
                 log.info("heartbeats from VM %r resumed after %.1f s of silence",
-                         self.domain.name, now - self._last_hb)
-            self._last_hb = now
+                         self.domain.name, now - w.last_hb)
+            w.last_hb = now
             self._last_hb_wall = self._wallclock()
-            self._timeout_reported = False
+            w.timeout_reported = False
+            self._set_healthy_locked(True)
             return self._heartbeat_status_locked(now)
 
     def on_lifecycle_event(self, event: LifecycleEvent) -> None:
@@ -188,7 +231,7 @@ class Monitor:
             self._last_event = event
             if event.event in ("Stopped", "Crashed") and self._vm_state == RUNNING:
                 self._vm_state = CRASHED if event.event == "Crashed" else SHUT_OFF
-            self._state_dirty = True
+            self._w.state_dirty = True
             self._cond.notify_all()
 
     def on_events_connection(self, connected: bool) -> None:
@@ -196,7 +239,7 @@ class Monitor:
         log.info("lifecycle event stream %s", "connected" if connected else "disconnected")
         with self._cond:
             self._events_connected = connected
-            self._state_dirty = True
+            self._w.state_dirty = True
             self._cond.notify_all()
 
     # ================================================================ reads (no virsh)
@@ -207,11 +250,11 @@ class Monitor:
             return self._heartbeat_status_locked(self._clock())
 
     def _heartbeat_status_locked(self, now: float) -> dict[str, Any]:
-        since = None if self._last_hb is None else round(max(0.0, now - self._last_hb), 3)
-        healthy = (self._last_hb is not None and self._last_hb >= self._started_at
-                   and now - self._last_hb <= self.timeout)
+        last = self._w.last_hb
+        since = None if last is None else round(max(0.0, now - last), 3)
+        healthy = last is not None and last >= self._started_at and now - last <= self.timeout
         return {
-            "enabled": self._enabled,
+            "enabled": self._w.enabled,
             "last_heartbeat": self._last_hb_wall.isoformat() if self._last_hb_wall else None,
             "seconds_since_last": since,
             "is_healthy": healthy,
@@ -221,6 +264,7 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         """The whole picture, from what the monitor already knows."""
         self.require_initialised()
+        problem = self.store.problem
         with self._cond:
             return {
                 "vm_name": self.domain.name,
@@ -234,7 +278,14 @@ class Monitor:
                 "vm_state_detail": self._state_detail,
                 "stopped_by_staff": self._manual_stop,
                 "recovery": {**self._recovery, "guard": self.guard.as_json()},
+                "state_file": {"saving": problem is None, "detail": problem},
             }
+
+    def history(self, limit: int = 100, since: float | None = None,
+                triggers: Iterable[str] = ()) -> list[Event]:
+        """The recorded actions, newest first (raises StoreError if the file is unreadable)."""
+        self.require_initialised()
+        return self.store.events(limit=limit, since=since, triggers=triggers)
 
     @property
     def auto_revert_enabled(self) -> bool:
@@ -253,12 +304,13 @@ class Monitor:
                 # A guest that went quiet during maintenance gets one full
                 # timeout before it is reverted, rather than being reverted
                 # the instant staff press "enable".
-                self._armed_at = self._clock()
-                self._timeout_reported = False
+                w = self._w
+                w.armed_at = self._clock()
+                w.timeout_reported = False
+                w.paused_since = None
+                w.paused_reported = False
+                w.state_dirty = True
                 self._failure_reported = None
-                self._paused_since = None
-                self._paused_reported = False
-                self._state_dirty = True
             self._cond.notify_all()
         if changed:
             action = "enable_auto_revert" if enabled else "disable_auto_revert"
@@ -267,6 +319,7 @@ class Monitor:
                               SUCCEEDED, 0.0)
             log.info("automatic revert %s", "enabled" if enabled else
                      "disabled (maintenance): failures will be logged, not acted on")
+        self.store.flush(FLUSH_WAIT)
 
     def start_vm(self) -> StartResult:
         """Start through the API: clean start; clears 'stay stopped' and the guard."""
@@ -277,6 +330,7 @@ class Monitor:
             result.append(self.domain.start())
 
         performed = self._run_exclusive(API, "start", "start requested through the API", action)
+        self.store.flush(FLUSH_WAIT)
         return result[0] if performed and result else StartResult(reverted=True, was_running=True)
 
     def restart_vm(self) -> None:
@@ -284,6 +338,7 @@ class Monitor:
         self.require_initialised()
         self._run_exclusive(API, "revert", "restart requested through the API",
                             self.domain.revert_and_start)
+        self.store.flush(FLUSH_WAIT)
 
     def stop_vm(self) -> bool:
         """Stop through the API; the VM then stays stopped until started again."""
@@ -292,8 +347,9 @@ class Monitor:
             with self._cond:
                 self._manual_stop = True
                 self.store.put("manual_stop", True)
-                self._enabled = False
-                self._grace_until = None
+                self._set_healthy_locked(False)
+                self._w.enabled = False
+                self._w.grace_until = None
                 self._pending = None
                 self._cond.notify_all()
             log.info("VM %r stopped through the API: it stays stopped until started again",
@@ -302,11 +358,12 @@ class Monitor:
             with self._cond:
                 self._vm_state = SHUT_OFF
                 self._state_detail = None
-            return was_running
+        self.store.flush(FLUSH_WAIT)
+        return was_running
 
     def create_snapshot(self, name: str) -> bool:
         self.require_initialised()
-        with self._operation(API, "snapshot_create", f"snapshot {name!r}"):
+        with self._operation(API, "snapshot_create", f"snapshot {name!r}", disturbs=True):
             replaced = self.domain.create_snapshot(name)
         if name == self.domain.snapshot_name:
             with self._cond:
@@ -315,7 +372,7 @@ class Monitor:
 
     def delete_snapshot(self, name: str) -> None:
         self.require_initialised()
-        with self._operation(API, "snapshot_delete", f"snapshot {name!r}"):
+        with self._operation(API, "snapshot_delete", f"snapshot {name!r}", disturbs=True):
             self.domain.delete_snapshot(name)
         if name == self.domain.snapshot_name:
             with self._cond:
@@ -347,15 +404,16 @@ class Monitor:
             if refusal is None:
                 details = {"action": "revert", "trigger": trigger, "reason": reason}
                 busy = self._job is not None or self._pending is not None
-                in_grace = self._grace_until is not None and now < self._grace_until
+                grace_until = self._w.grace_until
                 if busy:
                     return {**details, "queued": False,
                             "note": "a revert is already under way or queued"}
-                if in_grace:
+                if grace_until is not None and now < grace_until:
                     return {**details, "queued": False,
                             "note": f"the VM was restored {now - self._started_at:.1f} s ago and "
                                     f"is in its start-up grace period"}
                 self._pending = (trigger, reason)
+                self._w.pending = True
                 self._cond.notify_all()
                 return {**details, "queued": True}
         self.store.record(self.domain.name, trigger, "revert", reason, REFUSED, error=refusal)
@@ -366,20 +424,38 @@ class Monitor:
 
     @contextmanager
     def _locked(self, trigger: str) -> Iterator[None]:
-        """The VM's lock. Staff wait for it a bounded time (a hung libvirtd must not hang
-        a request); automatic recovery waits as long as it takes."""
+        """The VM's lock, waited for a bounded time.
+
+        Staff wait at most ``api_busy_timeout`` and get Busy (503); automatic
+        recovery waits as long as one operation may hold the lock. While it is
+        held, the guest's silence or pause is ours, not a failure (decide.py).
+        """
         lock = self.domain.locked()
-        if not lock.acquire(timeout=self.lock_timeout if trigger == API else -1):
-            raise VirshError(f"another operation on VM {self.domain.name!r} has been under way "
-                             f"for more than {self.lock_timeout:g} s (is libvirtd hung?)")
+        wait = self.busy_timeout if trigger == API else self.longest_operation
+        if not lock.acquire(timeout=wait):
+            raise Busy(f"another operation on VM {self.domain.name!r} has been under way for "
+                       f"more than {wait:g} s; try again later",
+                       retry_after=max(1.0, min(wait, 30.0)))
+        with self._cond:
+            self._busy += 1
+            self._w.busy = True
         try:
             yield
         finally:
+            with self._cond:
+                self._busy -= 1
+                self._w.busy = self._busy > 0
+                self._cond.notify_all()
             lock.release()
 
     @contextmanager
-    def _operation(self, trigger: str, action: str, reason: str) -> Iterator[None]:
-        """Hold the VM's lock and record the action with its outcome and duration."""
+    def _operation(self, trigger: str, action: str, reason: str,
+                   disturbs: bool = False) -> Iterator[None]:
+        """Hold the VM's lock and record the action with its outcome and duration.
+
+        ``disturbs``: the operation may pause the guest (a snapshot): its
+        heartbeat deadline restarts, with the grace period, when it ends.
+        """
         with self._locked(trigger):
             event_id = self.store.begin(self.domain.name, trigger, action, reason)
             started = self._clock()
@@ -388,7 +464,26 @@ class Monitor:
             except BaseException as exc:
                 self.store.finish(event_id, FAILED, self._clock() - started, str(exc))
                 raise
-            self.store.finish(event_id, SUCCEEDED, self._clock() - started)
+            else:
+                self.store.finish(event_id, SUCCEEDED, self._clock() - started)
+            finally:
+                if disturbs:
+                    self._restart_deadline()
+
+    def _restart_deadline(self) -> None:
+        """Our operation may have paused the guest: count its silence from now, after the grace
+        period, and look at the VM's state afresh."""
+        now = self._clock()
+        with self._cond:
+            w = self._w
+            if w.enabled or w.grace_until is not None:
+                w.enabled = False
+                w.grace_until = now + self.grace
+            w.timeout_reported = False
+            w.paused_since = None
+            w.paused_reported = False
+            w.state_dirty = True
+            self._cond.notify_all()
 
     def _run_exclusive(self, trigger: str, action_name: str, reason: str,
                        action: Callable[[], Any],
@@ -408,7 +503,13 @@ class Monitor:
             assert job is not None
             if not owner:
                 log.info("%s (%s) joins the restart already under way", reason, trigger)
-                performed = job.result()
+                wait = self.busy_timeout if trigger == API else self.longest_operation
+                try:
+                    performed = job.result(timeout=wait)
+                except FutureTimeout:
+                    raise Busy(f"a restart of VM {self.domain.name!r} has been under way for "
+                               f"more than {wait:g} s; try again later",
+                               retry_after=max(1.0, min(wait, 30.0))) from None
                 if performed or still_needed is not None:
                     return performed
                 continue  # we joined a recovery that turned out unnecessary; do our own
@@ -426,15 +527,17 @@ class Monitor:
 
     def _perform(self, trigger: str, action_name: str, reason: str, action: Callable[[], Any],
                  still_needed: Callable[[], bool] | None) -> bool:
-        automatic = trigger not in (API, STARTUP)
+        automatic = trigger in AUTOMATIC_TRIGGERS
         with self._locked(trigger):  # re-entrant: _operation takes it again, with the record
             if still_needed is not None and not still_needed():
                 log.info("recovery (%s) no longer needed: %s", trigger, reason)
                 return False
             with self._cond:
-                self._enabled = False
-                self._grace_until = None
+                self._w.enabled = False
+                self._w.grace_until = None
                 self._pending = None
+                self._w.pending = False
+                self._set_healthy_locked(False)
                 if automatic:
                     self.guard.started()
             log.info("restoring VM %r (%s): %s", self.domain.name, trigger, reason)
@@ -466,12 +569,13 @@ class Monitor:
             self._state_detail = None
             if action_name == "revert":
                 self._snapshot_exists = True
-            self._paused_since = None
-            self._paused_reported = False
-            self._timeout_reported = False
+            w = self._w
+            w.paused_since = None
+            w.paused_reported = False
+            w.timeout_reported = False
             self._failure_reported = None
             self._hold_until_locked(0.0)
-            self._grace_until = now + self.grace
+            w.grace_until = now + self.grace
             if automatic:
                 self._note_recovery_locked(trigger, SUCCEEDED)
             self._cond.notify_all()
@@ -487,8 +591,8 @@ class Monitor:
             self._hold_until_locked(now + delay)
             if automatic:
                 self._note_recovery_locked(trigger, FAILED)
-            self._timeout_reported = False   # time out again once the backoff is over
-            self._state_dirty = not automatic
+            self._w.timeout_reported = False   # time out again once the backoff is over
+            self._w.state_dirty = not automatic
             self._cond.notify_all()
         retry = f"; next attempt in {delay:g} s at the earliest" if automatic else ""
         log.error("restoring VM %r (%s) failed after %.2f s: %s%s", self.domain.name, trigger,
@@ -502,14 +606,22 @@ class Monitor:
                           "last_trigger": trigger, "last_outcome": outcome}
 
     def _hold_until_locked(self, until: float) -> None:
-        self._hold_until = until
+        w = self._w
+        w.hold_until = until
         if until:
-            self._next_poll = min(self._next_poll, until)
+            w.next_poll = min(w.next_poll, until)
 
     def _arm_locked(self, now: float) -> None:
-        self._enabled = True
-        self._armed_at = now
-        self._grace_until = None
+        self._w.enabled = True
+        self._w.armed_at = now
+        self._w.grace_until = None
+
+    def _set_healthy_locked(self, healthy: bool) -> None:
+        """Remember, across restarts of the controller, whether the guest was healthy when
+        last seen (decide.startup_plan adopts a healthy running VM). Queued, not written."""
+        if healthy != self._healthy_saved:
+            self._healthy_saved = healthy
+            self.store.put("vm_healthy", healthy)
 
     def _run_post_revert_command(self) -> None:
         """The site's own command after a revert (e.g. flush conntrack), off the hot path."""
@@ -546,6 +658,8 @@ class Monitor:
                 self._initialise()
             except Exception:
                 log.exception("could not prepare VM %r at start", self.domain.name)
+                with self._cond:
+                    self._arm_locked(self._clock())
             finally:
                 self._initialised.set()
         while True:
@@ -560,39 +674,51 @@ class Monitor:
                     self._cond.wait(self.fallback_poll_interval)
 
     def _initialise(self) -> None:
-        """Bring the exhibition up clean: revert to the snapshot if there is one."""
+        """Look at the VM once and decide how to take it over (decide.startup_plan)."""
         name = self.domain.name
-        interrupted = self.store.mark_interrupted()
-        if interrupted:
-            log.warning("%d action(s) were cut short when the controller last stopped; "
-                        "they are marked 'interrupted' in the history", interrupted)
+        self.store.mark_interrupted()
         state = self._refresh_state()
+        boot = self._boot_id()
+        saved_boot = self.store.get("boot_id")
         with self._cond:
-            manual, auto = self._manual_stop, self._auto_revert
-        if state == UNKNOWN:
-            log.error("libvirt did not answer at start (%s); will keep trying", self._state_detail)
-        elif state == NOT_FOUND:
-            log.error("VM %r is not defined in libvirt; waiting for it to appear", name)
-        elif manual:
+            facts = StartupFacts(
+                vm_state=state, snapshot_exists=bool(self._snapshot_exists),
+                stopped_by_staff=self._manual_stop, auto_revert=self._auto_revert,
+                healthy_when_last_seen=self._healthy_saved,
+                same_boot=boot is not None and boot == saved_boot,
+                always_clean_start=self.always_clean_start)
+        self.store.put("boot_id", boot)
+        plan = startup_plan(facts)
+        if plan == rules.WAIT:
+            if state == UNKNOWN:
+                log.error("libvirt did not answer at start (%s); will keep trying",
+                          self._state_detail)
+            else:
+                log.error("VM %r is not defined in libvirt; waiting for it to appear", name)
+        elif plan == rules.STAY_STOPPED:
             log.warning("VM %r was stopped by staff before the controller restarted: it stays "
                         "%s until started again", name, state)
             with self._cond:
-                self._enabled = False
+                self._w.enabled = False
             return
-        elif not auto:
+        elif plan == rules.LEAVE:
             log.warning("automatic revert is disabled (maintenance): VM %r left as it is (%s)",
                         name, state)
-        elif self._snapshot_exists:
+        elif plan == rules.ADOPT:
+            self._adopt()
+            return
+        elif plan == rules.REVERT:
             try:
-                self._perform(STARTUP, "revert", "controller started: clean start from the "
-                              "snapshot", self.domain.revert_and_start, None)
+                self._perform(STARTUP, "revert", f"controller started: clean start from the "
+                              f"snapshot ({_clean_start_reason(facts)})",
+                              self.domain.revert_and_start, None)
                 return
             except Exception:
                 pass  # logged and recorded by _perform; the monitor retries like any failure
         else:
             log.warning("snapshot %r of VM %r does not exist: automatic recovery is impossible "
                         "until it is created", self.domain.snapshot_name, name)
-            if state != RUNNING:
+            if plan == rules.BOOT:
                 try:
                     self._perform(STARTUP, "start", "controller started: booting the VM",
                                   self.domain.start, None)
@@ -602,6 +728,20 @@ class Monitor:
         with self._cond:
             self._started_at = self._clock()
             self._arm_locked(self._clock())
+
+    def _adopt(self) -> None:
+        """Keep the running artwork as it is and wait for its heartbeats (the grace period)."""
+        now = self._clock()
+        with self._cond:
+            self._started_at = now
+            self._w.enabled = False
+            self._w.grace_until = now + self.grace
+            self._cond.notify_all()
+        self.store.record(self.domain.name, STARTUP, "adopt",
+                          "controller started: the VM was running and healthy when last seen, "
+                          "on this boot of the host; not reverted", SUCCEEDED, 0.0)
+        log.info("VM %r is running and was healthy when the controller last saw it: adopted "
+                 "without a revert; heartbeats enforced in %g s", self.domain.name, self.grace)
 
     def _refresh_state(self) -> str:
         """Ask libvirt for the VM's state and snapshots; the one virsh call of a poll."""
@@ -620,57 +760,45 @@ class Monitor:
         """Wait for the next thing to do, do it. Returns False when stopping."""
         with self._cond:
             while True:
-                self.last_progress = self._clock()
+                now = self._clock()
+                self.last_progress = now
                 if self._stopping:
                     return False
-                now = self._clock()
-                action, wake = self._next_action_locked(now)
-                if action is not None:
+                decision = rules.decide(self._w, now)
+                if decision.action is not None:
                     break
-                self._cond.wait(min(MAX_SLEEP, max(0.0, wake - now)))
-        action()
+                self._cond.wait(min(MAX_SLEEP, max(0.0, decision.wake - now)))
+            action = self._begin_locked(decision.action, now)
+        if action is not None:
+            action()
         return True
 
-    def _next_action_locked(self, now: float) -> tuple[Callable[[], None] | None, float]:
-        """Decide what is due now, or when to look again."""
-        if self._state_dirty:
-            self._state_dirty = False
-            return self._check_vm_state, now
-        if self._pending is not None and now >= self._hold_until:
-            return self._run_pending, now
-        if now >= self._next_prune:
-            self._next_prune = now + 3600
-            return self.store.prune, now
-        wakes = [self._next_poll]
-        if self._grace_until is not None:
-            if now >= self._grace_until:
-                self._arm_locked(self._grace_until)
-                log.info("grace period over: heartbeat timeout of %g s enforced for VM %r",
-                         self.timeout, self.domain.name)
-            else:
-                wakes.append(self._grace_until)
-        if self._enabled and not self._timeout_reported:
-            deadline = max(self._deadline_locked(), self._hold_until)
-            if now >= deadline:
-                return self._on_heartbeat_timeout, now
-            wakes.append(deadline)
-        if self._paused_since is not None and not self._paused_reported:
-            deadline = max(self._paused_since + self.timeout, self._hold_until)
-            if now >= deadline:
-                return self._on_paused_too_long, now
-            wakes.append(deadline)
-        # The periodic poll comes last, so that a libvirtd slow to answer every
-        # poll cannot starve the heartbeat deadline.
-        if now >= self._next_poll:
-            return self._check_vm_state, now
-        return None, min(wakes)
-
-    def _deadline_locked(self) -> float:
-        last = self._last_hb if self._last_hb is not None else self._armed_at
-        return max(last, self._armed_at) + self.timeout
+    def _begin_locked(self, what: str, now: float) -> Callable[[], None] | None:
+        """Note under the lock that ``what`` is being taken care of; return the work to do
+        outside it (None when noting was all there was to do)."""
+        w = self._w
+        if what == rules.CHECK_STATE:
+            w.state_dirty = False
+            return self._check_vm_state
+        if what == rules.RUN_PENDING:
+            return self._run_pending
+        if what == rules.PRUNE:
+            w.next_prune = now + rules.PRUNE_EVERY
+            self.store.prune()
+            return None
+        if what == rules.GRACE_OVER:
+            self._arm_locked(w.grace_until if w.grace_until is not None else now)
+            log.info("grace period over: heartbeat timeout of %g s enforced for VM %r",
+                     self.timeout, self.domain.name)
+            return None
+        if what == rules.HEARTBEAT_SILENT:
+            return self._on_heartbeat_timeout
+        if what == rules.PAUSED_TOO_LONG:
+            return self._on_paused_too_long
+        raise AssertionError(f"unknown decision {what!r}")
 
     def _timed_out_locked(self) -> bool:
-        return self._enabled and self._clock() >= self._deadline_locked()
+        return rules.timed_out(self._w, self._clock())
 
     def _may_recover_locked(self) -> bool:
         return self._auto_revert and not self._manual_stop and not self._stopping
@@ -696,11 +824,14 @@ class Monitor:
             with self._cond:
                 if self._pending is pending:
                     self._pending = None
+                    self._w.pending = False
 
     def _on_heartbeat_timeout(self) -> None:
         with self._cond:
-            silent = self._clock() - (self._last_hb if self._last_hb is not None else self._armed_at)
+            w = self._w
+            silent = self._clock() - (w.last_hb if w.last_hb is not None else w.armed_at)
             may_recover = self._may_recover_locked()
+            self._set_healthy_locked(False)
         if not may_recover:
             # Reported once per silence; the next heartbeat clears it.
             self._mark_timeout_reported()
@@ -718,18 +849,18 @@ class Monitor:
 
     def _mark_timeout_reported(self) -> None:
         with self._cond:
-            self._timeout_reported = True
+            self._w.timeout_reported = True
 
     def _on_paused_too_long(self) -> None:
         def still_needed() -> bool:
             with self._cond:
-                if self._paused_since is None or not self._may_recover_locked():
+                if self._w.paused_since is None or not self._may_recover_locked():
                     return False
             return self.domain.state() == PAUSED
 
         def refused() -> None:
             with self._cond:
-                self._paused_reported = True
+                self._w.paused_reported = True
 
         self._act_on_failure(VM_PAUSED, f"VM paused for more than {self.timeout:g} s",
                              still_needed, on_refused=refused)
@@ -748,16 +879,19 @@ class Monitor:
         with self._cond:
             # The next poll counts from the end of this one: a check that took
             # virsh_timeout must not be followed by another at once.
+            w = self._w
             interval = self.poll_interval if self._events_connected else self.fallback_poll_interval
-            self._next_poll = now + interval
+            w.next_poll = now + interval
             if state == PAUSED:
-                if self._paused_since is None:
-                    self._paused_since = now
+                if w.paused_since is None:
+                    w.paused_since = now
             else:
-                self._paused_since = None
-                self._paused_reported = False
+                w.paused_since = None
+                w.paused_reported = False
             if state == RUNNING:
                 self._failure_reported = None
+            elif state not in (PAUSED, UNKNOWN):
+                self._set_healthy_locked(False)
             last_event = self._last_event
             manual = self._manual_stop
         if previous != state:
@@ -788,7 +922,7 @@ class Monitor:
         with self._cond:
             may_recover = self._may_recover_locked()
             manual = self._manual_stop
-            held = self._clock() < self._hold_until
+            held = self._clock() < self._w.hold_until
         if manual:
             return
         if not may_recover:
@@ -798,7 +932,7 @@ class Monitor:
                               "no action", self.domain.name, reason)
             return
         if held:
-            return  # a failed recovery holds off the next; the poll comes back at _hold_until
+            return  # a failed recovery holds off the next; the poll comes back at hold_until
         with self._cond:
             verdict = self.guard.check()
             if not verdict.allowed and self.guard.state != GUARD_FAILED:
@@ -820,6 +954,9 @@ class Monitor:
         try:
             performed = self._run_exclusive(trigger, "revert", reason, self.domain.revert_and_start,
                                             still_needed)
+        except Busy as exc:
+            log.error("VM %r: %s: %s", self.domain.name, reason, exc)
+            return  # the deadline is still passed: the next step tries again
         except Exception:
             return  # logged and recorded by _perform; the guard spaces the next attempt
         if not performed:
@@ -832,3 +969,14 @@ class Monitor:
                 return
             self._failure_reported = key
         log.warning(message, *args)
+
+
+def _clean_start_reason(facts: StartupFacts) -> str:
+    """Why a starting controller did not adopt the VM, in words for the history."""
+    if facts.always_clean_start:
+        return "always_clean_start is set"
+    if facts.vm_state != RUNNING:
+        return f"the VM was {facts.vm_state}"
+    if not facts.same_boot:
+        return "the host has booted since the controller last ran"
+    return "the VM was not healthy when the controller last saw it"

@@ -12,14 +12,17 @@ of ``KEY=value`` lines. The controller sends
 - ``STOPPING=1`` when it shuts down; ``STATUS=...`` lines for
   ``systemctl status``.
 
-When is the monitor stuck? Its thread comes back to its wait loop (and sets
-``last_progress``) at least every ``MAX_SLEEP`` seconds, but between two
-visits it may run a whole recovery: a few virsh calls, each bounded by
-``virsh_timeout``, and possibly a wait for the VM's lock held by a staff
-action. ``stale_limit`` allows ``MAX_SLEEP + 4 * virsh_timeout`` (125 s with
-the defaults): a revert that needs its second attempt (four virsh calls at
-their timeout) or a slow call behind a staff action passes, and a thread that
-is deadlocked is caught within that limit plus ``WatchdogSec``.
+When is the controller stuck? The monitor thread comes back to its wait
+loop (and sets ``last_progress``) at least every ``MAX_SLEEP`` seconds, but
+between two visits it may wait for the VM's lock held by a staff action and
+then run a whole recovery, each bounded by the longest operation that may
+hold the lock (``virsh_long_timeout`` plus two ``virsh_timeout``s).
+``stale_limit`` allows ``MAX_SLEEP`` plus twice that (365 s with the
+defaults): a slow revert of a large VM is never mistaken for a hang, and a
+deadlocked thread is caught within that limit plus ``WatchdogSec``. The same
+limit applies to the HTTP server, probed from outside (liveness.py): a dead
+loop thread or workers that are all stuck let no heartbeat in, so they
+withhold the pings too.
 
 ``$WATCHDOG_PID`` (when set) must be this process's id, or the watchdog is
 meant for someone else. The variables are removed from the environment once
@@ -33,12 +36,13 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, MutableMapping, Protocol
+from typing import Callable, MutableMapping, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
-#: How many virsh timeouts one pass of the monitor loop may take (see above).
-VIRSH_CALLS_PER_STEP = 4
+#: How many of the longest locked operations one pass of the monitor loop may
+#: take: waiting for a staff action's, then its own (see above).
+OPERATIONS_PER_STEP = 2
 
 
 class Watched(Protocol):
@@ -52,9 +56,9 @@ class Watched(Protocol):
     def wait_initialised(self, timeout: float | None = None) -> bool: ...
 
 
-def stale_limit(virsh_timeout: float, max_sleep: float) -> float:
+def stale_limit(longest_operation: float, max_sleep: float) -> float:
     """Seconds without progress after which the monitor thread counts as stuck."""
-    return max_sleep + VIRSH_CALLS_PER_STEP * virsh_timeout
+    return max_sleep + OPERATIONS_PER_STEP * longest_operation
 
 
 def socket_address(value: str | None) -> str | None:
@@ -97,11 +101,14 @@ class Notifier:
     """Tells systemd when the controller is ready, alive and stopping."""
 
     def __init__(self, address: str | None, interval: float | None, monitor: Watched,
-                 stale_after: float, clock: Callable[[], float] = time.monotonic):
+                 stale_after: float, clock: Callable[[], float] = time.monotonic,
+                 checks: Sequence[Callable[[float], str | None]] = ()):
         self.address = address
         self.interval = interval
         self.monitor = monitor
         self.stale_after = stale_after
+        #: More reasons to withhold pings, each given the stale limit (the HTTP probe).
+        self.checks = list(checks)
         self._clock = clock
         self._stop = threading.Event()
         self._stopping_sent = False
@@ -149,7 +156,7 @@ class Notifier:
             thread.join(5)
 
     def check(self) -> str | None:
-        """None if the monitor is alive and making progress, else why not."""
+        """None if the monitor (and whatever ``checks`` watch) makes progress, else why not."""
         if not self.monitor.thread_alive:
             return "the monitor thread is not running"
         last = self.monitor.last_progress
@@ -159,6 +166,10 @@ class Notifier:
         if idle > self.stale_after:
             return (f"the monitor thread has made no progress for {idle:.0f} s "
                     f"(limit {self.stale_after:g} s)")
+        for check in self.checks:
+            problem = check(self.stale_after)
+            if problem is not None:
+                return problem
         return None
 
     def _run(self, status: str) -> None:
@@ -178,7 +189,7 @@ class Notifier:
                 send("WATCHDOG=1" if problem is None else f"WATCHDOG=1\nSTATUS={status}",
                      self.address)
                 if problem is not None:
-                    log.warning("monitor thread making progress again: systemd watchdog pings "
+                    log.warning("controller making progress again: systemd watchdog pings "
                                 "resume")
             elif problem is None:
                 log.error("withholding systemd watchdog pings: %s; systemd will restart the "

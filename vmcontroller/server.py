@@ -24,7 +24,8 @@ from waitress.task import ErrorTask
 from . import __version__
 from .app import create_app
 from .config import Config, as_dict, masked
-from .monitor import MAX_SLEEP, Monitor
+from .liveness import HttpProbe, probe_host
+from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
 from .security import SecuritySettings
 from .store import Store
@@ -78,7 +79,8 @@ class Controller:
 
     def __init__(self, config: Config):
         self.config = config
-        self.runner = VirshRunner(config.libvirt_uri, config.virsh_timeout)
+        self.runner = VirshRunner(config.libvirt_uri, config.virsh_timeout,
+                                  long_timeout=config.virsh_long_timeout)
         self.domain = Domain(self.runner, config.vm_name, config.snapshot_name)
         self.store = Store(config.state_path, config.history_max_age_days,
                            config.history_max_events)
@@ -104,8 +106,15 @@ class Controller:
                 server.channel_class = _JsonErrorChannel
         self._http_thread: threading.Thread | None = None
         # systemd (Type=notify, WatchdogSec): a no-op unless $NOTIFY_SOCKET is set.
-        self.notifier = Notifier.from_environ(self.monitor,
-                                              stale_limit(config.virsh_timeout, MAX_SLEEP))
+        self.notifier = Notifier.from_environ(
+            self.monitor, stale_limit(longest_locked_operation(config), MAX_SLEEP))
+        # Only under systemd's watchdog: is the HTTP server still serving? (liveness.py)
+        self.probe: HttpProbe | None = None
+        if self.notifier.interval is not None:
+            self.probe = HttpProbe(probe_host(config.api_host), lambda: self.port,
+                                   interval=min(max(1.0, self.notifier.interval), 15.0),
+                                   timeout=5.0)
+            self.notifier.checks.append(self.probe.problem)
 
     @property
     def port(self) -> int:
@@ -132,6 +141,8 @@ class Controller:
         self._http_thread.start()
         self.events.start()
         self.monitor.start()
+        if self.probe is not None:
+            self.probe.start()
         self.notifier.start(f"serving on {self.config.api_host}:{self.port}, "
                             f"VM {self.config.vm_name!r}")
 
@@ -139,12 +150,14 @@ class Controller:
         """Stop taking requests, then stop the threads. Safe to call twice."""
         log.info("shutting down")
         self.notifier.stopping()
+        if self.probe is not None:
+            self.probe.stop()
         self._close_http()
         self.monitor.stop(timeout)
         self.events.stop()
         if self._http_thread is not None:
             self._http_thread.join(timeout)
-        self.store.close()
+        self.monitor.close()
 
     def supervise(self) -> None:
         """Restart a thread that died; called every few seconds from the main thread."""

@@ -108,14 +108,27 @@ class Store:
     # ------------------------------------------------------------ history
 
     def begin(self, vm: str, trigger: str, action: str, reason: str,
-              when: float | None = None) -> int:
-        """Record an action as started; ``finish`` completes it. Returns its id."""
+              when: float | None = None, event_id: int | None = None) -> int:
+        """Record an action as started; ``finish`` completes it. Returns its id.
+
+        ``event_id`` lets a writer that queues rows hand out their ids before
+        they reach the disk (see statewriter.py); an id already taken is kept.
+        """
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO events (time, vm, trigger, action, reason, outcome) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time() if when is None else when, vm, trigger, action, reason, STARTED))
-            return int(cursor.lastrowid)
+                "INSERT OR IGNORE INTO events (id, time, vm, trigger, action, reason, outcome) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event_id, time.time() if when is None else when, vm, trigger, action, reason,
+                 STARTED))
+            return int(cursor.lastrowid) if event_id is None else event_id
+
+    def max_event_id(self) -> int:
+        """The highest id handed out so far (0 for an empty history)."""
+        with self._lock:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") \
+                .fetchone()
+            top = self._db.execute("SELECT MAX(id) FROM events").fetchone()
+        return max(int(row[0]) if row else 0, int(top[0] or 0))
 
     def finish(self, event_id: int, outcome: str, duration: float | None,
                error: str | None = None) -> None:

@@ -131,12 +131,18 @@ def parse_event_line(line: str) -> LifecycleEvent | None:
 
 # ---------------------------------------------------------------- runner
 
+#: Commands that copy or restore the guest's memory and disk state: they may
+#: take minutes for a large VM on a slow disk, and get ``long_timeout``.
+LONG_COMMANDS = frozenset({"snapshot-create-as", "snapshot-revert", "snapshot-delete"})
+
 class VirshRunner:
     """Runs virsh for one libvirt URI. Thread-safe: it holds no per-call state."""
 
-    def __init__(self, uri: str = "qemu:///system", timeout: float = 30.0, binary: str = "virsh"):
+    def __init__(self, uri: str = "qemu:///system", timeout: float = 30.0, binary: str = "virsh",
+                 long_timeout: float | None = None):
         self.uri = uri
         self.timeout = timeout
+        self.long_timeout = max(timeout, long_timeout or timeout)
         self.binary = binary
 
     def _argv(self, args: Sequence[str]) -> list[str]:
@@ -152,7 +158,10 @@ class VirshRunner:
     def run(self, *args: str, timeout: float | None = None) -> str:
         """Run one virsh command and return its stdout, or raise a typed VirshError."""
         argv = self._argv(args)
-        limit = self.timeout if timeout is None else timeout
+        if timeout is not None:
+            limit = timeout
+        else:
+            limit = self.long_timeout if args[0] in LONG_COMMANDS else self.timeout
         started = time.monotonic()
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,

@@ -1,0 +1,116 @@
+"""The state writer: flags answer from memory, writes reach the disk in order, a disk
+that refuses them costs nothing but the writes (retried, reported, never raised).
+
+The failures here come from a real SQLite on a real file: a database locked by
+another connection (past the busy timeout), and a file whose directory was
+made read-only. Full and read-only filesystems under a real controller and a
+real VM are in test_watchdog_faults.py.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+import pytest
+
+from libvirt_env import wait_until
+from vmcontroller.statewriter import StateWriter
+from vmcontroller.store import Store
+from vmcontroller.vocab import SUCCEEDED
+
+
+@pytest.fixture
+def writer(tmp_path):
+    made: list[StateWriter] = []
+
+    def make(**kwargs) -> StateWriter:
+        store = Store(tmp_path / "state.db")
+        store._db.execute("PRAGMA busy_timeout = 50")   # keep the locked case quick
+        w = StateWriter(store, retry_initial=0.05, retry_max=0.2, **kwargs)
+        w.start()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close(1)
+
+
+def test_writes_reach_the_disk_in_order_and_flags_answer_from_memory(writer, tmp_path):
+    w = writer()
+    w.put("manual_stop", True)
+    first = w.record("art", "api", "stop", "staff", SUCCEEDED, 0.1)
+    event_id = w.begin("art", "api", "revert", "staff")
+    w.finish(event_id, SUCCEEDED, 0.5)
+    assert w.get("manual_stop") is True
+    assert w.flush(5)
+    on_disk = Store(tmp_path / "state.db")
+    assert on_disk.get("manual_stop") is True
+    assert [(e.id, e.action, e.outcome) for e in on_disk.events()] == \
+        [(event_id, "revert", SUCCEEDED), (first, "stop", SUCCEEDED)]
+    assert w.problem is None and w.pending == 0
+
+
+def test_a_locked_database_delays_writes_without_raising_and_loses_none(writer, tmp_path,
+                                                                        caplog):
+    w = writer()
+    w.put("auto_revert_enabled", True)
+    assert w.flush(5)
+    other = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None, timeout=0.05)
+    other.execute("BEGIN EXCLUSIVE")          # another process holds the lock
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.statewriter"):
+        for n in range(5):
+            w.put("auto_revert_enabled", n % 2 == 0)   # returns at once every time
+            w.record("art", "guest_request", "revert", f"try {n}", "refused")
+        assert w.get("auto_revert_enabled") is True
+        wait_until(lambda: w.problem is not None, 10, message="the failure to be reported")
+        assert "locked" in w.problem
+        assert w.flush(0.2) is False, "staff are not kept waiting for a refusing disk"
+        wait_until(lambda: len(caplog.records) >= 1, 5)
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1, "logged once per cause, not once per retry"
+    other.execute("ROLLBACK")
+    other.close()
+    wait_until(lambda: w.pending == 0, 10, message="the queued writes to go through")
+    assert w.problem is None
+    on_disk = Store(tmp_path / "state.db")
+    assert on_disk.get("auto_revert_enabled") is True
+    assert [e.reason for e in on_disk.events()] == [f"try {n}" for n in reversed(range(5))]
+
+
+def test_too_many_refused_writes_drop_the_oldest_history_never_a_flag(writer, tmp_path):
+    w = writer(max_queued=10)
+    other = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None, timeout=0.05)
+    other.execute("BEGIN EXCLUSIVE")
+    for n in range(30):
+        w.record("art", "guest_request", "revert", f"try {n}", "refused")
+    w.put("manual_stop", True)
+    assert w.pending <= 11
+    other.execute("ROLLBACK")
+    other.close()
+    wait_until(lambda: w.pending == 0, 10, message="the queue to drain")
+    on_disk = Store(tmp_path / "state.db")
+    assert on_disk.get("manual_stop") is True
+    assert "try 29" in [e.reason for e in on_disk.events()]
+
+
+def test_many_threads_queue_without_waiting_for_the_disk(writer, tmp_path):
+    w = writer()
+
+    def hammer(k: int) -> None:
+        for n in range(50):
+            w.put(f"flag{k}", n)
+            w.record("art", "api", "x", f"{k}-{n}", SUCCEEDED)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert w.flush(30)
+    on_disk = Store(tmp_path / "state.db")
+    assert [on_disk.get(f"flag{k}") for k in range(4)] == [49] * 4
+    assert len(on_disk.events(limit=1000)) == 200
+    ids = [e.id for e in on_disk.events(limit=1000)]
+    assert len(set(ids)) == 200
