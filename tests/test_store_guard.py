@@ -115,3 +115,153 @@ def test_guard_backs_off_exponentially_after_failures(tmp_path):
     guard.started()
     assert guard.failed() == 5
     assert guard.as_json()["consecutive_failures"] == 1
+
+
+# ------------------------------------------------------------------ clock steps
+# A gallery PC with a flat clock battery boots a year in the past; NTP (when
+# there is a network) steps it forward again. The guard measures its window
+# and back-off on the monotonic clock within a run and keeps only wall times
+# on disk, read back with caps, so neither step disturbs it for longer than
+# its own limits.
+
+YEAR = 365 * 86400.0
+
+
+class Clocks:
+    """A steady monotonic clock and a wall clock that can be stepped on its own."""
+
+    def __init__(self, mono: float = 5_000.0, wall: float = 1_750_000_000.0):
+        self.mono_now, self.wall_now = mono, wall
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def advance(self, seconds: float) -> None:
+        """Time passes: both clocks move together."""
+        self.mono_now += seconds
+        self.wall_now += seconds
+
+
+def make_guard(store: Store, clocks: Clocks, max_recoveries: int = 3, window: float = 600,
+               backoff_initial: float = 5, backoff_max: float = 60) -> RecoveryGuard:
+    return RecoveryGuard(store, max_recoveries, window, backoff_initial, backoff_max,
+                         clock=clocks.mono, wallclock=clocks.wall)
+
+
+def fail_until_backoff_max(guard: RecoveryGuard) -> float:
+    delay = 0.0
+    while delay < guard.backoff_max:
+        guard.started()
+        delay = guard.failed()
+    return delay
+
+
+def test_a_clock_stepped_back_between_runs_keeps_no_attempt_forever(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = Clocks()
+    guard = make_guard(store, first)
+    for _ in range(3):  # at the limit: one more check would trip the guard
+        guard.started()
+        guard.succeeded()
+        first.advance(10)
+    # The controller restarts on a PC whose clock went back a year (and whose
+    # monotonic clock started again from a small number after the reboot).
+    second = Clocks(mono=30.0, wall=first.wall_now - YEAR)
+    reloaded = make_guard(store, second)
+    # Attempts "in the future" count as just made: still within the window now...
+    assert reloaded.as_json()["recent_recoveries"] == 3
+    # ...but they leave it one window later, not a year later.
+    second.advance(600 + 1)
+    assert reloaded.as_json()["recent_recoveries"] == 0
+    assert reloaded.check().allowed and reloaded.state == OK
+
+
+def test_a_clock_stepped_back_between_runs_backs_off_no_longer_than_backoff_max(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = Clocks()
+    guard = make_guard(store, first, max_recoveries=100)
+    assert fail_until_backoff_max(guard) == 60
+    second = Clocks(mono=30.0, wall=first.wall_now - YEAR)
+    reloaded = make_guard(store, second, max_recoveries=100)
+    assert reloaded.state == BACKOFF, "a back-off in progress survives the restart"
+    assert 0 < reloaded.retry_in() <= 60
+    assert reloaded.as_json()["retry_in"] <= 60
+    second.advance(60)
+    assert reloaded.check().allowed and reloaded.retry_in() is None
+
+
+def test_a_clock_stepped_forward_between_runs_expires_what_it_passed(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = Clocks()
+    guard = make_guard(store, first, max_recoveries=100)
+    fail_until_backoff_max(guard)
+    reloaded = make_guard(store, Clocks(mono=30.0, wall=first.wall_now + YEAR),
+                          max_recoveries=100)
+    assert reloaded.as_json()["recent_recoveries"] == 0
+    assert reloaded.retry_in() is None and reloaded.check().allowed
+    # The count of consecutive failures is not a time: the next back-off still grows.
+    assert reloaded.failed() == 60
+
+
+def test_a_wall_clock_step_within_a_run_changes_neither_window_nor_backoff():
+    clocks = Clocks()
+    guard = make_guard(FlagDict(), clocks, max_recoveries=2, window=100)
+    guard.started()
+    assert guard.failed() == 5
+    for step in (-YEAR, +2 * YEAR, -YEAR + 3600):
+        clocks.wall_now += step
+        assert guard.state == BACKOFF and guard.retry_in() == 5
+        assert guard.as_json()["recent_recoveries"] == 1
+    clocks.advance(5)
+    assert guard.check().allowed
+    guard.started()
+    guard.succeeded()
+    clocks.advance(90)      # the first attempt is 95 s old: inside the window of 100 s
+    clocks.wall_now -= YEAR
+    verdict = guard.check()
+    assert not verdict.allowed and verdict.newly_failed, "two attempts within the window"
+
+
+def test_a_jump_forward_within_a_run_keeps_the_backoff_in_progress():
+    clocks = Clocks()
+    guard = make_guard(FlagDict(), clocks, max_recoveries=100)
+    assert fail_until_backoff_max(guard) == 60
+    clocks.wall_now += YEAR
+    clocks.mono_now += 1
+    assert guard.state == BACKOFF and not guard.check().allowed
+    assert guard.retry_in() == 59
+
+
+def test_times_saved_after_a_step_are_on_the_new_wall_timeline(tmp_path):
+    store = Store(tmp_path / "s.db")
+    clocks = Clocks()
+    guard = make_guard(store, clocks, max_recoveries=100)
+    clocks.wall_now -= YEAR          # stepped back within the run...
+    guard.started()
+    guard.failed()                   # ...then saved
+    saved = store.get("guard")
+    assert saved["attempts"] == [clocks.wall_now]
+    assert saved["retry_at"] == clocks.wall_now + 5
+    # Read back by the next run on the same (stepped) clock: nothing is lost or stretched.
+    reloaded = make_guard(store, Clocks(mono=10.0, wall=clocks.wall_now + 2))
+    assert reloaded.retry_in() == 3 and reloaded.as_json()["recent_recoveries"] == 1
+
+
+def test_a_persisted_backoff_is_never_longer_than_the_delay_that_set_it(tmp_path):
+    store = Store(tmp_path / "s.db")
+    clocks = Clocks()
+    store.put("guard", {"attempts": [clocks.wall_now + YEAR], "failures": 1,
+                        "retry_at": clocks.wall_now + YEAR, "failed_reason": None})
+    guard = make_guard(store, clocks)
+    assert guard.retry_in() == 5     # one failure: backoff_initial, not a year
+    assert guard.as_json()["recent_recoveries"] == 1
+
+
+class FlagDict(dict):
+    """A store for the guard alone, in memory."""
+
+    def put(self, key, value):
+        self[key] = value
