@@ -415,3 +415,15 @@ def test_a_failed_heartbeat_is_logged_at_info(make_api, caplog):
     api.get("/api/v1/heartbeat", 503)
     lines = [r.getMessage() for r in records(caplog, "vmcontroller.requests")]
     assert len(lines) == 1 and "GET /api/v1/heartbeat -> 503 in " in lines[0], lines
+
+
+def test_control_characters_in_a_path_cannot_forge_a_log_line(make_api, caplog):
+    api = make_api(start=False)
+    caplog.set_level(logging.INFO)
+    forged = "/api/v1/x%0A2026-01-01%2000:00:00%20INFO%20vmcontroller.requests:%20forged%1B[2K"
+    api.get(forged, 404)
+    lines = [r.getMessage() for r in records(caplog, "vmcontroller.requests")]
+    assert len(lines) == 1, lines
+    assert "\n" not in lines[0] and "\x1b" not in lines[0], lines
+    assert "/api/v1/x\\n2026-01-01 00:00:00 INFO vmcontroller.requests: forged\\x1b[2K -> 404" \
+        in lines[0], lines

@@ -176,6 +176,17 @@ def test_tokens_never_reach_the_logs(make_client, caplog):
     assert STAFF not in text and GUEST not in text, "...without their tokens"
 
 
+def test_a_refused_cross_site_path_cannot_forge_a_log_line(make_client, caplog):
+    client, _ = make_client()
+    with caplog.at_level(logging.INFO):
+        refused = client.get("/api/v1/vm/stop%0A2026-01-01%20INFO%20forged%1B[2K",
+                             headers=BROWSER_IMG)
+    assert refused.status_code == 403
+    lines = [r.getMessage() for r in caplog.records if "cross-site" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0], lines
+    assert "/api/v1/vm/stop\\n2026-01-01 INFO forged\\x1b[2K" in lines[0], lines
+
+
 def test_token_config(tmp_path):
     with pytest.raises(ConfigError) as info:
         build_config({"vm_name": "x", "api_token": "too-short"})

@@ -18,7 +18,7 @@ from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 from .security import GUEST_PATHS, READ_ONLY_PATHS
-from .vocab import GUARD_STATES, MAX_BODY, MAX_QUERY, OUTCOMES, TRIGGERS
+from .vocab import GUARD_STATES, MAX_BODY, MAX_QUERY, OUTCOMES, REPEAT_INTERVAL, TRIGGERS
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -337,7 +337,7 @@ def _schemas() -> dict[str, Any]:
         "HistoryEvent": {
             "type": "object",
             "required": ["id", "time", "vm", "trigger", "action", "reason",
-                         "outcome", "duration", "error"],
+                         "outcome", "duration", "error", "count"],
             "properties": {
                 "id": {"type": "integer"},
                 "time": {"type": "string", "format": "date-time"},
@@ -354,6 +354,13 @@ def _schemas() -> dict[str, Any]:
                              "description": "Seconds."},
                 "error": {"type": "string", "nullable": True,
                           "description": "virsh's message when it failed."},
+                "count": {"type": "integer", "minimum": 1,
+                          "description": "How many times this happened. A request "
+                                         "that is refused again and again (same VM, "
+                                         "trigger, action, outcome and error) within "
+                                         f"{REPEAT_INTERVAL:g} s of the first is counted "
+                                         "here instead of adding a row; time and reason "
+                                         "are the first one's."},
             },
         },
         "History": {
@@ -898,7 +905,7 @@ def _paths() -> dict[str, Any]:
                                 "trigger": "heartbeat_timeout", "action": "revert",
                                 "reason": "no heartbeat for 10.0 s (timeout 10 s)",
                                 "outcome": "succeeded", "duration": 0.612,
-                                "error": None}]}),
+                                "error": None, "count": 1}]}),
                     },
                     "400": _error("A filter is malformed.",
                                   "Invalid parameter: limit must be a whole "

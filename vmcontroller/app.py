@@ -18,6 +18,7 @@ from werkzeug.routing import BaseConverter
 
 from .apispec import build_openapi
 from .docs import init_docs
+from .loglines import printable
 from .monitor import Busy, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
 from .params import SEVERITIES, ApiError, int_param, param, param_values, text_param, time_param
@@ -126,7 +127,7 @@ def create_app(monitor: Monitor, version: str,
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        log.exception("unexpected error in %s %s", request.method, request.path)
+        log.exception("unexpected error in %s %s", request.method, printable(request.path))
         return _error(500, f"Internal error: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------ request log
@@ -141,8 +142,10 @@ def create_app(monitor: Monitor, version: str,
         level = logging.DEBUG if request.path in HEARTBEAT_PATHS and response.status_code < 400 \
             else logging.INFO
         if request_log.isEnabledFor(level):
+            # The path is the client's text, decoded: a %0A in it would start a forged line.
             request_log.log(level, "%s %s %s -> %d in %.1f ms", request.remote_addr,
-                            request.method, request.path, response.status_code, elapsed_ms)
+                            printable(request.method), printable(request.path),
+                            response.status_code, elapsed_ms)
         return response
 
     # ------------------------------------------------------------ routes

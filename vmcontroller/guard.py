@@ -6,7 +6,16 @@ most ``max_recoveries`` automatic recoveries within ``recovery_window``
 seconds, spaces failed attempts with exponential backoff, and past the limit
 declares the VM ``failed``: left as it is until staff start or restart it.
 Its state is persisted, so a controller restart does not reset the count.
-Times are wall-clock seconds because they must survive a restart.
+
+Two clocks, because an exhibition PC's wall clock is not to be trusted: a
+flat clock battery sets it back a year at boot, NTP steps it forward again.
+Within a run every time is on the monotonic clock, which no step moves. Only
+the state file holds wall times (a monotonic time means nothing to the next
+run), written on the wall clock of the moment they are saved and read back
+with caps: a time in the future (the clock went back) counts as now, an
+attempt older than the window is gone, and a back-off never lasts longer than
+the delay that set it. A step between runs thus disturbs the guard for at
+most one window or one back-off, never for the size of the step.
 """
 from __future__ import annotations
 
@@ -34,29 +43,68 @@ class Verdict:
 
 
 class RecoveryGuard:
-    """Counts automatic recoveries; not thread-safe on its own (the monitor holds a lock)."""
+    """Counts automatic recoveries; not thread-safe on its own (the monitor holds a lock).
+
+    ``clock`` is monotonic seconds (the monitor's clock), ``wallclock`` seconds
+    since the epoch, used only to write and read the state file.
+    """
 
     def __init__(self, store: FlagStore, max_recoveries: int, window: float,
                  backoff_initial: float, backoff_max: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time):
         self._store = store
         self.max_recoveries = max_recoveries
         self.window = window
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._clock = clock
+        self._wallclock = wallclock
         saved = store.get(_KEY, {}) or {}
-        self._attempts: list[float] = [float(t) for t in saved.get("attempts", [])]
         self._failures = int(saved.get("failures", 0))
-        self._retry_at: float | None = saved.get("retry_at")
         self._failed_reason: str | None = saved.get("failed_reason")
+        self._attempts, self._retry_at = self._from_wall(saved.get("attempts", []),
+                                                         saved.get("retry_at"))
+
+    # ------------------------------------------------------------ persistence
+
+    def _from_wall(self, attempts: list[float], retry_at: float | None
+                   ) -> tuple[list[float], float | None]:
+        """Saved wall times onto this run's monotonic timeline, capped (see the module)."""
+        now, wall_now = self._clock(), self._wallclock()
+        recent = []
+        for wall in attempts:
+            age = max(0.0, wall_now - float(wall))
+            if age < self.window:
+                recent.append(now - age)
+        retry = None
+        if retry_at is not None:
+            remaining = min(float(retry_at) - wall_now, self._delay())
+            if remaining > 0:
+                retry = now + remaining
+        return sorted(recent), retry
 
     def _save(self) -> None:
-        self._store.put(_KEY, {"attempts": self._attempts, "failures": self._failures,
-                               "retry_at": self._retry_at, "failed_reason": self._failed_reason})
+        # Saved on the wall clock of this moment, however it was stepped since the
+        # times were taken: the next run reads them against the same wall clock.
+        offset = self._wallclock() - self._clock()
+        self._store.put(_KEY, {
+            "attempts": [t + offset for t in self._attempts],
+            "failures": self._failures,
+            "retry_at": None if self._retry_at is None else self._retry_at + offset,
+            "failed_reason": self._failed_reason,
+        })
+
+    # ------------------------------------------------------------ reading
 
     def _recent(self, now: float) -> list[float]:
         return [t for t in self._attempts if t > now - self.window]
+
+    def _delay(self) -> float:
+        """The back-off after the failures counted so far."""
+        if self._failures <= 0:
+            return 0.0
+        return min(self.backoff_initial * 2 ** (self._failures - 1), self.backoff_max)
 
     @property
     def state(self) -> str:
@@ -66,20 +114,24 @@ class RecoveryGuard:
             return BACKOFF
         return OK
 
-    @property
-    def retry_at(self) -> float | None:
-        """Wall time before which no automatic attempt may start (after a failure)."""
-        return self._retry_at if self.state == BACKOFF else None
+    def retry_in(self) -> float | None:
+        """Seconds from now before which no automatic attempt may start; None if none is held."""
+        if self._failed_reason is not None or self._retry_at is None:
+            return None
+        remaining = self._retry_at - self._clock()
+        return remaining if remaining > 0 else None
+
+    # ------------------------------------------------------------ decisions
 
     def check(self) -> Verdict:
         """May an automatic recovery start now?"""
         if self._failed_reason is not None:
             return Verdict(False, self._failed_reason)
-        now = self._clock()
-        if self._retry_at is not None and now < self._retry_at:
+        remaining = self.retry_in()
+        if remaining is not None:
             return Verdict(False, f"backing off after {self._failures} failed attempt(s) "
-                                  f"until {self._retry_at - now:.1f} s from now")
-        recent = self._recent(now)
+                                  f"until {remaining:.1f} s from now")
+        recent = self._recent(self._clock())
         if len(recent) >= self.max_recoveries:
             self._failed_reason = (f"{len(recent)} automatic recoveries within "
                                    f"{self.window:g} s (limit {self.max_recoveries}): the VM is "
@@ -101,7 +153,7 @@ class RecoveryGuard:
     def failed(self) -> float:
         """Note a failed attempt; returns the delay before the next one may start."""
         self._failures += 1
-        delay = min(self.backoff_initial * 2 ** (self._failures - 1), self.backoff_max)
+        delay = self._delay()
         self._retry_at = self._clock() + delay
         self._save()
         return delay
@@ -115,13 +167,13 @@ class RecoveryGuard:
         return was_failed
 
     def as_json(self) -> dict[str, Any]:
-        now = self._clock()
+        remaining = self.retry_in()
         return {
             "state": self.state,
             "detail": self._failed_reason,
-            "recent_recoveries": len(self._recent(now)),
+            "recent_recoveries": len(self._recent(self._clock())),
             "max_recoveries": self.max_recoveries,
             "recovery_window": self.window,
             "consecutive_failures": self._failures,
-            "retry_in": None if self.retry_at is None else round(self.retry_at - now, 1),
+            "retry_in": None if remaining is None else round(remaining, 1),
         }

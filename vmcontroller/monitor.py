@@ -34,6 +34,7 @@ from . import decide as rules
 from .config import Config
 from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .guard import RecoveryGuard
+from .loglines import RepeatLimiter
 from .statewriter import StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
@@ -117,7 +118,9 @@ class Monitor:
         self._manual_stop: bool = bool(self.store.get("manual_stop", False))
         self._healthy_saved: bool = bool(self.store.get("vm_healthy", False))
         self.guard = RecoveryGuard(self.store, config.max_recoveries, config.recovery_window,
-                                   config.recovery_backoff_initial, config.recovery_backoff_max)
+                                   config.recovery_backoff_initial, config.recovery_backoff_max,
+                                   clock=clock, wallclock=lambda: wallclock().timestamp())
+        self._refusal_log = RepeatLimiter(clock=clock)
         self._w = Watch(timeout=self.timeout, armed_at=clock())
         self._started_at = clock()      # last (re)start: is_healthy needs a heartbeat after it
         self._last_hb_wall: datetime | None = None
@@ -416,8 +419,14 @@ class Monitor:
                 self._w.pending = True
                 self._cond.notify_all()
                 return {**details, "queued": True}
-        self.store.record(self.domain.name, trigger, "revert", reason, REFUSED, error=refusal)
-        log.info("guest request refused (%s): %s: %s", trigger, reason, refusal)
+        # A guest script may repeat a refused request every second for hours: one history
+        # row per cause and interval (with a count), one log line per cause and interval.
+        self.store.record_coalesced(self.domain.name, trigger, "revert", reason, REFUSED,
+                                    error=refusal)
+        due, suppressed = self._refusal_log.due((trigger, refusal))
+        if due:
+            log.info("guest request refused (%s): %s: %s%s", trigger, reason, refusal,
+                     f" ({suppressed} more like it not logged)" if suppressed else "")
         raise Conflict(f"Revert not queued: {refusal}")
 
     # ================================================================ the one path for changes
@@ -936,8 +945,7 @@ class Monitor:
         with self._cond:
             verdict = self.guard.check()
             if not verdict.allowed and self.guard.state != GUARD_FAILED:
-                retry_at = self.guard.retry_at or time.time()
-                self._hold_until_locked(self._clock() + max(0.0, retry_at - time.time()))
+                self._hold_until_locked(self._clock() + (self.guard.retry_in() or 0.0))
         if not verdict.allowed:
             if self.guard.state == GUARD_FAILED and on_refused:
                 on_refused()

@@ -27,6 +27,7 @@ from typing import Iterable
 from flask import Flask, Response, jsonify, request
 
 from .docs import DOCS_CSP
+from .loglines import printable
 from .vocab import API_PREFIX, MAX_BODY, MAX_QUERY
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ def init_security(app: Flask, settings: SecuritySettings) -> None:
         if changes_state:
             why = cross_site_reason(cors)
             if why is not None:
-                log.warning("refused a cross-site %s %s: %s", request.method, path, why)
+                log.warning("refused a cross-site %s %s: %s", printable(request.method),
+                            printable(path), why)
                 return _refuse(403, f"Cross-site request refused: {why}. Staff tools must call "
                                     f"the API directly, not from another site's page.")
         if path in GUEST_PATHS:

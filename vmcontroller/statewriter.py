@@ -155,9 +155,22 @@ class StateWriter:
     def record(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
                duration: float | None = None, error: str | None = None) -> int:
         """Queue an action that is already over (or was refused). Returns its id."""
-        event_id = self.begin(vm, trigger, action, reason)
-        self.finish(event_id, outcome, duration, error)
+        when = time.time()
+        with self._cond:
+            event_id = self._next_id
+            self._next_id += 1
+            self._enqueue_locked(None, lambda store: store.record(
+                vm, trigger, action, reason, outcome, duration, error, when=when,
+                event_id=event_id))
         return event_id
+
+    def record_coalesced(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
+                         error: str | None = None) -> None:
+        """Queue an event that may repeat at will: repeats share a row (Store.record_coalesced)."""
+        when = time.time()
+        with self._cond:
+            self._enqueue_locked(None, lambda store: store.record_coalesced(
+                vm, trigger, action, reason, outcome, error, now=when))
 
     def mark_interrupted(self) -> None:
         """Queue: actions a crash cut short get the outcome 'interrupted' (logged when done)."""

@@ -4,10 +4,17 @@ SQLite in WAL mode, one file. Every write is its own committed transaction,
 so whatever was acknowledged to staff (maintenance on, VM stopped) is on disk
 before the HTTP answer leaves, and a crash at any moment leaves either the
 old or the new value, never half of one.
+
+The file runs for years on a small disk, so it must not grow without bound:
+history is pruned by age and count, the space pruning frees is given back
+(incremental auto-vacuum, then a WAL checkpoint), and an event that a guest
+can repeat at will is coalesced into one row per cause and interval with a
+count, instead of a row per request.
 """
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -16,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .vocab import INTERRUPTED, STARTED
+from .vocab import INTERRUPTED, REPEAT_INTERVAL, STARTED
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flags (
@@ -32,11 +39,19 @@ CREATE TABLE IF NOT EXISTS events (
     reason    TEXT NOT NULL,
     outcome   TEXT NOT NULL,
     duration  REAL,
-    error     TEXT
+    error     TEXT,
+    count     INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
+# Added after the first release: state files from before lack it.
+MIGRATIONS = {
+    "count": "ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
+}
+_COLUMNS = "id, time, vm, trigger, action, reason, outcome, duration, error, count"
+_INCREMENTAL = 2   # PRAGMA auto_vacuum's value for INCREMENTAL
 
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -54,6 +69,7 @@ class Event:
     outcome: str
     duration: float | None
     error: str | None
+    count: int = 1     # occurrences coalesced into this row (see record_coalesced)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +82,7 @@ class Event:
             "outcome": self.outcome,
             "duration": None if self.duration is None else round(self.duration, 3),
             "error": self.error,
+            "count": self.count,
         }
 
 
@@ -82,11 +99,35 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                                        timeout=10)
+            self._use_incremental_vacuum()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from None
+
+    def _use_incremental_vacuum(self) -> None:
+        """Let prune() give space back. The mode is fixed when the first table is
+        created; a file from before it was set is rewritten once (VACUUM) to adopt it."""
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            return
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        has_tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if has_tables:
+            try:
+                self._db.execute("VACUUM")
+            except sqlite3.Error as exc:
+                # It needs room for a copy of the file; without it the controller
+                # still runs, the file just does not shrink until a later start.
+                log.warning("could not convert the state file %s to incremental vacuum "
+                            "(%s): pruned history will not shrink it", self.path, exc)
+
+    def _migrate(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        for column, statement in MIGRATIONS.items():
+            if column not in present:
+                self._db.execute(statement)
 
     def close(self) -> None:
         with self._lock:
@@ -137,11 +178,50 @@ class Store:
                              (outcome, duration, error, event_id))
 
     def record(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-               duration: float | None = None, error: str | None = None) -> int:
-        """Record an action that is already over (or was refused)."""
-        event_id = self.begin(vm, trigger, action, reason)
-        self.finish(event_id, outcome, duration, error)
-        return event_id
+               duration: float | None = None, error: str | None = None,
+               when: float | None = None, event_id: int | None = None) -> int:
+        """Record an action that is already over (or was refused): one row, one commit."""
+        with self._lock:
+            return self._insert(vm, trigger, action, reason, outcome, duration, error,
+                                time.time() if when is None else when, event_id)
+
+    def record_coalesced(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
+                         error: str | None = None, interval: float = REPEAT_INTERVAL,
+                         now: float | None = None) -> int:
+        """Record an event that may repeat at will (a refused guest request).
+
+        Repeats of one cause, the same (vm, trigger, action, outcome, error), within
+        ``interval`` seconds of the first share its row: its count goes up, its time
+        and reason stay the first's. Returns the row's id. The first row of each
+        interval is committed with a full sync; a repeat only bumps a counter and
+        is not worth an fsync: a power cut may lose the last few increments (never
+        the row, never the file's consistency: WAL with synchronous=NORMAL).
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            # Only rows not dated after now: after a clock step back, a row "in the
+            # future" would otherwise collect repeats for as long as the step.
+            row = self._db.execute(
+                "SELECT id FROM events WHERE time > ? AND time <= ? AND vm = ? AND trigger = ? "
+                "AND action = ? AND outcome = ? AND error IS ? ORDER BY id DESC LIMIT 1",
+                (now - interval, now, vm, trigger, action, outcome, error)).fetchone()
+            if row is None:
+                return self._insert(vm, trigger, action, reason, outcome, None, error, now)
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("UPDATE events SET count = count + 1 WHERE id = ?", (row[0],))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+            return int(row[0])
+
+    def _insert(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
+                duration: float | None, error: str | None, when: float,
+                event_id: int | None = None) -> int:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO events (id, time, vm, trigger, action, reason, outcome, "
+            "duration, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, when, vm, trigger, action, reason, outcome, duration, error))
+        return int(cursor.lastrowid) if event_id is None else event_id
 
     def mark_interrupted(self) -> int:
         """At start: actions a crash cut short get the outcome 'interrupted'."""
@@ -154,7 +234,7 @@ class Store:
     def events(self, limit: int = 100, since: float | None = None,
                triggers: Iterable[str] = ()) -> list[Event]:
         """Newest first."""
-        query = "SELECT id, time, vm, trigger, action, reason, outcome, duration, error FROM events"
+        query = f"SELECT {_COLUMNS} FROM events"
         where, args = [], []
         if since is not None:
             where.append("time >= ?")
@@ -172,7 +252,7 @@ class Store:
         return [Event(*row) for row in rows]
 
     def prune(self, now: float | None = None) -> int:
-        """Drop history older than max_age or beyond max_rows; never unbounded."""
+        """Drop history older than max_age or beyond max_rows, and give the space back."""
         now = time.time() if now is None else now
         with self._lock:
             removed = self._db.execute("DELETE FROM events WHERE time < ? AND outcome != ?",
@@ -180,4 +260,19 @@ class Store:
             removed += self._db.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC "
                 "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+            if removed:
+                self._compact()
         return removed
+
+    def _compact(self) -> None:
+        """Give the space of deleted rows back to the disk; best effort (a full disk
+        or a reader holding the WAL only postpones it to the next prune)."""
+        try:
+            # incremental_vacuum frees one page per step of its statement and returns
+            # no row, so execute() would free a single page; executescript() steps it
+            # to the end. The checkpoint then moves the freed pages out of the main
+            # file, truncating it, and empties the WAL, which the deletes had grown.
+            self._db.executescript("PRAGMA incremental_vacuum;")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("could not compact the state file %s after pruning: %s", self.path, exc)

@@ -48,3 +48,8 @@ MAX_BODY = 64 * 1024
 MAX_QUERY = 8192
 #: The longest reason a guest may give with a revert request.
 REASON_MAX = 500
+
+# ------------------------------------------------------------------ repeats
+#: Repeats of one cause (a guest asking again and again for a refused revert)
+#: within this many seconds share one history row, with a count, and one log line.
+REPEAT_INTERVAL = 60.0
