@@ -18,7 +18,7 @@ from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 from .security import GUEST_PATHS, READ_ONLY_PATHS
-from .vocab import GUARD_STATES, MAX_BODY, MAX_QUERY, OUTCOMES, TRIGGERS
+from .vocab import GUARD_STATES, IDLE_DURATION_MAX, MAX_BODY, MAX_QUERY, OUTCOMES, TRIGGERS
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -843,15 +843,17 @@ def _paths() -> dict[str, Any]:
                                              "visitor interaction for 900 s"),
                 "400": _error("`idle_duration` is not a number of seconds.",
                               "Invalid parameter: idle_duration must be a number "
-                              "of seconds from 0 to 10000000 (got 'soon')"),
+                              f"of seconds from 0 to {IDLE_DURATION_MAX} (got 'soon')"),
                 "409": _ref("responses", "GuestRequestRefused"),
                 "503": _503(),
             },
             path_extra={"parameters": [
                 {"name": "idle_duration", "in": "query", "required": False,
-                 "description": "Seconds the guest has been idle (recorded).",
+                 "description": "Seconds the guest has been idle (recorded); "
+                                "also accepted as a POST form field or JSON "
+                                "number.",
                  "schema": {"type": "number", "minimum": 0,
-                            "maximum": 10000000}},
+                            "maximum": IDLE_DURATION_MAX}},
             ]},
         ),
         "/api/v1/events": {
