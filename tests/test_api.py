@@ -348,6 +348,51 @@ def test_an_empty_snapshot_name_is_400_and_an_absent_one_is_the_configured_name(
     assert set(created) == {"golden", "golden~replacing"}
 
 
+# Python calls these numbers ('²'.isdigit(), float('１'), int('1_000'), float('nan')...);
+# the API does not: each is a clear 400, never a 500 or a surprising value.
+NOT_NUMBERS = ["²", "１", "٣", "1_000", " 5", "5 ", "nan", "inf", "-inf", "1e309", "0x10", "",
+               "9" * 5000, "\x00", "soon"]
+
+
+@pytest.mark.parametrize("value", NOT_NUMBERS + ["0", "1001", "-1", "1.5", "1e2", "+5"])
+def test_limit_is_ascii_digits_within_its_range(api, value):
+    body = api.get("/api/v1/events", 400, query_string={"limit": value})
+    assert body["detail"] == \
+        f"Invalid parameter: limit must be a whole number from 1 to 1000 (got {value!r})"
+
+
+@pytest.mark.parametrize("value", [v for v in NOT_NUMBERS if v] + ["-1", "10000001", "1e8", "e5"])
+def test_idle_duration_is_a_finite_ascii_number_within_its_range(api, value):
+    reverts = api.runner.count("snapshot-revert")
+    for method in ("GET", "POST"):
+        body = api.call(method, "/api/v1/idle/reset", 400, query_string={"idle_duration": value})
+        assert body["detail"].startswith("Invalid parameter: idle_duration must be a number of "
+                                         "seconds from 0 to 10000000 (got "), body
+    api.post("/api/v1/idle/reset", 400, json={"idle_duration": 10 ** 400})
+    api.post("/api/v1/idle/reset", 400, json={"idle_duration": True})
+    assert api.runner.count("snapshot-revert") == reverts
+
+
+def test_idle_duration_accepts_what_json_and_scripts_write(api):
+    for value in ("900", "0.5", "1e-05", "1.5E+3", "-0", "+7", "0", "1.", ""):
+        api.get("/api/v1/idle/reset", 202, query_string={"idle_duration": value})
+    api.post("/api/v1/idle/reset", 202, json={"idle_duration": 900})
+    api.post("/api/v1/idle/reset", 202, data={"idle_duration": "12.5"})
+
+
+@pytest.mark.parametrize("value", NOT_NUMBERS[:-1] + [
+    "２０２６-01-01", "2026-11-25T10:00:00+25:00", "0001-01-01", "123456789012", "1.1234567"])
+def test_since_is_iso_8601_or_ascii_seconds(api, value):
+    body = api.get("/api/v1/events", 400, query_string={"since": value})
+    assert body["detail"].startswith("Invalid parameter: since must be an ISO 8601 time"), body
+
+
+def test_since_accepts_iso_8601_and_epoch_seconds(api):
+    for value in ("2026-11-25", "2026-11-25T10:00:00Z", "2026-11-25T10:00:00+01:00",
+                  "1764000000", "1764000000.5", "0"):
+        api.get("/api/v1/events", query_string={"since": value})
+
+
 # ------------------------------------------------------------------ unexpected errors
 
 def test_an_unexpected_exception_is_a_json_500_without_traceback(api, monkeypatch, caplog):

@@ -38,6 +38,15 @@ def test_environment_overrides_every_key(tmp_path):
     assert config.log_level == "DEBUG"
 
 
+def test_allowed_hosts_from_file_and_environment(tmp_path):
+    path = write(tmp_path / "c.yaml", {"vm_name": "eden", "allowed_hosts": ["a.example"]})
+    assert load_config(path, env={})[0].allowed_hosts == ("a.example",)
+    env = {"VMCTL_ALLOWED_HOSTS": "[exhibition-pc.museum.example, gallery-pc.local]"}
+    assert load_config(path, env=env)[0].allowed_hosts == ("exhibition-pc.museum.example",
+                                                           "gallery-pc.local")
+    assert load_config(path, env={"VMCTL_ALLOWED_HOSTS": "null"})[0].allowed_hosts is None
+
+
 def test_discovery_order(tmp_path, monkeypatch):
     a = write(tmp_path / "a.yaml", {"vm_name": "a"})
     b = write(tmp_path / "b.yaml", {"vm_name": "b"})
@@ -64,6 +73,11 @@ def test_discovery_order(tmp_path, monkeypatch):
     ({"vm_name": "--all"}, ["vm_name='--all'"]),
     ({"vm_name": "eden", "snapshot_name": "../x"}, ["snapshot_name='../x'"]),
     ({"vm_name": "eden", "libvirt_uri": "nonsense"}, ["libvirt_uri", "qemu:///system"]),
+    ({"vm_name": "eden", "allowed_hosts": "pc.example"}, ["allowed_hosts='pc.example'", "list"]),
+    ({"vm_name": "eden", "allowed_hosts": ["pc.example:8000"]}, ["pc.example:8000", "names only"]),
+    ({"vm_name": "eden", "allowed_hosts": ["http://pc.example"]}, ["http://pc.example"]),
+    ({"vm_name": "eden", "allowed_hosts": ["*"]}, ["allowed_hosts=['*']"]),
+    ({"vm_name": "eden", "allowed_hosts": [""]}, ["allowed_hosts=['']"]),
 ])
 def test_bad_values_name_key_value_and_expectation(values, words):
     with pytest.raises(ConfigError) as info:

@@ -300,7 +300,7 @@ def test_documented_errors_per_operation(spec):
     def statuses(path, method):
         return set(spec["paths"][path][method]["responses"])
 
-    gate = {"401", "413", "414"}           # every /api operation passes the security gate
+    gate = {"400", "401", "413", "414"}    # every /api operation passes the security gate
     changes = gate | {"403"}               # and what changes state refuses cross-site calls
     assert statuses("/api/v1/status", "get") == {"200", "500", "503"} | gate
     assert statuses("/api/v1/vm/restart", "post") == {
@@ -314,7 +314,15 @@ def test_documented_errors_per_operation(spec):
         "200", "400", "404", "500", "503"} | changes
     assert statuses("/api/v1/revert/disable", "get") == {"200", "503"} | changes
     assert statuses("/api/v1/heartbeat", "get") == {"200", "503"} | changes
-    assert statuses("/", "get") == {"200"}
+    assert statuses("/", "get") == {"200", "400"}  # a foreign Host is refused there too
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            bad_request = operation["responses"]["400"]
+            if "$ref" in bad_request:
+                bad_request = spec["components"]["responses"][bad_request["$ref"].split("/")[-1]]
+            assert "Host header" in bad_request["description"], (path, method)
     assert "404" in spec["info"]["description"]
     assert "405" in spec["info"]["description"]
 

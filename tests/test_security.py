@@ -7,6 +7,7 @@ cross-site GET with browser headers) changes nothing in libvirt.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 
@@ -19,7 +20,7 @@ from vmcontroller import __version__
 from vmcontroller.app import create_app
 from vmcontroller.config import ConfigError, build_config
 from vmcontroller.monitor import Monitor
-from vmcontroller.security import SecuritySettings
+from vmcontroller.security import READ_ONLY_PATHS, SecuritySettings
 from vmcontroller.store import Store
 from vmcontroller.vm import Domain
 
@@ -122,6 +123,89 @@ def test_cross_site_requests_cannot_change_state_even_with_the_token(make_client
                                                     "snapshot-create-as")]
 
 
+CHANGES = ("snapshot-delete", "destroy", "snapshot-create-as", "snapshot-revert", "start")
+
+
+def state_changing_get_paths(client) -> list[str]:
+    """Every GET route under the API that is not read-only, from the app's own url_map."""
+    paths = []
+    for rule in client.application.url_map.iter_rules():
+        path = re.sub(r"<[^<>]+>", "ready", rule.rule)
+        if "GET" in rule.methods and path.startswith("/api/") and path not in READ_ONLY_PATHS:
+            paths.append(path)
+    return sorted(paths)
+
+
+def test_cross_site_head_is_judged_like_get(make_client):
+    """Flask serves HEAD with the GET view: the view runs, only the body is dropped."""
+    client, runner = make_client(api_token=STAFF)
+    paths = state_changing_get_paths(client)
+    assert {"/api/v1/vm/stop", "/api/v1/snapshot/delete/ready"} <= set(paths)
+    before = len(runner.calls)
+    for path in paths:
+        for headers in (BROWSER_IMG, {"Origin": "http://old-net-art.example"}):
+            response = client.head(f"{path}?token={STAFF}", headers=headers)
+            assert response.status_code == 403, (path, headers)
+    assert runner.snapshots == ["ready"] and runner.state == "running"
+    assert not [c for c in runner.calls[before:] if c[0] in CHANGES]
+    assert client.get("/api/v1/status", headers=bearer(STAFF)).json["auto_revert_enabled"]
+    # Not cross-site, HEAD does what GET does (as before).
+    assert client.head("/api/v1/revert/disable", headers=bearer(STAFF)).status_code == 200
+    assert not client.get("/api/v1/status", headers=bearer(STAFF)).json["auto_revert_enabled"]
+
+
+FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "EVIL.example.", "localhost.evil.example",
+                 "127.0.0.1.evil.example", "[::1].evil.example", "::1", "[::1", "127.0.0.1:x",
+                 "127.0.0.1:8000:80", "a b", "", "evil.example@127.0.0.1", "0x7f.1"]
+
+
+@pytest.mark.parametrize("token", [None, STAFF], ids=["no token", "token"])
+def test_a_host_header_that_names_another_host_is_refused_and_changes_nothing(make_client,
+                                                                            token):
+    """DNS rebinding: a page on evil.example, its name pointed at this machine, is same-origin
+    to the browser; only the Host header still carries the attacker's name."""
+    security = {"api_token": token} if token else {}
+    client, runner = make_client(**security)
+    query = f"?token={token}" if token else ""
+    before = len(runner.calls)
+    for host in FOREIGN_HOSTS:
+        for method, path in [("GET", "/api/v1/vm/stop"), ("POST", "/api/v1/revert/disable"),
+                             ("HEAD", "/api/v1/snapshot/delete/ready"),
+                             ("DELETE", "/api/v1/snapshot/ready"), ("GET", "/api/v1/status"),
+                             ("GET", "/api/v1/events"), ("GET", "/"), ("GET", "/openapi.json")]:
+            response = client.open(path + query, method=method, headers={"Host": host})
+            assert response.status_code == 400, (host, method, path, response.status_code)
+            assert response.mimetype == "application/json"
+            if method != "HEAD":
+                detail = response.json["detail"]
+                assert detail.startswith(f"Host {host!r} is not a name of this controller"), detail
+                assert "allowed_hosts" in detail
+    assert runner.snapshots == ["ready"] and runner.state == "running"
+    assert not [c for c in runner.calls[before:] if c[0] in CHANGES]
+    status = client.get("/api/v1/status" + query)
+    assert status.status_code == 200 and status.json["auto_revert_enabled"]
+
+
+def test_ip_literals_localhost_and_the_machines_own_names_are_accepted(make_client):
+    client, _ = make_client()
+    hosts = ["127.0.0.1", "127.0.0.1:8000", "10.0.2.2:8000", "192.168.122.1", "[::1]",
+             "[::1]:8000", "[fe80::1]:80", "[::ffff:127.0.0.1]:8000", "localhost",
+             "localhost:8000", "LocalHost.", socket.gethostname(),
+             f"{socket.getfqdn()}:8000"]
+    for host in hosts:
+        assert client.get("/api/v1/status", headers={"Host": host}).status_code == 200, host
+        assert client.post("/api/v1/revert/enable", headers={"Host": host}).status_code == 200
+
+
+def test_names_from_the_configuration_are_accepted(make_client):
+    client, _ = make_client(allowed_hosts=("kiosk.museum.example", "Gallery-PC.local"))
+    for host in ("kiosk.museum.example", "kiosk.museum.example:8443", "KIOSK.museum.example.",
+                 "gallery-pc.local:8000"):
+        assert client.post("/api/v1/revert/enable", headers={"Host": host}).status_code == 200
+    for host in ("other.museum.example", "museum.example", "x.kiosk.museum.example"):
+        assert client.get("/api/v1/status", headers={"Host": host}).status_code == 400, host
+
+
 def test_same_origin_and_non_browser_clients_are_not_cross_site(make_client):
     client, _ = make_client()
     own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
@@ -213,8 +297,16 @@ def test_the_guests_browser_changes_nothing(start_controller, domain, events):
     for path in ("/api/v1/snapshot/delete/ready", "/api/v1/vm/stop", "/api/v1/vm/restart",
                  "/api/v1/snapshot/create?snapshot_name=ready", "/api/v1/revert/disable",
                  "/api/v1/snapshot/delete/backup"):
-        response = requests.get(api.base + path, headers=BROWSER_IMG, timeout=10)
-        assert response.status_code == 403, (path, response.text)
+        for method in ("GET", "HEAD"):  # HEAD runs the GET handler: judged the same
+            response = requests.request(method, api.base + path, headers=BROWSER_IMG,
+                                        timeout=10)
+            assert response.status_code == 403, (method, path, response.text)
+        # DNS rebinding: the attacker's page is same-origin, only Host gives it away.
+        rebound = requests.get(api.base + path, headers={"Host": f"evil.example:{controller.port}",
+                                                         "Origin": f"http://evil.example:"
+                                                                   f"{controller.port}"},
+                               timeout=10)
+        assert rebound.status_code == 400 and "allowed_hosts" in rebound.json()["detail"]
     time.sleep(1)
     assert (domain.snapshot_tree(), domain.state(), len(events.events)) == before
     assert api.get("/api/v1/status")["auto_revert_enabled"] is True

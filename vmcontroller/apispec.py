@@ -18,7 +18,8 @@ from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 from .security import GUEST_PATHS, READ_ONLY_PATHS
-from .vocab import GUARD_STATES, MAX_BODY, MAX_QUERY, OUTCOMES, REPEAT_INTERVAL, TRIGGERS
+from .vocab import (GUARD_STATES, IDLE_DURATION_MAX, MAX_BODY, MAX_QUERY, OUTCOMES,
+                    REPEAT_INTERVAL, TRIGGERS)
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -57,9 +58,17 @@ or as a `token` query parameter (for GET-only clients). Missing or wrong: \
 * **Cross-site requests**: a request a browser marks as coming from another \
 site (`Sec-Fetch-Site: cross-site`/`same-site`, or an `Origin` that is not \
 the controller's own and not in `cors_origins`) cannot change anything: \
-**403**, token or not.
+**403**, token or not. HEAD is judged like GET.
+* **Host**: a request whose `Host` header is not an IP address, `localhost`, \
+one of the machine's own names or a name in `allowed_hosts` answers **400**, \
+on every path (protection against DNS rebinding).
 * Bodies over 64 KiB answer **413**; query strings over 8192 bytes **414**.
 """
+
+
+_BAD_HOST = ("The Host header names another host: not an IP address, localhost, "
+             "one of the machine's own names nor a name in allowed_hosts "
+             "(protection against DNS rebinding).")
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -481,6 +490,12 @@ def _responses() -> dict[str, Any]:
             "Cross-site request refused: the browser marked it Sec-Fetch-Site: "
             "cross-site. Staff tools must call the API directly, not from "
             "another site's page."),
+        "BadHost": _error(
+            _BAD_HOST,
+            "Host 'evil.example:8000' is not a name of this controller: a page "
+            "may have pointed its own name at this machine (DNS rebinding). To "
+            "reach the controller under this name, add it to allowed_hosts in "
+            "the configuration."),
         "TooLarge": _error(f"The request body is over {MAX_BODY // 1024} KiB.",
                            f"Request body too large: at most {MAX_BODY} bytes "
                            "(got 70000)"),
@@ -875,15 +890,17 @@ def _paths() -> dict[str, Any]:
                                              "visitor interaction for 900 s"),
                 "400": _error("`idle_duration` is not a number of seconds.",
                               "Invalid parameter: idle_duration must be a number "
-                              "of seconds from 0 to 10000000 (got 'soon')"),
+                              f"of seconds from 0 to {IDLE_DURATION_MAX} (got 'soon')"),
                 "409": _ref("responses", "GuestRequestRefused"),
                 "503": _503(),
             },
             path_extra={"parameters": [
                 {"name": "idle_duration", "in": "query", "required": False,
-                 "description": "Seconds the guest has been idle (recorded).",
+                 "description": "Seconds the guest has been idle (recorded); "
+                                "also accepted as a POST form field or JSON "
+                                "number.",
                  "schema": {"type": "number", "minimum": 0,
-                            "maximum": 10000000}},
+                            "maximum": IDLE_DURATION_MAX}},
             ]},
         ),
         "/api/v1/events": {
@@ -985,9 +1002,25 @@ def _security_schemes() -> dict[str, Any]:
     }
 
 
-def _add_gate_responses(paths: dict[str, Any]) -> None:
-    """Every API operation passes the security gate: document its answers once."""
+def _add_bad_host(responses: dict[str, Any], shared: dict[str, Any]) -> None:
+    """One status, two causes: an operation's own 400 also covers a foreign Host."""
+    own = responses.get("400")
+    if own is None:
+        responses["400"] = _ref("responses", "BadHost")
+        return
+    if "$ref" in own:  # a shared response: said once, in the component
+        own = shared[own["$ref"].rsplit("/", 1)[1]]
+    note = " Or: " + _BAD_HOST[0].lower() + _BAD_HOST[1:]
+    if note not in own["description"]:
+        own["description"] += note
+
+
+def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
+    """Every operation passes the security gate: document its answers once."""
     for path, item in paths.items():
+        for method, op in item.items():
+            if method in ("get", "post", "delete"):
+                _add_bad_host(op["responses"], shared)
         if not path.startswith("/api/"):
             item_ops = [op for m, op in item.items() if m in ("get", "post", "delete")]
             for op in item_ops:
@@ -1014,7 +1047,8 @@ def build_openapi(version: str) -> dict[str, Any]:
     modify theirs without affecting anyone else.
     """
     paths = _paths()
-    _add_gate_responses(paths)
+    responses = _responses()
+    _add_gate_responses(paths, responses)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -1032,6 +1066,6 @@ def build_openapi(version: str) -> dict[str, Any]:
             "schemas": _schemas(),
             "parameters": _parameters(),
             "requestBodies": _request_bodies(),
-            "responses": _responses(),
+            "responses": responses,
         },
     }

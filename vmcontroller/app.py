@@ -21,13 +21,14 @@ from .docs import init_docs
 from .loglines import printable
 from .monitor import Busy, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
-from .params import SEVERITIES, ApiError, int_param, param, param_values, text_param, time_param
+from .params import (SEVERITIES, ApiError, int_param, param_values, seconds_param, text_param,
+                     time_param)
 from .security import SecuritySettings, init_security
 from .store import StoreError
 from .virsh import SnapshotNotFound, VirshError
 from .vm import SnapshotMissing
 from .vocab import API_PREFIX as API
-from .vocab import GUEST_REQUEST, IDLE_RESET, REASON_MAX, TRIGGERS
+from .vocab import GUEST_REQUEST, IDLE_DURATION_MAX, IDLE_RESET, REASON_MAX, TRIGGERS
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("vmcontroller.requests")
@@ -244,16 +245,9 @@ def create_app(monitor: Monitor, version: str,
 
     @app.route(f"{API}/idle/reset", methods=["GET", "POST"])
     def idle_reset():
-        raw = param("idle_duration")
+        seconds = seconds_param("idle_duration", IDLE_DURATION_MAX)
         reason = "the guest reports no visitor interaction"
-        if raw not in (None, ""):
-            try:
-                seconds = float(raw)
-            except ValueError:
-                seconds = -1.0
-            if not 0 <= seconds <= 10 ** 7:
-                raise ApiError(400, f"Invalid parameter: idle_duration must be a number of "
-                                    f"seconds from 0 to 10000000 (got {raw!r})")
+        if seconds is not None:
             reason += f" for {seconds:g} s"
         return _accepted(monitor.request_revert(IDLE_RESET, reason))
 

@@ -61,6 +61,7 @@ class Config:
     guest_token: str | None = None
     guest_token_file: str | None = None
     cors_origins: tuple[str, ...] | None = None
+    allowed_hosts: tuple[str, ...] | None = None
     api_channel_timeout: float = 30.0
 
 
@@ -78,6 +79,11 @@ SECRET_KEYS = ("api_token", "guest_token")
 
 def _good_token(value: str) -> bool:
     return 16 <= len(value) <= 256 and all(33 <= ord(c) <= 126 for c in value)
+
+
+#: A DNS name (letters, digits, '-', '_', dots; a final dot allowed), no port.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?", re.ASCII)
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -135,6 +141,10 @@ _RULES: dict[str, _Rule] = {
     "cors_origins": _Rule(tuple, lambda v: v is None or all(
         isinstance(o, str) and re.fullmatch(r"https?://[^/\s]+", o) for o in v),
         "null or a list of origins such as http://192.168.122.1:8080 (scheme://host[:port])"),
+    "allowed_hosts": _Rule(tuple, lambda v: v is None or all(
+        isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in v),
+        "null or a list of host names such as exhibition-pc.museum.example (names only: "
+        "IP addresses, localhost and the machine's own names are always accepted)"),
     "api_channel_timeout": _Rule(float, _between(1, 3600),
                                  "a number of seconds from 1 to 3600"),
 }
@@ -293,7 +303,7 @@ def masked(values: dict[str, Any]) -> dict[str, Any]:
 def as_dict(config: Config) -> dict[str, Any]:
     """The configuration as plain data, for check-config and the logs."""
     data = dataclasses.asdict(config)
-    for key in ("post_revert_command", "cors_origins"):
+    for key in ("post_revert_command", "cors_origins", "allowed_hosts"):
         if data[key] is not None:
             data[key] = list(data[key])
     return data

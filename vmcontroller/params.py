@@ -7,6 +7,7 @@ with a 400 that says what is allowed.
 """
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any
@@ -66,14 +67,62 @@ def text_param(name: str, required: bool, limit: int) -> str | None:
     return "".join(c if c.isprintable() else "?" for c in value).strip() or "(blank)"
 
 
+#: The numbers the API reads: ASCII digits only. Python's own tests are wider:
+#: ``str.isdigit`` accepts '²', ``int`` and ``float`` accept '１', '٣', '1_000',
+#: surrounding spaces, 'nan' and 'inf'. The lengths keep ``int`` far from its
+#: digit limit and ``float`` from overflowing to infinity.
+_WHOLE = re.compile(r"[0-9]{1,18}", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18}", re.ASCII)
+_EXPONENT = re.compile(r"[eE][+-]?[0-9]{1,3}", re.ASCII)
+_SECONDS = re.compile(r"[0-9]{1,11}(\.[0-9]{1,6})?", re.ASCII)
+
+
+def parse_whole(raw: str) -> int | None:
+    """A whole number written in ASCII digits, or None."""
+    return int(raw) if _WHOLE.fullmatch(raw) else None
+
+
+def parse_number(raw: str) -> float | None:
+    """A finite number written as JSON or Python write one (ASCII: '12', '0.5', '1e-05',
+    '-0'), or None for anything else, 'nan' and 'inf' included."""
+    body = raw[1:] if raw[:1] in ("-", "+") else raw
+    exponent = _EXPONENT.search(body)
+    mantissa = body[:exponent.start()] if exponent and exponent.end() == len(body) else body
+    if not _DECIMAL.fullmatch(mantissa):
+        return None
+    value = float(raw) + 0.0  # '+ 0.0' turns -0.0 into 0.0
+    return value if math.isfinite(value) else None
+
+
 def int_param(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = parse_whole(raw)
+    if value is None or not low <= value <= high:
         raise ApiError(400, f"Invalid parameter: {name} must be a whole number from {low} to "
                             f"{high} (got {raw!r})")
-    return int(raw)
+    return value
+
+
+def seconds_param(name: str, high: int) -> float | None:
+    """Seconds from 0 to ``high`` as query, form field or JSON number; None if absent or empty."""
+    values = param_values(name)
+    if not values or values[0] in (None, ""):
+        return None
+    given = values[0]
+    value: float | None = None
+    if isinstance(given, str):
+        value = parse_number(given)
+    elif isinstance(given, (int, float)) and not isinstance(given, bool):
+        try:
+            value = float(given) + 0.0
+        except OverflowError:  # a JSON integer with hundreds of digits
+            value = None
+    if value is None or not 0 <= value <= high:  # NaN and infinity fail here too
+        raise ApiError(400, f"Invalid parameter: {name} must be a number of seconds from 0 to "
+                            f"{high} (got {given!r})")
+    return value
 
 
 def time_param(name: str) -> float | None:
@@ -81,12 +130,13 @@ def time_param(name: str) -> float | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    if re.fullmatch(r"[0-9]{1,11}(\.[0-9]{1,6})?", raw):
+    if _SECONDS.fullmatch(raw):
         return float(raw)
     try:
+        # Python's parser reads only ASCII digits; the time may still lie beyond
+        # what the platform's clock functions take (year 1 in local time...).
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise ApiError(400, f"Invalid parameter: {name} must be an ISO 8601 time such as "
                             f"2026-11-25T10:00:00+00:00, or seconds since the epoch "
                             f"(got {raw!r})") from None
-

@@ -12,7 +12,12 @@ one gate every request passes, before any route runs:
 - cross-site requests: a request a browser marks as coming from another site
   (``Sec-Fetch-Site``, or an ``Origin`` that is not the controller's own)
   cannot change anything, token or not: an ``<img>`` tag in a page the
-  guest's browser opens must not delete the ready snapshot.
+  guest's browser opens must not delete the ready snapshot. HEAD is judged
+  like GET: Flask answers it by running the GET view.
+- the Host header must name this controller (an IP address, ``localhost``,
+  the machine's names, ``allowed_hosts``): DNS rebinding points an attacker's
+  name at this machine, and then the attacker's page is same-origin to the
+  browser, so only the Host header still tells the request apart.
 - limits: bodies over 64 KiB, over-long query strings (413/414).
 - headers: nosniff everywhere; the docs pages may not be framed.
 With no token configured the API behaves as the API reference says.
@@ -20,7 +25,10 @@ With no token configured the API behaves as the API reference says.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import re
+import socket
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -51,6 +59,49 @@ class SecuritySettings:
     api_token: str | None = None
     guest_token: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: Host names accepted in the Host header beyond IP addresses, localhost
+    #: and the machine's own names (the allowed_hosts setting, api_host).
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+
+
+#: A Host header: a bracketed IPv6 address or a name/IPv4 address, then an optional port.
+_HOST_HEADER = re.compile(r"(\[[^\[\]]*\]|[^\[\]:]*)(?::[0-9]{1,5})?", re.ASCII)
+HOSTS_KEY = "allowed_hosts"
+
+
+def normal_host_name(name: str) -> str:
+    """The form names are compared in: DNS ignores case and a final dot."""
+    return name.lower().removesuffix(".")
+
+
+def machine_host_names() -> frozenset[str]:
+    """The names this machine answers to by itself. getfqdn() may ask the resolver,
+    so it is called once, when the app is built, never per request."""
+    return frozenset(normal_host_name(n) for n in ("localhost", socket.gethostname(),
+                                                   socket.getfqdn()) if n)
+
+
+def host_is_ours(header: str, names: frozenset[str]) -> bool:
+    """Whether a Host header names this controller.
+
+    Any IP address is accepted: a rebinding attack always carries the attacker's
+    DNS name, and a guest reaches the host by address (10.0.2.2, 192.168.122.1).
+    """
+    match = _HOST_HEADER.fullmatch(header)
+    if match is None:
+        return False
+    host = match.group(1)
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return True
+        except ValueError:
+            return False
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        return bool(host) and normal_host_name(host) in names
 
 
 def _matches(given: str | None, *tokens: str | None) -> bool:
@@ -89,6 +140,11 @@ def cross_site_reason(cors_origins: Iterable[str]) -> str | None:
     return None
 
 
+def _shown(value: str, limit: int = 200) -> str:
+    """A header value quoted for a message: escaped by repr, and not 16 KiB long."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
 def _refuse(status: int, detail: str, **headers: str) -> Response:
     response = jsonify({"detail": detail})
     response.status_code = status
@@ -100,10 +156,20 @@ def _refuse(status: int, detail: str, **headers: str) -> Response:
 def init_security(app: Flask, settings: SecuritySettings) -> None:
     """Register the gate on ``app``; its routes stay unaware of it."""
     cors = settings.cors_origins
+    host_names = machine_host_names() | {normal_host_name(n) for n in settings.allowed_hosts}
 
     @app.before_request
     def _gate() -> Response | None:
         path = request.path
+        host = request.headers.get("Host")
+        # No Host at all: an HTTP/1.0 tool, never a browser (browsers always send it).
+        if host is not None and not host_is_ours(host, host_names):
+            log.warning("refused a request for host %s: %s %r", _shown(host, 100),
+                        request.method, path)
+            return _refuse(400, f"Host {_shown(host)} is not a name of this controller: a "
+                                f"page may have pointed its own name at this machine (DNS "
+                                f"rebinding). To reach the controller under this name, add it "
+                                f"to {HOSTS_KEY} in the configuration.")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _refuse(413, f"Request body too large: at most {MAX_BODY} bytes "
                                 f"(got {request.content_length})")
@@ -113,8 +179,8 @@ def init_security(app: Flask, settings: SecuritySettings) -> None:
             return None
         if request.method == "OPTIONS":
             return None  # CORS preflight: answered below, changes nothing
-        changes_state = path not in READ_ONLY_PATHS and request.method != "HEAD"
-        if changes_state:
+        # HEAD runs the GET view (only the body is dropped), so it is judged as GET.
+        if path not in READ_ONLY_PATHS:
             why = cross_site_reason(cors)
             if why is not None:
                 log.warning("refused a cross-site %s %s: %s", printable(request.method),

@@ -89,7 +89,9 @@ class Controller:
                                   self.monitor.on_events_connection)
         self.app = create_app(self.monitor, __version__, SecuritySettings(
             api_token=config.api_token, guest_token=config.guest_token,
-            cors_origins=config.cors_origins or ()))
+            cors_origins=config.cors_origins or (),
+            # A name the controller is told to listen on is one of its own.
+            allowed_hosts=(*(config.allowed_hosts or ()), config.api_host)))
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app, host=config.api_host, port=config.api_port, threads=config.api_threads,
             ident="", channel_timeout=int(max(1, config.api_channel_timeout)),

@@ -48,6 +48,8 @@ MAX_BODY = 64 * 1024
 MAX_QUERY = 8192
 #: The longest reason a guest may give with a revert request.
 REASON_MAX = 500
+#: The longest idle time a guest may report with an idle reset, in seconds.
+IDLE_DURATION_MAX = 10_000_000
 
 # ------------------------------------------------------------------ repeats
 #: Repeats of one cause (a guest asking again and again for a refused revert)
