@@ -71,14 +71,22 @@ def remount(mount: Path, mode: str) -> None:
 @pytest.mark.parametrize("fault", ["disk full", "read-only"])
 def test_a_state_file_that_refuses_writes_never_disarms_recovery(fault, start_controller, domain,
                                                                events, small_disk):
-    controller, api = start_controller(state_path=str(small_disk / "state.db"),
-                                       heartbeat_timeout=2, vm_startup_heartbeat_delay=0.5)
+    """Disk full: it fills up under a running controller. Read-only: the kernel refuses a
+    remount while the file is open for writing (EBUSY), so the filesystem turns read-only
+    between two runs, as after errors=remount-ro and a reboot; the controller must start on
+    it, run on what the file holds, and save again once it is writable."""
+    settings = {"state_path": str(small_disk / "state.db"), "heartbeat_timeout": 2,
+                "vm_startup_heartbeat_delay": 0.5}
+    controller, api = start_controller(**settings)
     assert events.wait_for(REVERTED, 1, 30), "the first start is clean"
     wait_until(lambda: controller.monitor.store.pending == 0, 10, message="writes settled")
     if fault == "disk full":
         fill(small_disk)
     else:
+        controller.stop()
         remount(small_disk, "ro")
+        controller, api = start_controller(**settings)
+        assert events.wait_for(REVERTED, 2, 30), "it starts, and clean"
 
     # Staff actions still act, and answer 200.
     assert api.post("/api/v1/revert/disable")["message"].startswith("Automatic revert disabled")

@@ -107,6 +107,7 @@ class Controller:
             if isinstance(server, BaseWSGIServer):
                 server.channel_class = _JsonErrorChannel
         self._http_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
         # systemd (Type=notify, WatchdogSec): a no-op unless $NOTIFY_SOCKET is set.
         self.notifier = Notifier.from_environ(
             self.monitor, stale_limit(longest_locked_operation(config), MAX_SLEEP))
@@ -150,6 +151,9 @@ class Controller:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests, then stop the threads. Safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
         log.info("shutting down")
         self.notifier.stopping()
         if self.probe is not None:

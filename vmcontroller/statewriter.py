@@ -57,6 +57,7 @@ class StateWriter:
         self._problem: str | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._problem = store.unwritable
         try:
             self._next_id = store.max_event_id() + 1
         except _WRITE_ERRORS as exc:
@@ -254,6 +255,7 @@ class StateWriter:
                         return
                     self._cond.wait(delay)
                 delay = min(delay * 2, self.retry_max)
+                self.store.reopen()   # a file opened read-only at start may be writable now
                 continue
             except Exception:   # a bug in one write must not stop every later one
                 log.exception("a write to the state file failed unexpectedly; skipped")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote
 
 from .vocab import INTERRUPTED, REPEAT_INTERVAL, STARTED
 
@@ -94,18 +95,72 @@ class Store:
         self.max_age = max_age_days * 86400
         self.max_rows = max_rows
         self._lock = threading.Lock()
+        #: Why the file cannot be written (it was opened read-only, or not at all), or None.
+        self.unwritable: str | None = None
         try:
-            if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                       timeout=10)
+            self._db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            if str(path) == ":memory:":
+                raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from None
+            # A watchdog that refuses to start because its state file cannot be
+            # written (a filesystem remounted read-only after an error, a full
+            # disk) leaves the artwork unwatched: run on what can be read instead.
+            self.unwritable = f"cannot open it for writing: {exc}"
+            self._db = self._open_read_only()
+            log.error("the state file %s %s; running on what it holds, changes are not saved "
+                      "until it can be written again", self.path, self.unwritable)
+
+    def _open(self) -> sqlite3.Connection:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                   isolation_level=None, timeout=10)
+        try:
             self._use_incremental_vacuum()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+        return self._db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The file as it is, never written (immutable: nothing may change it now); an empty
+        history if it cannot even be read. Writes to it fail, and are retried by the writer."""
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro&immutable=1"
+        try:
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            db.execute("SELECT count(*) FROM flags").fetchone()
+            present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+            if "count" in present:
+                return db
+            db.close()
+        except sqlite3.Error as exc:
+            self.unwritable += f"; nor read ({exc}): starting from an empty state"
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        db.executescript(SCHEMA)
+        for statement in MIGRATIONS.values():
+            db.execute(statement)
+        db.execute("PRAGMA query_only=ON")
+        return db
+
+    def reopen(self) -> bool:
+        """Try again to open a file that could not be written at start. True if it now can."""
+        if self.unwritable is None:
+            return True
+        with self._lock:
+            old = self._db
+            try:
+                self._db = self._open()
+            except (OSError, sqlite3.Error):
+                self._db = old
+                return False
+            old.close()
+            self.unwritable = None
+        log.warning("the state file %s can be written again", self.path)
+        return True
 
     def _use_incremental_vacuum(self) -> None:
         """Let prune() give space back. The mode is fixed when the first table is
