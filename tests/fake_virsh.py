@@ -24,13 +24,15 @@ class FakeRunner:
         self.current: str | None = snapshots[-1] if snapshots else None
         self.revert_seconds = revert_seconds
         self.calls: list[tuple[str, ...]] = []
-        self.failures: dict[str, VirshError] = {}
+        self.failures: dict[str, list[VirshError]] = {}
+        self.managed_save = False
         self.listener: Callable[[LifecycleEvent], None] | None = None
         self._lock = threading.Lock()
 
     # -- helpers for tests
     def fail(self, command: str, error: VirshError) -> None:
-        self.failures[command] = error
+        """The next call of ``command`` raises ``error`` (queued: call again for the one after)."""
+        self.failures.setdefault(command, []).append(error)
 
     def count(self, command: str) -> int:
         return sum(1 for c in self.calls if c[0] == command)
@@ -47,7 +49,10 @@ class FakeRunner:
     def _call(self, *call: str) -> None:
         with self._lock:
             self.calls.append(call)
-            error = self.failures.pop(call[0], None)
+            queued = self.failures.get(call[0])
+            error = queued.pop(0) if queued else None
+            if queued is not None and not queued:
+                del self.failures[call[0]]
         if error is not None:
             raise error
         if call[1] != self.domain:
@@ -68,6 +73,16 @@ class FakeRunner:
     def resume(self, domain: str) -> None:
         self._call("resume", domain)
         self.state = "running"
+
+    def suspend(self, domain: str) -> None:
+        self._call("suspend", domain)
+        if self.state not in ("running", "paused"):
+            raise NotRunning("Requested operation is not valid: domain is not running")
+        self.state = "paused"
+
+    def managedsave_remove(self, domain: str) -> None:
+        self._call("managedsave-remove", domain)
+        self.managed_save = False
 
     def destroy(self, domain: str) -> None:
         self._call("destroy", domain)
@@ -109,13 +124,15 @@ class FakeRunner:
         if self.current == name:
             self.current = parent
 
-    def snapshot_revert(self, domain: str, name: str) -> None:
-        self._call("snapshot-revert", domain, name)
+    def snapshot_revert(self, domain: str, name: str, *, paused: bool = False,
+                        force: bool = False) -> None:
+        self._call("snapshot-revert", domain, name, "--paused" if paused else "--running",
+                   *(("--force",) if force else ()))
         if name not in self.snapshots:
             raise SnapshotNotFound(f"Domain snapshot not found: no domain snapshot with matching "
                                    f"name '{name}'")
         if self.revert_seconds:
             threading.Event().wait(self.revert_seconds)
-        self.state = "running"
+        self.state = "paused" if paused else "running"
         self.current = name
         self._emit("Started", "Snapshot")

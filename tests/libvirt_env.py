@@ -74,7 +74,8 @@ class TestDomain:
 
     def remove(self) -> None:
         virsh("destroy", "--domain", self.name, check=False)
-        virsh("undefine", "--domain", self.name, "--snapshots-metadata", check=False)
+        virsh("undefine", "--domain", self.name, "--snapshots-metadata", "--managed-save",
+              check=False)
         self.disk.unlink(missing_ok=True)
 
     def state(self) -> str:

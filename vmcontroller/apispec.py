@@ -756,7 +756,10 @@ def _paths() -> dict[str, Any]:
             "grace period (vm_startup_heartbeat_delay) then runs in the "
             "background before the timeout is enforced again. A restart "
             "requested while one is under way joins it instead of reverting "
-            "a second time. Clears a manual stop.",
+            "a second time. Clears a manual stop. A revert libvirt refuses "
+            "unless forced is retried as README describes when that gives "
+            "the snapshot's state; otherwise the 500's `detail` says what "
+            "staff must do.",
             {
                 "200": _message_ok("The VM was reverted and runs.",
                                    "VM 'eden-garden-vm' restarted "
@@ -795,11 +798,14 @@ def _paths() -> dict[str, Any]:
         "/api/v1/snapshot/create": _get_and_post(
             "Snapshots", "createSnapshot", "Create or replace a snapshot",
             "Snapshots the VM's current disk (and, if it runs, memory) "
-            "state; the VM keeps running. `snapshot_name` defaults to the "
-            "configured snapshot name. An existing snapshot of that name "
-            "is replaced: only that one is deleted, never the snapshots "
-            "made after it. Test the VM thoroughly before replacing the "
-            "reference snapshot: every automatic revert returns to it.",
+            "state; the VM keeps running (its CPUs pause once while the "
+            "state is saved, a replacement included). `snapshot_name` "
+            "defaults to the configured snapshot name. An existing snapshot "
+            "of that name is replaced: only that one is deleted, never the "
+            "snapshots made after it, and a snapshot of that name exists at "
+            "every step, even if the controller is killed midway. Test the "
+            "VM thoroughly before replacing the reference snapshot: every "
+            "automatic revert returns to it.",
             {
                 "200": _message_ok(
                     "The snapshot exists now.",

@@ -52,11 +52,35 @@ class LibvirtUnreachable(VirshError):
     """virsh could not connect to libvirtd at all."""
 
 
+class RevertRisky(VirshError):
+    """libvirt refused a snapshot revert unless forced (VIR_ERR_SNAPSHOT_REVERT_RISKY).
+
+    libvirt 9.0 no longer raises this for a changed definition (a revert then
+    respawns QEMU from the snapshot's own definition); older libvirts did, with
+    their ABI check's message ("Target domain ... does not match source ...").
+    """
+
+
+class ManagedSaveConflict(RevertRisky):
+    """The snapshot holds no memory while a managed save image (a host shutdown's saved
+    memory) exists; libvirt wants that image removed first."""
+
+
+class SnapshotLacksDefinition(RevertRisky):
+    """The snapshot has no copy of the domain's definition; libvirt 9.0 refuses to revert
+    to it even with --force."""
+
+
 # Most specific first: "failed to connect" must win over the generic fall-through.
 _ERROR_PATTERNS: tuple[tuple[re.Pattern[str], type[VirshError]], ...] = (
     (re.compile(r"failed to connect to the hypervisor|Failed to connect socket|"
                 r"no connection driver available|Cannot recv data|End of file while reading",
                 re.I), LibvirtUnreachable),
+    (re.compile(r"revert requires force: snapshot without memory state, removal of existing "
+                r"managed saved? state", re.I), ManagedSaveConflict),
+    (re.compile(r"revert requires force: snapshot '.*' lacks domain '.*' rollback info", re.I),
+     SnapshotLacksDefinition),
+    (re.compile(r"revert requires force", re.I), RevertRisky),
     (re.compile(r"snapshot not found|no domain snapshot with matching name|"
                 r"has no current snapshot", re.I), SnapshotNotFound),
     (re.compile(r"failed to get domain|Domain not found|no domain with matching", re.I),
@@ -188,6 +212,12 @@ class VirshRunner:
     def resume(self, domain: str) -> None:
         self.run("resume", "--domain", domain)
 
+    def suspend(self, domain: str) -> None:
+        self.run("suspend", "--domain", domain)
+
+    def managedsave_remove(self, domain: str) -> None:
+        self.run("managedsave-remove", "--domain", domain)
+
     def destroy(self, domain: str) -> None:
         self.run("destroy", "--domain", domain)
 
@@ -220,9 +250,14 @@ class VirshRunner:
         """Delete one snapshot; its children are re-parented, never deleted."""
         self.run("snapshot-delete", "--domain", domain, "--snapshotname", name)
 
-    def snapshot_revert(self, domain: str, name: str) -> None:
-        """Revert and leave the domain running, whatever state the snapshot recorded."""
-        self.run("snapshot-revert", "--domain", domain, "--snapshotname", name, "--running")
+    def snapshot_revert(self, domain: str, name: str, *, paused: bool = False,
+                        force: bool = False) -> None:
+        """Revert and leave the domain running (or paused), whatever state the snapshot recorded.
+
+        ``force`` overrides libvirt's refusal of a risky revert (RevertRisky).
+        """
+        self.run("snapshot-revert", "--domain", domain, "--snapshotname", name,
+                 "--paused" if paused else "--running", *(("--force",) if force else ()))
 
     def event_argv(self) -> list[str]:
         return self._argv(["event", "--loop", "--timestamp", "--event", "lifecycle"])
