@@ -45,7 +45,7 @@ STATUS_FIELDS = {"vm_name": str, "vm_state": str, "vm_is_running": bool, "snapsh
                  "snapshot_exists": bool, "heartbeat": dict, "auto_revert_enabled": bool}
 # Additive fields beyond the API reference (issue 3): every spec field keeps its name and type.
 STATUS_EXTRA = {"vm_state_detail": (str, type(None)), "stopped_by_staff": bool, "recovery": dict,
-                "state_file": dict}
+                "state_file": dict, "snapshot_detail": (str, type(None))}
 HEARTBEAT_FIELDS = {"enabled": bool, "last_heartbeat": (str, type(None)),
                     "seconds_since_last": (int, float, type(None)), "is_healthy": bool,
                     "timeout": (int, float)}

@@ -354,3 +354,38 @@ def test_post_revert_command_runs_with_the_vm_name(make_monitor, tmp_path):
     assert out.read_text().splitlines() == ["art ready"]
     monitor.restart_vm()
     wait_until(lambda: len(out.read_text().splitlines()) == 2, 5, message="the hook after restart")
+
+
+def test_a_revert_libvirt_refuses_for_good_stops_recovery_until_staff_act(make_monitor):
+    """RevertNeedsStaff (vm.py) is not retried with back-off: the guard stops at once with
+    the message that says what staff must do; a staff restart or a new reference resumes."""
+    from vmcontroller.virsh import SnapshotLacksDefinition
+    monitor, runner = make_monitor(recovery_backoff_initial=0.1)
+    before = reverts(runner)
+    runner.fail("snapshot-revert", SnapshotLacksDefinition(
+        "revert requires force: snapshot 'ready' lacks domain 'art' rollback info"))
+    wait_until(lambda: monitor.status()["recovery"]["guard"]["state"] == "failed", 5,
+               message="recovery to stop")
+    guard = monitor.status()["recovery"]["guard"]
+    assert "take the snapshot again" in guard["detail"] and "Staff:" in guard["detail"], guard
+    failed = monitor.store.events(limit=1, triggers=["heartbeat_timeout"])[0]
+    assert failed.outcome == "failed" and "rollback info" in failed.error
+    assert monitor.status()["heartbeat"]["enabled"] is True
+    from vmcontroller.monitor import Conflict
+    with pytest.raises(Conflict, match="guard tripped"):   # guest requests wait for staff too
+        monitor.request_revert("guest_request", "x")
+    monitor.create_snapshot("ready")   # staff take the reference again
+    assert monitor.status()["recovery"]["guard"]["state"] == "ok"
+    wait_until(lambda: reverts(runner) == before + 1, 5, message="recovery to resume")
+
+
+def test_a_forced_revert_is_recorded_with_libvirts_refusal(make_monitor):
+    from vmcontroller.virsh import RevertRisky
+    monitor, runner = make_monitor(heartbeat_timeout=60)
+    runner.fail("snapshot-revert", RevertRisky(
+        "revert requires force: Target domain max memory 131072 does not match source 65536"))
+    monitor.restart_vm()
+    event = monitor.store.events(limit=1)[0]
+    assert (event.trigger, event.action, event.outcome) == ("api", "revert", "succeeded")
+    assert "does not match source" in event.error and "--force" in event.error, event
+    assert any("--force" in call for call in runner.calls if call[0] == "snapshot-revert")

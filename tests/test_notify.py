@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from libvirt_env import wait_until
@@ -341,3 +342,73 @@ def test_serve_under_a_hanging_virsh_is_ready_pings_and_says_stopping(abstract_l
     output = (tmp_path / "serve.log").read_text()
     assert "systemd watchdog: a ping every 0.25 s" in output
     assert "withholding" not in output, output
+
+
+def _controller_under_watchdog(domain, tmp_path, monkeypatch, listener, **overrides):
+    from vmcontroller.server import Controller
+
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    controller = Controller(build_config({
+        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
+        "heartbeat_timeout": 600, "vm_startup_heartbeat_delay": 0.5,
+        "heartbeat_check_interval": 0.5, "state_path": str(tmp_path / "state.db"),
+        **overrides}))
+    assert controller.probe is not None, "probed only under systemd's watchdog"
+    controller.notifier.stale_after = 2.0   # the formula is tested above; keep this test short
+    controller.probe.interval = 0.2
+    return controller
+
+
+def _withheld_for_http(listener) -> bool:
+    return any(line.startswith("STATUS=the HTTP server has not answered")
+               for _, line in listener.lines())
+
+
+@pytest.mark.libvirt
+def test_pings_stop_while_every_http_worker_is_stuck_and_resume_after(domain, path_listener,
+                                                                      tmp_path, monkeypatch):
+    """The monitor is fine, but no heartbeat could get in: the four workers all wait for the
+    VM's lock (held here) on behalf of staff requests. The pings stop; they resume when the
+    workers are free again."""
+    controller = _controller_under_watchdog(domain, tmp_path, monkeypatch, path_listener,
+                                            api_threads=4, api_busy_timeout=120)
+    lock = controller.domain.locked()
+    base = None
+    held = False
+    try:
+        controller.start()
+        assert path_listener.wait_for("WATCHDOG=1", count=5, timeout=60)
+        base = f"http://127.0.0.1:{controller.port}"
+        lock.acquire()
+        held = True
+        for _ in range(6):
+            threading.Thread(target=lambda: requests.post(f"{base}/api/v1/vm/stop", timeout=120),
+                             daemon=True).start()
+        wait_until(lambda: _withheld_for_http(path_listener), 30, message="pings withheld")
+        assert controller.monitor.thread_alive
+        assert controller.notifier.check().startswith("the HTTP server has not answered")
+        lock.release()
+        held = False
+        released = time.monotonic()
+        assert path_listener.wait_for("WATCHDOG=1", count=3, timeout=60, since=released), \
+            "pings resume once the workers answer again"
+    finally:
+        if held:
+            lock.release()
+        controller.stop()
+
+
+@pytest.mark.libvirt
+def test_pings_stop_when_the_http_server_loop_is_gone(domain, path_listener, tmp_path,
+                                                       monkeypatch):
+    controller = _controller_under_watchdog(domain, tmp_path, monkeypatch, path_listener)
+    try:
+        controller.start()
+        assert path_listener.wait_for("WATCHDOG=1", count=5, timeout=60)
+        controller._close_http()    # the server's loop ends; the monitor goes on
+        wait_until(lambda: _withheld_for_http(path_listener), 30, message="pings withheld")
+        assert controller.monitor.thread_alive
+    finally:
+        controller.stop()

@@ -323,3 +323,23 @@ def test_a_staff_request_that_finds_the_vm_busy_answers_503_with_retry_after(sta
         lock.release()
     api.post("/api/v1/vm/stop")
     assert domain.state() == "shut off"
+
+
+# ---------------------------------------------------------------- 4. a replacement cut off
+
+def test_start_up_finishes_a_replacement_of_ready_that_a_crash_cut_off(start_controller, domain,
+                                                                     events):
+    """What a kill -9 between "delete the old ready" and "create the new one" leaves: only
+    the spare. The controller, starting, recreates ready from it and says so."""
+    spare = "ready~replacing"
+    virsh("snapshot-create-as", "--domain", domain.name, "--name", spare, "--atomic")
+    virsh("snapshot-delete", "--domain", domain.name, "--snapshotname", "ready")
+    controller, api = start_controller()
+    assert sorted(domain.snapshots()) == ["ready"], domain.snapshots()
+    status = api.get("/api/v1/status")
+    assert status["snapshot_exists"] is True
+    assert status["snapshot_detail"] and "ready" in status["snapshot_detail"], status
+    rows = [(e["trigger"], e["action"], e["outcome"]) for e in history(api)]
+    assert ("startup", "snapshot_repair", "succeeded") in rows, rows
+    assert ("startup", "revert", "succeeded") in rows, rows
+    assert domain.state() == "running" and domain.current_snapshot() == "ready"

@@ -291,6 +291,12 @@ def _schemas() -> dict[str, Any]:
                                    "stopped until started (additive).",
                 },
                 "recovery": _schema("RecoveryStatus"),
+                "snapshot_detail": {
+                    "type": "string", "nullable": True,
+                    "description": "What the controller found of the reference "
+                                   "snapshot at start, when a replacement was cut "
+                                   "off by a crash, and what it did (additive).",
+                },
                 "state_file": {
                     "type": "object",
                     "description": "Whether state and history reach the state "
@@ -355,14 +361,19 @@ def _schemas() -> dict[str, Any]:
                 "action": {"type": "string", "example": "revert",
                            "description": "revert, start, stop, snapshot_create, "
                                           "snapshot_delete, enable_auto_revert, "
-                                          "disable_auto_revert"},
+                                          "disable_auto_revert; at start-up also "
+                                          "adopt (a healthy running VM kept as it "
+                                          "is) and snapshot_repair (a replacement "
+                                          "cut off by a crash, finished)"},
                 "reason": {"type": "string"},
                 "outcome": {"type": "string",
                             "enum": list(OUTCOMES)},
                 "duration": {"type": "number", "nullable": True,
                              "description": "Seconds."},
                 "error": {"type": "string", "nullable": True,
-                          "description": "virsh's message when it failed."},
+                          "description": "virsh's message when it failed; for a "
+                                         "revert that succeeded only when forced, "
+                                         "libvirt's refusal and what was done."},
                 "count": {"type": "integer", "minimum": 1,
                           "description": "How many times this happened. A request "
                                          "that is refused again and again (same VM, "
@@ -656,6 +667,7 @@ def _paths() -> dict[str, Any]:
                                           "retry_in": None},
                             },
                             "state_file": {"saving": True, "detail": None},
+                            "snapshot_detail": None,
                         }),
                     },
                     "500": _libvirt_error(

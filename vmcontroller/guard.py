@@ -158,6 +158,13 @@ class RecoveryGuard:
         self._save()
         return delay
 
+    def give_up(self, reason: str) -> None:
+        """Stop automatic recovery now: retrying cannot help (libvirt refuses the revert
+        for a reason only staff can remove). Cleared like a tripped guard, by ``reset``."""
+        self._failed_reason = reason
+        self._retry_at = None
+        self._save()
+
     def reset(self) -> bool:
         """Staff started or restarted the VM: forget the count. True if it was failed."""
         was_failed = self._failed_reason is not None

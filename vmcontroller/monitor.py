@@ -38,7 +38,8 @@ from .loglines import RepeatLimiter
 from .statewriter import StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
-from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, StartResult
+from .vm import (CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, RevertNeedsStaff,
+                 RevertResult, StartResult)
 from .vocab import (API, AUTOMATIC_TRIGGERS, FAILED, GUARD_FAILED, HEARTBEAT_TIMEOUT, REFUSED,
                     SKIPPED, STARTUP, SUCCEEDED, VM_CRASHED, VM_PAUSED, VM_STOPPED)
 
@@ -131,6 +132,8 @@ class Monitor:
         self._last_event: LifecycleEvent | None = None
         self._events_connected = False
         self._pending: tuple[str, str] | None = None     # a guest's request, queued
+        self._needs_staff = False       # libvirt refuses the revert until staff act
+        self._reference_note: str | None = None   # what start-up found of the reference
         self._busy = 0                  # operations of ours holding the VM's lock
         self._stopping = False
         self._recovery = self._load_recovery_summary()
@@ -282,6 +285,7 @@ class Monitor:
                 "stopped_by_staff": self._manual_stop,
                 "recovery": {**self._recovery, "guard": self.guard.as_json()},
                 "state_file": {"saving": problem is None, "detail": problem},
+                "snapshot_detail": self._reference_note,
             }
 
     def history(self, limit: int = 100, since: float | None = None,
@@ -329,8 +333,9 @@ class Monitor:
         self.require_initialised()
         result: list[StartResult] = []
 
-        def action() -> None:
+        def action() -> StartResult:
             result.append(self.domain.start())
+            return result[-1]
 
         performed = self._run_exclusive(API, "start", "start requested through the API", action)
         self.store.flush(FLUSH_WAIT)
@@ -371,6 +376,10 @@ class Monitor:
         if name == self.domain.snapshot_name:
             with self._cond:
                 self._snapshot_exists = True
+                self._reference_note = None
+                if self._needs_staff and self.guard.reset():
+                    self._needs_staff = False
+                    log.info("a new reference snapshot was taken: automatic recovery resumes")
         return replaced
 
     def delete_snapshot(self, name: str) -> None:
@@ -459,22 +468,26 @@ class Monitor:
 
     @contextmanager
     def _operation(self, trigger: str, action: str, reason: str,
-                   disturbs: bool = False) -> Iterator[None]:
+                   disturbs: bool = False) -> Iterator[list[str]]:
         """Hold the VM's lock and record the action with its outcome and duration.
 
+        The caller may add notes (a forced revert: libvirt's refusal and what
+        was done about it); they go into the record's ``error`` field.
         ``disturbs``: the operation may pause the guest (a snapshot): its
         heartbeat deadline restarts, with the grace period, when it ends.
         """
         with self._locked(trigger):
             event_id = self.store.begin(self.domain.name, trigger, action, reason)
             started = self._clock()
+            notes: list[str] = []
             try:
-                yield
+                yield notes
             except BaseException as exc:
                 self.store.finish(event_id, FAILED, self._clock() - started, str(exc))
                 raise
             else:
-                self.store.finish(event_id, SUCCEEDED, self._clock() - started)
+                self.store.finish(event_id, SUCCEEDED, self._clock() - started,
+                                  "; ".join(notes) or None)
             finally:
                 if disturbs:
                     self._restart_deadline()
@@ -552,8 +565,11 @@ class Monitor:
             log.info("restoring VM %r (%s): %s", self.domain.name, trigger, reason)
             started = self._clock()
             try:
-                with self._operation(trigger, action_name, reason):
-                    action()
+                with self._operation(trigger, action_name, reason) as notes:
+                    note = _note_of(action())
+                    if note:
+                        notes.append(note)
+                        log.info("VM %r (%s): %s", self.domain.name, trigger, note)
             except BaseException as exc:
                 self._after_failure(trigger, automatic, started, exc)
                 raise
@@ -568,6 +584,7 @@ class Monitor:
         with self._cond:
             if trigger == API and self.guard.reset():
                 log.info("recovery guard cleared by staff")
+                self._needs_staff = False
             elif automatic:
                 self.guard.succeeded()
             if self._manual_stop:
@@ -594,16 +611,26 @@ class Monitor:
     def _after_failure(self, trigger: str, automatic: bool, started: float,
                        exc: BaseException) -> None:
         now = self._clock()
+        needs_staff = automatic and isinstance(exc, RevertNeedsStaff)
         with self._cond:
             self._arm_locked(now)   # the deadline restarts; the guard's backoff spaces retries
             delay = self.guard.failed() if automatic else 0.0
+            if needs_staff:
+                # Retrying cannot help: stop until staff act, and say what they must do.
+                self.guard.give_up(str(exc))
+                self._needs_staff = True
+                self._w.timeout_reported = True
             self._hold_until_locked(now + delay)
             if automatic:
                 self._note_recovery_locked(trigger, FAILED)
-            self._w.timeout_reported = False   # time out again once the backoff is over
+            if not needs_staff:
+                self._w.timeout_reported = False   # time out again once the backoff is over
             self._w.state_dirty = not automatic
             self._cond.notify_all()
         retry = f"; next attempt in {delay:g} s at the earliest" if automatic else ""
+        if needs_staff:
+            retry = "; automatic recovery stops until staff start or restart the VM or " \
+                    "take the reference snapshot again"
         log.error("restoring VM %r (%s) failed after %.2f s: %s%s", self.domain.name, trigger,
                   now - started, exc, retry)
 
@@ -717,6 +744,7 @@ class Monitor:
             self._adopt()
             return
         elif plan == rules.REVERT:
+            self._repair_reference()
             try:
                 self._perform(STARTUP, "revert", f"controller started: clean start from the "
                               f"snapshot ({_clean_start_reason(facts)})",
@@ -737,6 +765,22 @@ class Monitor:
         with self._cond:
             self._started_at = self._clock()
             self._arm_locked(self._clock())
+
+    def _repair_reference(self) -> None:
+        """Before the clean start: finish a replacement of the reference snapshot that a crash
+        or kill -9 cut off (vm.Domain.repair_reference), and say what was found."""
+        try:
+            repair = self.domain.repair_reference()
+        except VirshError as exc:
+            log.error("could not check the reference snapshot %r for a cut-off replacement: %s",
+                      self.domain.snapshot_name, exc.message)
+            return
+        if repair is None:
+            return
+        with self._cond:
+            self._reference_note = repair.message
+        self.store.record(self.domain.name, STARTUP, "snapshot_repair", repair.message,
+                          SUCCEEDED, 0.0)
 
     def _adopt(self) -> None:
         """Keep the running artwork as it is and wait for its heartbeats (the grace period)."""
@@ -988,3 +1032,10 @@ def _clean_start_reason(facts: StartupFacts) -> str:
     if not facts.same_boot:
         return "the host has booted since the controller last ran"
     return "the VM was not healthy when the controller last saw it"
+
+
+def _note_of(result: object) -> str | None:
+    """What a start or revert wants said in its history record (a forced revert)."""
+    if isinstance(result, StartResult):
+        result = result.revert
+    return result.note if isinstance(result, RevertResult) else None

@@ -183,9 +183,9 @@ class Controller:
         multi = isinstance(server, MultiSocketServer)
         connections = server.map if multi else server._map  # listener(s), channels, trigger
         listeners = [s for s in list(connections.values()) if isinstance(s, BaseWSGIServer)]
-        dispatcher = server.task_dispatcher if multi else listeners[0].task_dispatcher
+        dispatcher = server.task_dispatcher
         loop = self._http_thread
-        looping = loop is not None and loop.is_alive()
+        looping = loop is not None and loop.is_alive() and bool(listeners)
 
         def in_loop(action: Callable[[], None]) -> None:
             if looping:
