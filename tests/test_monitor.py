@@ -389,3 +389,47 @@ def test_a_forced_revert_is_recorded_with_libvirts_refusal(make_monitor):
     assert (event.trigger, event.action, event.outcome) == ("api", "revert", "succeeded")
     assert "does not match source" in event.error and "--force" in event.error, event
     assert any("--force" in call for call in runner.calls if call[0] == "snapshot-revert")
+
+
+def test_a_guest_repeating_a_refused_request_writes_one_row_and_one_log_line(make_monitor,
+                                                                            caplog):
+    from vmcontroller.monitor import Conflict
+    monitor, runner = make_monitor()
+    monitor.set_auto_revert(False)
+    with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
+        for _ in range(50):
+            with pytest.raises(Conflict):
+                monitor.request_revert("guest_request", "player crashed")
+    refused = monitor.store.events(triggers=["guest_request"])
+    assert [(e.outcome, e.count) for e in refused] == [("refused", 50)]
+    lines = [r for r in caplog.records if "guest request refused" in r.getMessage()]
+    assert len(lines) == 1
+
+
+def test_a_locked_state_file_never_delays_a_heartbeat(make_monitor, tmp_path):
+    """Staff switch maintenance while another program holds the state file's lock: the
+    switch acts at once, and heartbeats and status answer meanwhile (no disk I/O under
+    the lock heartbeats take)."""
+    import sqlite3
+    path = tmp_path / "state.db"
+    monitor, runner = make_monitor(store=Store(path))
+    assert monitor.store.flush(5)
+    other = sqlite3.connect(str(path), isolation_level=None, timeout=0.1)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        staff = threading.Thread(target=monitor.set_auto_revert, args=(False,), daemon=True)
+        staff.start()
+        answered = []
+        beat = threading.Thread(target=lambda: answered.append(
+            (monitor.heartbeat(), monitor.status())), daemon=True)
+        beat.start()
+        beat.join(2)
+        assert answered, "a heartbeat waited for the state file"
+        staff.join(5)
+        assert not staff.is_alive(), "the staff action waits at most briefly for the disk"
+        assert monitor.status()["auto_revert_enabled"] is False
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    wait_until(lambda: Store(path).get("auto_revert_enabled") is False, 15,
+               message="the write once the lock is gone")
