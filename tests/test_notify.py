@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -238,28 +240,50 @@ def test_stopping_before_ready_sends_stopping_only(path_listener):
 
 # ------------------------------------------------------------------ a real controller
 
+@contextmanager
+def holding(lock) -> Iterator[None]:
+    """Hold the VM's lock, as a long operation (or a hung libvirtd) would."""
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def assert_pings_resume(listener, why: str) -> None:
+    released = time.monotonic()
+    assert listener.wait_for("WATCHDOG=1", count=3, timeout=60, since=released), \
+        f"pings resume {why}"
+
+
+def _controller_under_watchdog(domain, tmp_path, monkeypatch, listener, **overrides):
+    from vmcontroller.server import Controller
+
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    controller = Controller(build_config({
+        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
+        "heartbeat_timeout": 600, "vm_startup_heartbeat_delay": 0.5,
+        "heartbeat_check_interval": 0.5, "state_path": str(tmp_path / "state.db"),
+        **overrides}))
+    assert controller.probe is not None, "probed only under systemd's watchdog"
+    return controller
+
+
 @pytest.mark.libvirt
 def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
         domain, path_listener, tmp_path, monkeypatch):
     """In-process controller on a real VM: READY=1 when the API answers, WATCHDOG=1 at half
     of WATCHDOG_USEC, no pings once the monitor thread is stuck (it waits for the VM's lock,
     held here, to carry out a recovery), pings again once it moves, STOPPING=1 at stop."""
-    from vmcontroller.server import Controller
-
-    monkeypatch.setenv("NOTIFY_SOCKET", path_listener.name)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    controller = Controller(build_config({
-        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
-        "heartbeat_timeout": 2, "vm_startup_heartbeat_delay": 0.5,
-        "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
-        "state_path": str(tmp_path / "state.db")}))
+    controller = _controller_under_watchdog(domain, tmp_path, monkeypatch, path_listener,
+                                            heartbeat_timeout=2, virsh_timeout=30)
     assert "NOTIFY_SOCKET" not in os.environ, "not passed on to virsh"
     assert controller.notifier.interval == 0.1
     assert controller.notifier.stale_after == stale_limit(120 + 2 * 30, 5)
     controller.notifier.stale_after = 2.0   # the formula is tested above; keep this test short
     lock = controller.domain.locked()
-    held = False
     try:
         controller.start()
         assert path_listener.wait_for("READY=1", timeout=60)
@@ -272,26 +296,18 @@ def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
 
         # No heartbeat arrives: the monitor sets out to revert the VM and waits for its
         # lock, which the test holds: the thread is alive but stuck.
-        lock.acquire()
-        held = True
-        wait_until(lambda: any(line.startswith("STATUS=the monitor thread has made no progress")
-                               for _, line in path_listener.lines()), 30,
-                   message="pings withheld")
-        stuck_since = controller.monitor.last_progress   # its last visit to the wait loop
-        last_ping = max(path_listener.times("WATCHDOG=1"))
-        assert 2.0 - 0.3 <= last_ping - stuck_since <= 2.0 + 0.3
-        assert controller.monitor.thread_alive
-        time.sleep(0.5)
-        assert max(path_listener.times("WATCHDOG=1")) == last_ping
-
-        lock.release()
-        held = False
-        released = time.monotonic()
-        assert path_listener.wait_for("WATCHDOG=1", count=3, timeout=30, since=released), \
-            "pings resume once the monitor moves again"
+        with holding(lock):
+            wait_until(lambda: any(
+                line.startswith("STATUS=the monitor thread has made no progress")
+                for _, line in path_listener.lines()), 30, message="pings withheld")
+            stuck_since = controller.monitor.last_progress   # its last visit to the wait loop
+            last_ping = max(path_listener.times("WATCHDOG=1"))
+            assert 2.0 - 0.3 <= last_ping - stuck_since <= 2.0 + 0.3
+            assert controller.monitor.thread_alive
+            time.sleep(0.5)
+            assert max(path_listener.times("WATCHDOG=1")) == last_ping
+        assert_pings_resume(path_listener, "once the monitor moves again")
     finally:
-        if held:
-            lock.release()
         controller.stop()
     assert path_listener.wait_for("STOPPING=1", timeout=5)
 
@@ -344,23 +360,6 @@ def test_serve_under_a_hanging_virsh_is_ready_pings_and_says_stopping(abstract_l
     assert "withholding" not in output, output
 
 
-def _controller_under_watchdog(domain, tmp_path, monkeypatch, listener, **overrides):
-    from vmcontroller.server import Controller
-
-    monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    controller = Controller(build_config({
-        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
-        "heartbeat_timeout": 600, "vm_startup_heartbeat_delay": 0.5,
-        "heartbeat_check_interval": 0.5, "state_path": str(tmp_path / "state.db"),
-        **overrides}))
-    assert controller.probe is not None, "probed only under systemd's watchdog"
-    controller.notifier.stale_after = 2.0   # the formula is tested above; keep this test short
-    controller.probe.interval = 0.2
-    return controller
-
-
 def _withheld_for_http(listener) -> bool:
     return any(line.startswith("STATUS=the HTTP server has not answered")
                for _, line in listener.lines())
@@ -374,29 +373,22 @@ def test_pings_stop_while_every_http_worker_is_stuck_and_resume_after(domain, pa
     workers are free again."""
     controller = _controller_under_watchdog(domain, tmp_path, monkeypatch, path_listener,
                                             api_threads=4, api_busy_timeout=120)
+    controller.notifier.stale_after = 2.0   # the formula is tested above; keep this test short
+    controller.probe.interval = 0.2
     lock = controller.domain.locked()
-    base = None
-    held = False
     try:
         controller.start()
         assert path_listener.wait_for("WATCHDOG=1", count=5, timeout=60)
         base = f"http://127.0.0.1:{controller.port}"
-        lock.acquire()
-        held = True
-        for _ in range(6):
-            threading.Thread(target=lambda: requests.post(f"{base}/api/v1/vm/stop", timeout=120),
-                             daemon=True).start()
-        wait_until(lambda: _withheld_for_http(path_listener), 30, message="pings withheld")
-        assert controller.monitor.thread_alive
-        assert controller.notifier.check().startswith("the HTTP server has not answered")
-        lock.release()
-        held = False
-        released = time.monotonic()
-        assert path_listener.wait_for("WATCHDOG=1", count=3, timeout=60, since=released), \
-            "pings resume once the workers answer again"
+        with holding(lock):
+            for _ in range(6):
+                threading.Thread(target=lambda: requests.post(f"{base}/api/v1/vm/stop",
+                                                              timeout=120), daemon=True).start()
+            wait_until(lambda: _withheld_for_http(path_listener), 30, message="pings withheld")
+            assert controller.monitor.thread_alive
+            assert controller.notifier.check().startswith("the HTTP server has not answered")
+        assert_pings_resume(path_listener, "once the workers answer again")
     finally:
-        if held:
-            lock.release()
         controller.stop()
 
 
@@ -404,6 +396,8 @@ def test_pings_stop_while_every_http_worker_is_stuck_and_resume_after(domain, pa
 def test_pings_stop_when_the_http_server_loop_is_gone(domain, path_listener, tmp_path,
                                                        monkeypatch):
     controller = _controller_under_watchdog(domain, tmp_path, monkeypatch, path_listener)
+    controller.notifier.stale_after = 2.0
+    controller.probe.interval = 0.2
     try:
         controller.start()
         assert path_listener.wait_for("WATCHDOG=1", count=5, timeout=60)
