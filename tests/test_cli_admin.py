@@ -219,12 +219,16 @@ def test_lists_print_one_item_per_line(stand_in):
          "duration": 1.234, "error": "disk full"},
         {"id": 1, "time": "2026-11-25T09:00:00+00:00", "vm": "eden", "trigger": "vm_crashed",
          "action": "revert", "reason": "VM found shut off", "outcome": "succeeded",
-         "duration": 0.5, "error": None}]})
+         "duration": 0.5, "error": None},
+        {"id": 0, "time": "2026-11-25T08:00:00+00:00", "vm": "eden", "trigger": "idle_reset",
+         "action": "revert", "reason": "idle", "outcome": "refused", "duration": None,
+         "error": "maintenance", "count": 12}]})
     lines = invoke("events", "--url", stand_in.url).stdout.splitlines()
     assert lines == [
         "2026-11-25T10:00:00+00:00  api  revert failed in 1.23 s: restart requested "
         "[error: disk full]",
-        "2026-11-25T09:00:00+00:00  vm_crashed  revert succeeded in 0.50 s: VM found shut off"]
+        "2026-11-25T09:00:00+00:00  vm_crashed  revert succeeded in 0.50 s: VM found shut off",
+        "2026-11-25T08:00:00+00:00  idle_reset  revert refused x12: idle [error: maintenance]"]
     stand_in.answer("GET", "/api/v1/events", 200, {"vm_name": "eden", "events": []})
     assert invoke("events", "--url", stand_in.url).stdout == "no events for VM eden\n"
 

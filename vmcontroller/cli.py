@@ -371,8 +371,9 @@ def _render_events(data: dict) -> str:
     lines = []
     for e in found:
         took = "" if e.get("duration") is None else f" in {e['duration']:.2f} s"
+        times = f" x{e['count']}" if (e.get("count") or 1) > 1 else ""
         line = (f"{e.get('time')}  {e.get('trigger')}  {e.get('action')} "
-                f"{e.get('outcome')}{took}: {e.get('reason')}")
+                f"{e.get('outcome')}{times}{took}: {e.get('reason')}")
         if e.get("error"):
             line += f" [error: {e['error']}]"
         lines.append(line)
