@@ -227,6 +227,18 @@ def test_a_snapshot_that_pauses_the_guest_longer_than_the_timeout_reverts_nothin
 
 # ---------------------------------------------------------------- 5. a restart of the controller
 
+def saved_flag(config_path: Path, key: str) -> str | None:
+    """A flag as the state file holds it on disk (what a kill -9 leaves)."""
+    import yaml
+    path = yaml.safe_load(config_path.read_text())["state_path"]
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT value FROM flags WHERE key = ?", (key,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else row[0]
+
+
 def keep_beating(api, until) -> None:
     while not until():
         api.post("/api/v1/heartbeat")
@@ -239,6 +251,8 @@ def test_a_controller_killed_and_restarted_adopts_a_healthy_running_vm(spawn_con
     first = spawn_controller(**settings)
     assert events.wait_for(REVERTED, 1, 30), "the very first start is clean"
     keep_beating(first.api, lambda: first.api.get("/api/v1/status")["heartbeat"]["is_healthy"])
+    wait_until(lambda: saved_flag(first.config_path, "vm_healthy") == "true", 10,
+               message="the controller to have written down that the guest is healthy")
     first.proc.kill()            # kill -9: a crash, or systemd's watchdog restart
     first.proc.wait(10)
 
