@@ -25,6 +25,7 @@ With no token configured the API behaves as the API reference says.
 from __future__ import annotations
 
 import hmac
+import functools
 import ipaddress
 import logging
 import re
@@ -157,13 +158,16 @@ def init_security(app: Flask, settings: SecuritySettings) -> None:
     """Register the gate on ``app``; its routes stay unaware of it."""
     cors = settings.cors_origins
     host_names = machine_host_names() | {normal_host_name(n) for n in settings.allowed_hosts}
+    # Every request asks; the answers for the few Host values clients send are kept
+    # (bounded, so that a client inventing names cannot grow it).
+    ours = functools.lru_cache(maxsize=128)(functools.partial(host_is_ours, names=host_names))
 
     @app.before_request
     def _gate() -> Response | None:
         path = request.path
-        host = request.headers.get("Host")
+        host = request.environ.get("HTTP_HOST")
         # No Host at all: an HTTP/1.0 tool, never a browser (browsers always send it).
-        if host is not None and not host_is_ours(host, host_names):
+        if host is not None and not ours(host):
             log.warning("refused a request for host %s: %s %r", _shown(host, 100),
                         request.method, path)
             return _refuse(400, f"Host {_shown(host)} is not a name of this controller: a "

@@ -94,6 +94,8 @@ class StateWriter:
     @property
     def problem(self) -> str | None:
         """Why state is not being saved now, in words for status; None when all is well."""
+        if self._problem is None:   # status asks on every poll: no lock for the usual answer
+            return None
         with self._cond:
             if self._problem is None:
                 return None
