@@ -32,8 +32,10 @@ fi
 KERNEL_META=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 # Loaded with insmod in this order (dependencies first); the cloud kernel has
 # virtio networking only as modules and no e1000. A module the kernel has
-# built in is simply not found and skipped.
-MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
+# built in is simply not found and skipped. pvpanic and pvpanic-mmio (the
+# driver of QEMU's ISA panic device, <panic model='isa'/>, found through ACPI)
+# tell QEMU when the guest kernel panics, so that libvirt reports "Crashed".
+MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net pvpanic pvpanic-mmio"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

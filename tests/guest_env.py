@@ -65,7 +65,9 @@ class GuestDomain:
 
     __test__ = False
 
-    def __init__(self, label: str, guest: Path, port: int, hb_timeout: float = 2):
+    def __init__(self, label: str, guest: Path, port: int, hb_timeout: float = 2,
+                 kernel_args: str = ""):
+        self.kernel_args = kernel_args   # appended to the guest's kernel command line
         self.name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
         self.disk = IMAGES / f"{self.name}.qcow2"
         self.console = IMAGES / f"{self.name}.console.log"
@@ -78,10 +80,12 @@ class GuestDomain:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "16M"],
                        check=True)
         xml = self.disk.with_suffix(".xml")
-        xml.write_text(GUEST_XML.format(name=self.name, description="vmctl test guest",
-                                        guest=self.guest, port=self.port,
-                                        hb_timeout=self.hb_timeout, disk=self.disk,
-                                        console=self.console))
+        text = GUEST_XML.format(name=self.name, description="vmctl test guest",
+                                guest=self.guest, port=self.port, hb_timeout=self.hb_timeout,
+                                disk=self.disk, console=self.console)
+        if self.kernel_args:
+            text = text.replace("</cmdline>", f" {self.kernel_args}</cmdline>", 1)
+        xml.write_text(text)
         try:
             virsh("define", "--file", str(xml))
         finally:

@@ -236,7 +236,7 @@ class Monitor:
         with self._cond:
             self._last_event = event
             if event.event in ("Stopped", "Crashed") and self._vm_state == RUNNING:
-                self._vm_state = CRASHED if event.event == "Crashed" else SHUT_OFF
+                self._vm_state = CRASHED if _is_crash(event) else SHUT_OFF
             self._w.state_dirty = True
             self._cond.notify_all()
 
@@ -958,7 +958,7 @@ class Monitor:
             self._report_once(NOT_FOUND, "VM %r is not defined in libvirt: nothing to recover",
                               self.domain.name)
             return
-        crashed = state == CRASHED or (last_event is not None and last_event.event == "Crashed")
+        crashed = state == CRASHED or (last_event is not None and _is_crash(last_event))
         trigger = VM_CRASHED if crashed else VM_STOPPED
 
         def still_needed() -> bool:
@@ -1021,6 +1021,13 @@ class Monitor:
                 return
             self._failure_reported = key
         log.warning(message, *args)
+
+
+def _is_crash(event: LifecycleEvent) -> bool:
+    """A guest crash, whatever the domain's <on_crash> made of it: "Crashed" when libvirt
+    keeps the crashed VM (preserve), "Stopped Crashed" when it destroys it (the default),
+    which follows "Crashed" so closely that the monitor's next look sees only that one."""
+    return event.event == "Crashed" or (event.event == "Stopped" and event.detail == "Crashed")
 
 
 def _clean_start_reason(facts: StartupFacts) -> str:
