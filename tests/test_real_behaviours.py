@@ -1,0 +1,347 @@
+"""Behaviours once proven only with the fake virsh (or not at all), on a real libvirtd.
+
+Each test runs the in-process controller (conftest ``start_controller``) on its
+own empty-disk QEMU VM (the ``domain`` fixture: running, with a 'ready'
+snapshot) and reads what happened from libvirt itself: lifecycle events
+recorded by an independent ``virsh event``, domstate, snapshot-list. Failures
+of libvirt come from a stand-in virsh in front of the real one that fails one
+subcommand, as libvirt does, and hands every other call to the real virsh.
+A test that checks that something did *not* happen first waits for a sign
+that the controller is at work, then for the whole period in which it would
+have happened, derived from the configuration under test.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from libvirt_env import virsh, wait_until
+from vmcontroller.vocab import GUEST_REQUEST, HEARTBEAT_TIMEOUT, STARTUP, VM_STOPPED
+
+pytestmark = pytest.mark.libvirt
+
+REVERTED = "Started Snapshot"   # libvirt's event when a revert brings the VM up
+BOOTED = "Started Booted"
+RESUMED = "Resumed Unpaused"
+INJECTED = "internal error: injected by the test"
+
+FAILING_VIRSH = """#!/bin/sh
+# virsh, except that the subcommand named in {fail} fails as libvirt fails.
+fail=$(cat {fail} 2>/dev/null)
+if [ -n "$fail" ]; then
+    for a in "$@"; do
+        if [ "$a" = "$fail" ]; then
+            echo "error: {injected} ($fail)" >&2
+            exit 1
+        fi
+    done
+fi
+exec {real} "$@"
+"""
+
+
+@pytest.fixture
+def failing_virsh(tmp_path, monkeypatch) -> Callable[[str], None]:
+    """Put the failing stand-in first on PATH; call the result with the subcommand to fail."""
+    fail = tmp_path / "fail"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    real = shutil.which("virsh")
+    assert real, "virsh not on PATH"
+    (bindir / "virsh").write_text(FAILING_VIRSH.format(fail=fail, real=real, injected=INJECTED))
+    (bindir / "virsh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return fail.write_text
+
+
+def wait_out(seconds: float) -> None:
+    """Let a period pass in which something must NOT happen (derived from the config)."""
+    time.sleep(seconds)
+
+
+def history(api, trigger: str | None = None) -> list[dict]:
+    path = "/api/v1/events" + (f"?trigger={trigger}" if trigger else "")
+    return api.get(path, "/api/v1/events")["events"]
+
+
+def wait_for_outcome(api, trigger: str, outcome: str = "succeeded") -> list[dict]:
+    """The history rows of trigger once the latest has its outcome (it is written after
+    the action ends, so after libvirt's event of it)."""
+    rows: list[dict] = []
+
+    def done() -> bool:
+        rows[:] = history(api, trigger)
+        return bool(rows) and rows[0]["outcome"] == outcome
+
+    wait_until(done, 30, 0.1, f"a {trigger} row with outcome {outcome}")
+    return rows
+
+
+def without_snapshot(domain) -> None:
+    virsh("snapshot-delete", "--domain", domain.name, "--snapshotname", "ready")
+    assert domain.snapshots() == []
+
+
+# ------------------------------------------------------------------ no reference snapshot
+
+def test_start_up_without_snapshot_boots_a_shut_off_vm(start_controller, domain, events):
+    without_snapshot(domain)
+    virsh("destroy", "--domain", domain.name)
+    controller, api = start_controller()
+    assert events.wait_for(BOOTED, 1, 30), events.events
+    assert domain.state() == "running" and events.count(REVERTED) == 0
+    rows = history(api, STARTUP)
+    assert [(r["action"], r["outcome"]) for r in rows] == [("start", "succeeded")]
+
+
+def test_start_up_without_snapshot_resumes_a_paused_vm(start_controller, domain, events):
+    without_snapshot(domain)
+    virsh("suspend", "--domain", domain.name)
+    assert domain.state() == "paused"
+    start_controller()
+    assert events.wait_for(RESUMED, 1, 30), events.events
+    assert domain.state() == "running"
+    assert events.count(REVERTED) == 0 and events.count(BOOTED) == 0
+
+
+def test_start_through_the_api_without_snapshot_resumes_a_paused_vm(start_controller, domain,
+                                                                   events):
+    without_snapshot(domain)
+    controller, api = start_controller(auto_revert_enabled=False)
+    virsh("suspend", "--domain", domain.name)
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "paused", 30,
+               message="the controller to see the pause")
+    body = api.post("/api/v1/vm/start")
+    assert "without a revert" in body["message"], body
+    assert events.wait_for(RESUMED, 1, 30), events.events
+    assert domain.state() == "running" and events.count(REVERTED) == 0
+
+
+def test_start_through_the_api_without_snapshot_boots_the_vm(start_controller, domain, events):
+    without_snapshot(domain)
+    controller, api = start_controller()
+    api.post("/api/v1/vm/stop")
+    assert domain.state() == "shut off"
+    body = api.post("/api/v1/vm/start")
+    assert body["message"].startswith(f"VM '{domain.name}' started successfully"), body
+    assert "'ready' not found" in body["message"] and "without a revert" in body["message"]
+    assert events.wait_for(BOOTED, 1, 30), events.events
+    assert domain.state() == "running" and events.count(REVERTED) == 0
+
+
+def test_restart_without_snapshot_answers_409_and_leaves_the_vm_running(start_controller,
+                                                                        domain, events):
+    without_snapshot(domain)
+    controller, api = start_controller()
+    for method in ("GET", "POST"):
+        body = api.call(method, "/api/v1/vm/restart", "/api/v1/vm/restart", 409).json()
+        assert "'ready'" in body["detail"] and "does not exist" in body["detail"]
+    assert domain.state() == "running"
+    assert events.count(REVERTED) == 0 and events.count("Stopped Destroyed") == 0
+
+
+# ------------------------------------------------------------------ libvirt failures
+
+FAILURES = [
+    ("POST", "/api/v1/vm/start", "/api/v1/vm/start", "snapshot-revert", "starting VM"),
+    ("POST", "/api/v1/vm/stop", "/api/v1/vm/stop", "destroy", "stopping VM"),
+    ("POST", "/api/v1/snapshot/create?snapshot_name=backup", "/api/v1/snapshot/create",
+     "snapshot-create-as", "creating snapshot"),
+    ("DELETE", "/api/v1/snapshot/ready", "/api/v1/snapshot/{snapshot_name}", "snapshot-delete",
+     "deleting snapshot"),
+]
+
+
+@pytest.mark.parametrize("method, path, template, command, doing", FAILURES,
+                         ids=[f"{m} {t}" for m, _, t, _, _ in FAILURES])
+def test_a_failing_libvirt_answers_500_with_virsh_message(start_controller, domain, events,
+                                                          failing_virsh, method, path, template,
+                                                          command, doing):
+    controller, api = start_controller()
+    assert events.wait_for(REVERTED, 1, 30)
+    snapshots, state = domain.snapshots(), domain.state()
+    failing_virsh(command)
+    body = api.call(method, path, template, 500).json()
+    assert body["detail"].startswith(f"Error {doing}: ") and INJECTED in body["detail"], body
+    assert "Traceback" not in body["detail"]
+    failing_virsh("")
+    assert domain.snapshots() == snapshots and domain.state() == state
+
+
+# ------------------------------------------------------------------ maintenance
+
+def test_a_heartbeat_timeout_in_maintenance_is_logged_once_and_reverts_nothing(
+        start_controller, domain, events, caplog):
+    timeout, grace = 1.0, 1.0
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        controller, api = start_controller(heartbeat_timeout=timeout,
+                                           vm_startup_heartbeat_delay=grace)
+        assert events.wait_for(REVERTED, 1, 30)
+        api.post("/api/v1/revert/disable")
+
+        def timeouts() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "no heartbeat" in r.getMessage()]
+
+        wait_until(lambda: timeouts(), grace + timeout + 30, message="the timeout to be logged")
+        # Without the once-only rule it would be logged again at every check, and a
+        # revert would follow within a timeout: wait several timeouts and checks.
+        wait_out(3 * timeout + 3 * controller.config.heartbeat_check_interval)
+    assert len(timeouts()) == 1, timeouts()
+    assert "maintenance" in timeouts()[0]
+    assert events.count(REVERTED) == 1 and domain.state() == "running"
+    assert history(api, HEARTBEAT_TIMEOUT) == []
+
+
+def test_re_enabling_auto_revert_gives_the_guest_a_full_timeout_then_reverts(
+        start_controller, domain, events, caplog):
+    timeout, grace = 3.0, 1.0
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        controller, api = start_controller(heartbeat_timeout=timeout,
+                                           vm_startup_heartbeat_delay=grace,
+                                           auto_revert_enabled=False)
+        wait_until(lambda: any("no heartbeat" in r.getMessage() for r in caplog.records),
+                   grace + timeout + 30, message="the silence to be noticed in maintenance")
+    reverts_before = events.count(REVERTED)
+    api.post("/api/v1/revert/enable")
+    assert events.wait_for(REVERTED, reverts_before + 1, timeout + 30), events.events
+    reverted = wait_for_outcome(api, HEARTBEAT_TIMEOUT)[0]
+    enabled = next(r for r in history(api) if r["action"] == "enable_auto_revert")
+    # The silence counted from the re-enabling, not from the last heartbeat long before.
+    from datetime import datetime
+    gap = (datetime.fromisoformat(reverted["time"]) -
+           datetime.fromisoformat(enabled["time"])).total_seconds()
+    assert gap >= timeout - 0.1, (enabled, reverted)
+
+
+# ------------------------------------------------------------------ guest requests
+
+def test_a_guest_request_after_a_staff_stop_is_refused_and_the_vm_stays_off(
+        start_controller, domain, events):
+    controller, api = start_controller()
+    assert events.wait_for(REVERTED, 1, 30)
+    api.post("/api/v1/vm/stop")
+    body = api.call("POST", "/api/v1/revert/request", "/api/v1/revert/request", 409,
+                    params={"reason": "test"}).json()
+    assert "stopped by staff" in body["detail"]
+    rows = history(api, GUEST_REQUEST)
+    assert [r["outcome"] for r in rows] == ["refused"]
+    # A queued request would be carried out at the monitor's next step, well within a check.
+    wait_out(3 * controller.config.heartbeat_check_interval)
+    assert domain.state() == "shut off" and events.count(REVERTED) == 1
+
+
+def test_a_guest_request_during_the_grace_period_is_not_queued(start_controller, domain,
+                                                               events):
+    grace = 60.0
+    controller, api = start_controller(vm_startup_heartbeat_delay=grace)
+    assert events.wait_for(REVERTED, 1, 30)
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "running", 30,
+               message="the controller to see the VM running")
+    response = api.call("POST", "/api/v1/revert/request", "/api/v1/revert/request", 202,
+                        params={"reason": "test"}).json()
+    assert response["details"]["queued"] is False, response
+    assert "grace period" in response["details"]["note"]
+    wait_out(3 * controller.config.heartbeat_check_interval)
+    assert events.count(REVERTED) == 1 and history(api, GUEST_REQUEST) == []
+
+
+# ------------------------------------------------------------------ event stream and threads
+
+def test_while_the_event_stream_is_down_a_fast_poll_recovers_an_external_destroy(
+        start_controller, domain, events, failing_virsh):
+    failing_virsh("event")   # `virsh event` fails at once: the stream never connects
+    controller, api = start_controller(heartbeat_timeout=600, vm_startup_heartbeat_delay=600,
+                                       state_poll_interval=600, heartbeat_check_interval=0.5)
+    assert events.wait_for(REVERTED, 1, 30)
+    assert controller.events.connected is False
+    virsh("destroy", "--domain", domain.name)
+    # Only the poll can see it: no event reaches the controller, and the slow poll
+    # (state_poll_interval) would come in 600 s, past this deadline.
+    assert events.wait_for(REVERTED, 2, 60), events.events
+    assert len(wait_for_outcome(api, VM_STOPPED)) == 1
+    assert controller.events.connected is False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_supervise_restarts_a_dead_monitor_thread_which_then_recovers_a_destroy(
+        start_controller, domain, events, monkeypatch, caplog):
+    controller, api = start_controller(heartbeat_timeout=600, vm_startup_heartbeat_delay=600)
+    assert events.wait_for(REVERTED, 1, 30)
+    monitor = controller.monitor
+
+    def die() -> bool:
+        raise SystemExit("the monitor thread dies")  # not an Exception: escapes its guard
+
+    monkeypatch.setattr(monitor, "_step", die)
+    with monitor._cond:
+        monitor._cond.notify_all()   # wake it so it takes the next step now
+    wait_until(lambda: not monitor.thread_alive, 30, message="the monitor thread to die")
+    monkeypatch.undo()
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        controller.supervise()
+    assert monitor.thread_alive
+    assert any("died" in r.getMessage() for r in caplog.records)
+    virsh("destroy", "--domain", domain.name)
+    assert events.wait_for(REVERTED, 2, 60), events.events
+    assert len(wait_for_outcome(api, VM_STOPPED)) == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_supervise_restarts_a_dead_event_thread_whose_events_then_drive_recovery(
+        start_controller, domain, events, monkeypatch, caplog):
+    # The safety poll is far away: a recovery within the deadline below comes from an event.
+    controller, api = start_controller(heartbeat_timeout=600, vm_startup_heartbeat_delay=600,
+                                       state_poll_interval=600)
+    assert events.wait_for(REVERTED, 1, 30)
+    stream = controller.events
+    wait_until(lambda: stream._proc is not None and stream.connected, 30,
+               message="the controller's virsh event process")
+    thread = stream._thread
+    assert thread is not None
+
+    def die() -> None:
+        raise SystemExit("the event thread dies")  # not an Exception: escapes its guard
+
+    monkeypatch.setattr(stream, "_follow_once", die)
+    stream._proc.kill()   # its virsh ends, as when libvirtd restarts; the reconnection dies
+    wait_until(lambda: not thread.is_alive(), 30, message="the event thread to die")
+    monkeypatch.undo()
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.virsh"):
+        controller.supervise()
+    assert stream._thread is not thread and stream._thread.is_alive()
+    assert any("event thread died" in r.getMessage() for r in caplog.records)
+    wait_until(lambda: stream._proc is not None and stream._proc.poll() is None, 30,
+               message="a new virsh event process")
+    virsh("destroy", "--domain", domain.name)
+    assert events.wait_for(REVERTED, 2, 60), events.events
+    assert len(wait_for_outcome(api, VM_STOPPED)) == 1
+
+
+# ------------------------------------------------------------------ post_revert_command
+
+def test_a_post_revert_command_outliving_its_timeout_is_killed_and_logged(
+        start_controller, domain, events, tmp_path, caplog):
+    pidfile = tmp_path / "pid"
+    limit = 1.0
+    with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
+        controller, api = start_controller(
+            post_revert_command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"],
+            post_revert_timeout=limit)
+        assert events.wait_for(REVERTED, 1, 30)
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
+                   message="the command to start")
+        pid = int(pidfile.read_text())
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), limit + 30,
+                   message="the command to be killed")
+        wait_until(lambda: any("killed after" in r.getMessage() for r in caplog.records),
+                   30, message="the kill to be logged")
+    killed = [r for r in caplog.records if "killed after" in r.getMessage()]
+    assert len(killed) == 1 and killed[0].levelno == logging.ERROR
+    assert "post_revert_command" in killed[0].getMessage()
