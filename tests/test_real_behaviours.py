@@ -48,7 +48,7 @@ exec {real} "$@"
 
 
 @pytest.fixture
-def failing_virsh(tmp_path, monkeypatch) -> Callable[[str], None]:
+def failing_virsh(tmp_path, monkeypatch) -> Callable[[str], int]:
     """Put the failing stand-in first on PATH; call the result with the subcommand to fail."""
     fail = tmp_path / "fail"
     bindir = tmp_path / "bin"
