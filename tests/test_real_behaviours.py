@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -214,7 +214,6 @@ def test_re_enabling_auto_revert_gives_the_guest_a_full_timeout_then_reverts(
     reverted = wait_for_outcome(api, HEARTBEAT_TIMEOUT)[0]
     enabled = next(r for r in history(api) if r["action"] == "enable_auto_revert")
     # The silence counted from the re-enabling, not from the last heartbeat long before.
-    from datetime import datetime
     gap = (datetime.fromisoformat(reverted["time"]) -
            datetime.fromisoformat(enabled["time"])).total_seconds()
     assert gap >= timeout - 0.1, (enabled, reverted)
