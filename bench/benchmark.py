@@ -59,8 +59,10 @@ class Plan:
     throughput_clients: tuple[int, ...] = (1, 8, 32)
 
 
+# The idle window spans three of the controller's 60 s safety polls in a full run, so that
+# virsh processes per minute is a rate between polls, not one call in a window of one poll.
 FULL = Plan("full", raw_calls=60, deadline=20, destroy=20, suspend=15,
-            api_requests=3000, throughput_s=10, mixed_s=60, concurrent_rounds=5, idle_s=60)
+            api_requests=3000, throughput_s=10, mixed_s=60, concurrent_rounds=5, idle_s=180)
 QUICK = Plan("quick", raw_calls=20, deadline=3, destroy=4, suspend=3, api_requests=400,
              throughput_s=2, mixed_s=13, concurrent_rounds=2, idle_s=15)
 
@@ -75,6 +77,14 @@ def iso_to_epoch(text: str) -> float:
 
 class PhaseFailed(Exception):
     pass
+
+
+def running_again(watcher: probes.EventWatcher, since: int, after_time: float | None = None,
+                  timeout: float = 10) -> probes.LifecycleEvent | None:
+    """libvirt's 'Resumed' event after ``since``: a revert to a running snapshot reports
+    'Started Snapshot' and, a millisecond later, 'Resumed Snapshot' once the CPUs run."""
+    return watcher.wait_for("Resumed", since=since, timeout=timeout,
+                            after_time=None if after_time is None else after_time - 0.002)
 
 
 class Benchmark:
@@ -216,8 +226,14 @@ class Benchmark:
         self.detail["vms"] = [self.domain.name, self.raw_domain.name]
         self.raw: dict[str, list[float]] = {k: [] for k in (
             "running", "shutoff", "paused", "destroy", "suspend")}
+        # From the start of the raw revert to libvirt's 'Resumed' event of the second VM;
+        # None where that event did not come (kept, so that samples stay paired).
+        self.raw_to_running: dict[str, list[float | None]] = {
+            k: [] for k in ("running", "shutoff", "paused")}
         self.watcher = probes.EventWatcher(self.domain.name)
         self.cleanup("stop the event watcher", self.watcher.close)
+        self.raw_watcher = probes.EventWatcher(self.raw_domain.name)
+        self.cleanup("stop the second event watcher", self.raw_watcher.close)
         self.cleanup("stop helper processes", self._stop_children)
 
     def _stop_children(self) -> None:
@@ -292,8 +308,13 @@ class Benchmark:
         elif kind == "paused":
             self.raw["suspend"].append(
                 probes.timed(probes.virsh_argv("suspend", "--domain", name)) * 1000)
+        since = self.raw_watcher.mark()
+        began = time.time()
         self.raw[kind].append(probes.timed(probes.virsh_argv(
             "snapshot-revert", "--domain", name, "--snapshotname", snap, "--running")) * 1000)
+        running = running_again(self.raw_watcher, since)
+        self.raw_to_running[kind].append(None if running is None else
+                                         (running.time - began) * 1000)
 
     RAW_HOW = ("wall time of the virsh process run by the benchmark (spawn to exit, the same "
                "`virsh -q -c URI ...` argv as the controller) on the benchmark's second VM, "
@@ -307,12 +328,20 @@ class Benchmark:
                   "destroy": "destroy", "suspend": "suspend"}
         self.fig(f"raw_{kind}", stats.sampled("a", labels[kind], "ms", self.raw[kind],
                                               self.RAW_HOW))
+        if kind in self.raw_to_running:
+            self.fig(f"raw_{kind}_to_running", stats.sampled(
+                "a", f"{labels[kind]}: start -> libvirt 'Resumed'", "ms",
+                [v for v in self.raw_to_running[kind] if v is not None],
+                "from the moment the benchmark starts `virsh snapshot-revert --running` on its "
+                "second VM to libvirt's 'Resumed' lifecycle event of that VM (the benchmark's "
+                "own `virsh event --loop --timestamp` on it): libvirt's own time to a running "
+                "VM, the floor of any recovery; the pairs with b. alternate which goes first"))
 
     def raw_floor(self) -> None:
         name = self.raw_domain.name
         for kind in ("running", "shutoff", "paused"):   # warm-up, not kept
             self.raw_revert(kind)
-        for samples in self.raw.values():
+        for samples in (*self.raw.values(), *self.raw_to_running.values()):
             samples.clear()
         domstate, snaplist, poll, through = [], [], [], []
         stand_in = str(self.stand_in)
@@ -342,18 +371,33 @@ class Benchmark:
 
     # ============================================================ b/c. detection, recovery
 
-    def _resumed_after(self, began: float) -> float | None:
-        """ms from the recorded revert start to libvirt's 'Resumed Snapshot' after it."""
-        event = self.watcher.wait_for("Resumed", "Snapshot", after_time=began - 0.002,
-                                      timeout=10)
-        return None if event is None else (event.time - began) * 1000
+    def _paired(self, samples: int, controller: Callable[[], None], kind: str) -> None:
+        """``samples`` pairs of one controller sample and one raw revert of the same kind on
+        the second VM; which goes first alternates, so neither always meets the machine
+        warmer or later in a load swing."""
+        for i in range(samples):
+            if i % 2 == 0:
+                controller()
+                self.wait_quiet()
+                self.raw_revert(kind)
+            else:
+                self.wait_quiet()
+                self.raw_revert(kind)
+                controller()
+
+    def _running_after(self, since: int, failure: float) -> float | None:
+        """ms from the failure (wall clock) to libvirt's 'Resumed' event that follows it."""
+        event = running_again(self.watcher, since, after_time=failure)
+        return None if event is None else (event.time - failure) * 1000
 
     def detect_deadline(self) -> None:
         timeout = self.plan.heartbeat_timeout
         detect, recovery, to_running, bad = [], [], [], []
         assert self.guest is not None
-        for _ in range(self.plan.deadline):
+
+        def sample() -> None:
             self.wait_quiet()
+            since = self.watcher.mark()
             self.guest.pause()
             try:
                 hb = Client(self.port)
@@ -375,11 +419,9 @@ class Benchmark:
                 bad.append(event)
             detect.append((began - (last + timeout)) * 1000)
             recovery.append(event["duration"] * 1000)
-            resumed = self._resumed_after(began)
-            if resumed is not None:
-                to_running.append(resumed)
-            self.wait_quiet()
-            self.raw_revert("running")
+            to_running.append(self._running_after(since, last + timeout))
+
+        self._paired(self.plan.deadline, sample, "running")
         self.raw_figure("running")
         self.fig("detect_deadline", stats.sampled(
             "b", "heartbeat deadline -> revert start", "ms", detect,
@@ -388,11 +430,13 @@ class Benchmark:
             f"last_heartbeat) + heartbeat_timeout; revert start = the time the controller "
             f"records for the revert in GET /api/v1/events (trigger heartbeat_timeout); both "
             f"wall clock of the controller process", failed=bad))
-        self._recovery("heartbeat_timeout", "VM running", recovery, to_running, "running")
+        self._recovery("heartbeat_timeout", "VM running", "heartbeat deadline", recovery,
+                       to_running, "running")
 
     def detect_destroy(self) -> None:
         detect, from_command, recovery, to_running, bad = [], [], [], [], []
-        for _ in range(self.plan.destroy):
+
+        def sample() -> None:
             self.wait_quiet()
             mark, since = self.last_event_id(), self.watcher.mark()
             issued = time.time()
@@ -408,11 +452,9 @@ class Benchmark:
             detect.append((began - stopped.time) * 1000)
             from_command.append((began - issued) * 1000)
             recovery.append(event["duration"] * 1000)
-            resumed = self._resumed_after(began)
-            if resumed is not None:
-                to_running.append(resumed)
-            self.wait_quiet()
-            self.raw_revert("shutoff")
+            to_running.append(self._running_after(stopped.index + 1, stopped.time))
+
+        self._paired(self.plan.destroy, sample, "shutoff")
         self.raw_figure("shutoff")
         self.raw_figure("destroy")
         self.fig("detect_destroy", stats.sampled(
@@ -425,12 +467,14 @@ class Benchmark:
             "b", "`virsh destroy` started -> revert start", "ms", from_command,
             "as above, but from the moment the benchmark started `virsh destroy` (includes "
             "libvirt's destroy itself, see a.)"))
-        self._recovery("vm_stopped", "VM shut off", recovery, to_running, "shutoff")
+        self._recovery("vm_stopped", "VM shut off", "'Stopped Destroyed' event", recovery,
+                       to_running, "shutoff")
 
     def detect_suspend(self) -> None:
         timeout = self.plan.heartbeat_timeout
         detect, recovery, to_running, bad = [], [], [], []
-        for _ in range(self.plan.suspend):
+
+        def sample() -> None:
             self.wait_quiet()
             mark, since = self.last_event_id(), self.watcher.mark()
             probes.virsh("suspend", "--domain", self.domain.name)
@@ -444,11 +488,10 @@ class Benchmark:
                 bad.append(event)
             detect.append((began - (suspended.time + timeout)) * 1000)
             recovery.append(event["duration"] * 1000)
-            resumed = self._resumed_after(began)
-            if resumed is not None:
-                to_running.append(resumed)
-            self.wait_quiet()
-            self.raw_revert("paused")
+            to_running.append(self._running_after(suspended.index + 1,
+                                                  suspended.time + timeout))
+
+        self._paired(self.plan.suspend, sample, "paused")
         self.raw_figure("paused")
         self.raw_figure("suspend")
         self.fig("detect_suspend", stats.sampled(
@@ -459,34 +502,48 @@ class Benchmark:
             f"start recorded in GET /api/v1/events (trigger vm_paused); the simulated guest "
             f"keeps heartbeating meanwhile so that the pause, not a heartbeat timeout, is what "
             f"the controller acts on", failed=bad))
-        self._recovery("vm_paused", "VM paused", recovery, to_running, "paused")
+        self._recovery("vm_paused", "VM paused", "'Suspended Paused' event + heartbeat_timeout",
+                       recovery, to_running, "paused")
 
-    def _recovery(self, trigger: str, state: str, recovery: list[float],
-                  to_running: list[float], kind: str) -> None:
-        raw = self.raw[kind]
-        label = self.figures.get(f"raw_{kind}", {}).get("label")
+    BOUND = ("the bound is 1.00x: libvirt's own revert of the same VM in the same state; a "
+             "figure near it means that once the failure is there, the VM runs again about as "
+             "soon as libvirt alone could make it, and what lies above 1.00x is the "
+             "controller's detection and its own work")
+
+    def _recovery(self, trigger: str, state: str, failure: str, recovery: list[float],
+                  to_running: list[float | None], kind: str) -> None:
+        raw = self.raw_to_running[kind]
         self.fig(f"recovery_{trigger}", stats.sampled(
-            "c", f"{trigger} ({state}): revert start -> running", "ms", recovery,
+            "c", f"{trigger} ({state}): failure -> running", "ms",
+            [v for v in to_running if v is not None],
+            f"from the failure ({failure}) to libvirt's 'Resumed' lifecycle event of the VM, "
+            f"both from the benchmark's own `virsh event --loop --timestamp`: detection and "
+            f"recovery as a visitor sees them; compare a. "
+            f"'{self.figures.get(f'raw_{kind}_to_running', {}).get('label')}'"))
+        self.fig(f"recovery_{trigger}_recorded", stats.sampled(
+            "c", f"{trigger} ({state}): recorded revert duration", "ms", recovery,
             f"the duration the controller records for the revert (GET /api/v1/events): its "
             f"`virsh snapshot-revert --running`, whose exit status it trusts; compare a. "
-            f"'{label}'"))
-        self.fig(f"recovery_{trigger}_libvirt", stats.sampled(
-            "c", f"{trigger} ({state}): revert start -> libvirt 'Resumed'", "ms", to_running,
-            "from the recorded revert start to libvirt's 'Resumed Snapshot' lifecycle event "
-            "(own watcher): when libvirt itself reports the VM running again"))
-        pairs = [r / w for r, w in zip(recovery, raw) if w > 0]
-        of_medians = stats.ratio(stats.describe(recovery)["median"], stats.describe(raw)["median"])
+            f"'{self.figures.get(f'raw_{kind}', {}).get('label')}'"))
+        pairs = [c / r for c, r in zip(to_running, raw) if c is not None and r]
+        spread = stats.spread(pairs)
         self.fig(f"recovery_ratio_{trigger}", stats.sampled(
-            "c", f"{trigger}: recovery / raw revert, per pair", "x", pairs,
-            f"each recorded recovery divided by the raw revert of a {state} that the benchmark "
-            f"timed right after it (a.), so that drifting machine load cancels out; ratio of "
-            f"the medians: {stats.fmt(of_medians, 'x')}", ratio_of_medians=of_medians))
+            "c", f"{trigger}: failure -> running / raw, per pair (p25-p75 "
+                 f"{stats.fmt(spread['p25'], 'x')}-{stats.fmt(spread['p75'], 'x')}, min-max "
+                 f"{stats.fmt(spread['min'], 'x')}-{stats.fmt(spread['max'], 'x')})",
+            "x", pairs,
+            f"each controller sample of b. divided by the raw revert of a {state} on the "
+            f"second VM timed next to it, from its start to libvirt's 'Resumed' event; the "
+            f"pairs alternate which goes first; {len(pairs)} of {len(to_running)} pairs complete "
+            f"(a pair without its 'Resumed' event is left out); {self.BOUND}", **spread))
         ratios = [f["median"] for n, f in self.figures.items()
                   if n.startswith("recovery_ratio_") and f.get("median") is not None]
-        self.fig("recovery_ratio", stats.scalar(
-            "c", "recovery / raw revert, worst trigger", "x", max(ratios) if ratios else None,
-            "the largest median of the per-trigger ratios above (heartbeat timeout: running "
-            "VM; destroy: shut off VM; suspend: paused VM)"))
+        self.figures.pop("recovery_event_ratio", None)   # printed after every trigger's
+        self.fig("recovery_event_ratio", stats.scalar(
+            "c", "(failure -> running) / (raw revert -> running), worst trigger", "x",
+            max(ratios) if ratios else None,
+            f"the largest median of the per-trigger ratios above (heartbeat timeout: running "
+            f"VM; destroy: shut off VM; suspend: paused VM); {self.BOUND}"))
 
     # ============================================================ d. API latency
 
@@ -688,8 +745,9 @@ class Benchmark:
         cpu_b, calls_b, log_b = probes.cpu_sample(self.pid), probes.uptime(), self.log_size()
         self.guest.set_rate(self.plan.guest_hz)
         self.rss_after_idle = probes.vm_rss_kib(self.pid)
-        calls = [args for up, args in probes.stand_in_calls(self.virsh_log)
-                 if calls_a <= up <= calls_b]
+        timed_calls = [(up, args) for up, args in probes.stand_in_calls(self.virsh_log)
+                       if calls_a <= up <= calls_b]
+        calls = [args for _, args in timed_calls]
         cpu = cpu_b.total - cpu_a.total
         live = {f"{pid} {cmd}": round(cpu_b.live[pid][1] - cpu_a.live.get(pid, (cmd, 0.0))[1], 3)
                 for pid, (cmd, _) in cpu_b.live.items()}
@@ -710,15 +768,14 @@ class Benchmark:
                 ("idle_cpu_events", "  of which the `virsh event` stream", sum(live.values()))):
             self.fig(name, stats.scalar("h", f"{label} ({seconds:.2f} s)", "%",
                                         seconds / took * 100, how))
+        interval = self.settings["state_poll_interval"]
+        per_minute, how = virsh_rate([up for up, _ in timed_calls], took, interval)
         self.fig("idle_virsh", stats.scalar(
-            "h", "virsh processes started per minute", "/min", len(calls) / took * 60,
+            "h", "virsh processes started per minute", "/min", per_minute,
             f"calls logged by the counting `virsh` stand-in first on the controller's PATH "
-            f"during the {took:.0f} s idle window, per minute (state_poll_interval "
-            f"{self.settings['state_poll_interval']:g} s; the long-running `virsh event` was "
-            f"started once, before)" + (f"; the window is shorter than the poll interval, so "
-                                        f"one poll in it reads as {60 / took:.0f}/min: coarse"
-                                        if took < 60 else ""),
-            calls=calls))
+            f"during the {took:.0f} s idle window (state_poll_interval {interval:g} s; the "
+            f"long-running `virsh event` was started once, before): {how}",
+            calls=calls, window_s=round(took, 1)))
         how = (f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
                f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated")
         self.fig("idle_log_hour", stats.scalar(
@@ -792,6 +849,26 @@ class Benchmark:
         }
 
 
+def virsh_rate(times: list[float], window: float, interval: float) -> tuple[float, str]:
+    """virsh processes per minute from the start times of those seen in the idle window,
+    and how it was reckoned. With two calls or more: from the first to the last, (n - 1)
+    calls over that span, which a window's edges cannot tip by a whole call; else the count
+    over the window, which can (one call in a window of one poll reads as the bound)."""
+    times = sorted(times)
+    if len(times) >= 2 and times[-1] > times[0]:
+        per_minute = (len(times) - 1) / (times[-1] - times[0]) * 60
+        return per_minute, (
+            f"{len(times)} calls; {len(times) - 1} gaps between them over "
+            f"{times[-1] - times[0]:.1f} s, as a rate per minute: one virsh per safety poll "
+            f"reads as 60 / state_poll_interval ({60 / interval:.2f}/min), a second process "
+            f"per poll as twice that")
+    coarse = f"{len(times)} call(s) in the window, counted over the window"
+    if window < 2 * interval:
+        coarse += (f"; the window is shorter than two poll intervals, so one call reads as "
+                   f"{60 / window:.1f}/min: coarse (a full run's window spans three polls)")
+    return len(times) / window * 60, coarse
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
@@ -851,7 +928,7 @@ def report(result: dict[str, Any], compare_path: str | None) -> None:
     print(stats.format_table(result))
     if compare_path:
         baseline = json.loads(Path(compare_path).read_text())
-        rows = stats.compare(result["summary"], baseline["summary"])
+        rows = stats.compare(result["summary"], baseline.get("summary", {}))
         result["compared_with"] = {"file": compare_path, "started": baseline.get("started"),
                                    "rows": rows}
         print()
@@ -860,6 +937,10 @@ def report(result: dict[str, Any], compare_path: str | None) -> None:
                   f"{result.get('mode')}: fewer samples make the quick figures noisier")
         print(stats.format_compare(rows, f"{compare_path} ({baseline.get('mode', '?')} run of "
                                          f"{baseline.get('started', '?')})"))
+        retired = sorted(set(baseline.get("summary", {})) - set(stats.SUMMARY_KEYS))
+        if retired:
+            print(f"note: the baseline also has {', '.join(retired)}, which this version no "
+                  f"longer measures; n/a marks figures the baseline does not have")
 
 
 def main(argv: list[str] | None = None) -> int:

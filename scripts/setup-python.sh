@@ -36,3 +36,13 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+
+# Coverage of Python processes the tests start (scripts/test): a .pth file runs at every
+# start of .venv's Python and starts coverage.py there only while COVERAGE_PROCESS_START
+# names a configuration; without it, it costs one environment look-up.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+pth="$site/vmcontroller-coverage.pth"
+line='import os; os.environ.get("COVERAGE_PROCESS_START") and __import__("coverage").process_startup()'
+if [ "$(cat "$pth" 2>/dev/null)" != "$line" ]; then
+    printf '%s\n' "$line" > "$pth"
+fi
