@@ -189,3 +189,28 @@ def test_the_scripts_take_the_token_from_vmctl_token(start_controller):
     assert proc.returncode == WARNING and "no heartbeat since" in proc.stdout, proc.stdout
     assert run("maintenance.sh", "-u", api.base, "on", VMCTL_TOKEN=staff).returncode == 0
     assert run("backup-snapshot.sh", "-u", api.base, VMCTL_TOKEN=staff).returncode == 0
+
+
+@pytest.mark.libvirt
+def test_health_check_is_critical_when_the_guard_tripped_and_the_vm_is_down(start_controller,
+                                                                            domain, events):
+    _, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2,
+                              max_recoveries=1, recovery_window=600)
+    wait_until(lambda: api.get("/api/v1/status")["recovery"]["guard"]["state"] == "failed", 60,
+               0.2, "the guard to trip on a guest that never heartbeats")
+    code, line = health(api.base)
+    assert code == CRITICAL and "recovery guard tripped" in line, line
+    # Down, with recovery on but the guard tripped: nobody brings it back.
+    virsh("destroy", "--domain", domain.name)
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "shut off", 20,
+               message="the controller to see the VM shut off")
+    code, line = health(api.base)
+    assert code == CRITICAL and "VM is shut off" in line and "recovery guard tripped" in line
+    assert "maintenance" not in line
+
+
+@pytest.mark.libvirt
+def test_health_check_is_critical_for_a_vm_libvirt_does_not_know(start_controller, domain):
+    _, api = start_controller(vm_name=domain.name + "-gone")
+    code, line = health(api.base)
+    assert code == CRITICAL and "VM is not found" in line, line
