@@ -124,8 +124,10 @@ def test_example_nginx_refuses_a_big_body_itself_before_the_controller_sees_it(s
         # nginx's own page, not the controller's JSON passed through.
         assert big.headers["Content-Type"].startswith("text/html"), big.headers
         assert "413 Request Entity Too Large" in big.text and "<center>nginx</center>" in big.text
-    logged = (tmp_path / "access.log").read_text()
-    assert '"POST /api/v1/snapshot/create HTTP/1.1" 413' in logged, logged
+        # nginx logs the request once it has finished with the connection (after lingering
+        # over the unread body: lingering_time, 30 s by default).
+        wait_until(lambda: '"POST /api/v1/snapshot/create HTTP/1.1" 413' in
+                   (tmp_path / "access.log").read_text(), 35, 0.1, "nginx to log the 413")
     assert api.get("/api/v1/snapshots")["snapshots"] == ["ready"], "nothing was created"
 
 
