@@ -27,6 +27,11 @@ def config_of(ctl):
     return load_config(ctl.config_path, env={})[0]
 
 
+def ctl_timeout(ctl) -> float:
+    """Long enough for anything the controller may still be doing: its longest virsh call."""
+    return config_of(ctl).virsh_long_timeout + config_of(ctl).virsh_timeout
+
+
 def history(api, **params) -> list[dict]:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return api.get(f"/api/v1/events?{query}", "/api/v1/events")["events"]
@@ -177,12 +182,35 @@ def test_guest_request_is_queued_executed_and_recorded(spawn_controller, domain,
     ctl.api.call("GET", "/api/v1/revert/request", "/api/v1/revert/request", expect=400)
 
 
-def test_sigterm_during_a_revert_finishes_it_and_exits_0(spawn_controller, domain, events):
-    ctl = spawn_controller()
+@pytest.fixture
+def gated_virsh(tmp_path):
+    """A virsh stand-in first on PATH: while a gate file exists, each call waits for it to go,
+    then runs the real one, so a revert is surely under way when the test acts."""
+    real = next(p for p in ("/usr/bin/virsh", "/bin/virsh") if os.path.exists(p))
+    folder = tmp_path / "gated-bin"
+    folder.mkdir()
+    gate = tmp_path / "gate"
+    script = folder / "virsh"
+    script.write_text(f"#!/bin/sh\nwhile [ -e {gate} ]; do sleep 0.05; done\n"
+                      f"exec {real} \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}, gate
+
+
+def test_sigterm_during_a_revert_finishes_it_and_exits_0(spawn_controller, domain, events,
+                                                         gated_virsh):
+    env, gate = gated_virsh
+    ctl = spawn_controller(env=env)
     assert events.wait_for(REVERTED, 1, 30)
+    gate.touch()   # the restart's virsh calls wait here: the revert stays under way
     restart_in_background(ctl.api)
     wait_until(lambda: revert_in_progress(ctl.api), 30, 0.01, "a revert under way")
-    assert ctl.stop(signal.SIGTERM) == 0
+    ctl.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "received SIGTERM" in ctl.log(), 10, 0.01, "the signal to land")
+    gate.unlink()
+    # A second signal would exit at once: wait for the first to finish the revert.
+    assert ctl.proc.wait(ctl_timeout(ctl)) == 0
+    ctl.stop()
     assert events.wait_for(REVERTED, 2, 10)
     assert domain.state() == "running"
     log = ctl.log()
