@@ -34,6 +34,11 @@ class FakeRunner:
         """The next call of ``command`` raises ``error`` (queued: call again for the one after)."""
         self.failures.setdefault(command, []).append(error)
 
+    def stop_failing(self, command: str) -> None:
+        """Drop the failures still queued for ``command``: libvirt answers again."""
+        with self._lock:
+            self.failures.pop(command, None)
+
     def count(self, command: str) -> int:
         return sum(1 for c in self.calls if c[0] == command)
 

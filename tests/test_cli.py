@@ -289,7 +289,6 @@ def test_serve_runs_until_a_signal_and_exits_cleanly(domain, events, tmp_path, c
         assert events.wait_for(REVERTED, 1, 30), "serve reverts the VM to its snapshot at start"
 
         proc.send_signal(signum)
-        sent = time.monotonic()
         try:
             returncode = proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -300,7 +299,6 @@ def test_serve_runs_until_a_signal_and_exits_cleanly(domain, events, tmp_path, c
             proc.wait()
     stderr = stderr_path.read_text()
     assert returncode == 0, stderr
-    assert time.monotonic() - sent < 10
     assert "Traceback" not in stderr, stderr
     startup = [line for line in stderr.splitlines()
                if " INFO vmcontroller.server: Exhibition VM Controller " in line]

@@ -1,7 +1,9 @@
 """Configuration: discovery order, environment overrides, one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,15 +29,63 @@ def test_defaults_follow_the_api_reference(tmp_path):
                                     "qemu:///system")
 
 
+def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, Any] | None:
+    """For one Config field: a VMCTL_* string and the value it must give, different from
+    the default, built from the field's type so that a new key is covered as it comes."""
+    name, default = field.name, DEFAULTS.get(field.name)
+    special = {
+        "vm_name": ("2026", "2026"),            # digits stay a string for a str key
+        "snapshot_name": ("golden-1", "golden-1"),
+        "api_host": ("127.0.0.2", "127.0.0.2"),
+        "log_level": ("debug", "DEBUG"),
+        "libvirt_uri": ("qemu+ssh://gallery/system", "qemu+ssh://gallery/system"),
+        "state_path": (str(tmp_path / "s.db"), str(tmp_path / "s.db")),
+        "api_token": ("a" * 24, "a" * 24),
+        "guest_token": ("g" * 24, "g" * 24),
+        "api_token_file": None, "guest_token_file": None,   # tested with a real file below
+        "post_revert_command": ("[echo, '{vm_name}']", ("echo", "{vm_name}")),
+        "cors_origins": ("[http://192.168.122.1:8080]", ("http://192.168.122.1:8080",)),
+        "allowed_hosts": ("[pc.museum.example]", ("pc.museum.example",)),
+        "virsh_long_timeout": ("300", 300.0), "recovery_backoff_max": ("600", 600.0),
+    }
+    if name in special:
+        return special[name]
+    if isinstance(default, bool):
+        return str(not default).lower(), not default
+    if isinstance(default, int):
+        return str(default + 7), default + 7
+    if isinstance(default, float):
+        value = default + 1.5 if default < 3000 else default / 2
+        return str(value), value
+    raise AssertionError(f"no rule to make a valid value for {name} ({field.type}): add one")
+
+
 def test_environment_overrides_every_key(tmp_path):
     path = write(tmp_path / "c.yaml", {"vm_name": "eden", "api_port": 8000})
-    env = {"VMCTL_API_PORT": "9001", "VMCTL_AUTO_REVERT_ENABLED": "false",
-           "VMCTL_HEARTBEAT_TIMEOUT": "2.5", "VMCTL_VM_NAME": "2026", "VMCTL_LOG_LEVEL": "debug",
-           "VMCTL_URL": "http://x", "VMCTL_TOKEN": "t"}  # the CLI's own variables are not keys
+    expected: dict[str, Any] = {}
+    env = {"VMCTL_URL": "http://x", "VMCTL_TOKEN": "t"}  # the CLI's own variables are not keys
+    for field in dataclasses.fields(Config):
+        made = valid_other_value(field, tmp_path)
+        if made is None:
+            continue
+        raw, value = made
+        assert value != DEFAULTS.get(field.name), field.name
+        env[f"VMCTL_{field.name.upper()}"] = raw
+        expected[field.name] = value
     config, _ = load_config(path, env=env)
-    assert config.api_port == 9001 and config.auto_revert_enabled is False
-    assert config.heartbeat_timeout == 2.5 and config.vm_name == "2026"
-    assert config.log_level == "DEBUG"
+    for key, value in expected.items():
+        assert getattr(config, key) == value, (key, getattr(config, key), value)
+    assert set(expected) == set(KEYS) - {"api_token_file", "guest_token_file"}
+
+
+@pytest.mark.parametrize("key", ["api_token", "guest_token"])
+def test_token_files_through_the_environment_set_the_token(tmp_path, key):
+    secret = tmp_path / f"{key}.txt"
+    secret.write_text("s3cret-" + "x" * 20 + "\n")
+    config, _ = load_config(write(tmp_path / "c.yaml", {"vm_name": "eden"}),
+                            env={f"VMCTL_{key.upper()}_FILE": str(secret)})
+    assert getattr(config, key) == "s3cret-" + "x" * 20
+    assert getattr(config, f"{key}_file") == str(secret)
 
 
 def test_allowed_hosts_from_file_and_environment(tmp_path):

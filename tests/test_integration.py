@@ -8,12 +8,12 @@ independent `virsh event` process, snapshot-current, domstate.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from libvirt_env import virsh, wait_until
+from waits import enforcement_period, pause_period, stays_false
 
 pytestmark = pytest.mark.libvirt
 
@@ -21,10 +21,17 @@ REVERTED = "Started Snapshot"   # libvirt's event when a revert brings the VM up
 
 
 class Heartbeats:
-    """A guest stand-in that sends a heartbeat every 0.2 s until stopped."""
+    """A guest stand-in that sends a heartbeat every 0.2 s until stopped.
+
+    Every answer is checked (200, the message, healthy) and counted; any other
+    answer or a failed request is kept in ``errors`` for the test to assert on,
+    so a sender that silently fails cannot pass for a guest that is alive.
+    """
 
     def __init__(self, api):
-        self.api = api
+        self.api = type(api)(api.base, api._check)  # its own session: not shared across threads
+        self.answered = 0
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -32,13 +39,29 @@ class Heartbeats:
     def _run(self):
         while not self._stop.wait(0.2):
             try:
-                self.api.session.get(self.api.base + "/api/v1/heartbeat", timeout=5)
-            except Exception:
-                pass
+                body = self.api.get("/api/v1/heartbeat")
+                assert body["message"] == "Heartbeat received", body
+                assert body["details"]["is_healthy"] is True, body
+                self.answered += 1
+            except Exception as exc:  # kept for the test; this thread must not die
+                self.errors.append(repr(exc))
+
+    def wait_answered(self, count: int, timeout: float = 30) -> None:
+        """A positive sign: ``count`` more heartbeats answered from now."""
+        target = self.answered + count
+        wait_until(lambda: self.answered >= target or bool(self.errors), timeout,
+                   message=f"{count} heartbeats answered")
+        assert not self.errors, self.errors
 
     def stop(self):
         self._stop.set()
         self._thread.join(5)
+
+
+def reverts_in_history(api) -> int:
+    """Reverts the controller recorded (started ones too: they count before libvirt's event)."""
+    return sum(1 for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]
+               if e["action"] == "revert")
 
 
 STATUS_FIELDS = {"vm_name": str, "vm_state": str, "vm_is_running": bool, "snapshot_name": str,
@@ -97,19 +120,42 @@ def test_startup_reverts_and_every_read_endpoint_matches_the_spec(start_controll
     assert snaps == {"vm_name": domain.name, "snapshots": ["ready"]}
 
 
+def test_answered_heartbeats_keep_the_vm_alone_past_grace_and_timeout(start_controller, domain,
+                                                                       events):
+    controller, api = start_controller()
+    assert events.wait_for(REVERTED, 1, 30)
+    guest = Heartbeats(api)
+    try:
+        guest.wait_answered(3)
+        wait_until(lambda: api.get("/api/v1/heartbeat/status")["enabled"], 30,
+                   message="the grace period to end (heartbeat timeout enforced)")
+        answered = guest.answered
+        period = enforcement_period(controller.config)
+        stays_false(lambda: events.count(REVERTED) > 1 or reverts_in_history(api) > 1, period,
+                    "a guest whose heartbeats are answered was reverted")
+        assert not guest.errors, guest.errors
+        assert guest.answered - answered >= period / 0.2 / 4, "heartbeats kept coming meanwhile"
+        assert api.get("/api/v1/heartbeat/status")["is_healthy"] is True
+    finally:
+        guest.stop()
+
+
 def test_heartbeat_timeout_causes_a_revert(start_controller, domain, events):
     controller, api = start_controller()
-    events.wait_for(REVERTED, 1, 30)
+    assert events.wait_for(REVERTED, 1, 30)
     guest = Heartbeats(api)
-    time.sleep(2)
-    assert events.count(REVERTED) == 1, "heartbeats keep the VM alone"
+    guest.wait_answered(3)
     virsh("snapshot-create-as", "--domain", domain.name, "--name", "later", "--atomic")
     assert domain.current_snapshot() == "later"
     guest.stop()
+    assert not guest.errors, guest.errors
     assert events.wait_for(REVERTED, 2, 30), "no revert after the heartbeat timeout"
     assert domain.current_snapshot() == "ready"
     wait_until(lambda: domain.state() == "running", 30, message="VM running after the revert")
     assert api.get("/api/v1/heartbeat/status")["is_healthy"] is False
+    triggers = [e["trigger"] for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")
+                ["events"] if e["action"] == "revert" and e["outcome"] == "succeeded"]
+    assert "heartbeat_timeout" in triggers, triggers
 
 
 def test_external_destroy_is_recovered(start_controller, domain, events):
@@ -124,45 +170,68 @@ def test_external_destroy_is_recovered(start_controller, domain, events):
         guest.stop()
 
 
-def test_suspend_is_recovered_but_our_own_snapshot_pause_is_not(start_controller, domain, events):
+def recovered_by(api, trigger: str) -> list[dict]:
+    """The controller's successful reverts with this trigger, from its history API."""
+    return [e for e in api.get(f"/api/v1/events?trigger={trigger}", "/api/v1/events")["events"]
+            if e["action"] == "revert" and e["outcome"] == "succeeded"]
+
+
+def test_a_suspended_vm_is_recovered_with_trigger_vm_paused_but_a_snapshots_pause_is_not(
+        start_controller, domain, events):
     controller, api = start_controller(heartbeat_timeout=2)
-    events.wait_for(REVERTED, 1, 30)
+    assert events.wait_for(REVERTED, 1, 30)
     guest = Heartbeats(api)  # heartbeats keep coming: only the paused state can trigger this
     try:
+        guest.wait_answered(3)
         api.post("/api/v1/snapshot/create?snapshot_name=pause-check")
-        assert events.wait_for("Resumed Unpaused", 1, 10)
-        time.sleep(3)
-        assert events.count(REVERTED) == 1, "a snapshot's own brief pause is no failure"
+        assert events.wait_for("Resumed Unpaused", 1, 10), "the snapshot's own pause is seen"
+        stays_false(lambda: events.count(REVERTED) > 1, pause_period(controller.config),
+                    "a snapshot's own brief pause was taken for a failure")
+        assert not guest.errors, guest.errors
+        assert recovered_by(api, "vm_paused") == []
         virsh("suspend", "--domain", domain.name)
+        assert events.wait_for("Suspended Paused", 1, 10)
         assert events.wait_for(REVERTED, 2, 30), "paused VM not recovered"
+        wait_until(lambda: len(recovered_by(api, "vm_paused")) == 1, 30,
+                   message="the revert recorded with trigger vm_paused")
+        assert recovered_by(api, "heartbeat_timeout") == [], "the heartbeats were answered"
         wait_until(lambda: domain.state() == "running", 30, message="VM running again")
     finally:
         guest.stop()
+    assert not guest.errors, guest.errors
 
 
-def test_stop_through_the_api_stays_stopped_until_started(start_controller, domain, events):
+def test_a_vm_stopped_through_the_api_stays_stopped_past_grace_and_timeout(start_controller,
+                                                                            domain, events):
     controller, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.5)
-    events.wait_for(REVERTED, 1, 30)
+    assert events.wait_for(REVERTED, 1, 30)
     assert_message(api.post("/api/v1/vm/stop"))
+    assert events.wait_for("Stopped Destroyed", 1, 10), "libvirt saw the stop"
     assert domain.state() == "shut off"
-    time.sleep(3)
-    assert domain.state() == "shut off" and events.count(REVERTED) == 1
+    assert api.get("/api/v1/heartbeat/status")["enabled"] is False
+    stays_false(lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
+                enforcement_period(controller.config), "a VM stopped by staff was started again")
     assert api.get("/api/v1/heartbeat/status")["enabled"] is False
     assert api.get("/api/v1/vm/stop")["message"].endswith("(it was not running)")
     body = api.get("/api/v1/vm/start")
     assert body["message"] == f"VM '{domain.name}' started successfully"
-    assert domain.state() == "running" and events.count(REVERTED) == 2
+    assert domain.state() == "running" and events.wait_for(REVERTED, 2, 10)
     assert domain.current_snapshot() == "ready"
 
 
-def test_maintenance_mode_does_not_revert(start_controller, domain, events):
+def test_maintenance_mode_leaves_a_destroyed_silent_vm_alone_until_enabled(start_controller,
+                                                                           domain, events):
     controller, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.5)
-    events.wait_for(REVERTED, 1, 30)
+    assert events.wait_for(REVERTED, 1, 30)
     assert api.get("/api/v1/revert/disable")["message"].startswith("Automatic revert disabled")
     assert api.get("/api/v1/status")["auto_revert_enabled"] is False
     virsh("destroy", "--domain", domain.name)
-    time.sleep(3)  # three timeouts without a heartbeat, and a destroyed VM
-    assert domain.state() == "shut off" and events.count(REVERTED) == 1
+    assert events.wait_for("Stopped Destroyed", 1, 10)
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "shut off", 10,
+               message="the controller to see the VM shut off")
+    # No heartbeat at all and a destroyed VM, for longer than it would take to act on either.
+    stays_false(lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
+                enforcement_period(controller.config), "maintenance mode reverted the VM")
     assert api.post("/api/v1/revert/enable") == {"message": "Automatic revert enabled",
                                                  "details": None}
     assert events.wait_for(REVERTED, 2, 30), "enabling auto-revert recovers the VM"
@@ -180,18 +249,22 @@ def test_restart_returns_once_the_vm_runs(start_controller, domain, events):
     assert beat["enabled"] is False, "the grace period goes on in the background"
 
 
-def test_twenty_concurrent_restarts(start_controller, domain, events):
-    controller, api = start_controller()
-    events.wait_for(REVERTED, 1, 30)
-    before = events.count(REVERTED)
+def test_twenty_concurrent_restarts_all_succeed_with_one_or_two_reverts(start_controller,
+                                                                          domain, events):
+    controller, api = start_controller(vm_startup_heartbeat_delay=60)
+    assert events.wait_for(REVERTED, 1, 30)
+    before = reverts_in_history(api)
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(lambda _: api.call("POST", "/api/v1/vm/restart",
                                                  "/api/v1/vm/restart", expect=None).status_code,
                               range(20)))
     assert codes == [200] * 20
-    time.sleep(1)  # let any late lifecycle event arrive before counting
-    reverts = events.count(REVERTED) - before
+    # Each restart returns once its revert is done, so the history is complete now; the
+    # grace period (60 s) rules out a revert of the controller's own meanwhile. Requests
+    # that reach the controller after the first revert ended start a second one.
+    reverts = reverts_in_history(api) - before
     assert 1 <= reverts <= 2, f"{reverts} reverts for 20 concurrent restarts"
+    assert events.wait_for(REVERTED, 1 + reverts, 10), "libvirt saw each recorded revert"
     assert domain.state() == "running"
 
 
@@ -252,7 +325,8 @@ def test_bad_snapshot_names_are_rejected_and_change_nothing(start_controller, do
                      "/api/v1/snapshot/delete/{snapshot_name}", expect=400)
     # A name with a slash cannot even route to a snapshot: 400 via the path converter.
     api.call("GET", "/api/v1/snapshot/delete/..%2Fx", None, expect=400)
-    time.sleep(0.5)
+    actions = {e["action"] for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]}
+    assert not {a for a in actions if a.startswith("snapshot")}, actions
     after = (domain.snapshot_tree(), domain.current_snapshot(), domain.state(), len(events.events))
     assert after == before
 

@@ -106,12 +106,29 @@ def test_example_nginx_proxy_serves_the_api_over_tls(start_controller, tmp_path)
         response = requests.get(https + "/api/v1/status", verify=ca, timeout=10)
         assert response.json()["vm_name"] == controller.config.vm_name
         assert response.headers["Server"] == "nginx", "server_tokens off: no version"
-        big = requests.post(https + "/api/v1/snapshot/create", data=b"x" * 70000, verify=ca,
-                            timeout=10)
-        assert big.status_code == 413
         plain = requests.get(http + "/api/v1/status", allow_redirects=False, timeout=10)
         assert plain.status_code == 301
         assert plain.headers["Location"].startswith("https://")
+
+
+def test_example_nginx_refuses_a_big_body_itself_before_the_controller_sees_it(start_controller,
+                                                                               tmp_path):
+    controller, api = start_controller()
+    body = b"x" * 70000   # above client_max_body_size 64k (and the controller's own 64 KiB)
+    direct = api.call("POST", "/api/v1/snapshot/create", "/api/v1/snapshot/create",
+                      expect=413, data=body)
+    assert "detail" in direct.json(), "the controller's own 413 is JSON"
+    with example_proxy(tmp_path, controller.port) as (https, http, ca):
+        big = requests.post(https + "/api/v1/snapshot/create", data=body, verify=ca, timeout=10)
+        assert big.status_code == 413
+        # nginx's own page, not the controller's JSON passed through.
+        assert big.headers["Content-Type"].startswith("text/html"), big.headers
+        assert "413 Request Entity Too Large" in big.text and "<center>nginx</center>" in big.text
+        # nginx logs the request once it has finished with the connection (after lingering
+        # over the unread body: lingering_time, 30 s by default).
+        wait_until(lambda: '"POST /api/v1/snapshot/create HTTP/1.1" 413' in
+                   (tmp_path / "access.log").read_text(), 35, 0.1, "nginx to log the 413")
+    assert api.get("/api/v1/snapshots")["snapshots"] == ["ready"], "nothing was created"
 
 
 def test_example_nginx_keeps_tokens_out_of_logs_and_off_plain_http(start_controller, tmp_path):

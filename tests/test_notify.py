@@ -27,6 +27,7 @@ from libvirt_env import wait_until
 from vmcontroller import notify
 from vmcontroller.config import build_config
 from vmcontroller.notify import Notifier, socket_address, stale_limit, watchdog_interval
+from waits import stays_false
 
 
 class NotifyListener:
@@ -96,8 +97,10 @@ def abstract_listener():
     heard.close()
 
 
-def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+def quiet(listener, line: str, since: float, notifier_interval: float) -> None:
+    """No ``line`` after ``since``, watched for ten ping intervals (a ping is due in one)."""
+    stays_false(lambda: bool(listener.times(line, since)), notifier_interval * 10,
+                f"{line} was sent")
 
 
 # ------------------------------------------------------------------ the protocol itself
@@ -166,6 +169,7 @@ class FakeMonitor:
         self._progress = time.monotonic()
         self.initialised = threading.Event()
         self.initialised.set()
+        self.waited_in_vain = 0
 
     @property
     def thread_alive(self) -> bool:
@@ -178,7 +182,10 @@ class FakeMonitor:
         return self._progress
 
     def wait_initialised(self, timeout: float | None = None) -> bool:
-        return self.initialised.wait(timeout)
+        done = self.initialised.wait(timeout)
+        if not done:
+            self.waited_in_vain += 1   # a sign that the notifier asked and was told to wait
+        return done
 
 
 def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
@@ -187,7 +194,8 @@ def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
     notifier = Notifier(socket_address(listener.name), 0.05, monitor, stale_after=0.3)
     notifier.start("serving")
     try:
-        time.sleep(0.3)
+        wait_until(lambda: monitor.waited_in_vain >= 1, 5,
+                   message="the notifier to ask whether the monitor is initialised")
         assert listener.lines() == [], "nothing before the monitor is initialised"
         monitor.initialised.set()
         assert listener.wait_for("READY=1", timeout=5)
@@ -198,10 +206,11 @@ def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
         stuck_at = time.monotonic()
         wait_until(lambda: any(line.startswith("STATUS=the monitor thread has made no progress")
                                for _, line in listener.lines()), 5, message="stuck reported")
-        last_ping = max(listener.times("WATCHDOG=1"))
-        assert 0.3 - 0.2 <= last_ping - stuck_at <= 0.3 + 0.2, "pings stop at the stale limit"
-        time.sleep(0.3)
-        assert max(listener.times("WATCHDOG=1")) == last_ping, "no ping while stuck"
+        reported = max(t for t, line in listener.lines() if line.startswith("STATUS=the monitor"))
+        # Pings go on while the lack of progress is within the stale limit (when exactly they
+        # stop is a rule of liveness.py, tested there with a clock), then not at all.
+        assert listener.times("WATCHDOG=1", since=stuck_at), "no ping within the stale limit"
+        quiet(listener, "WATCHDOG=1", reported, notifier.interval)
 
         monitor.progressing = True
         resumed = time.monotonic()
@@ -211,19 +220,18 @@ def test_ready_waits_for_initialisation_then_pings_follow_progress(listener):
         monitor.alive = False                    # a dead thread gets no pings either
         wait_until(lambda: any(line == "STATUS=the monitor thread is not running"
                                for _, line in listener.lines()), 5, message="death reported")
-        dead = time.monotonic()
-        time.sleep(0.3)
-        assert listener.times("WATCHDOG=1", since=dead) == []
+        dead = max(t for t, line in listener.lines()
+                   if line == "STATUS=the monitor thread is not running")
+        quiet(listener, "WATCHDOG=1", dead, notifier.interval)
     finally:
         notifier.stopping()
     assert listener.wait_for("STOPPING=1", timeout=5)
-    stopped = time.monotonic()
+    stopped = listener.times("STOPPING=1")[0]
     monitor.alive = True
-    time.sleep(0.2)
-    assert listener.times("WATCHDOG=1", since=stopped) == []
+    quiet(listener, "WATCHDOG=1", stopped, notifier.interval)
     notifier.stopping()
-    time.sleep(0.1)
-    assert len(listener.times("STOPPING=1")) == 1, "STOPPING=1 is sent once"
+    stays_false(lambda: len(listener.times("STOPPING=1")) > 1, notifier.interval * 10,
+                "STOPPING=1 was sent twice")
 
 
 def test_stopping_before_ready_sends_stopping_only(path_listener):
@@ -234,8 +242,9 @@ def test_stopping_before_ready_sends_stopping_only(path_listener):
     notifier.stopping()
     assert path_listener.wait_for("STOPPING=1", timeout=5)
     monitor.initialised.set()
-    time.sleep(0.3)
-    assert path_listener.times("READY=1") == []
+    # READY=1 would follow within the notifier's 0.5 s wait for initialisation.
+    stays_false(lambda: bool(path_listener.times("READY=1")), 0.5 + notifier.interval * 10,
+                "READY=1 was sent after STOPPING=1")
 
 
 # ------------------------------------------------------------------ a real controller
@@ -292,7 +301,6 @@ def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
         assert path_listener.wait_for("WATCHDOG=1", count=10, timeout=10)
         pings = path_listener.times("WATCHDOG=1")
         assert pings[0] >= ready_at
-        assert all(0.05 < gap < 1.0 for gap in gaps(pings)), gaps(pings)
 
         # No heartbeat arrives: the monitor sets out to revert the VM and waits for its
         # lock, which the test holds: the thread is alive but stuck.
@@ -301,11 +309,12 @@ def test_a_controller_pings_while_its_monitor_works_and_not_when_it_is_stuck(
                 line.startswith("STATUS=the monitor thread has made no progress")
                 for _, line in path_listener.lines()), 30, message="pings withheld")
             stuck_since = controller.monitor.last_progress   # its last visit to the wait loop
-            last_ping = max(path_listener.times("WATCHDOG=1"))
-            assert 2.0 - 0.3 <= last_ping - stuck_since <= 2.0 + 0.3
+            reported = max(t for t, line in path_listener.lines()
+                           if line.startswith("STATUS=the monitor thread has made no progress"))
+            assert path_listener.times("WATCHDOG=1", since=stuck_since), \
+                "pings go on within the stale limit"
             assert controller.monitor.thread_alive
-            time.sleep(0.5)
-            assert max(path_listener.times("WATCHDOG=1")) == last_ping
+            quiet(path_listener, "WATCHDOG=1", reported, controller.notifier.interval)
         assert_pings_resume(path_listener, "once the monitor moves again")
     finally:
         controller.stop()
@@ -343,10 +352,10 @@ def test_serve_under_a_hanging_virsh_is_ready_pings_and_says_stopping(abstract_l
         assert listener.wait_for("READY=1", timeout=30), (tmp_path / "serve.log").read_text()
         ready_at = listener.times("READY=1")[0]
         limit = stale_limit(3, 5)
-        assert listener.wait_for("WATCHDOG=1", count=int((limit + 1) / 0.25), timeout=limit + 10)
-        pings = listener.times("WATCHDOG=1")
-        assert pings[-1] - ready_at > limit, "pings outlast the stale limit: slow is not stuck"
-        assert max(gaps(pings)) < 1.5, gaps(pings)
+        # Slow is not stuck: pings go on past the stale limit, and no problem is reported.
+        wait_until(lambda: any(t > ready_at + limit for t in listener.times("WATCHDOG=1")),
+                   limit + 10, 0.1, "a ping after the stale limit")
+        assert not [line for _, line in listener.lines() if "no progress" in line]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

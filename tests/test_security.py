@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
 
 import pytest
-import requests
 
+from checked_http import checked_client, checked_session
 from fake_virsh import FakeRunner
 from libvirt_env import virsh, wait_until
 from vmcontroller import __version__
@@ -39,7 +38,7 @@ BROWSER_IMG = {
 
 
 @pytest.fixture
-def make_client():
+def make_client(openapi, check_response):
     monitors: list[Monitor] = []
 
     def make(runner: FakeRunner | None = None, **security):
@@ -51,7 +50,7 @@ def make_client():
         assert monitor.wait_initialised(5)
         monitors.append(monitor)
         app = create_app(monitor, __version__, SecuritySettings(**security))
-        return app.test_client(), runner
+        return checked_client(app, openapi, check_response), runner
 
     yield make
     for monitor in monitors:
@@ -286,38 +285,44 @@ def test_token_config(tmp_path):
 
 
 
+@pytest.fixture
+def raw(openapi, check_response):
+    """requests, raw (any header, any Host), with every answer checked against the schema."""
+    return checked_session(openapi, check_response)
+
+
 @pytest.mark.libvirt
-def test_the_guests_browser_changes_nothing(start_controller, domain, events):
+def test_the_guests_browser_changes_nothing(start_controller, domain, events, raw):
     """A page in the guest's browser embeds <img> tags pointing at the API."""
     controller, api = start_controller(heartbeat_timeout=60)
-    events.wait_for("Started Snapshot", 1, 30)
+    assert events.wait_for("Started Snapshot", 1, 30)
     virsh("snapshot-create-as", "--domain", domain.name, "--name", "backup", "--atomic")
-    time.sleep(0.5)
-    before = (domain.snapshot_tree(), domain.state(), len(events.events))
+    before = (domain.snapshot_tree(), domain.state())
     for path in ("/api/v1/snapshot/delete/ready", "/api/v1/vm/stop", "/api/v1/vm/restart",
                  "/api/v1/snapshot/create?snapshot_name=ready", "/api/v1/revert/disable",
                  "/api/v1/snapshot/delete/backup"):
         for method in ("GET", "HEAD"):  # HEAD runs the GET handler: judged the same
-            response = requests.request(method, api.base + path, headers=BROWSER_IMG,
-                                        timeout=10)
+            response = raw.request(method, api.base + path, headers=BROWSER_IMG, timeout=10)
             assert response.status_code == 403, (method, path, response.text)
         # DNS rebinding: the attacker's page is same-origin, only Host gives it away.
-        rebound = requests.get(api.base + path, headers={"Host": f"evil.example:{controller.port}",
+        rebound = raw.get(api.base + path, headers={"Host": f"evil.example:{controller.port}",
                                                          "Origin": f"http://evil.example:"
                                                                    f"{controller.port}"},
                                timeout=10)
         assert rebound.status_code == 400 and "allowed_hosts" in rebound.json()["detail"]
-    time.sleep(1)
-    assert (domain.snapshot_tree(), domain.state(), len(events.events)) == before
+    # Handlers act before they answer: a refused request has done all it ever will.
+    assert (domain.snapshot_tree(), domain.state()) == before
+    assert events.count("Started Snapshot") == 1 and events.count("Stopped Destroyed") == 0
     assert api.get("/api/v1/status")["auto_revert_enabled"] is True
+    assert api.get("/api/v1/events?trigger=api", "/api/v1/events")["events"] == []
 
 
 @pytest.mark.libvirt
-def test_no_server_banner_and_waitress_errors_are_json(start_controller):
+def test_no_server_banner_and_waitress_errors_are_json(start_controller, raw):
     controller, api = start_controller()
-    response = requests.get(api.base + "/api/v1/status", timeout=10)
+    response = raw.get(api.base + "/api/v1/status", timeout=10)
     assert "Server" not in response.headers
-    huge = requests.get(api.base + "/api/v1/heartbeat", headers={"X-Big": "a" * 20000},
+    huge = raw.get(api.base + "/api/v1/heartbeat", headers={"X-Big": "a" * 20000},
                         timeout=10)
     assert huge.status_code == 431
     assert huge.headers["Content-Type"] == "application/json"
@@ -325,7 +330,8 @@ def test_no_server_banner_and_waitress_errors_are_json(start_controller):
 
 
 @pytest.mark.libvirt
-def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(start_controller):
+def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(start_controller,
+                                                                           raw):
     controller, api = start_controller(api_channel_timeout=2, heartbeat_timeout=60)
     port = controller.port
     slow = []
@@ -333,13 +339,9 @@ def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(star
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
         slow.append(s)
-    began = time.monotonic()
-    worst = 0.0
-    while time.monotonic() - began < 2:
-        t = time.monotonic()
-        assert requests.get(api.base + "/api/v1/heartbeat", timeout=5).status_code == 200
-        worst = max(worst, time.monotonic() - t)
-    assert worst < 1.0, f"a heartbeat took {worst:.2f} s while slow clients were connected"
+    # While they hang on, heartbeats are answered (their latency is a figure for scripts/bench).
+    for _ in range(20):
+        assert raw.get(api.base + "/api/v1/heartbeat", timeout=30).status_code == 200
 
     def closed(sock: socket.socket) -> bool:
         try:
@@ -351,6 +353,8 @@ def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(star
 
     for s in slow:
         s.settimeout(0.1)
-    wait_until(lambda: all(closed(s) for s in slow), 15, 0.2, "the slow connections to close")
+    wait_until(lambda: all(closed(s) for s in slow), controller.config.api_channel_timeout * 5,
+               0.2, "the slow connections to close")
+    assert raw.get(api.base + "/api/v1/heartbeat", timeout=30).status_code == 200
     for s in slow:
         s.close()

@@ -439,3 +439,13 @@ def test_compaction_is_best_effort(tmp_path, monkeypatch, caplog):
     assert store.prune() == 1          # and pruning deletes even if it cannot compact
     assert "could not compact" in caplog.text
     assert [e.reason for e in store.events()] == ["b"]
+
+
+def test_a_state_file_that_can_be_neither_written_nor_read_starts_from_an_empty_state(tmp_path):
+    """README, 'A state file that refuses writes': the controller runs on what it holds, and
+    when the file cannot even be read, that is nothing: an empty history, default flags."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("its parent is a file: no state file can be made under it")
+    store = Store(blocker / "state.db")
+    assert store.unwritable is not None and "nor read" in store.unwritable, store.unwritable
+    assert store.events() == [] and store.get("auto_revert_enabled") is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import textwrap
-import time
 
 import pytest
 
@@ -106,10 +105,9 @@ def test_runner_uses_uri_lc_all_and_explicit_options(stand_in, monkeypatch):
 def test_runner_times_out(stand_in, monkeypatch):
     monkeypatch.setenv("VMCTL_STANDIN", "hang")
     runner = VirshRunner(timeout=0.5, binary=str(stand_in / "virsh"))
-    began = time.monotonic()
+    # The stand-in sleeps 30 s: this message comes only from the timeout ending the call.
     with pytest.raises(VirshTimeout, match="did not answer within 0.5 s"):
         runner.domstate("vm")
-    assert time.monotonic() - began < 5
 
 
 def test_runner_raises_typed_errors(stand_in, monkeypatch):

@@ -18,8 +18,8 @@ from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 from .security import GUEST_PATHS, READ_ONLY_PATHS
-from .vocab import (GUARD_STATES, IDLE_DURATION_MAX, MAX_BODY, MAX_QUERY, OUTCOMES,
-                    REPEAT_INTERVAL, TRIGGERS)
+from .vocab import (GUARD_STATES, IDLE_DURATION_MAX, MAX_BODY, MAX_HEADER_BLOCK, MAX_QUERY,
+                    OUTCOMES, REPEAT_INTERVAL, TRIGGERS)
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -62,7 +62,8 @@ the controller's own and not in `cors_origins`) cannot change anything: \
 * **Host**: a request whose `Host` header is not an IP address, `localhost`, \
 one of the machine's own names or a name in `allowed_hosts` answers **400**, \
 on every path (protection against DNS rebinding).
-* Bodies over 64 KiB answer **413**; query strings over 8192 bytes **414**.
+* Bodies over 64 KiB answer **413**; query strings over 8192 bytes **414**; header \
+blocks over 16 KiB **431**.
 """
 
 
@@ -512,6 +513,10 @@ def _responses() -> dict[str, Any]:
                            "(got 70000)"),
         "UriTooLong": _error(f"The query string is over {MAX_QUERY} bytes.",
                              f"Query string too long: at most {MAX_QUERY} bytes"),
+        "HeadersTooLarge": _error(
+            f"The request's header block is over {MAX_HEADER_BLOCK // 1024} KiB "
+            "(refused by the HTTP server before any route runs).",
+            "Request Header Fields Too Large"),
         "ReferenceSnapshotMissing": _error(
             "The configured reference snapshot does not exist, so there is "
             "nothing to revert to. Create it with /api/v1/snapshot/create.",
@@ -1053,6 +1058,7 @@ def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
                 responses.setdefault("403", _ref("responses", "CrossSiteRefused"))
             responses.setdefault("413", _ref("responses", "TooLarge"))
             responses.setdefault("414", _ref("responses", "UriTooLong"))
+            responses.setdefault("431", _ref("responses", "HeadersTooLarge"))
             if path in GUEST_PATHS:
                 op["description"] += (" Open to the guest token as well as the "
                                       "staff token.")

@@ -31,7 +31,7 @@ from .security import SecuritySettings
 from .store import Store
 from .virsh import EventStream, VirshRunner
 from .vm import Domain
-from .vocab import MAX_BODY
+from .vocab import MAX_BODY, MAX_HEADER_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Controller:
             ident="", channel_timeout=int(max(1, config.api_channel_timeout)),
             # waitress looks for idle channels only this often (default 30 s)
             cleanup_interval=int(max(1, min(30, config.api_channel_timeout / 2))),
-            clear_untrusted_proxy_headers=True, max_request_header_size=16 * 1024,
+            clear_untrusted_proxy_headers=True, max_request_header_size=MAX_HEADER_BLOCK,
             # Bodies up to this reach the app, which refuses anything over
             # MAX_BODY with a JSON 413; waitress refuses larger ones itself.
             max_request_body_size=16 * MAX_BODY)

@@ -55,6 +55,14 @@ _INCREMENTAL = 2   # PRAGMA auto_vacuum's value for INCREMENTAL
 log = logging.getLogger(__name__)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring an older file's events table up to SCHEMA (a new one has every column)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    for column, statement in MIGRATIONS.items():
+        if column not in present:
+            db.execute(statement)
+
+
 class StoreError(Exception):
     """The state file cannot be opened or written; worded for the admin."""
 
@@ -141,8 +149,7 @@ class Store:
             self.unwritable += f"; nor read ({exc}): starting from an empty state"
         db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         db.executescript(SCHEMA)
-        for statement in MIGRATIONS.values():
-            db.execute(statement)
+        _add_missing_columns(db)
         db.execute("PRAGMA query_only=ON")
         return db
 
@@ -179,10 +186,7 @@ class Store:
                             "(%s): pruned history will not shrink it", self.path, exc)
 
     def _migrate(self) -> None:
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-        for column, statement in MIGRATIONS.items():
-            if column not in present:
-                self._db.execute(statement)
+        _add_missing_columns(self._db)
 
     def close(self) -> None:
         with self._lock:

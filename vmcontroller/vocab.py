@@ -46,6 +46,8 @@ MAX_BODY = 64 * 1024
 #: Above the longest query the API documents (a 500-character reason of 4-byte
 #: characters is 6000 bytes percent-encoded, plus a token); longer gets 414.
 MAX_QUERY = 8192
+#: Request header blocks above this are refused by waitress with 431.
+MAX_HEADER_BLOCK = 16 * 1024
 #: The longest reason a guest may give with a revert request.
 REASON_MAX = 500
 #: The longest idle time a guest may report with an idle reset, in seconds.
