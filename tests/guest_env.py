@@ -122,3 +122,35 @@ class GuestDomain:
         """Every heartbeat the guest reported on its console after offset, in order."""
         return [Beat(int(m.group(1)), m.group(2), m.group(3) == "ok")
                 for m in BEAT.finditer(self.console_text(offset))]
+
+
+def start_exhibit(vm: GuestDomain, state_path: Path, timeout: float, grace: float,
+                  beats: int = 2):
+    """The staff's order of work with a real guest: a controller in maintenance, the guest
+    started and heartbeating, ``ready`` taken while it runs, then automatic revert on.
+    Returns the running in-process Controller (the caller stops it)."""
+    import requests
+
+    from vmcontroller.config import build_config
+    from vmcontroller.server import Controller
+
+    from libvirt_env import wait_until
+
+    controller = Controller(build_config({
+        "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": vm.port,
+        "heartbeat_timeout": timeout, "vm_startup_heartbeat_delay": grace,
+        "heartbeat_check_interval": 0.5, "auto_revert_enabled": False,
+        "state_path": str(state_path)}))
+    controller.start()
+    try:
+        assert controller.monitor.wait_initialised(60)
+        vm.start()
+        wait_until(lambda: sum(b.ok for b in vm.beats()) >= beats, 120, message="heartbeats")
+        base = f"http://127.0.0.1:{vm.port}"
+        for path in ("/api/v1/snapshot/create", "/api/v1/revert/enable"):
+            response = requests.post(base + path, timeout=60)
+            assert response.status_code == 200, response.text
+    except BaseException:
+        controller.stop()
+        raise
+    return controller

@@ -15,9 +15,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from guest_env import GuestDomain
+from guest_env import GuestDomain, start_exhibit
 from libvirt_env import EventRecorder, free_port, virsh, wait_until
-from vmcontroller.config import build_config
 from vmcontroller.vocab import VM_CRASHED
 
 pytestmark = pytest.mark.libvirt
@@ -27,8 +26,6 @@ REVERTED = "Started Snapshot"
 
 def test_a_guest_kernel_panic_is_recovered_with_trigger_vm_crashed_and_heartbeats_resume(
         libvirt, guest_build, tmp_path, check_response):
-    from vmcontroller.server import Controller
-
     timeout, grace = 5.0, 5.0
     port = free_port()
     vm = GuestDomain("panic", guest_build.path, port, hb_timeout=2,
@@ -47,18 +44,7 @@ def test_a_guest_kernel_panic_is_recovered_with_trigger_vm_crashed_and_heartbeat
         return get(f"/api/v1/events?trigger={VM_CRASHED}")["events"]
 
     try:
-        controller = Controller(build_config({
-            "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": port,
-            "heartbeat_timeout": timeout, "vm_startup_heartbeat_delay": grace,
-            "heartbeat_check_interval": 0.5, "auto_revert_enabled": False,
-            "state_path": str(tmp_path / "state.db")}))
-        controller.start()
-        assert controller.monitor.wait_initialised(60)
-        vm.start()
-        wait_until(lambda: sum(b.ok for b in vm.beats()) >= 2, 120, message="heartbeats")
-        response = requests.post(f"{base}/api/v1/snapshot/create", timeout=60)
-        assert response.status_code == 200, response.text
-        requests.post(f"{base}/api/v1/revert/enable", timeout=10).raise_for_status()
+        controller = start_exhibit(vm, tmp_path / "state.db", timeout, grace)
         offset = vm.console_size()
         wait_until(lambda: sum(b.ok for b in vm.beats(offset)) >= 1, 30,
                    message="a heartbeat after the snapshot")

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from guest_env import GuestDomain
+from guest_env import GuestDomain, start_exhibit
 from libvirt_env import EventRecorder, free_port, virsh, wait_until
 from vmcontroller import monitor as monitor_module
-from vmcontroller.config import build_config
 
 pytestmark = pytest.mark.libvirt
 
@@ -151,8 +150,6 @@ exec {real} "$@"
 
 def test_a_snapshot_that_pauses_the_guest_longer_than_the_timeout_reverts_nothing(
         libvirt, guest_build, tmp_path, monkeypatch, check_response):
-    from vmcontroller.server import Controller
-
     timeout, grace, pause = 3.0, 4.0, 8
     slow = tmp_path / "slow"
     slow.write_text("0")
@@ -180,17 +177,7 @@ def test_a_snapshot_that_pauses_the_guest_longer_than_the_timeout_reverts_nothin
         return response.json()
 
     try:
-        controller = Controller(build_config({
-            "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": port,
-            "heartbeat_timeout": timeout, "vm_startup_heartbeat_delay": grace,
-            "heartbeat_check_interval": 0.5, "auto_revert_enabled": False,
-            "state_path": str(tmp_path / "state.db")}))
-        controller.start()
-        assert controller.monitor.wait_initialised(60)
-        vm.start()
-        wait_until(lambda: sum(b.ok for b in vm.beats()) >= 3, 120, message="heartbeats")
-        post("/api/v1/snapshot/create")
-        post("/api/v1/revert/enable")
+        controller = start_exhibit(vm, tmp_path / "state.db", timeout, grace, beats=3)
         wait_until(lambda: status()["heartbeat"]["is_healthy"] and
                    status()["heartbeat"]["enabled"], 30, message="heartbeats enforced")
 
