@@ -106,18 +106,38 @@ class EventRecorder:
         self.domain = domain
         self.events: list[tuple[float, str]] = []
         self._cond = threading.Condition()
+        self._sentinel = ""
+        self._sentinel_heard = threading.Event()
         self._proc = subprocess.Popen(
             ["virsh", "-c", URI, "event", "--loop", "--event", "lifecycle"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1, env=ENV)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-        time.sleep(0.3)  # virsh needs a moment to register its callback before events count
+        self._wait_until_listening()
+
+    def _wait_until_listening(self, timeout: float = 60) -> None:
+        """virsh registers its callback a moment after it starts, and events before
+        that are lost: define and undefine a throw-away domain until one of its
+        events comes through, so that the recorder is known to hear."""
+        deadline = time.monotonic() + timeout
+        while not self._sentinel_heard.is_set():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"virsh event reported nothing within {timeout} s")
+            sentinel = TestDomain("listening")
+            self._sentinel = sentinel.name
+            try:
+                sentinel.create(start=False)
+                self._sentinel_heard.wait(1)
+            finally:
+                sentinel.remove()
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
         pattern = re.compile(r"event 'lifecycle' for domain '(.*)': (.*)$")
         for line in self._proc.stdout:
             m = pattern.search(line.strip())
+            if m and m.group(1) == self._sentinel:
+                self._sentinel_heard.set()
             if m and m.group(1) == self.domain:
                 with self._cond:
                     self.events.append((time.monotonic(), m.group(2)))

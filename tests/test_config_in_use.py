@@ -7,11 +7,11 @@ the part of the controller that uses them, against the real libvirtd.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from libvirt_env import wait_until
+from waits import pid_alive
 
 pytestmark = pytest.mark.libvirt
 
@@ -51,15 +51,6 @@ def test_guest_token_file_from_the_config_guards_the_heartbeat(spawn_controller,
                        headers={"Authorization": f"Bearer {GUEST_TOKEN}"})
     assert body["message"] == "Heartbeat received"
     assert GUEST_TOKEN not in ctl.log(), "the token read from its file is never logged"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:   # a zombie has ended too
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_post_revert_timeout_from_the_config_kills_a_command_that_outlives_it(

@@ -23,6 +23,7 @@ from typing import Callable
 import pytest
 
 from libvirt_env import virsh, wait_until
+from waits import pid_alive
 from vmcontroller.vocab import GUEST_REQUEST, HEARTBEAT_TIMEOUT, STARTUP, VM_STOPPED
 
 pytestmark = pytest.mark.libvirt
@@ -325,20 +326,20 @@ def test_supervise_restarts_a_dead_event_thread_whose_events_then_drive_recovery
 
 # ------------------------------------------------------------------ post_revert_command
 
-def test_a_post_revert_command_outliving_its_timeout_is_killed_and_logged(
+def test_a_post_revert_command_outliving_its_timeout_is_killed_with_its_children_and_logged(
         start_controller, domain, events, tmp_path, caplog):
     pidfile = tmp_path / "pid"
     limit = 1.0
+    script = f"sleep 600 & echo $$ $! > {pidfile}; wait"
     with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
-        controller, api = start_controller(
-            post_revert_command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"],
-            post_revert_timeout=limit)
+        controller, api = start_controller(post_revert_command=["sh", "-c", script],
+                                           post_revert_timeout=limit)
         assert events.wait_for(REVERTED, 1, 30)
-        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
+        wait_until(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 2, 30,
                    message="the command to start")
-        pid = int(pidfile.read_text())
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), limit + 30,
-                   message="the command to be killed")
+        shell, child = (int(pid) for pid in pidfile.read_text().split())
+        wait_until(lambda: not pid_alive(shell) and not pid_alive(child), limit + 30,
+                   message="the command and its child to be killed")
         wait_until(lambda: any("killed after" in r.getMessage() for r in caplog.records),
                    30, message="the kill to be logged")
     killed = [r for r in caplog.records if "killed after" in r.getMessage()]

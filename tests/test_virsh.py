@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import textwrap
 
@@ -12,7 +13,9 @@ from vmcontroller.virsh import (DomainNotFound, LibvirtUnreachable, ManagedSaveC
                                 RevertRisky, SnapshotLacksDefinition, SnapshotNotFound,
                                 VirshError, VirshRunner, VirshTimeout, classify_error,
                                 parse_domstate, parse_event_line, parse_name_list,
-                                parse_snapshot_current)
+                                parse_snapshot_current, run_command)
+from libvirt_env import wait_until
+from waits import pid_alive
 
 
 def test_parse_domstate():
@@ -127,3 +130,28 @@ def test_virsh_is_found_on_path(stand_in, monkeypatch):
     monkeypatch.setenv("PATH", f"{stand_in}{os.pathsep}{os.environ['PATH']}")
     assert VirshRunner().domstate("vm") == "running"
     assert (stand_in / "argv").exists()
+
+
+def test_run_command_at_its_timeout_kills_the_whole_process_group(tmp_path):
+    """A hook like ``sh -c 'sleep 600; notify'`` must not leave its ``sleep`` behind
+    after the timeout: killing only the shell orphaned it, for ever, each revert."""
+    pidfile = tmp_path / "pid"
+    script = f"sleep 600 & echo $! > {pidfile}; wait"
+    result = run_command(["sh", "-c", script], timeout=0.5)
+    assert result.returncode is None, "a timed-out command has no exit status"
+    grandchild = int(pidfile.read_text())
+    wait_until(lambda: not pid_alive(grandchild), 10, message="the hook's own child to be killed")
+
+
+def test_run_command_that_finishes_leaves_its_background_children_alone(tmp_path):
+    """Only a command that outlives its timeout is killed; one that finished in
+    time may have started a daemon on purpose."""
+    pidfile = tmp_path / "pid"
+    result = run_command(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pidfile}"],
+                         timeout=10)
+    assert result.returncode == 0
+    child = int(pidfile.read_text())
+    try:
+        assert pid_alive(child), "a finished command's background child was killed"
+    finally:
+        os.kill(child, signal.SIGKILL)

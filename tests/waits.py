@@ -8,6 +8,7 @@ never picked by feel, and the watch fails at once if the bad thing shows.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -40,3 +41,17 @@ def stays_false(happened: Callable[[], bool], period: float, message: str,
         if time.monotonic() >= deadline:
             return
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie has ended too (a container's PID 1
+    may never reap an orphan)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

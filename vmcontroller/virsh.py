@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import re
 import subprocess
 import threading
@@ -274,17 +275,42 @@ def run_command(argv: Sequence[str], timeout: float, env: dict[str, str] | None 
     """Run a site's own command (post_revert_command) with a timeout; never raises for it.
 
     It lives here because this module is the one place that starts processes.
+    The command gets a process group of its own so that, at the timeout, a shell
+    script's children die with it instead of living on (and piling up) as orphans.
     """
     try:
-        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace",
-                              timeout=timeout, env={**os.environ, **(env or {})}, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        return CommandResult(None, out.strip()[-limit:])
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
     except OSError as exc:
         return CommandResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
-    return CommandResult(proc.returncode, proc.stdout.strip()[-limit:])
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
+        try:
+            out, _ = proc.communicate(timeout=_REAP_WAIT)
+        except subprocess.TimeoutExpired:   # a child left the group and holds the pipe
+            out = exc.stdout or b""
+        return CommandResult(None, _text(out)[-limit:])
+    return CommandResult(proc.returncode, _text(out)[-limit:])
+
+
+#: How long to wait for the output of a command whose group was just killed.
+_REAP_WAIT = 5.0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _text(out: bytes | str | None) -> str:
+    if isinstance(out, str):
+        return out.strip()
+    return (out or b"").decode(errors="replace").strip()
 
 
 class EventStream:
