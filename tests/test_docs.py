@@ -448,3 +448,58 @@ def test_app_templates_still_take_precedence(tmp_path, spec):
     init_docs(app, spec)
     assert app.test_client().get("/redoc").get_data(as_text=True) == (
         "app's own /openapi.json")
+
+
+# ------------------------------------------------------- the docs cost nothing until asked for
+
+LAZY_DOCS_CHECK = """
+import sys
+from vmcontroller.app import create_app
+from vmcontroller.config import build_config
+from vmcontroller.monitor import Monitor
+from vmcontroller.store import Store
+from vmcontroller.vm import Domain
+from vmcontroller.virsh import VirshRunner
+
+config = build_config({"vm_name": "art"})
+monitor = Monitor(Domain(VirshRunner("test:///default", 5), "art", "ready"), config,
+                  Store(":memory:"))
+client = create_app(monitor, "1.0", None).test_client()
+assert client.get("/").status_code == 200
+heavy = {"flasgger", "jsonschema", "vmcontroller.apispec"}
+print(sorted(heavy & set(sys.modules)))
+assert client.get("/docs").status_code == 200
+assert client.get("/openapi.json").get_json()["info"]["version"] == "1.0"
+print(sorted(heavy & set(sys.modules)))
+"""
+
+
+def test_the_docs_stack_is_imported_only_when_the_docs_are_first_asked_for():
+    """flasgger and jsonschema cost a long-running controller ~5 MiB it rarely uses."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LAZY_DOCS_CHECK], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.splitlines()
+    assert before == "[]", f"imported before any docs request: {before}"
+    assert after == "['flasgger', 'jsonschema', 'vmcontroller.apispec']", after
+
+
+def test_a_docs_path_answers_in_json_like_the_api():
+    from fake_virsh import FakeRunner
+    from vmcontroller.app import create_app
+    from vmcontroller.config import build_config
+    from vmcontroller.monitor import Monitor
+    from vmcontroller.store import Store
+    from vmcontroller.vm import Domain
+
+    monitor = Monitor(Domain(FakeRunner(), "art", "ready"), build_config({"vm_name": "art"}),
+                      Store(":memory:"))
+    client = create_app(monitor, VERSION).test_client()
+    missing = client.get("/docs/no-such-page")
+    assert missing.status_code == 404 and missing.get_json() == {"detail": "Not Found"}
+    assert missing.headers["X-Content-Type-Options"] == "nosniff"
+    wrong = client.post("/openapi.json")
+    assert wrong.status_code == 405 and wrong.get_json() == {"detail": "Method Not Allowed"}

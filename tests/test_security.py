@@ -358,3 +358,19 @@ def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(star
     assert raw.get(api.base + "/api/v1/heartbeat", timeout=30).status_code == 200
     for s in slow:
         s.close()
+
+
+def test_the_gate_judges_the_path_flask_routes_even_spelt_oddly(make_client):
+    """The gate reads the WSGI environ, Flask its own parse of it: a doubled slash or
+    a percent-encoded letter must not route to a view the gate judged as another path."""
+    client, runner = make_client(api_token=STAFF)
+    def get(raw_path: str, **kw):
+        # As a server hands it over; the test client would read "//api" as a host name.
+        return client.get("/", environ_overrides={"PATH_INFO": raw_path}, **kw)
+
+    for path in ("//api/v1/vm/stop", "///api/v1/vm/stop", "//api/v1/snapshot/delete/ready"):
+        response = get(path)
+        assert response.status_code == 401, (path, response.status_code)
+    assert runner.count("destroy") == 0 and runner.count("snapshot-delete") == 0
+    assert get("//api/v1/status", headers=bearer(STAFF)).status_code == 200
+    assert get("//api/v1/heartbeat/status", headers=bearer(STAFF)).get_json()["timeout"] == 60

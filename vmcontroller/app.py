@@ -9,20 +9,19 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from typing import Any, Callable, TypeVar
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from .apispec import build_openapi
-from .docs import init_docs
+from .docs import LazyDocs, init_docs
 from .loglines import printable
 from .monitor import Busy, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
 from .params import (SEVERITIES, ApiError, int_param, param_values, seconds_param, text_param,
                      time_param)
+from .requestlog import RequestLog
 from .security import SecuritySettings, init_security
 from .store import StoreError
 from .virsh import SnapshotNotFound, VirshError
@@ -31,9 +30,6 @@ from .vocab import API_PREFIX as API
 from .vocab import GUEST_REQUEST, IDLE_DURATION_MAX, IDLE_RESET, REASON_MAX, TRIGGERS
 
 log = logging.getLogger(__name__)
-request_log = logging.getLogger("vmcontroller.requests")
-
-HEARTBEAT_PATHS = frozenset({f"{API}/heartbeat", f"{API}/heartbeat/status"})
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -62,6 +58,25 @@ def when_failing(what: str) -> Callable[[F], F]:
     return decorate
 
 
+def _http_error(exc: HTTPException) -> Response:
+    response = exc.get_response()
+    response.data = current_app.json.dumps({"detail": exc.description
+                                            if exc.code not in (404, 405) else exc.name})
+    response.content_type = "application/json"
+    return response
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.exception("unexpected error in %s %s", request.method, printable(request.path))
+    return _error(500, f"Internal error: {type(exc).__name__}: {exc}")
+
+
+def _answer_in_json(app: Flask) -> None:
+    """What Flask itself answers (404, 405, ...) and any bug, in the API's error shape."""
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
 def _message(message: str, details: Any = None) -> Response:
     return jsonify({"message": message, "details": details})
 
@@ -73,8 +88,7 @@ def _error(status: int, detail: str) -> tuple[Response, int]:
 def create_app(monitor: Monitor, version: str,
                security: SecuritySettings | None = None) -> Flask:
     """Build the Flask app around an already constructed Monitor."""
-    app = Flask(__name__)
-    init_security(app, security or SecuritySettings())  # first: it runs before everything
+    app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # keep the field order of the API reference
     app.url_map.converters["anytext"] = AnyTextConverter
     domain = monitor.domain
@@ -118,36 +132,7 @@ def create_app(monitor: Monitor, version: str,
     def _virsh_error(exc: VirshError):
         return _error(500, f"libvirt error: {exc.message}")
 
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        response = exc.get_response()
-        response.data = app.json.dumps({"detail": exc.description if exc.code not in (404, 405)
-                                        else exc.name})
-        response.content_type = "application/json"
-        return response
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unexpected error in %s %s", request.method, printable(request.path))
-        return _error(500, f"Internal error: {type(exc).__name__}: {exc}")
-
-    # ------------------------------------------------------------ request log
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.started = time.monotonic()
-
-    @app.after_request
-    def _log_request(response: Response) -> Response:
-        elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000
-        level = logging.DEBUG if request.path in HEARTBEAT_PATHS and response.status_code < 400 \
-            else logging.INFO
-        if request_log.isEnabledFor(level):
-            # The path is the client's text, decoded: a %0A in it would start a forged line.
-            request_log.log(level, "%s %s %s -> %d in %.1f ms", request.remote_addr,
-                            printable(request.method), printable(request.path),
-                            response.status_code, elapsed_ms)
-        return response
+    _answer_in_json(app)
 
     # ------------------------------------------------------------ routes
 
@@ -265,7 +250,18 @@ def create_app(monitor: Monitor, version: str,
         found = monitor.history(limit=limit, since=since, triggers=triggers)
         return jsonify({"vm_name": domain.name, "events": [e.as_json() for e in found]})
 
-    init_docs(app, build_openapi(version))
+    def docs_app() -> Flask:
+        from .apispec import build_openapi
+
+        docs = Flask(__name__, static_folder=None)
+        _answer_in_json(docs)
+        init_docs(docs, build_openapi(version))
+        return docs
+
+    app.wsgi_app = LazyDocs(app.wsgi_app, docs_app)  # type: ignore[method-assign]
+    # In front of Flask, outermost first: the log sees refusals too.
+    init_security(app, security or SecuritySettings())
+    app.wsgi_app = RequestLog(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

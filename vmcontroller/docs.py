@@ -21,10 +21,12 @@ served as it is: flasgger's own rule scanning is switched off.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import threading
+from typing import Any, Callable, Iterable
 
-from flasgger import Swagger
 from flask import Blueprint, Flask, render_template, url_for
+
+from .wsgi import Environ, StartResponse, WsgiApp, request_path
 
 DOCS_ROUTE = "/docs"
 REDOC_ROUTE = "/redoc"
@@ -152,7 +154,44 @@ def init_docs(app: Flask, spec: dict[str, Any]) -> None:
     error handlers stay in charge. ``spec`` is copied: changing it later
     does not change what is served.
     """
+    from flasgger import Swagger  # here: only an app that serves the docs pays for it
+
     app.context_processor(lambda: {"docs_csp": DOCS_CSP})
     app.register_blueprint(_docs_blueprint(spec["info"]["title"]))
     Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec),
             merge=False)
+
+
+#: The paths the docs app answers (init_docs' routes); every other path is the API's.
+DOCS_APP_PREFIXES = (DOCS_ROUTE, REDOC_ROUTE, SPEC_ROUTE, "/flasgger_static/",
+                     "/oauth2-redirect.html")
+
+
+class LazyDocs:
+    """WSGI: the docs pages are an app of their own, built on the first request for them.
+
+    flasgger and what it pulls in (jsonschema and its kin) take about 5 MiB of a
+    controller that otherwise needs 35; the gallery PC's controller runs for
+    months and its docs are opened perhaps once, by the technician who sets it up.
+    """
+
+    def __init__(self, api: WsgiApp, build: Callable[[], Flask]):
+        self._api = api
+        self._build = build
+        self._docs: Flask | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._docs is not None
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not request_path(environ).startswith(DOCS_APP_PREFIXES):
+            return self._api(environ, start_response)
+        docs = self._docs
+        if docs is None:
+            with self._lock:
+                if self._docs is None:
+                    self._docs = self._build()
+                docs = self._docs
+        return docs(environ, start_response)

@@ -31,13 +31,16 @@ import logging
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
+from urllib.parse import parse_qsl
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask
 
 from .docs import DOCS_CSP
 from .loglines import printable
 from .vocab import API_PREFIX, MAX_BODY, MAX_QUERY
+from .wsgi import (Environ, StartResponse, WsgiApp, content_length, json_answer, request_method,
+                   request_path)
 
 log = logging.getLogger(__name__)
 
@@ -116,26 +119,31 @@ def _matches(given: str | None, *tokens: str | None) -> bool:
     return ok
 
 
-def _presented_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
+def _presented_token(environ: Environ) -> str | None:
+    scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.args.get("token") or None
+    query = environ.get("QUERY_STRING", "")
+    if "token" not in query:   # the parse below only for the requests that may carry one
+        return None
+    raw = query.encode("latin-1").decode("utf-8", "replace")
+    for name, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+        if name == "token":
+            return value or None   # the first one, as Flask's request.args.get gives it
+    return None
 
 
-def _own_origins() -> set[str]:
-    host = request.host  # as the client addressed us, port included
-    return {f"http://{host}", f"https://{host}"}
+def cross_site_reason(origin: str | None, fetch_site: str | None, host: str | None,
+                      cors_origins: Iterable[str]) -> str | None:
+    """Why a browser marked this request as coming from another site, or None.
 
-
-def cross_site_reason(cors_origins: Iterable[str]) -> str | None:
-    """Why a browser marked this request as coming from another site, or None."""
-    origin = request.headers.get("Origin")
+    ``host`` is the Host header the client addressed us by, port included: a page
+    of the controller's own (the docs) sends that as its Origin.
+    """
     allowed = set(cors_origins)
-    if origin is not None and origin not in _own_origins() and origin not in allowed:
+    own = {f"http://{host}", f"https://{host}"} if host else set()
+    if origin is not None and origin not in own and origin not in allowed:
         return f"Origin {origin!r} is not this controller's own"
-    fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site in ("cross-site", "same-site") and (origin is None or origin not in allowed):
         return f"the browser marked it Sec-Fetch-Site: {fetch_site}"
     return None
@@ -146,73 +154,103 @@ def _shown(value: str, limit: int = 200) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
-def _refuse(status: int, detail: str, **headers: str) -> Response:
-    response = jsonify({"detail": detail})
-    response.status_code = status
-    for name, value in headers.items():
-        response.headers[name.replace("_", "-")] = value
-    return response
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    detail: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-def init_security(app: Flask, settings: SecuritySettings) -> None:
-    """Register the gate on ``app``; its routes stay unaware of it."""
-    cors = settings.cors_origins
-    host_names = machine_host_names() | {normal_host_name(n) for n in settings.allowed_hosts}
-    # Every request asks; the answers for the few Host values clients send are kept
-    # (bounded, so that a client inventing names cannot grow it).
-    ours = functools.lru_cache(maxsize=128)(functools.partial(host_is_ours, names=host_names))
+class SecurityGate:
+    """WSGI middleware in front of the Flask app: the one gate every request passes.
 
-    @app.before_request
-    def _gate() -> Response | None:
-        path = request.path
-        host = request.environ.get("HTTP_HOST")
+    It works on the WSGI environ, not through Flask's hooks: a heartbeat passes
+    it in a few microseconds, and no route can run before it (the routes stay
+    unaware of it).
+    """
+
+    def __init__(self, app: WsgiApp, settings: SecuritySettings):
+        self._app = app
+        self._settings = settings
+        self._cors = frozenset(settings.cors_origins)
+        host_names = machine_host_names() | {normal_host_name(n)
+                                             for n in settings.allowed_hosts}
+        # Every request asks; the answers for the few Host values clients send are
+        # kept (bounded, so that a client inventing names cannot grow it).
+        self._ours = functools.lru_cache(maxsize=128)(
+            functools.partial(host_is_ours, names=host_names))
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = request_path(environ)
+        extra = self._headers(environ, path)
+        refusal = self.judge(environ, path)
+        if refusal is not None:
+            return json_answer(environ, start_response, refusal.status,
+                               {"detail": refusal.detail}, (*refusal.headers, *extra))
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.extend(extra)
+            return start_response(status, headers, exc_info)
+
+        return self._app(environ, start)
+
+    def judge(self, environ: Environ, path: str) -> Refusal | None:
+        """None when the request may reach the routes, else why not (logged here)."""
+        method = request_method(environ)
+        host = environ.get("HTTP_HOST")
         # No Host at all: an HTTP/1.0 tool, never a browser (browsers always send it).
-        if host is not None and not ours(host):
+        if host is not None and not self._ours(host):
             log.warning("refused a request for host %s: %s %r", _shown(host, 100),
-                        request.method, path)
-            return _refuse(400, f"Host {_shown(host)} is not a name of this controller: a "
+                        method, path)
+            return Refusal(400, f"Host {_shown(host)} is not a name of this controller: a "
                                 f"page may have pointed its own name at this machine (DNS "
-                                f"rebinding). To reach the controller under this name, add it "
-                                f"to {HOSTS_KEY} in the configuration.")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return _refuse(413, f"Request body too large: at most {MAX_BODY} bytes "
-                                f"(got {request.content_length})")
-        if len(request.query_string) > MAX_QUERY:
-            return _refuse(414, f"Query string too long: at most {MAX_QUERY} bytes")
+                                f"rebinding). To reach the controller under this name, add "
+                                f"it to {HOSTS_KEY} in the configuration.")
+        length = content_length(environ)
+        if length is not None and length > MAX_BODY:
+            return Refusal(413, f"Request body too large: at most {MAX_BODY} bytes "
+                                f"(got {length})")
+        if len(environ.get("QUERY_STRING", "")) > MAX_QUERY:
+            return Refusal(414, f"Query string too long: at most {MAX_QUERY} bytes")
         if path == "/" or path.startswith(OPEN_PREFIXES) or not path.startswith("/api/"):
             return None
-        if request.method == "OPTIONS":
-            return None  # CORS preflight: answered below, changes nothing
+        if method == "OPTIONS":
+            return None  # CORS preflight: answered by Flask, changes nothing
         # HEAD runs the GET view (only the body is dropped), so it is judged as GET.
         if path not in READ_ONLY_PATHS:
-            why = cross_site_reason(cors)
+            why = cross_site_reason(environ.get("HTTP_ORIGIN"),
+                                    environ.get("HTTP_SEC_FETCH_SITE"), host, self._cors)
             if why is not None:
-                log.warning("refused a cross-site %s %s: %s", printable(request.method),
+                log.warning("refused a cross-site %s %s: %s", printable(method),
                             printable(path), why)
-                return _refuse(403, f"Cross-site request refused: {why}. Staff tools must call "
-                                    f"the API directly, not from another site's page.")
+                return Refusal(403, f"Cross-site request refused: {why}. Staff tools must "
+                                    f"call the API directly, not from another site's page.")
+        settings = self._settings
         if path in GUEST_PATHS:
             needed = (settings.guest_token, settings.api_token) if settings.guest_token else ()
         else:
             needed = (settings.api_token,) if settings.api_token else ()
-        if needed and not _matches(_presented_token(), *needed):
+        if needed and not _matches(_presented_token(environ), *needed):
             which = "guest or staff token" if path in GUEST_PATHS else "staff token"
-            return _refuse(401, f"Unauthorized: this endpoint needs the {which}, as "
+            return Refusal(401, f"Unauthorized: this endpoint needs the {which}, as "
                                 f"'Authorization: Bearer <token>' or '?token=<token>'",
-                           WWW_Authenticate=f'Bearer realm="{REALM}"')
+                           (("WWW-Authenticate", f'Bearer realm="{REALM}"'),))
         return None
 
-    @app.after_request
-    def _headers(response: Response) -> Response:
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        if request.path.startswith(DOCS_PREFIXES):
-            response.headers["Content-Security-Policy"] = DOCS_CSP + "; frame-ancestors 'none'"
-            response.headers["X-Frame-Options"] = "DENY"
-        origin = request.headers.get("Origin")
-        if origin and origin in cors:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
-        return response
+    def _headers(self, environ: Environ, path: str) -> list[tuple[str, str]]:
+        """What every answer carries, refusals included."""
+        headers = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
+        if path.startswith(DOCS_PREFIXES):
+            headers += [("Content-Security-Policy", DOCS_CSP + "; frame-ancestors 'none'"),
+                        ("X-Frame-Options", "DENY")]
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and origin in self._cors:
+            headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                        ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
+                        ("Access-Control-Allow-Methods", "GET, POST, DELETE")]
+        return headers
+
+
+def init_security(app: Flask, settings: SecuritySettings) -> None:
+    """Put the gate in front of ``app``'s routes (Flask's own wsgi_app stays behind it)."""
+    app.wsgi_app = SecurityGate(app.wsgi_app, settings)  # type: ignore[method-assign]
