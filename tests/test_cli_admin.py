@@ -198,6 +198,18 @@ def test_status_text_is_readable(stand_in):
     assert "by staff" in text and "NOT healthy, none received yet" in text
 
 
+def test_status_text_shows_why_the_state_is_unknown_and_why_the_guard_tripped(stand_in):
+    detail = "libvirt error: failed to connect to the hypervisor"
+    why = "3 recoveries in a row failed: staff must start or restart the VM"
+    broken = {**STATUS, "vm_state": "unknown", "vm_is_running": False, "vm_state_detail": detail,
+              "recovery": {**STATUS["recovery"], "guard": {
+                  **STATUS["recovery"]["guard"], "state": "failed", "detail": why}}}
+    stand_in.answer("GET", "/api/v1/status", 200, broken)
+    text = invoke("status", "--url", stand_in.url).stdout
+    assert f"eden: unknown ({detail})" in text
+    assert f"failed: 1 of 5 recoveries within 600 s; {why}" in text
+
+
 def test_status_fields_for_shell_scripts(stand_in):
     stand_in.answer("GET", "/api/v1/status", 200, STATUS)
     result = invoke("status", "--url", stand_in.url, "--field", "vm_state", "--field",
