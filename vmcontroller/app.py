@@ -114,10 +114,6 @@ def create_app(monitor: Monitor, version: str,
     def _store_error(exc: StoreError):
         return _error(503, str(exc))
 
-    @app.errorhandler(VirshError)
-    def _virsh_error(exc: VirshError):
-        return _error(500, f"libvirt error: {exc.message}")
-
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         response = exc.get_response()
