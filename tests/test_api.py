@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -97,10 +98,12 @@ def make_api(check_response, openapi):
     """Build a Monitor (started unless start=False) and the app around it."""
     started: list[Monitor] = []
 
-    def make(runner: FakeRunner | None = None, start: bool = True, **overrides: Any) -> Api:
+    def make(runner: FakeRunner | None = None, start: bool = True, store: Store | None = None,
+             **overrides: Any) -> Api:
         runner = runner or FakeRunner()
         config = build_config({"vm_name": runner.domain, **QUIET, **overrides})
-        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config, Store(":memory:"))
+        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config,
+                          store or Store(":memory:"))
         if start:
             runner.listener = monitor.on_lifecycle_event
             monitor.on_events_connection(True)
@@ -281,6 +284,23 @@ def test_status_needs_no_virsh_and_survives_a_failing_libvirt(api):
     status = api.get("/api/v1/status")
     assert status["vm_is_running"] is False
     assert VIRSH_MESSAGE in status["vm_state_detail"]
+
+
+def test_a_history_the_state_file_cannot_give_is_a_503_naming_the_file(make_api, tmp_path):
+    path = tmp_path / "state.db"
+    api = make_api(store=Store(path))
+    api.post("/api/v1/revert/disable")
+    assert api.get("/api/v1/events")["events"][0]["action"] == "disable_auto_revert"
+    # The disk garbles the state file under the running controller: the database, its
+    # write-ahead log and the shared index that tells SQLite its cache is stale.
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with name.open("r+b") as damaged:
+            damaged.write(b"garbage!" * 1024)
+    body = api.get("/api/v1/events", 503)
+    assert body["detail"] == (f"cannot read the history from {str(path)!r}: "
+                              f"file is not a database")
+    assert api.post("/api/v1/heartbeat")["message"] == "Heartbeat received", \
+        "the watchdog goes on without its history"
 
 
 # ------------------------------------------------------------------ 404, 405

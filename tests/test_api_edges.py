@@ -56,6 +56,17 @@ def test_a_severity_outside_the_list_is_a_400_naming_the_allowed_ones(make_clien
     assert monitor.store.events(triggers=["guest_request"]) == [], "nothing was queued"
 
 
+@pytest.mark.parametrize("body, kind", [({"reason": 5}, "int"), ({"reason": ["a"]}, "list"),
+                                        ({"reason": "player crashed", "severity": True}, "bool")])
+def test_a_json_value_that_is_not_a_string_is_a_400_naming_its_type(make_client, body, kind):
+    client, runner, monitor = make_client()
+    response = client.post("/api/v1/revert/request", json=body)
+    assert response.status_code == 400, response.json
+    name = "severity" if "severity" in body else "reason"
+    assert response.json["detail"] == f"Invalid parameter: {name} must be a string (got {kind})"
+    assert monitor.store.events(triggers=["guest_request"]) == [], "nothing was queued"
+
+
 @pytest.mark.parametrize("severity", SEVERITIES)
 def test_each_listed_severity_is_accepted_and_recorded(make_client, severity):
     client, runner, monitor = make_client()

@@ -138,6 +138,15 @@ def test_mask_secrets_hides_every_token_and_token_file():
     assert config["api_token"] == "s3cret", "the config itself is left alone"
 
 
+def test_mask_secrets_keeps_ordinary_lists_and_masks_secrets_inside_them():
+    from vmcontroller.cli import MASK, mask_secrets
+
+    config = {"cors_origins": ["http://museum.example"],
+              "clients": [{"name": "kiosk", "guest_token": "g"}, "plain"]}
+    assert mask_secrets(config) == {"cors_origins": ["http://museum.example"],
+                                    "clients": [{"name": "kiosk", "guest_token": MASK}, "plain"]}
+
+
 def test_check_config_masks_secrets(tmp_path, monkeypatch):
     """No key holds a secret yet (tokens come with authentication); any that ends in _token
     or token_file is masked the day it appears."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -197,6 +198,18 @@ def test_status_text_is_readable(stand_in):
     assert "by staff" in text and "NOT healthy, none received yet" in text
 
 
+def test_status_text_shows_why_the_state_is_unknown_and_why_the_guard_tripped(stand_in):
+    detail = "libvirt error: failed to connect to the hypervisor"
+    why = "3 recoveries in a row failed: staff must start or restart the VM"
+    broken = {**STATUS, "vm_state": "unknown", "vm_is_running": False, "vm_state_detail": detail,
+              "recovery": {**STATUS["recovery"], "guard": {
+                  **STATUS["recovery"]["guard"], "state": "failed", "detail": why}}}
+    stand_in.answer("GET", "/api/v1/status", 200, broken)
+    text = invoke("status", "--url", stand_in.url).stdout
+    assert f"eden: unknown ({detail})" in text
+    assert f"failed: 1 of 5 recoveries within 600 s; {why}" in text
+
+
 def test_status_fields_for_shell_scripts(stand_in):
     stand_in.answer("GET", "/api/v1/status", 200, STATUS)
     result = invoke("status", "--url", stand_in.url, "--field", "vm_state", "--field",
@@ -292,6 +305,53 @@ def test_a_connection_closed_without_an_answer_exits_3():
         result = invoke("status", "--url", url)
     assert result.exit_code == 3, result.output
     assert "closed the connection without answering" in result.stderr
+
+
+
+def serve_once_raw(handle) -> str:
+    """A loopback listener whose single connection ``handle`` treats as it likes; its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def run() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                handle(conn)
+
+    threading.Thread(target=run, daemon=True).start()
+    return "http://127.0.0.1:%d" % listener.getsockname()[1]
+
+
+def test_a_connection_reset_exits_3_with_the_systems_reason():
+    def reset(conn: socket.socket) -> None:
+        # Linger 0: close() sends RST instead of FIN, as a crashing peer's kernel does.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    url = serve_once_raw(reset)
+    result = invoke("status", "--url", url)
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"vmcontroller: cannot reach {url}: Connection reset by peer\n"
+
+
+def test_a_server_that_does_not_speak_http_exits_3_saying_so():
+    """--url pointing at another service (here one that greets like SSH) is not 'unreachable'."""
+    url = serve_once_raw(lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n"))
+    result = invoke("status", "--url", url)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"vmcontroller: {url} answered, but not in HTTP: "), \
+        result.stderr
+    assert "SSH-2.0-OpenSSH_9.2p1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_host_name_that_does_not_resolve_exits_3_naming_it():
+    url = "http://exhibition-pc.invalid:8000"   # .invalid never resolves (RFC 6761)
+    result = invoke("status", "--url", url)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"vmcontroller: cannot resolve the host of {url}: "), \
+        result.stderr
 
 
 USAGE = {

@@ -158,3 +158,80 @@ def test_example_config_documents_every_key_with_its_default():
         lines = text.splitlines()
         index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
         assert lines[index - 1].startswith("#"), f"{key} has no comment"
+
+
+# ------------------------------------------------------------------ files that cannot be used
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    """An editor on a Windows PC may save the file as Latin-1 ("Café" in a comment)."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes("# Ausstellung Café\nvm_name: eden\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert message.startswith(f"cannot read config file {str(path)!r}: ") and "\n" not in message
+    assert "utf-8" in message.lower(), message
+
+
+def test_an_empty_config_file_means_defaults_and_the_environment(tmp_path):
+    path = write(tmp_path / "c.yaml", "# every key comes from VMCTL_* variables\n")
+    config, source = load_config(path, env={"VMCTL_VM_NAME": "eden"})
+    assert source == path
+    assert config == build_config({"vm_name": "eden"})
+    with pytest.raises(ConfigError, match="vm_name is missing"):
+        load_config(path, env={})
+
+
+def test_an_environment_value_yaml_cannot_parse_is_taken_as_written():
+    """'@' cannot start a YAML scalar, yet it is a fine character in a token."""
+    token = "@gallery-staff-token-0123456789"
+    config, _ = load_config(None, env={"VMCTL_VM_NAME": "eden", "VMCTL_API_TOKEN": token,
+                                       "VMCTL_CONFIG": ""})
+    assert config.api_token == token
+
+
+def test_a_key_that_is_not_a_string_is_reported_as_unknown(tmp_path):
+    path = write(tmp_path / "c.yaml", "vm_name: eden\n8000: api_port\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith("unknown key 8000: expected one of vm_name, ")
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"virsh_timeout": 60, "virsh_long_timeout": 30},
+     ["virsh_long_timeout=30 is invalid", "at least virsh_timeout (60)"]),
+    ({"recovery_backoff_initial": 20, "recovery_backoff_max": 10},
+     ["recovery_backoff_max=10 is invalid", "at least recovery_backoff_initial (20)"]),
+])
+def test_a_bound_below_its_partner_is_a_config_error(values, words):
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", **values})
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["api_token", "guest_token"])
+def test_a_token_file_that_cannot_be_used_is_a_config_error_naming_it(tmp_path, key):
+    missing = str(tmp_path / "no-such-token")
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", f"{key}_file": missing})
+    assert str(info.value) == (f"{key}_file={missing!r} is invalid: cannot read it "
+                               f"(No such file or directory)")
+
+    short = tmp_path / "short-token"
+    short.write_text("s3cret\n")
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", f"{key}_file": str(short)})
+    assert str(info.value).startswith(f"{key}_file={str(short)!r} is invalid: the file must "
+                                      f"hold null, or a token of 16 to 256")
+    assert "s3cret" not in str(info.value), "the secret itself is never shown"
+
+    latin1 = tmp_path / "latin1-token"
+    latin1.write_bytes("Kunsthalle-Café-2026-token".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", f"{key}_file": str(latin1)})
+    assert str(info.value).startswith(f"{key}_file={str(latin1)!r} is invalid: cannot read it")
+
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", f"{key}_file": 5})
+    assert str(info.value).startswith(f"{key}_file=5 is invalid: expected ")

@@ -7,6 +7,7 @@ in NOTIFY_SOCKET with WATCHDOG_USEC (and WATCHDOG_PID), and read what arrives.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -245,6 +246,62 @@ def test_stopping_before_ready_sends_stopping_only(path_listener):
     # READY=1 would follow within the notifier's 0.5 s wait for initialisation.
     stays_false(lambda: bool(path_listener.times("READY=1")), 0.5 + notifier.interval * 10,
                 "READY=1 was sent after STOPPING=1")
+
+
+def test_a_notify_socket_this_module_cannot_speak_is_warned_and_ignored(caplog):
+    env = {"NOTIFY_SOCKET": "vsock:2:1234", "WATCHDOG_USEC": "2000000"}
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.notify"):
+        notifier = Notifier.from_environ(FakeMonitor(), 10, env)
+    assert not notifier.enabled and notifier.interval is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "NOTIFY_SOCKET='vsock:2:1234' is not a unix socket path or @abstract name: "
+        "systemd will not hear from the controller"]
+    assert env == {}, "removed all the same"
+
+
+def test_without_a_watchdog_ready_is_the_only_message(path_listener):
+    monitor = FakeMonitor()
+    notifier = Notifier(socket_address(path_listener.name), None, monitor, stale_after=1)
+    notifier.start("serving")
+    assert path_listener.wait_for("READY=1", timeout=5)
+    wait_until(lambda: not notifier._thread.is_alive(), 5, message="the notifier to finish")
+    notifier.stopping()
+    assert path_listener.wait_for("STOPPING=1", timeout=5)
+    assert [line for _, line in path_listener.lines()] == [
+        "READY=1", "STATUS=serving", "STOPPING=1", "STATUS=shutting down"]
+
+
+class GatedMonitor(FakeMonitor):
+    """Initialised, but its wait_initialised answers only when the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.gate = threading.Event()
+
+    def wait_initialised(self, timeout: float | None = None) -> bool:
+        self.asked.set()
+        self.gate.wait(10)
+        return True
+
+
+def test_stopping_while_initialisation_completes_never_sends_ready(path_listener):
+    """STOPPING=1 lands while the monitor's answer 'initialised' is on its way: READY=1 after
+    STOPPING=1 would tell systemd a stopping service had just become ready."""
+    monitor = GatedMonitor()
+    notifier = Notifier(socket_address(path_listener.name), 0.05, monitor, stale_after=1)
+    notifier.start("serving")
+    assert monitor.asked.wait(5)
+    stopper = threading.Thread(target=notifier.stopping, daemon=True)
+    stopper.start()
+    assert path_listener.wait_for("STOPPING=1", timeout=5)
+    monitor.gate.set()           # "initialised", answered after the stop
+    stopper.join(10)
+    assert not stopper.is_alive() and not notifier._thread.is_alive()
+    # A datagram of ours after the notifier's last one: once heard, all of its were too.
+    notify.send("TEST=done", notifier.address)
+    assert path_listener.wait_for("TEST=done", timeout=5)
+    assert not path_listener.times("READY=1") and not path_listener.times("WATCHDOG=1")
 
 
 # ------------------------------------------------------------------ a real controller

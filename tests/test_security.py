@@ -155,7 +155,9 @@ def test_cross_site_head_is_judged_like_get(make_client):
 
 FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "EVIL.example.", "localhost.evil.example",
                  "127.0.0.1.evil.example", "[::1].evil.example", "::1", "[::1", "127.0.0.1:x",
-                 "127.0.0.1:8000:80", "a b", "", "evil.example@127.0.0.1", "0x7f.1"]
+                 "127.0.0.1:8000:80", "a b", "", "evil.example@127.0.0.1", "0x7f.1",
+                 # brackets hold IPv6 literals only, never a name or an IPv4 address
+                 "[evil.example]", "[127.0.0.1]:8000"]
 
 
 @pytest.mark.parametrize("token", [None, STAFF], ids=["no token", "token"])

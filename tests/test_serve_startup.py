@@ -110,7 +110,7 @@ def loopback_host_name() -> str:
 def test_no_token_while_listening_beyond_loopback_is_warned(start_controller, caplog, tmp_path):
     host = loopback_host_name()
     cases = [{"api_host": host}, {"api_host": host, "api_token": "staff-token-0123456789abcdef"},
-             {"api_host": "127.0.0.1"}]
+             {"api_host": "127.0.0.1"}, {"api_host": "localhost"}]
     with caplog.at_level(logging.WARNING, logger="vmcontroller.server"):
         for n, case in enumerate(cases):   # one at a time: they share the VM
             controller, _ = start_controller(heartbeat_timeout=60,
@@ -119,3 +119,13 @@ def test_no_token_while_listening_beyond_loopback_is_warned(start_controller, ca
     warnings = [r.getMessage() for r in caplog.records if "no api_token is set" in r.getMessage()]
     assert len(warnings) == 1, "warned once: not with a token, not on loopback"
     assert f"listens on {host}, beyond this machine" in warnings[0]
+
+
+def test_api_reload_is_ignored_with_a_warning(start_controller, caplog, tmp_path):
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.server"):
+        controller, api = start_controller(heartbeat_timeout=60, api_reload=True,
+                                           state_path=str(tmp_path / "reload.db"))
+    assert api.get("/api/v1/status")["vm_name"] == controller.config.vm_name, "it serves"
+    warnings = [r.getMessage() for r in caplog.records if "api_reload" in r.getMessage()]
+    assert warnings == ["api_reload is ignored: waitress has no code reloader (it was a "
+                        "development option of the original server)"]

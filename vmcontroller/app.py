@@ -128,10 +128,6 @@ def create_app(monitor: Monitor, version: str,
     def _store_error(exc: StoreError):
         return _error(503, str(exc))
 
-    @app.errorhandler(VirshError)
-    def _virsh_error(exc: VirshError):
-        return _error(500, f"libvirt error: {exc.message}")
-
     _answer_in_json(app)
 
     # ------------------------------------------------------------ routes

@@ -103,13 +103,8 @@ def serve(config_path: str | None) -> None:
     if source is None:
         click.echo("vmcontroller: no config file found; using defaults and VMCTL_* variables",
                    err=True)
-    from .store import StoreError
-
     try:
         controller = Controller(config)
-    except StoreError as exc:
-        click.echo(f"vmcontroller: {exc} (set state_path to a writable file)", err=True)
-        sys.exit(1)
     except OSError as exc:
         click.echo(f"vmcontroller: cannot listen on {config.api_host}:{config.api_port}: "
                    f"{exc.strerror or exc}", err=True)

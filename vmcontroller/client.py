@@ -123,25 +123,20 @@ class Client:
             return f"cannot connect to {where}: connection refused (is the controller running?)"
         if isinstance(reason, socket.gaierror):
             return f"cannot resolve the host of {where}: {reason.strerror or reason}"
-        if isinstance(reason, OSError) and reason.strerror:
-            return f"cannot reach {where}: {reason.strerror}"
         if isinstance(reason, http.client.RemoteDisconnected):
             return f"{where} closed the connection without answering"
-        return f"cannot reach {where}: {reason}"
+        if isinstance(reason, http.client.HTTPException):
+            # Something answered, but not a web server (--url names another service's port).
+            return f"{where} answered, but not in HTTP: {_snippet(str(reason).encode())}"
+        return f"cannot reach {where}: {getattr(reason, 'strerror', None) or reason}"
 
     # ------------------------------------------------------------ the API
-
-    def root(self) -> dict:
-        return self.request("GET", "/")
 
     def status(self) -> dict:
         return self.request("GET", f"{API}/status")
 
     def heartbeat(self) -> dict:
         return self.request("POST", f"{API}/heartbeat")
-
-    def heartbeat_status(self) -> dict:
-        return self.request("GET", f"{API}/heartbeat/status")
 
     def start(self) -> dict:
         return self.request("POST", f"{API}/vm/start")

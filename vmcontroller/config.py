@@ -176,11 +176,18 @@ def find_config_file(explicit: str | os.PathLike | None, env: Mapping[str, str],
     return None
 
 
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read, in a few words (an editor may have saved it as Latin-1)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return exc.strerror or str(exc)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {_unreadable(exc)}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -273,9 +280,9 @@ def _token_from_file(key: str, merged: dict[str, Any]) -> Any:
         return merged.get(key)  # the type check of {key}_file reports it
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{key}_file={path!r} is invalid: cannot read it "
-                          f"({exc.strerror})") from None
+                          f"({_unreadable(exc)})") from None
     if not _good_token(text):
         raise ConfigError(f"{key}_file={path!r} is invalid: the file must hold {_TOKEN_RULE}")
     return text

@@ -52,17 +52,13 @@ def _no_rules(rule: Any) -> bool:
     return False
 
 
-def _no_models(tag: Any) -> bool:
-    """flasgger model filter: add no class-based definitions."""
-    return False
-
-
 def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
     """Configuration for flasgger, built fresh for each app.
 
     ``openapi`` stops flasgger from adding ``"swagger": "2.0"``; the rule
-    and model filters keep it from adding anything of its own to the
-    schema, so /openapi.json is exactly ``spec`` (passed as the template).
+    filter keeps it from adding anything of its own to the schema (it has
+    no class-based definitions to add: we register none), so /openapi.json
+    is exactly ``spec`` (passed as the template).
     """
     return {
         "headers": [],
@@ -70,7 +66,6 @@ def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
             "endpoint": SPEC_ENDPOINT,
             "route": SPEC_ROUTE,
             "rule_filter": _no_rules,
-            "model_filter": _no_models,
         }],
         "openapi": spec["openapi"],
         "title": spec["info"]["title"],
