@@ -1,10 +1,11 @@
 """The limit row of the benchmark: a bare Flask app on waitress that answers
-``GET /api/v1/heartbeat`` and ``GET /api/v1/status`` with bodies the controller gave.
+``GET /api/v1/heartbeat`` and ``GET /api/v1/status`` with the JSON the controller gave.
 
 Run as ``python -m bench.bare_app --port P --bodies FILE`` (FILE: a JSON object of path
-to the body the controller answered). It does nothing but hand back those bytes: no
-request hooks, no security headers or checks, no JSON encoding per request, no logging;
-waitress keeps its default settings except host and port. Whatever the controller spends
+to the body the controller answered). It does what the smallest Flask app serving that
+JSON does, ``jsonify`` of the parsed document (key order kept, as the controller's), and
+nothing more: no request hooks, no security headers or checks, no logging; waitress keeps
+its default settings except host and port. Whatever the controller spends
 beyond this app's time is its own work and its own set-up of the stack, which is what the
 ratio controller / bare in ``scripts/bench`` measures.
 
@@ -52,13 +53,14 @@ def describe_server(server: Any) -> dict[str, Any]:
 
 
 def create_bare_app(bodies: dict[str, bytes]) -> Any:
-    """A Flask app with one GET route per body, answering it as application/json."""
-    from flask import Flask, Response
+    """A Flask app with one GET route per body, answering its JSON through jsonify."""
+    from flask import Flask, Response, jsonify
 
     app = Flask("bare")
+    app.json.sort_keys = False   # the controller's order, so the bytes are the same
     for path, body in bodies.items():
-        def answer(body: bytes = body) -> Response:
-            return Response(body, mimetype="application/json")
+        def answer(document: Any = json.loads(body)) -> Response:
+            return jsonify(document)
         app.add_url_rule(path, endpoint=path, view_func=answer, methods=["GET"])
     return app
 

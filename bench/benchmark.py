@@ -924,31 +924,31 @@ class Benchmark:
                    "after_idle": self.rss_after_idle}
         how = ("VmRSS of the controller process from /proc/PID/status: after start (VM reverted, "
                "API answering), after the load phases b-g, after the idle window; "
-               "MB = 10^6 bytes")
+               "MiB = 2^20 bytes")
         self.fig("rss_after_start", stats.scalar(
-            "h", "controller resident memory after start", "MB",
-            self.rss_after_start * 1024 / 1e6, how))
+            "h", "controller resident memory after start", "MiB",
+            self.rss_after_start / 1024, how))
         self.fig("rss_after_load", stats.scalar(
-            "h", "controller resident memory after the loads", "MB",
-            self.rss_after_load * 1024 / 1e6, how))
+            "h", "controller resident memory after the loads", "MiB",
+            self.rss_after_load / 1024, how))
         self.fig("rss", stats.scalar(
-            "h", "controller resident memory, largest", "MB",
-            max(samples.values()) * 1024 / 1e6, how,
-            samples_mb={k: round(v * 1024 / 1e6, 2) for k, v in samples.items()}))
+            "h", "controller resident memory, largest", "MiB",
+            max(samples.values()) / 1024, how,
+            samples_mib={k: round(v / 1024, 2) for k, v in samples.items()}))
         streams = {moment: sum(found.values()) for moment, found in self.event_rss.items()
                    if found}
         self.fig("event_stream_rss", stats.scalar(
-            "h", "the controller's `virsh event --loop` child, resident memory", "MB",
-            max(streams.values()) * 1024 / 1e6 if streams else None,
+            "h", "the controller's `virsh event --loop` child, resident memory", "MiB",
+            max(streams.values()) / 1024 if streams else None,
             "VmRSS from /proc/PID/status of the controller's long-lived `virsh event --loop` "
             "child (the lifecycle event follower, a process of its own and not counted in the "
-            "controller's figure above), at the same three moments; the largest; MB = 10^6 bytes",
-            samples_mb={moment: {cmd: round(kib * 1024 / 1e6, 2) for cmd, kib in found.items()}
+            "controller's figure above), at the same three moments; the largest; MiB = 2^20 bytes",
+            samples_mib={moment: {cmd: round(kib / 1024, 2) for cmd, kib in found.items()}
                         for moment, found in self.event_rss.items()}))
         if self.rss_bare is not None:
             self.fig("rss_bare", stats.scalar(
-                "h", "limit row: the bare Flask app on waitress, resident memory", "MB",
-                self.rss_bare * 1024 / 1e6,
+                "h", "limit row: the bare Flask app on waitress, resident memory", "MiB",
+                self.rss_bare / 1024,
                 "VmRSS of bench/bare_app.py after its runs in e.: what Python, Flask and "
                 "waitress hold with no controller in them, the floor of the figure above"))
 

@@ -34,8 +34,8 @@ SUMMARY_KEYS = (
     "status_p50_ms", "heartbeat_p50_ms", "detect_deadline_ms", "detect_destroy_ms",
     "detect_suspend_ms", "recovery_event_ratio", "heartbeat_p99_mixed_ms", "heartbeat_rps_c32",
     *LIMIT_KEYS,
-    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mb",
-    "event_stream_rss_mb", "log_bytes_per_day",
+    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mib",
+    "event_stream_rss_mib", "log_bytes_per_day",
 )
 
 #: Where each summary number comes from: (figure name, field of that figure).
@@ -52,8 +52,8 @@ SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
     "concurrent_restart_reverts": ("concurrent_reverts", "max"),
     "idle_cpu_percent": ("idle_cpu", "value"),
     "virsh_per_minute": ("idle_virsh", "value"),
-    "rss_mb": ("rss", "value"),
-    "event_stream_rss_mb": ("event_stream_rss", "value"),
+    "rss_mib": ("rss", "value"),
+    "event_stream_rss_mib": ("event_stream_rss", "value"),
     "log_bytes_per_day": ("idle_log", "value"),
 }
 
@@ -78,8 +78,8 @@ SUMMARY_LABELS = {
     "concurrent_restart_reverts": "reverts for 20 simultaneous restarts",
     "idle_cpu_percent": "idle CPU (share of one core)",
     "virsh_per_minute": "virsh processes per minute, idle",
-    "rss_mb": "resident memory (VmRSS)",
-    "event_stream_rss_mb": "``virsh event --loop`` child, VmRSS",
+    "rss_mib": "resident memory (VmRSS)",
+    "event_stream_rss_mib": "``virsh event --loop`` child, VmRSS",
     "log_bytes_per_day": "INFO log per day of heartbeats",
 }
 
@@ -134,7 +134,7 @@ TARGETS: tuple[Target, ...] = (
     Target("concurrent_restart_reverts", "20 simultaneous restarts cause <= 2 reverts", 2.0),
     Target("idle_cpu_percent", "idle CPU <= 0.3 % of one core", 0.3),
     Target("virsh_per_minute", "virsh processes at steady state <= 1 per minute", 1.0),
-    Target("rss_mb", "controller resident memory <= 40 MB", 40.0),
+    Target("rss_mib", "controller resident memory <= 40 MiB", 40.0),
     Target("log_bytes_per_day", "INFO log <= 1 MiB per day of heartbeats", float(MIB)),
 )
 
@@ -144,7 +144,7 @@ UNITS = {
     "heartbeat_p99_mixed_ms": "ms", "heartbeat_rps_c32": "req/s",
     **{key: "x" for key in LIMIT_KEYS},
     "concurrent_restart_reverts": "reverts", "idle_cpu_percent": "%",
-    "virsh_per_minute": "/min", "rss_mb": "MB", "event_stream_rss_mb": "MB",
+    "virsh_per_minute": "/min", "rss_mib": "MiB", "event_stream_rss_mib": "MiB",
     "log_bytes_per_day": "B",
 }
 
@@ -269,8 +269,8 @@ def fmt(value: float | None, unit: str) -> str:
         if abs(value) >= 1024:
             return f"{value / 1024:.1f} KiB"
         return f"{value:.0f} B"
-    if unit == "MB":
-        return f"{value:.1f} MB"
+    if unit in ("MB", "MiB"):   # MB in baselines from before MiB
+        return f"{value:.1f} {unit}"
     if unit in ("req/s", "/min", "s"):
         return f"{value:.1f} {unit}" if unit != "/min" else f"{value:.2f}/min"
     if unit == "reverts":

@@ -102,11 +102,11 @@ def test_summary_has_exactly_the_keys_and_takes_the_right_statistic():
 
 def test_targets_met_not_met_unknown():
     rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
-        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mb=None,
+        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mib=None,
         log_bytes_per_day=float(stats.MIB)))}
     assert rows["status_p50_ms"]["met"] is True          # the limit itself is met
     assert rows["detect_deadline_ms"]["met"] is False
-    assert rows["rss_mb"]["met"] is None
+    assert rows["rss_mib"]["met"] is None
     assert rows["log_bytes_per_day"]["met"] is True
     assert "heartbeat_rps_c32" not in rows               # no target: reported only
     assert len(rows) == 10 + len(stats.LIMIT_KEYS)
@@ -144,12 +144,12 @@ def test_each_target_points_the_way_its_figure_improves():
 
 def test_compare_ratios_respect_the_direction_of_each_figure():
     rows = {r["key"]: r for r in stats.compare(
-        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mb=1.02, idle_cpu_percent=0.0,
+        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mib=1.02, idle_cpu_percent=0.0,
                  virsh_per_minute=None),
-        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mb=1.0, idle_cpu_percent=0.0))}
+        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mib=1.0, idle_cpu_percent=0.0))}
     assert rows["status_p50_ms"]["ratio"] == 1.5 and rows["status_p50_ms"]["verdict"] == "worse"
     assert rows["heartbeat_rps_c32"]["verdict"] == "better"
-    assert rows["rss_mb"]["verdict"] == "same"            # within 5 %
+    assert rows["rss_mib"]["verdict"] == "same"            # within 5 %
     assert rows["idle_cpu_percent"]["ratio"] is None
     assert rows["idle_cpu_percent"]["verdict"] == "same"
     assert rows["virsh_per_minute"]["verdict"] == "n/a"
@@ -172,7 +172,7 @@ def test_parse_wrk_output():
 def _result() -> dict:
     figures = {
         "api_status": stats.sampled("d", "GET /api/v1/status", "ms", [0.5, 0.6], "sequential"),
-        "rss": stats.scalar("h", "resident memory", "MB", 45.0, "VmRSS"),
+        "rss": stats.scalar("h", "resident memory", "MiB", 45.0, "VmRSS"),
     }
     summary = stats.build_summary(figures)
     return {"mode": "quick", "started": "2026-11-25T20:00:00+00:00", "duration_s": 90,
@@ -184,15 +184,15 @@ def _result() -> dict:
 def test_table_states_method_and_verdict():
     text = stats.format_table(_result())
     assert "GET /api/v1/status" in text and "how: sequential" in text
-    assert "<= 2.00 ms: met" in text and "<= 40.0 MB: NOT MET" in text
-    assert "not met: controller resident memory <= 40 MB (measured 45.0 MB)" in text
+    assert "<= 2.00 ms: met" in text and "<= 40.0 MiB: NOT MET" in text
+    assert "not met: controller resident memory <= 40 MiB (measured 45.0 MiB)" in text
 
 
 def test_readme_table_renders_and_names_the_machine():
     import docutils.core
 
     result = _result()
-    result["summary"] = _summary(rss_mb=45.0, heartbeat_rps_c32=2500.0)
+    result["summary"] = _summary(rss_mib=45.0, heartbeat_rps_c32=2500.0)
     text = stats.format_rst(result)
     assert "2 cores (CPU), libvirt 9.0.0, QEMU 7.2" in " ".join(text.split())
     assert "**not met**" in text and "2500.0 req/s" in text
@@ -228,8 +228,8 @@ def test_compare_with_a_baseline_of_other_summary_keys_says_n_a(tmp_path, capsys
 
 #: Summary keys new since bench/baseline.json was last measured, and the ones they replace:
 #: both empty again once a full run on a quiet machine has replaced the baseline.
-NEW_SINCE_BASELINE: set[str] = {*stats.LIMIT_KEYS, "event_stream_rss_mb"}
-GONE_SINCE_BASELINE: set[str] = set()
+NEW_SINCE_BASELINE: set[str] = {*stats.LIMIT_KEYS, "event_stream_rss_mib", "rss_mib"}
+GONE_SINCE_BASELINE: set[str] = {"rss_mb"}   # now rss_mib
 
 
 def test_committed_baseline_is_complete():
@@ -260,7 +260,7 @@ def test_quick_benchmark_runs_and_cleans_up(tmp_path):
 def test_compare_with_the_committed_baseline_says_n_a_for_the_limit_row(tmp_path, capsys):
     current = tmp_path / "now.json"
     result = _result()
-    result["summary"] = _summary(heartbeat_rps_ratio_c8=0.5, event_stream_rss_mb=19.0)
+    result["summary"] = _summary(heartbeat_rps_ratio_c8=0.5, event_stream_rss_mib=19.0)
     current.write_text(json.dumps(result))
     baseline = REPO / "bench" / "baseline.json"
     assert benchmark.main(["--show", str(current), "--compare", str(baseline)]) == 0
@@ -304,7 +304,9 @@ def test_throughput_figures_give_the_ratios_to_the_bare_app():
 def test_bare_app_answers_the_bodies_and_does_nothing_else():
     from bench import bare_app
 
-    bodies = {"/api/v1/heartbeat": b'{"status": "ok"}\n', "/api/v1/status": b'{"a": [1]}'}
+    # As the controller's jsonify writes them: compact, key order kept, a final newline.
+    bodies = {"/api/v1/heartbeat": b'{"status":"ok","at":null}\n',
+              "/api/v1/status": b'{"b":[1],"a":{"z":2,"y":1.5}}\n'}
     app = bare_app.create_bare_app(bodies)
     assert not app.before_request_funcs and not app.after_request_funcs
     assert not app.teardown_request_funcs
@@ -342,7 +344,7 @@ def test_bare_app_process_serves_on_waitress_defaults(tmp_path):
         assert described["channel_class"] == "waitress.channel.HTTPChannel"
         status, _, body = Client(described["port"], timeout=10).request("GET",
                                                                         "/api/v1/heartbeat")
-        assert (status, body) == (200, b'{"x": 1}')
+        assert (status, body) == (200, b'{"x":1}\n'), "jsonify's bytes of the same JSON"
     finally:
         proc.terminate()
         proc.wait(10)
