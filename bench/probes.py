@@ -6,6 +6,7 @@ The benchmark only ever touches the domain it created (``vmctl-bench-<random>``)
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 URI = os.environ.get("VMCTL_BENCH_LIBVIRT_URI", "qemu:///system")
 IMAGES = Path(os.environ.get("VMCTL_BENCH_IMAGES", "/var/lib/libvirt/images"))
@@ -244,6 +245,35 @@ def stand_in_calls(log: Path) -> list[tuple[float, str]]:
 
 def uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
+
+
+_DESCRIBE_CONTROLLER = """
+import json, sys
+from bench.bare_app import describe_server
+from vmcontroller.config import load_config
+from vmcontroller.server import Controller
+controller = Controller(load_config(sys.argv[1])[0])
+print(json.dumps(describe_server(controller.http)))
+controller.http.close()
+"""
+
+
+def controller_waitress(python: str, settings: Mapping[str, Any], work: Path,
+                        cwd: Path) -> dict[str, Any]:
+    """The waitress set-up of a controller built from ``settings`` (as ``bench/bare_app``
+    describes its own): the controller's own code builds its server, on port 0 and with a
+    state file of its own, and exits without serving; nothing is copied from server.py, so
+    the record cannot drift from what the controller runs."""
+    config = work / "describe-config.yaml"
+    config.write_text(json.dumps({**settings, "api_port": 0,
+                                  "state_path": str(work / "describe-state.db")}))
+    env = {k: v for k, v in ENV.items() if not k.startswith("VMCTL_")}
+    proc = subprocess.run([python, "-c", _DESCRIBE_CONTROLLER, str(config)], cwd=str(cwd),
+                          capture_output=True, text=True, env=env, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"describing the controller's waitress failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 # ---------------------------------------------------------------- /proc accounting

@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import math
 import textwrap
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
+
+#: The limit row: the controller against a bare Flask app on waitress, per endpoint and
+#: number of keep-alive connections, in the same run (benchmark section e).
+LIMIT_ENDPOINTS = ("heartbeat", "status")
+LIMIT_LEVELS = (1, 8, 32)
+#: The share of the bare app's figures the controller is to reach.
+LIMIT_SHARE = 0.9
+
+
+def limit_key(endpoint: str, measure: str, clients: int) -> str:
+    """Summary key (and figure name) of one ratio controller / bare app: measure is
+    ``rps`` (requests per second, higher is better) or ``p99`` (latency, lower is better)."""
+    return f"{endpoint}_{measure}_ratio_c{clients}"
+
+
+LIMIT_KEYS = tuple(limit_key(e, m, n) for e in LIMIT_ENDPOINTS for n in LIMIT_LEVELS
+                   for m in ("rps", "p99"))
 
 #: The flat ``summary`` object of the JSON: exactly these keys, in these units.
 SUMMARY_KEYS = (
     "status_p50_ms", "heartbeat_p50_ms", "detect_deadline_ms", "detect_destroy_ms",
     "detect_suspend_ms", "recovery_event_ratio", "heartbeat_p99_mixed_ms", "heartbeat_rps_c32",
-    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mb",
-    "log_bytes_per_day",
+    *LIMIT_KEYS,
+    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mib",
+    "event_stream_rss_mib", "log_bytes_per_day",
 )
 
 #: Where each summary number comes from: (figure name, field of that figure).
@@ -29,12 +48,21 @@ SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
     "recovery_event_ratio": ("recovery_event_ratio", "value"),
     "heartbeat_p99_mixed_ms": ("mixed_heartbeat", "p99"),
     "heartbeat_rps_c32": ("throughput_c32", "value"),
+    **{key: (key, "value") for key in LIMIT_KEYS},
     "concurrent_restart_reverts": ("concurrent_reverts", "max"),
     "idle_cpu_percent": ("idle_cpu", "value"),
     "virsh_per_minute": ("idle_virsh", "value"),
-    "rss_mb": ("rss", "value"),
+    "rss_mib": ("rss", "value"),
+    "event_stream_rss_mib": ("event_stream_rss", "value"),
     "log_bytes_per_day": ("idle_log", "value"),
 }
+
+
+def _limit_label(key: str) -> str:
+    endpoint, measure, _, level = key.split("_")
+    what = "req/s" if measure == "rps" else "p99"
+    return f"{endpoint} {what}, {level[1:]} connections, / bare app"
+
 
 #: How each summary number reads in the README's table.
 SUMMARY_LABELS = {
@@ -46,39 +74,78 @@ SUMMARY_LABELS = {
     "recovery_event_ratio": "failure to running / raw revert to running",
     "heartbeat_p99_mixed_ms": "heartbeat p99, mixed load",
     "heartbeat_rps_c32": "heartbeats per second, 32 clients",
+    **{key: _limit_label(key) for key in LIMIT_KEYS},
     "concurrent_restart_reverts": "reverts for 20 simultaneous restarts",
     "idle_cpu_percent": "idle CPU (share of one core)",
     "virsh_per_minute": "virsh processes per minute, idle",
-    "rss_mb": "resident memory (VmRSS)",
+    "rss_mib": "resident memory (VmRSS)",
+    "event_stream_rss_mib": "``virsh event --loop`` child, VmRSS",
     "log_bytes_per_day": "INFO log per day of heartbeats",
 }
 
 #: Summary keys for which a larger number is better (all others: smaller is better).
-HIGHER_IS_BETTER = frozenset({"heartbeat_rps_c32"})
+HIGHER_IS_BETTER = frozenset({"heartbeat_rps_c32",
+                              *(key for key in LIMIT_KEYS if "_rps_" in key)})
 
 MIB = 1024 * 1024
 
-#: (summary key, what the target says, upper limit). Every target is "at most".
-TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("status_p50_ms", "GET /api/v1/status p50 <= 2 ms", 2.0),
-    ("detect_deadline_ms", "heartbeat deadline to revert start <= 20 ms (median)", 20.0),
-    ("detect_destroy_ms", "virsh destroy event to revert start <= 100 ms (median)", 100.0),
-    ("recovery_event_ratio", "failure -> VM running <= 1.05x raw virsh snapshot-revert -> "
-     "running (worst trigger, median of pairs)", 1.05),
-    ("heartbeat_p99_mixed_ms", "heartbeat p99 under the mixed load <= 20 ms", 20.0),
-    ("concurrent_restart_reverts", "20 simultaneous restarts cause <= 2 reverts", 2.0),
-    ("idle_cpu_percent", "idle CPU <= 0.3 % of one core", 0.3),
-    ("virsh_per_minute", "virsh processes at steady state <= 1 per minute", 1.0),
-    ("rss_mb", "controller resident memory <= 40 MB", 40.0),
-    ("log_bytes_per_day", "INFO log <= 1 MiB per day of heartbeats", float(MIB)),
+
+@dataclass(frozen=True)
+class Target:
+    """What one summary number must reach: at most ``limit`` (smaller is better) or, with
+    ``at_least``, at least ``limit`` (larger is better). The limit itself is met."""
+    key: str
+    text: str
+    limit: float
+    at_least: bool = False
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value >= self.limit if self.at_least else value <= self.limit
+
+    def bound(self, unit: str) -> str:
+        return f"{'>=' if self.at_least else '<='} {fmt(self.limit, unit)}"
+
+
+def _limit_targets() -> tuple[Target, ...]:
+    found = []
+    for key in LIMIT_KEYS:
+        endpoint, measure, _, level = key.split("_")
+        n = f"{level[1:]} connection" + ("" if level == "c1" else "s")
+        if measure == "rps":
+            found.append(Target(key, f"{endpoint} req/s at {n} >= "
+                                     f"{LIMIT_SHARE:g}x the bare app", LIMIT_SHARE, at_least=True))
+        else:
+            found.append(Target(key, f"{endpoint} p99 at {n} <= 1/{LIMIT_SHARE:g}x "
+                                     f"the bare app's", 1 / LIMIT_SHARE))
+    return tuple(found)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("status_p50_ms", "GET /api/v1/status p50 <= 2 ms", 2.0),
+    Target("detect_deadline_ms", "heartbeat deadline to revert start <= 20 ms (median)", 20.0),
+    Target("detect_destroy_ms", "virsh destroy event to revert start <= 100 ms (median)",
+           100.0),
+    Target("recovery_event_ratio", "failure -> VM running <= 1.05x raw virsh snapshot-revert "
+           "-> running (worst trigger, median of pairs)", 1.05),
+    Target("heartbeat_p99_mixed_ms", "heartbeat p99 under the mixed load <= 20 ms", 20.0),
+    *_limit_targets(),
+    Target("concurrent_restart_reverts", "20 simultaneous restarts cause <= 2 reverts", 2.0),
+    Target("idle_cpu_percent", "idle CPU <= 0.3 % of one core", 0.3),
+    Target("virsh_per_minute", "virsh processes at steady state <= 1 per minute", 1.0),
+    Target("rss_mib", "controller resident memory <= 40 MiB", 40.0),
+    Target("log_bytes_per_day", "INFO log <= 1 MiB per day of heartbeats", float(MIB)),
 )
 
 UNITS = {
     "status_p50_ms": "ms", "heartbeat_p50_ms": "ms", "detect_deadline_ms": "ms",
     "detect_destroy_ms": "ms", "detect_suspend_ms": "ms", "recovery_event_ratio": "x",
     "heartbeat_p99_mixed_ms": "ms", "heartbeat_rps_c32": "req/s",
+    **{key: "x" for key in LIMIT_KEYS},
     "concurrent_restart_reverts": "reverts", "idle_cpu_percent": "%",
-    "virsh_per_minute": "/min", "rss_mb": "MB", "log_bytes_per_day": "B",
+    "virsh_per_minute": "/min", "rss_mib": "MiB", "event_stream_rss_mib": "MiB",
+    "log_bytes_per_day": "B",
 }
 
 
@@ -155,10 +222,10 @@ def build_summary(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, float |
 def evaluate_targets(summary: Mapping[str, float | None]) -> list[dict[str, Any]]:
     """Each target with the measured value and met (True), not met (False) or unknown (None)."""
     rows = []
-    for key, text, limit in TARGETS:
-        value = summary.get(key)
-        rows.append({"key": key, "target": text, "limit": limit, "value": value,
-                     "met": None if value is None else value <= limit})
+    for target in TARGETS:
+        value = summary.get(target.key)
+        rows.append({"key": target.key, "target": target.text, "limit": target.limit,
+                     "at_least": target.at_least, "value": value, "met": target.met(value)})
     return rows
 
 
@@ -202,8 +269,8 @@ def fmt(value: float | None, unit: str) -> str:
         if abs(value) >= 1024:
             return f"{value / 1024:.1f} KiB"
         return f"{value:.0f} B"
-    if unit == "MB":
-        return f"{value:.1f} MB"
+    if unit in ("MB", "MiB"):   # MB in baselines from before MiB
+        return f"{value:.1f} {unit}"
     if unit in ("req/s", "/min", "s"):
         return f"{value:.1f} {unit}" if unit != "/min" else f"{value:.2f}/min"
     if unit == "reverts":
@@ -218,13 +285,13 @@ SECTIONS = {
     "b": "b. detection: failure to the start of the revert",
     "c": "c. recovery: the failure to the VM running again, against libvirt's own revert",
     "d": "d. API latency, sequential",
-    "e": "e. heartbeat throughput",
+    "e": "e. throughput: the controller against the limit row (a bare Flask app on waitress)",
     "f": "f. mixed load",
     "g": "g. 20 simultaneous POST /api/v1/vm/restart",
     "h": "h. idle cost (one VM, 1 Hz heartbeat)",
 }
 
-_TARGET_OF_FIGURE = {SUMMARY_SOURCES[key][0]: (key, limit) for key, _, limit in TARGETS}
+_TARGET_OF_FIGURE = {SUMMARY_SOURCES[t.key][0]: t for t in TARGETS}
 
 
 def _figure_row(name: str, fig: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
@@ -236,10 +303,10 @@ def _figure_row(name: str, fig: Mapping[str, Any], summary: Mapping[str, Any]) -
                  fmt(fig.get("p95"), unit), fmt(fig.get("p99"), unit)]
     target = ""
     if name in _TARGET_OF_FIGURE:
-        key, limit = _TARGET_OF_FIGURE[name]
-        value = summary.get(key)
-        verdict = "?" if value is None else ("met" if value <= limit else "NOT MET")
-        target = f"<= {fmt(limit, UNITS[key])}: {verdict}"
+        goal = _TARGET_OF_FIGURE[name]
+        met = goal.met(summary.get(goal.key))
+        verdict = "?" if met is None else ("met" if met else "NOT MET")
+        target = f"{goal.bound(UNITS[goal.key])}: {verdict}"
     cells.append(target)
     return cells
 
@@ -312,13 +379,14 @@ def format_compare(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> st
 
 def format_rst(result: Mapping[str, Any]) -> str:
     """The summary as the README's reStructuredText table, with the machine it ran on."""
-    limits = {key: limit for key, _, limit in TARGETS}
+    goals = {t.key: t for t in TARGETS}
     rows = []
     for key in SUMMARY_KEYS:
         value = result["summary"].get(key)
-        limit = limits.get(key)
-        target = "" if limit is None else f"<= {fmt(limit, UNITS[key])}"
-        met = "" if limit is None or value is None else ("met" if value <= limit else "**not met**")
+        goal = goals.get(key)
+        target = "" if goal is None else goal.bound(UNITS[key])
+        met = "" if goal is None or value is None else \
+            ("met" if goal.met(value) else "**not met**")
         rows.append([SUMMARY_LABELS[key], fmt(value, UNITS[key]), target, met])
     header = ["figure", "measured", "target", ""]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

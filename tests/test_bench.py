@@ -102,24 +102,54 @@ def test_summary_has_exactly_the_keys_and_takes_the_right_statistic():
 
 def test_targets_met_not_met_unknown():
     rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
-        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mb=None,
+        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mib=None,
         log_bytes_per_day=float(stats.MIB)))}
     assert rows["status_p50_ms"]["met"] is True          # the limit itself is met
     assert rows["detect_deadline_ms"]["met"] is False
-    assert rows["rss_mb"]["met"] is None
+    assert rows["rss_mib"]["met"] is None
     assert rows["log_bytes_per_day"]["met"] is True
     assert "heartbeat_rps_c32" not in rows               # no target: reported only
-    assert len(rows) == 10
+    assert len(rows) == 10 + len(stats.LIMIT_KEYS)
+
+
+def test_at_least_targets_are_met_from_their_limit_upwards():
+    """The limit row's req/s ratios must reach 0.9x (higher is better); its p99 ratios
+    stay at or below 1/0.9x (lower is better)."""
+    rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
+        heartbeat_rps_ratio_c8=0.9, status_rps_ratio_c32=0.8999, heartbeat_rps_ratio_c1=1.4,
+        heartbeat_p99_ratio_c8=1 / 0.9, status_p99_ratio_c32=1.12, status_rps_ratio_c1=None))}
+    assert rows["heartbeat_rps_ratio_c8"]["met"] is True      # the limit itself is met
+    assert rows["heartbeat_rps_ratio_c1"]["met"] is True
+    assert rows["status_rps_ratio_c32"]["met"] is False
+    assert rows["status_rps_ratio_c1"]["met"] is None
+    assert rows["heartbeat_p99_ratio_c8"]["met"] is True
+    assert rows["status_p99_ratio_c32"]["met"] is False
+    assert rows["heartbeat_rps_ratio_c8"]["at_least"] is True
+    assert rows["heartbeat_p99_ratio_c8"]["at_least"] is False
+    target = stats.Target("k", "text", 2.0, at_least=True)
+    assert (target.met(2.0), target.met(1.99), target.met(None)) == (True, False, None)
+    assert target.bound("x") == ">= 2.000x"
+    assert stats.Target("k", "text", 2.0).bound("ms") == "<= 2.00 ms"
+
+
+def test_each_target_points_the_way_its_figure_improves():
+    for target in stats.TARGETS:
+        assert target.at_least == (target.key in stats.HIGHER_IS_BETTER), target.key
+    assert set(stats.LIMIT_KEYS) == {f"{e}_{m}_ratio_c{n}" for e in ("heartbeat", "status")
+                                     for m in ("rps", "p99") for n in (1, 8, 32)}
+    assert set(stats.LIMIT_KEYS) <= {t.key for t in stats.TARGETS}
+    assert "heartbeat_rps_c32" in stats.SUMMARY_KEYS       # kept for continuity
+    assert "heartbeat_p99_mixed_ms" in {t.key for t in stats.TARGETS}
 
 
 def test_compare_ratios_respect_the_direction_of_each_figure():
     rows = {r["key"]: r for r in stats.compare(
-        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mb=1.02, idle_cpu_percent=0.0,
+        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mib=1.02, idle_cpu_percent=0.0,
                  virsh_per_minute=None),
-        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mb=1.0, idle_cpu_percent=0.0))}
+        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mib=1.0, idle_cpu_percent=0.0))}
     assert rows["status_p50_ms"]["ratio"] == 1.5 and rows["status_p50_ms"]["verdict"] == "worse"
     assert rows["heartbeat_rps_c32"]["verdict"] == "better"
-    assert rows["rss_mb"]["verdict"] == "same"            # within 5 %
+    assert rows["rss_mib"]["verdict"] == "same"            # within 5 %
     assert rows["idle_cpu_percent"]["ratio"] is None
     assert rows["idle_cpu_percent"]["verdict"] == "same"
     assert rows["virsh_per_minute"]["verdict"] == "n/a"
@@ -142,7 +172,7 @@ def test_parse_wrk_output():
 def _result() -> dict:
     figures = {
         "api_status": stats.sampled("d", "GET /api/v1/status", "ms", [0.5, 0.6], "sequential"),
-        "rss": stats.scalar("h", "resident memory", "MB", 45.0, "VmRSS"),
+        "rss": stats.scalar("h", "resident memory", "MiB", 45.0, "VmRSS"),
     }
     summary = stats.build_summary(figures)
     return {"mode": "quick", "started": "2026-11-25T20:00:00+00:00", "duration_s": 90,
@@ -154,15 +184,15 @@ def _result() -> dict:
 def test_table_states_method_and_verdict():
     text = stats.format_table(_result())
     assert "GET /api/v1/status" in text and "how: sequential" in text
-    assert "<= 2.00 ms: met" in text and "<= 40.0 MB: NOT MET" in text
-    assert "not met: controller resident memory <= 40 MB (measured 45.0 MB)" in text
+    assert "<= 2.00 ms: met" in text and "<= 40.0 MiB: NOT MET" in text
+    assert "not met: controller resident memory <= 40 MiB (measured 45.0 MiB)" in text
 
 
 def test_readme_table_renders_and_names_the_machine():
     import docutils.core
 
     result = _result()
-    result["summary"] = _summary(rss_mb=45.0, heartbeat_rps_c32=2500.0)
+    result["summary"] = _summary(rss_mib=45.0, heartbeat_rps_c32=2500.0)
     text = stats.format_rst(result)
     assert "2 cores (CPU), libvirt 9.0.0, QEMU 7.2" in " ".join(text.split())
     assert "**not met**" in text and "2500.0 req/s" in text
@@ -198,8 +228,8 @@ def test_compare_with_a_baseline_of_other_summary_keys_says_n_a(tmp_path, capsys
 
 #: Summary keys new since bench/baseline.json was last measured, and the ones they replace:
 #: both empty again once a full run on a quiet machine has replaced the baseline.
-NEW_SINCE_BASELINE: set[str] = set()
-GONE_SINCE_BASELINE: set[str] = set()
+NEW_SINCE_BASELINE: set[str] = {*stats.LIMIT_KEYS, "event_stream_rss_mib", "rss_mib"}
+GONE_SINCE_BASELINE: set[str] = {"rss_mb"}   # now rss_mib
 
 
 def test_committed_baseline_is_complete():
@@ -225,3 +255,98 @@ def test_quick_benchmark_runs_and_cleans_up(tmp_path):
     left = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name"],
                           capture_output=True, text=True).stdout.split()
     assert not set(result["detail"]["vms"]) & set(left)
+
+
+def test_compare_with_the_committed_baseline_says_n_a_for_the_limit_row(tmp_path, capsys):
+    current = tmp_path / "now.json"
+    result = _result()
+    result["summary"] = _summary(heartbeat_rps_ratio_c8=0.5, event_stream_rss_mib=19.0)
+    current.write_text(json.dumps(result))
+    baseline = REPO / "bench" / "baseline.json"
+    assert benchmark.main(["--show", str(current), "--compare", str(baseline)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for key in NEW_SINCE_BASELINE:
+        row = next(line for line in out if line.strip().startswith(key + " "))
+        assert row.split()[-1] == "n/a", row
+
+
+def _run(rps: float, p99: float, requests: int = 100) -> dict:
+    return {"rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "errors": 0, "requests": requests,
+            "cpu_s": requests / 1000, "log_bytes_written": 0}
+
+
+def test_throughput_figures_give_the_ratios_to_the_bare_app():
+    from contextlib import ExitStack
+
+    bench = benchmark.Benchmark(benchmark.QUICK, ExitStack(), load_tool="python")
+    runs = {}
+    for endpoint in stats.LIMIT_ENDPOINTS:
+        for n in stats.LIMIT_LEVELS:
+            runs[endpoint, n, "controller"] = _run(900.0, 20.0, requests=200)
+            runs[endpoint, n, "bare"] = _run(1000.0, 16.0, requests=100)
+    runs["status", 32, "controller"] = {**_run(450.0, 40.0), "log_bytes_written": 120}
+    bench._throughput_figures(runs, "how")
+    summary = stats.build_summary(bench.figures)
+    assert summary["heartbeat_rps_ratio_c8"] == 0.9
+    assert summary["heartbeat_p99_ratio_c8"] == 1.25
+    assert summary["status_rps_ratio_c32"] == 0.45 and summary["status_p99_ratio_c32"] == 2.5
+    assert summary["heartbeat_rps_c32"] == 900.0              # the controller's, as before
+    assert bench.figures["throughput_bare_c32"]["value"] == 1000.0
+    assert bench.figures["throughput_cpu"]["value"] == pytest.approx(1.0)   # ms per beat
+    assert bench.figures["throughput_cpu"]["bare_app_ms"] == pytest.approx(1.0)
+    assert bench.figures["throughput_log"]["value"] == 0          # heartbeats only
+    assert bench.figures["throughput_log_status"]["value"] == 120
+    table = stats.format_table({"figures": bench.figures, "summary": summary})
+    assert ">= 0.900x: met" in table and "<= 1.111x: NOT MET" in table
+    assert "how: the two runs" in table
+
+
+def test_bare_app_answers_the_bodies_and_does_nothing_else():
+    from bench import bare_app
+
+    # As the controller's jsonify writes them: compact, key order kept, a final newline.
+    bodies = {"/api/v1/heartbeat": b'{"status":"ok","at":null}\n',
+              "/api/v1/status": b'{"b":[1],"a":{"z":2,"y":1.5}}\n'}
+    app = bare_app.create_bare_app(bodies)
+    assert not app.before_request_funcs and not app.after_request_funcs
+    assert not app.teardown_request_funcs
+    client = app.test_client()
+    for path, body in bodies.items():
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.data == body
+        assert answer.mimetype == "application/json"
+    assert client.post("/api/v1/heartbeat").status_code == 405
+
+
+def test_bare_app_process_serves_on_waitress_defaults(tmp_path):
+    """``python -m bench.bare_app`` as the benchmark starts it: one JSON line with its
+    waitress settings, all defaults but host and port, then the bodies over HTTP."""
+    import selectors
+    import time
+
+    from bench.load import Client
+
+    bodies = tmp_path / "bodies.json"
+    bodies.write_text(json.dumps({"/api/v1/heartbeat": '{"x": 1}'}))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_app", "--port", "0",
+                             "--bodies", str(bodies)], cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + 30
+            while not selector.select(timeout=0.1):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the bare app said nothing within 30 s"
+        described = json.loads(proc.stdout.readline())
+        assert described["not_default"] == []
+        assert described["settings"]["threads"] == 4 and described["waitress"]
+        assert described["channel_class"] == "waitress.channel.HTTPChannel"
+        status, _, body = Client(described["port"], timeout=10).request("GET",
+                                                                        "/api/v1/heartbeat")
+        assert (status, body) == (200, b'{"x":1}\n'), "jsonify's bytes of the same JSON"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()

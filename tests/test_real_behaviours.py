@@ -345,3 +345,49 @@ def test_a_post_revert_command_outliving_its_timeout_is_killed_with_its_children
     killed = [r for r in caplog.records if "killed after" in r.getMessage()]
     assert len(killed) == 1 and killed[0].levelno == logging.ERROR
     assert "post_revert_command" in killed[0].getMessage()
+
+
+# ------------------------------------------------------------------ vm.Domain on its own
+# (issue 10, point 5: lines of vm.py no controller-level test reaches)
+
+from libvirt_env import URI, TestDomain          # noqa: E402  (this section's own imports)
+from vmcontroller.virsh import VirshError, VirshRunner   # noqa: E402
+from vmcontroller.vm import NOT_FOUND, Domain, StartResult   # noqa: E402
+
+
+@pytest.fixture
+def bare_domain(libvirt):
+    """A shut-off VM without snapshots: Domain.start() has to boot it as it is."""
+    vm = TestDomain("bare").create(start=False, snapshot=None)
+    yield vm
+    vm.remove()
+
+
+def test_an_undefined_vm_reads_as_not_found(libvirt):
+    """libvirt's own 'no such domain' answer is a state ('not found'), not an error."""
+    assert Domain(VirshRunner(URI), TestDomain("undefined").name, "ready").state() == NOT_FOUND
+
+
+def test_a_vm_that_libvirt_cannot_boot_fails_the_start_with_libvirts_message(bare_domain):
+    bare_domain.disk.unlink()
+    with pytest.raises(VirshError) as caught:
+        Domain(VirshRunner(URI, timeout=60), bare_domain.name, "ready").start()
+    assert str(bare_domain.disk) in caught.value.message, caught.value.message
+    assert bare_domain.state() == "shut off"
+
+
+class StartedByOthers(VirshRunner):
+    """Someone else (staff with virsh, libvirt-guests) starts the VM just before we do."""
+
+    def start(self, domain: str) -> None:
+        virsh("start", "--domain", domain)
+        super().start(domain)   # fails for real: the domain is already active
+
+
+def test_a_vm_started_by_someone_else_meanwhile_is_a_successful_start(bare_domain):
+    with pytest.raises(VirshError, match="already active"):
+        StartedByOthers(URI, timeout=60).start(bare_domain.name)   # the race is real...
+    virsh("destroy", "--domain", bare_domain.name)
+    result = Domain(StartedByOthers(URI, timeout=60), bare_domain.name, "ready").start()
+    assert result == StartResult(reverted=False, was_running=False)   # ...and no failure
+    assert bare_domain.state() == "running"

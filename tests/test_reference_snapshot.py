@@ -20,7 +20,7 @@ import pytest
 
 from fake_virsh import FakeRunner
 from libvirt_env import URI, EventRecorder, TestDomain, virsh, wait_until
-from vmcontroller.virsh import RevertRisky, SnapshotLacksDefinition, VirshRunner
+from vmcontroller.virsh import RevertRisky, SnapshotLacksDefinition, VirshError, VirshRunner
 from vmcontroller.vm import Domain, RevertNeedsStaff, RevertResult
 
 real_libvirt = pytest.mark.libvirt
@@ -329,3 +329,84 @@ def test_kill_9_at_each_step_of_a_replace_leaves_a_usable_reference(make_domain,
     assert controller_domain(vm).revert_and_start() == RevertResult(forced=False, note=None)
     wait_until(lambda: vm.state() == "running", 30, message="VM running")
     assert title(vm) == intended
+
+
+# ---------------------------------------------------------------- replace and delete: edge cases
+
+@real_libvirt
+def test_replacing_a_snapshot_next_to_a_stale_spare_deletes_the_spare_first(make_domain):
+    """A spare left beside a complete 'ready' (a replace killed after saving it) is stale:
+    the next replace drops it and leaves exactly the new 'ready'."""
+    vm = make_domain("stale", snapshot=None)
+    set_title(vm, "old")
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "ready", "--atomic")
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", SPARE, "--atomic")
+    set_title(vm, "new")
+    assert controller_domain(vm).create_snapshot("ready") is True
+    assert vm.snapshots() == ["ready"] and vm.state() == "running"
+    controller_domain(vm).revert_and_start()
+    assert title(vm) == "new"
+
+
+class FailingRunner(VirshRunner):
+    """The real runner, but the commands named in ``fail`` raise as libvirt would."""
+
+    def __init__(self, *fail: str):
+        super().__init__(URI, timeout=60)
+        self.fail = set(fail)
+
+    def snapshot_create(self, domain: str, name: str) -> None:
+        if f"snapshot-create-as {name}" in self.fail:
+            raise VirshError("operation failed: no space left on device")
+        super().snapshot_create(domain, name)
+
+    def resume(self, domain: str) -> None:
+        if "resume" in self.fail:
+            raise VirshError("Timed out during operation: cannot acquire state change lock")
+        super().resume(domain)
+
+
+@real_libvirt
+def test_a_replace_that_fails_after_deleting_the_old_snapshot_keeps_the_new_state_as_ready(
+        make_domain):
+    """The failed step's message says where the new state is; the guest runs again, and
+    'ready' (its spare standing in) reverts to the state staff asked to keep."""
+    vm = make_domain("failnew", snapshot=None)
+    set_title(vm, "old")
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "ready", "--atomic")
+    set_title(vm, "new")
+    domain = Domain(FailingRunner("snapshot-create-as ready"), vm.name, "ready")
+    with pytest.raises(VirshError) as caught:
+        domain.create_snapshot("ready")
+    assert str(caught.value) == ("operation failed: no space left on device (the new state is "
+                                 f"kept as snapshot {SPARE!r}, which stands in for 'ready')")
+    assert vm.state() == "running", "the guest paused for the replace runs again"
+    assert vm.snapshots() == [SPARE] and controller_domain(vm).snapshots() == ["ready"]
+    set_title(vm, "drifted")
+    controller_domain(vm).revert_and_start()
+    assert vm.state() == "running" and title(vm) == "new"
+
+
+@real_libvirt
+def test_a_guest_that_cannot_be_resumed_after_a_failed_replace_is_logged_as_paused(
+        make_domain, caplog):
+    """The snapshot's failure is what staff get; the failed resume is logged, not lost."""
+    vm = make_domain("noresume", snapshot=None)
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "ready", "--atomic")
+    domain = Domain(FailingRunner("snapshot-create-as ready", "resume"), vm.name, "ready")
+    with caplog.at_level("ERROR", logger="vmcontroller.vm"):
+        with pytest.raises(VirshError, match="no space left on device"):
+            domain.create_snapshot("ready")
+    assert vm.state() == "paused"
+    assert f"VM {vm.name!r} stays paused: resuming it after a failed snapshot failed: " \
+           "Timed out during operation: cannot acquire state change lock" in caplog.text
+
+
+@real_libvirt
+def test_deleting_a_snapshot_that_only_its_spare_stands_in_for_deletes_the_spare(make_domain):
+    vm = make_domain("delspare", snapshot=None)
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", SPARE, "--atomic")
+    domain = controller_domain(vm)
+    assert domain.snapshots() == ["ready"]
+    domain.delete_snapshot("ready")
+    assert vm.snapshots() == [] and domain.snapshots() == []

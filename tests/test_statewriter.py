@@ -16,7 +16,7 @@ import pytest
 
 from libvirt_env import wait_until
 from vmcontroller.statewriter import StateWriter
-from vmcontroller.store import Store
+from vmcontroller.store import Store, StoreError
 from vmcontroller.vocab import SUCCEEDED
 
 
@@ -114,3 +114,60 @@ def test_many_threads_queue_without_waiting_for_the_disk(writer, tmp_path):
     assert len(on_disk.events(limit=1000)) == 200
     ids = [e.id for e in on_disk.events(limit=1000)]
     assert len(set(ids)) == 200
+
+
+# ---------------------------------------------------------------- a damaged state file
+
+def damaged(path, table: str) -> Store:
+    """A state file with one table's root page overwritten, as a failing disk leaves it;
+    the rest of the file (its header, the schema, the other table) reads fine."""
+    store = Store(path)
+    for n in range(300):
+        store.record("art", "api", "stop", f"row {n} " + "x" * 100, SUCCEEDED)
+    store.put("manual_stop", True)
+    store.close()
+    db = sqlite3.connect(path)
+    [root] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    [page_size] = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    return Store(path)
+
+
+def test_an_unreadable_history_is_reported_and_the_flags_still_answer(tmp_path):
+    """The watchdog starts on a file whose history cannot be read: status says why, and
+    GET /events gets a StoreError (a 503 with the reason) instead of a traceback."""
+    path = tmp_path / "state.db"
+    w = StateWriter(damaged(path, "events"))
+    assert w.problem is not None
+    assert "cannot read the state file: database disk image is malformed" in w.problem
+    assert w.get("manual_stop") is True
+    with pytest.raises(StoreError) as caught:
+        w.events(wait=0)
+    assert str(caught.value) == (f"cannot read the history from {str(path)!r}: "
+                                 "database disk image is malformed")
+    w.close(1)
+
+
+def test_an_unreadable_flag_reads_as_its_default_and_is_reported(tmp_path):
+    w = StateWriter(damaged(tmp_path / "state.db", "flags"))
+    assert w.get("manual_stop", "default") == "default"
+    assert w.problem is not None and "malformed" in w.problem
+    w.close(1)
+
+
+def test_a_write_that_fails_for_a_bug_is_logged_and_skipped_and_later_writes_go_on(
+        writer, tmp_path, caplog):
+    w = writer()
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.statewriter"):
+        w.put("bad", object())     # cannot be stored as JSON: a bug, not a refusing disk
+        w.record("art", "api", "stop", "after the bad write", SUCCEEDED)
+        assert w.flush(5)
+    assert "a write to the state file failed unexpectedly; skipped" in caplog.text
+    assert "is not JSON serializable" in caplog.text
+    assert w.problem is None and w.pending == 0
+    on_disk = Store(tmp_path / "state.db")
+    assert [e.reason for e in on_disk.events()] == ["after the bad write"]
+    assert on_disk.get("bad", "never written") == "never written"

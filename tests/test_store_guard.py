@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 
 from vmcontroller.guard import BACKOFF, FAILED, OK, RecoveryGuard
 from vmcontroller.store import Store
@@ -449,3 +450,45 @@ def test_a_state_file_that_can_be_neither_written_nor_read_starts_from_an_empty_
     store = Store(blocker / "state.db")
     assert store.unwritable is not None and "nor read" in store.unwritable, store.unwritable
     assert store.events() == [] and store.get("auto_revert_enabled") is None
+
+
+OLD_SCHEMA = """
+    CREATE TABLE flags (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
+        vm TEXT NOT NULL, trigger TEXT NOT NULL, action TEXT NOT NULL,
+        reason TEXT NOT NULL, outcome TEXT NOT NULL, duration REAL, error TEXT);
+    INSERT INTO flags VALUES ('manual_stop', 'true');
+"""
+
+
+def test_an_old_state_file_on_a_read_only_disk_starts_empty_and_says_so(tmp_path):
+    """A file from before the count column cannot be converted without writing: the
+    controller runs from an empty state, and what it reports must say so (not merely
+    that the file is not written)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"cannot mount a tmpfs for the test (needs root): {proc.stderr}"
+    try:
+        old = sqlite3.connect(mount / "state.db")
+        old.executescript(OLD_SCHEMA)
+        old.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        store = Store(mount / "state.db")
+        assert store.unwritable is not None
+        assert "older version" in store.unwritable and "empty state" in store.unwritable, \
+            store.unwritable
+        assert store.events() == [] and store.get("manual_stop") is None
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_saved_back_off_without_a_failure_holds_nothing(tmp_path):
+    """A back-off lasts at most the delay its failures set: a state file that has a
+    retry time but no failure (edited by hand, or from a bug) holds no recovery back."""
+    clocks = Clocks()
+    store = FlagDict(guard={"attempts": [], "failures": 0, "retry_at": clocks.wall() + 3600})
+    guard = make_guard(store, clocks)
+    assert guard.state == OK and guard.retry_in() is None and guard.check().allowed

@@ -2,18 +2,21 @@
 (-c URI, LC_ALL=C, explicit options, timeouts) checked with a stand-in virsh."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
 import textwrap
+import threading
 
 import pytest
 
-from vmcontroller.virsh import (DomainNotFound, LibvirtUnreachable, ManagedSaveConflict, NotRunning,
-                                RevertRisky, SnapshotLacksDefinition, SnapshotNotFound,
-                                VirshError, VirshRunner, VirshTimeout, classify_error,
-                                parse_domstate, parse_event_line, parse_name_list,
-                                parse_snapshot_current, run_command)
+from vmcontroller import virsh as virsh_module
+from vmcontroller.virsh import (DomainNotFound, EventStream, LibvirtUnreachable,
+                                ManagedSaveConflict, NotRunning, RevertRisky,
+                                SnapshotLacksDefinition, SnapshotNotFound, VirshError, VirshRunner,
+                                VirshTimeout, classify_error, parse_domstate, parse_event_line,
+                                parse_name_list, run_command)
 from libvirt_env import wait_until
 from waits import pid_alive
 
@@ -28,8 +31,6 @@ def test_parse_domstate():
 def test_parse_lists():
     assert parse_name_list("ready\nbackup-1\n\n") == ["ready", "backup-1"]
     assert parse_name_list("") == []
-    assert parse_snapshot_current("ready\n") == "ready"
-    assert parse_snapshot_current("\n") is None
 
 
 def test_parse_event_lines():
@@ -43,6 +44,21 @@ def test_parse_event_lines():
     assert event.timestamp is None
     assert parse_event_line("event 'reboot' for domain 'x'") is None
     assert parse_event_line("") is None
+
+
+def test_an_event_is_delivered_whatever_its_timestamp_looks_like():
+    """The timestamp is informative; the event itself is what the watchdog acts on."""
+    whole_seconds = parse_event_line("2026-11-25 17:08:23+0100: event 'lifecycle' for domain "
+                                     "'eden': Crashed Panicked")
+    assert whole_seconds is not None and whole_seconds.event == "Crashed"
+    assert whole_seconds.timestamp is not None
+    assert (whole_seconds.timestamp.second, whole_seconds.timestamp.utcoffset().seconds) == \
+        (23, 3600)
+    impossible = parse_event_line("2026-13-45 17:08:23.810+0000: event 'lifecycle' for domain "
+                                  "'eden': Stopped Destroyed")
+    assert impossible is not None and impossible.timestamp is None
+    assert (impossible.domain, impossible.event, impossible.detail) == \
+        ("eden", "Stopped", "Destroyed")
 
 
 @pytest.mark.parametrize("stderr, cls", [
@@ -86,6 +102,7 @@ def stand_in(tmp_path):
         case "$VMCTL_STANDIN" in
           hang) exec sleep 30 ;;
           fail) echo "error: failed to get domain 'x'" >&2; exit 1 ;;
+          silent) exit 0 ;;
         esac
         echo running
         """))
@@ -118,6 +135,15 @@ def test_runner_raises_typed_errors(stand_in, monkeypatch):
     runner = VirshRunner(binary=str(stand_in / "virsh"))
     with pytest.raises(DomainNotFound, match="failed to get domain 'x'"):
         runner.domstate("x")
+
+
+def test_a_state_poll_answered_with_nothing_is_an_error_not_a_state(stand_in, monkeypatch):
+    """An empty answer must not read as a VM in some state (or with no snapshots)."""
+    runner = VirshRunner(binary=str(stand_in / "virsh"))
+    assert runner.state_and_snapshots("vm") == ("running", [])
+    monkeypatch.setenv("VMCTL_STANDIN", "silent")
+    with pytest.raises(VirshError, match="virsh domstate printed no state: ''"):
+        runner.state_and_snapshots("vm")
 
 
 def test_runner_without_virsh_binary(tmp_path):
@@ -155,3 +181,122 @@ def test_run_command_that_finishes_leaves_its_background_children_alone(tmp_path
         assert pid_alive(child), "a finished command's background child was killed"
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_run_command_whose_child_escaped_the_group_returns_at_the_timeout_with_its_output(
+        tmp_path, monkeypatch):
+    """A child that made a session of its own is not killed with the group and keeps the
+    output pipe open: run_command still returns (after a bounded wait for the output),
+    with what the command printed, instead of hanging the revert that ran it."""
+    monkeypatch.setattr(virsh_module, "_REAP_WAIT", 0.5)
+    pidfile = tmp_path / "pid"
+    script = f"echo notifying; setsid sleep 600 & echo $! > {pidfile}; sleep 600"
+    try:
+        result = run_command(["sh", "-c", script], timeout=1)
+        assert result.returncode is None
+        assert result.output == "notifying"
+    finally:
+        wait_until(pidfile.exists, 10, message="the escaped child's pid")
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- the event stream
+
+def event_virsh(tmp_path, body: str) -> VirshRunner:
+    """A runner whose ``virsh event`` is a script: ``$n`` is the number of this run (1, 2...),
+    and each run writes its pid to ``pid.$n``."""
+    script = tmp_path / "virsh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo x >> {tmp_path}/runs
+        n=$(wc -l < {tmp_path}/runs)
+        echo $$ > {tmp_path}/pid.$n
+        """) + textwrap.dedent(body))
+    script.chmod(0o755)
+    return VirshRunner(binary=str(script))
+
+
+LINE = "2026-11-25 17:08:23.810+0000: event 'lifecycle' for domain 'art': Stopped Destroyed"
+
+
+def test_an_event_callback_that_raises_is_logged_and_the_stream_reconnects(tmp_path, caplog):
+    """A bug in handling one event must not end the watch: the failure is logged, that
+    virsh is killed (not left running unread) and a new one delivers the next events."""
+    runner = event_virsh(tmp_path, f"""\
+        echo "{LINE}"
+        exec sleep 600
+        """)
+    seen: list[str] = []
+
+    def on_event(event) -> None:
+        seen.append(event.event)
+        if len(seen) == 1:
+            raise RuntimeError("a bug in the handler")
+
+    stream = EventStream(runner, "art", on_event, max_backoff=0.5)
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.virsh"):
+        stream.start()
+        try:
+            wait_until(lambda: len(seen) >= 2, 20, message="the event after the reconnect")
+        finally:
+            stream.stop()
+    assert seen[:2] == ["Stopped", "Stopped"]
+    assert "lifecycle event stream failed" in caplog.text and "a bug in the handler" in caplog.text
+    first = int((tmp_path / "pid.1").read_text())
+    wait_until(lambda: not pid_alive(first), 10, message="the first virsh event to be killed")
+
+
+def test_a_stream_that_ran_long_restarts_its_reconnect_back_off(tmp_path, caplog):
+    """After a failing libvirtd the delay doubles; a stream that then ran well for
+    ``stable_after`` is a new start, and its end is retried at the shortest delay."""
+    marker = tmp_path / "long-run-ended"
+    runner = event_virsh(tmp_path, f"""\
+        case $n in
+          1|2|3) exit 1 ;;
+          4) sleep 1.5; touch {marker}; exit 0 ;;
+          *) exec sleep 600 ;;
+        esac
+        """)
+    stream = EventStream(runner, "art", lambda event: None, max_backoff=1.0, stable_after=1.0)
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.virsh"):
+        stream.start()
+        try:
+            wait_until(lambda: (tmp_path / "pid.5").exists(), 30, message="the fifth virsh")
+        finally:
+            stream.stop()
+    delays = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records
+              if r.getMessage().startswith("lifecycle event stream ended")]
+    assert delays[:4] == ["0.5 s", "1.0 s", "1.0 s", "0.5 s"], delays
+
+
+class GatedRunner(VirshRunner):
+    """Holds the stream thread just before it starts ``virsh event`` until ``gate`` opens."""
+
+    def __init__(self, binary: str, gate: threading.Event):
+        super().__init__(binary=binary)
+        self.gate = gate
+        self.reached = threading.Event()
+
+    def event_argv(self) -> list[str]:
+        self.reached.set()
+        assert self.gate.wait(30)
+        return super().event_argv()
+
+
+def test_a_stop_that_lands_while_virsh_event_is_starting_still_ends_it(tmp_path):
+    """stop() finds no process to end when it comes just before ``virsh event`` starts;
+    the stream must end that process itself instead of reading it for ever."""
+    event_virsh(tmp_path, "exec sleep 600\n")
+    gate = threading.Event()
+    runner = GatedRunner(str(tmp_path / "virsh"), gate)
+    stream = EventStream(runner, "art", lambda event: None)
+    stream.start()
+    assert runner.reached.wait(30)
+    stopper = threading.Thread(target=stream.stop, args=(30,))
+    stopper.start()
+    wait_until(stream._stop.is_set, 10, message="stop() to be under way")
+    gate.set()
+    stopper.join(40)
+    # Left running, that virsh (a 600 s sleep) would hold the thread in its read.
+    assert not stopper.is_alive() and not stream._thread.is_alive()
+    assert not stream.connected

@@ -94,13 +94,11 @@ class StateWriter:
     @property
     def problem(self) -> str | None:
         """Why state is not being saved now, in words for status; None when all is well."""
-        if self._problem is None:   # status asks on every poll: no lock for the usual answer
+        problem = self._problem   # status asks on every poll: no lock to read one reference
+        if problem is None:
             return None
-        with self._cond:
-            if self._problem is None:
-                return None
-            return (f"state is not being saved to {str(self.store.path)!r}: {self._problem} "
-                    f"({len(self._queue)} write(s) waiting; the watchdog goes on)")
+        return (f"state is not being saved to {str(self.store.path)!r}: {problem} "
+                f"({self.pending} write(s) waiting; the watchdog goes on)")
 
     @property
     def pending(self) -> int:

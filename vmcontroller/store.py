@@ -108,7 +108,9 @@ class Store:
         try:
             self._db = self._open()
         except (OSError, sqlite3.Error) as exc:
-            if str(path) == ":memory:":
+            # Untestable: SQLite opens a memory database unless memory itself runs
+            # out; kept because a memory database has no file to fall back on reading.
+            if str(path) == ":memory:":  # pragma: no cover: see the reason above
                 raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from None
             # A watchdog that refuses to start because its state file cannot be
             # written (a filesystem remounted read-only after an error, a full
@@ -145,6 +147,8 @@ class Store:
             if "count" in present:
                 return db
             db.close()
+            self.unwritable += ("; it is from an older version, which cannot be converted "
+                                "without writing: starting from an empty state")
         except sqlite3.Error as exc:
             self.unwritable += f"; nor read ({exc}): starting from an empty state"
         db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
