@@ -450,6 +450,27 @@ def test_a_routine_heartbeat_is_logged_at_debug_only(api, caplog):
     assert records(caplog, "vmcontroller.requests") == []
 
 
+def test_routine_reads_that_succeed_are_logged_at_debug_and_failed_ones_at_info(make_api,
+                                                                                caplog):
+    """A monitoring system polling status every few seconds for months must not fill the
+    journal; a read that fails is worth a line."""
+    caplog.set_level(logging.DEBUG)
+    make_api(start=False).get("/api/v1/status", 503)      # not initialised yet: a failure
+    failed = records(caplog, "vmcontroller.requests")
+    assert len(failed) == 1 and "GET /api/v1/status -> 503" in failed[0].getMessage()
+    api = make_api()
+    caplog.clear()
+    for path in ("/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
+                 "/api/v1/events"):
+        api.get(path)
+    debug = [r.getMessage() for r in caplog.records
+             if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG]
+    assert len(debug) == 4, debug
+    assert records(caplog, "vmcontroller.requests") == []
+    api.post("/api/v1/revert/disable")        # a change: INFO
+    assert len(records(caplog, "vmcontroller.requests")) == 1
+
+
 def test_the_first_heartbeat_after_each_start_is_logged_once_at_info(api, caplog):
     caplog.set_level(logging.DEBUG)
     for restart in (None, "/api/v1/vm/restart", "/api/v1/vm/start"):

@@ -17,9 +17,8 @@ import copy
 from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
-from .security import GUEST_PATHS, READ_ONLY_PATHS
-from .vocab import (GUARD_STATES, IDLE_DURATION_MAX, MAX_BODY, MAX_HEADER_BLOCK, MAX_QUERY,
-                    OUTCOMES, REPEAT_INTERVAL, TRIGGERS)
+from .vocab import (GUARD_STATES, GUEST_PATHS, IDLE_DURATION_MAX, MAX_BODY, MAX_HEADER_BLOCK,
+                    MAX_QUERY, OUTCOMES, READ_ONLY_PATHS, REPEAT_INTERVAL, TRIGGERS)
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"

@@ -1,8 +1,10 @@
 """One log line per request, written by WSGI middleware outside the security gate.
 
-Outside, so that refusals are logged like answers. Routine heartbeats go to
-DEBUG: at a few per second for months they would be most of the journal and
-say nothing; a failed one is INFO like every other request.
+Outside, so that refusals are logged like answers. Routine requests go to
+DEBUG: heartbeats, and reads (status, history, snapshots) that succeed; a
+guest heartbeating a few times a second and a monitoring system polling
+status for months would otherwise be most of the journal and say nothing.
+A failed one is INFO like every request that changes something.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import time
 from typing import Any, Iterable
 
 from .loglines import printable
-from .vocab import API_PREFIX
+from .vocab import HEARTBEAT_PATH, READ_ONLY_PATHS
 from .wsgi import Environ, StartResponse, WsgiApp, request_method, request_path
 
 log = logging.getLogger("vmcontroller.requests")
 
-HEARTBEAT_PATHS = frozenset({f"{API_PREFIX}/heartbeat", f"{API_PREFIX}/heartbeat/status"})
+#: Logged at DEBUG when they succeed.
+ROUTINE_PATHS = READ_ONLY_PATHS | {HEARTBEAT_PATH}
 
 
 class RequestLog:
@@ -36,10 +39,13 @@ class RequestLog:
         body = self._app(environ, start)
         code = answered[-1] if answered else 0
         path = request_path(environ)
-        level = logging.DEBUG if path in HEARTBEAT_PATHS and code < 400 else logging.INFO
+        method = request_method(environ)
+        routine = path in ROUTINE_PATHS and code < 400 and (
+            method in ("GET", "HEAD") or path == HEARTBEAT_PATH)
+        level = logging.DEBUG if routine else logging.INFO
         if log.isEnabledFor(level):
             # The path is the client's text, decoded: a %0A in it would start a forged line.
             log.log(level, "%s %s %s -> %d in %.1f ms", environ.get("REMOTE_ADDR"),
-                    printable(request_method(environ)), printable(path), code,
+                    printable(method), printable(path), code,
                     (time.monotonic() - started) * 1000)
         return body

@@ -38,7 +38,7 @@ from flask import Flask
 
 from .docs import DOCS_CSP
 from .loglines import printable
-from .vocab import API_PREFIX, MAX_BODY, MAX_QUERY
+from .vocab import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS
 from .wsgi import (Environ, StartResponse, WsgiApp, content_length, json_answer, request_method,
                    request_path)
 
@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 
 REALM = "exhibition-vm-controller"
 
-#: Called by the guest: open to the guest token (and the staff token).
-GUEST_PATHS = frozenset(API_PREFIX + p for p in ("/heartbeat", "/revert/request", "/idle/reset"))
-#: Read-only API paths: a cross-site page cannot read their answers (no CORS), so
-#: they are not refused for being cross-site; they still need the staff token.
-READ_ONLY_PATHS = frozenset(API_PREFIX + p for p in ("/status", "/heartbeat/status",
-                                                      "/snapshots", "/events"))
 #: Never guarded: the landing document and the documentation.
 OPEN_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/flasgger_static/", "/apidocs",
                  "/oauth2-redirect.html")

@@ -57,3 +57,12 @@ IDLE_DURATION_MAX = 10_000_000
 #: Repeats of one cause (a guest asking again and again for a refused revert)
 #: within this many seconds share one history row, with a count, and one log line.
 REPEAT_INTERVAL = 60.0
+
+#: Called by the guest: open to the guest token (and the staff token).
+GUEST_PATHS = frozenset(API_PREFIX + p for p in ("/heartbeat", "/revert/request", "/idle/reset"))
+#: Read-only API paths: they change nothing, a cross-site page cannot read their
+#: answers (no CORS), and polling them is routine (logged at DEBUG when they succeed).
+READ_ONLY_PATHS = frozenset(API_PREFIX + p for p in ("/status", "/heartbeat/status",
+                                                      "/snapshots", "/events"))
+#: The guest's heartbeat: routine too, a few a second for months.
+HEARTBEAT_PATH = API_PREFIX + "/heartbeat"
