@@ -532,3 +532,55 @@ def test_a_locked_state_file_never_delays_a_heartbeat(make_monitor, tmp_path):
         other.close()
     wait_until(lambda: Store(path).get("auto_revert_enabled") is False, 15,
                message="the write once the lock is gone")
+
+
+# ------------------------------------------------------------------ issue 10: the lines no test ran
+
+def decisions_of(monitor: Monitor, monkeypatch) -> list[str]:
+    """Every action the monitor thread decides from now on (decide.py's words), in order."""
+    seen: list[str] = []
+    begin = monitor._begin_locked
+
+    def spy(what: str, now: float):
+        seen.append(what)
+        return begin(what, now)
+
+    monkeypatch.setattr(monitor, "_begin_locked", spy)
+    return seen
+
+
+class HungPollRunner(FakeRunner):
+    """The safety poll's virsh call waits at a gate the test opens (a libvirtd that hangs)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def state_and_snapshots(self, domain: str):
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(30)
+        return super().state_and_snapshots(domain)
+
+
+def test_a_queued_guest_request_dropped_by_a_staff_stop_leaves_the_monitor_idle(make_monitor,
+                                                                               monkeypatch):
+    from vmcontroller.vocab import GUEST_REQUEST
+    runner = HungPollRunner()
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60)
+    wait_until(lambda: monitor.heartbeat_status()["enabled"], 5, message="the grace to end")
+    runner.gate.clear()
+    monitor.on_events_connection(True)   # the monitor looks at the VM and hangs in virsh
+    assert runner.waiting.wait(5), "the monitor thread to hang in its state check"
+    assert monitor.request_revert(GUEST_REQUEST, "player crashed")["queued"] is True
+    monitor.stop_vm()                    # staff win the VM before the monitor takes the request
+    seen = decisions_of(monitor, monkeypatch)
+    runner.gate.set()
+    wait_until(lambda: "check_state" in seen, 5, message="the hung check to end")
+    # A request still marked queued would be decided again at every step: a busy loop.
+    period = config_for(runner).heartbeat_check_interval * 20
+    stays_false(lambda: "run_pending" in seen, period,
+                "the monitor went on deciding to run a request staff had dropped")
+    assert runner.state == "shut off" and reverts(runner) == 1

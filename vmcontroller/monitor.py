@@ -358,7 +358,7 @@ class Monitor:
                 self._set_healthy_locked(False)
                 self._w.enabled = False
                 self._w.grace_until = None
-                self._pending = None
+                self._set_pending_locked(None)
                 self._cond.notify_all()
             log.info("VM %r stopped through the API: it stays stopped until started again",
                      self.domain.name)
@@ -424,8 +424,7 @@ class Monitor:
                     return {**details, "queued": False,
                             "note": f"the VM was restored {now - self._started_at:.1f} s ago and "
                                     f"is in its start-up grace period"}
-                self._pending = (trigger, reason)
-                self._w.pending = True
+                self._set_pending_locked((trigger, reason))
                 self._cond.notify_all()
                 return {**details, "queued": True}
         # A guest script may repeat a refused request every second for hours: one history
@@ -557,8 +556,7 @@ class Monitor:
             with self._cond:
                 self._w.enabled = False
                 self._w.grace_until = None
-                self._pending = None
-                self._w.pending = False
+                self._set_pending_locked(None)
                 self._set_healthy_locked(False)
                 if automatic:
                     self.guard.started()
@@ -646,6 +644,13 @@ class Monitor:
         w.hold_until = until
         if until:
             w.next_poll = min(w.next_poll, until)
+
+    def _set_pending_locked(self, request: tuple[str, str] | None) -> None:
+        """Queue a guest's request or drop it. The request and the flag decide.py reads
+        change together: a flag left set with no request would have the thread decide
+        to run it at every step, a busy loop."""
+        self._pending = request
+        self._w.pending = request is not None
 
     def _arm_locked(self, now: float) -> None:
         self._w.enabled = True
@@ -834,7 +839,9 @@ class Monitor:
             w.state_dirty = False
             return self._check_vm_state
         if what == rules.RUN_PENDING:
-            return self._run_pending
+            pending = self._pending
+            assert pending is not None, "_set_pending_locked keeps the two together"
+            return lambda: self._run_pending(pending)
         if what == rules.PRUNE:
             w.next_prune = now + rules.PRUNE_EVERY
             self.store.prune()
@@ -858,13 +865,9 @@ class Monitor:
 
     # ---------------------------------------------------------------- actions
 
-    def _run_pending(self) -> None:
+    def _run_pending(self, pending: tuple[str, str]) -> None:
         # The request stays visible as pending until the restart job exists, so
         # that a second request in between is not queued again.
-        with self._cond:
-            pending = self._pending
-        if pending is None:
-            return
         trigger, reason = pending
 
         def still_needed() -> bool:
@@ -876,8 +879,7 @@ class Monitor:
         finally:
             with self._cond:
                 if self._pending is pending:
-                    self._pending = None
-                    self._w.pending = False
+                    self._set_pending_locked(None)
 
     def _on_heartbeat_timeout(self) -> None:
         with self._cond:
