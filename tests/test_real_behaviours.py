@@ -23,7 +23,7 @@ from typing import Callable
 import pytest
 
 from libvirt_env import virsh, wait_until
-from waits import pid_alive
+from waits import pause_period, pid_alive, stays_false
 from vmcontroller.vocab import GUEST_REQUEST, HEARTBEAT_TIMEOUT, STARTUP, VM_STOPPED
 
 pytestmark = pytest.mark.libvirt
@@ -218,6 +218,59 @@ def test_re_enabling_auto_revert_gives_the_guest_a_full_timeout_then_reverts(
     gap = (datetime.fromisoformat(reverted["time"]) -
            datetime.fromisoformat(enabled["time"])).total_seconds()
     assert gap >= timeout - 0.1, (enabled, reverted)
+
+
+def decisions_of(monitor, monkeypatch) -> list[str]:
+    """Every action the monitor thread decides from now on (decide.py's words), in order."""
+    seen: list[str] = []
+    begin = monitor._begin_locked
+
+    def spy(what: str, now: float):
+        seen.append(what)
+        return begin(what, now)
+
+    monkeypatch.setattr(monitor, "_begin_locked", spy)
+    return seen
+
+
+def test_a_vm_paused_in_maintenance_is_logged_once_and_left_paused(start_controller, domain,
+                                                                   events, caplog):
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        controller, api = start_controller(heartbeat_timeout=1.0)
+        assert events.wait_for(REVERTED, 1, 30)
+        api.post("/api/v1/revert/disable")
+        virsh("suspend", "--domain", domain.name)
+        wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "paused", 30,
+                   message="the controller to see the pause")
+
+        def refusals() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if "paused for more than" in r.getMessage()]
+
+        wait_until(refusals, pause_period(controller.config) + 30,
+                   message="the long pause to be logged")
+        # Reported once: again at every check it would be a second line within the period.
+        stays_false(lambda: len(refusals()) > 1 or events.count(REVERTED) > 1,
+                    pause_period(controller.config), "logged again or reverted")
+    assert "maintenance" in refusals()[0]
+    assert domain.state() == "paused" and history(api, "vm_paused") == []
+
+
+def test_a_vm_started_paused_behind_a_staff_stop_is_left_alone_without_a_busy_loop(
+        start_controller, domain, events, monkeypatch):
+    controller, api = start_controller(heartbeat_timeout=1.0)
+    assert events.wait_for(REVERTED, 1, 30)
+    api.post("/api/v1/vm/stop")
+    seen = decisions_of(controller.monitor, monkeypatch)
+    virsh("start", "--paused", "--domain", domain.name)   # someone at the console
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "paused", 30,
+               message="the controller to see the paused VM")
+    # The pause outlasts the timeout: the monitor notes it once, acts on nothing (staff
+    # stopped the VM) and must not decide the same thing again at every step.
+    stays_false(lambda: seen.count("paused_too_long") > 1, 2 * pause_period(controller.config),
+                "the monitor decided on the same pause again and again")
+    assert domain.state() == "paused" and events.count(REVERTED) == 1
+    assert api.get("/api/v1/status")["stopped_by_staff"] is True
 
 
 # ------------------------------------------------------------------ guest requests

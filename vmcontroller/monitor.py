@@ -978,11 +978,13 @@ class Monitor:
             may_recover = self._may_recover_locked()
             manual = self._manual_stop
             held = self._clock() < self._w.hold_until
-        if manual:
-            return
-        if not may_recover:
+        if manual or not may_recover:
+            # Noted as dealt with, or the thread would decide on the same failure again at
+            # every step (a pause does not end because nobody acts on it).
             if on_refused:
                 on_refused()
+            if manual:
+                return   # staff stopped the VM: whatever it does now is theirs
             self._report_once(trigger, "VM %r: %s; automatic revert is disabled (maintenance): "
                               "no action", self.domain.name, reason)
             return
