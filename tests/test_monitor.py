@@ -532,3 +532,252 @@ def test_a_locked_state_file_never_delays_a_heartbeat(make_monitor, tmp_path):
         other.close()
     wait_until(lambda: Store(path).get("auto_revert_enabled") is False, 15,
                message="the write once the lock is gone")
+
+
+# ------------------------------------------------------------------ issue 10: the lines no test ran
+
+def decisions_of(monitor: Monitor, monkeypatch) -> list[str]:
+    """Every action the monitor thread decides from now on (decide.py's words), in order."""
+    seen: list[str] = []
+    begin = monitor._begin_locked
+
+    def spy(what: str, now: float):
+        seen.append(what)
+        return begin(what, now)
+
+    monkeypatch.setattr(monitor, "_begin_locked", spy)
+    return seen
+
+
+class HungPollRunner(FakeRunner):
+    """The safety poll's virsh call waits at a gate the test opens (a libvirtd that hangs)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def state_and_snapshots(self, domain: str):
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(30)
+        return super().state_and_snapshots(domain)
+
+
+def test_a_queued_guest_request_dropped_by_a_staff_stop_leaves_the_monitor_idle(make_monitor,
+                                                                               monkeypatch):
+    from vmcontroller.vocab import GUEST_REQUEST
+    runner = HungPollRunner()
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60)
+    wait_until(lambda: monitor.heartbeat_status()["enabled"], 5, message="the grace to end")
+    runner.gate.clear()
+    monitor.on_events_connection(True)   # the monitor looks at the VM and hangs in virsh
+    assert runner.waiting.wait(5), "the monitor thread to hang in its state check"
+    assert monitor.request_revert(GUEST_REQUEST, "player crashed")["queued"] is True
+    monitor.stop_vm()                    # staff win the VM before the monitor takes the request
+    seen = decisions_of(monitor, monkeypatch)
+    runner.gate.set()
+    wait_until(lambda: "check_state" in seen, 5, message="the hung check to end")
+    # A request still marked queued would be decided again at every step: a busy loop.
+    period = config_for(runner).heartbeat_check_interval * 20
+    stays_false(lambda: "run_pending" in seen, period,
+                "the monitor went on deciding to run a request staff had dropped")
+    assert runner.state == "shut off" and reverts(runner) == 1
+
+
+def test_an_unreadable_boot_id_counts_as_a_new_host_boot(make_monitor, tmp_path, monkeypatch):
+    from vmcontroller import monitor as monitor_module
+    monkeypatch.setattr(monitor_module, "BOOT_ID_PATH", tmp_path / "no-such-file")
+    assert monitor_module.host_boot_id() is None
+    store_path = tmp_path / "state.db"
+    first, runner = make_monitor(store=Store(store_path), heartbeat_timeout=60)
+    first.heartbeat()                    # healthy when last seen, and still running
+    first.stop()
+    second, _ = make_monitor(runner, store=Store(store_path), heartbeat_timeout=60)
+    # Without a boot id the controller cannot tell a restart of its own from a host boot.
+    started = second.store.events(limit=1, triggers=["startup"])[0]
+    assert started.action == "revert" and "host has booted" in started.reason, started
+    assert reverts(runner) == 2
+
+
+def test_an_unreadable_history_at_start_is_logged_and_the_watchdog_still_works(
+        make_monitor, tmp_path, caplog):
+    import sqlite3
+    path = tmp_path / "state.db"
+    store = Store(path)
+    # Damaged after it was opened (Store falls back to an empty state for a file it
+    # cannot read at open): its history table no longer reads.
+    db = sqlite3.connect(str(path))
+    db.executescript("DROP TABLE events; CREATE TABLE events (damaged TEXT);")
+    db.close()
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        monitor, runner = make_monitor(store=store)
+    assert any("cannot read the history at start" in r.getMessage() for r in caplog.records)
+    assert monitor.status()["recovery"]["last_time"] is None
+    wait_until(lambda: reverts(runner) == 2, enforcement_period(config_for(runner)),
+               message="a revert of the silent guest all the same")
+
+
+def test_a_restart_joining_one_that_outlasts_api_busy_timeout_answers_busy(make_monitor):
+    from vmcontroller.monitor import Busy
+    runner = GatedRunner()
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60, api_busy_timeout=0.2)
+    runner.gate.clear()
+    first = threading.Thread(target=monitor.restart_vm, daemon=True)
+    first.start()
+    wait_until(lambda: monitor._job is not None, 5, message="the first restart to be under way")
+    try:
+        with pytest.raises(Busy, match="has been under way for more than 0.2 s") as busy:
+            monitor.restart_vm()
+        assert busy.value.retry_after >= 1.0
+    finally:
+        runner.gate.set()
+        first.join(10)
+    assert reverts(runner) == 2, "the first restart alone reverted"
+
+
+def test_a_post_revert_command_that_fails_is_logged_with_its_status_and_output(make_monitor,
+                                                                               caplog):
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        make_monitor(post_revert_command=["sh", "-c", "echo conntrack refused; exit 3"])
+        wait_until(lambda: any("post_revert_command" in r.getMessage() for r in caplog.records),
+                   5, message="the command's failure to be logged")
+    line = next(r.getMessage() for r in caplog.records if "post_revert_command" in r.getMessage())
+    assert "exited with status 3" in line and "conntrack refused" in line, line
+
+
+def test_a_failure_while_preparing_at_start_is_logged_and_the_timeout_still_armed(caplog):
+    def broken_boot_id() -> str:
+        raise RuntimeError("simulated bug at start-up")
+
+    runner = FakeRunner()
+    config = config_for(runner)
+    monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config,
+                      Store(":memory:"), boot_id=broken_boot_id)
+    runner.listener = monitor.on_lifecycle_event
+    try:
+        with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+            monitor.start()
+            assert monitor.wait_initialised(5)
+        assert any("could not prepare VM" in r.getMessage() for r in caplog.records)
+        assert monitor.heartbeat_status()["enabled"] is True
+        wait_until(lambda: reverts(runner) == 1, enforcement_period(config),
+                   message="the silent guest to be reverted on its timeout")
+        assert monitor.store.events(limit=1)[0].trigger == "heartbeat_timeout"
+    finally:
+        monitor.stop()
+
+
+def test_a_failing_monitor_step_is_logged_and_the_watchdog_goes_on(make_monitor, monkeypatch,
+                                                                   caplog):
+    monitor, runner = make_monitor(heartbeat_timeout=60)
+    original = monitor._step
+    failed: list[int] = []
+
+    def failing_once() -> bool:
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("simulated bug in a step")
+        return original()
+
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        monkeypatch.setattr(monitor, "_step", failing_once)
+        with monitor._cond:
+            monitor._cond.notify_all()
+        wait_until(lambda: failed, 5, message="the failing step")
+        runner.external("shut off", "Stopped", "Destroyed")
+        wait_until(lambda: reverts(runner) == 2, 5, message="the destroy to be recovered")
+    assert any("monitor step failed" in r.getMessage() for r in caplog.records)
+    assert monitor.thread_alive
+
+
+def test_a_controller_restarted_during_a_backoff_waits_it_out(make_monitor, tmp_path):
+    store_path = tmp_path / "state.db"
+    first, runner = make_monitor(store=Store(store_path), recovery_backoff_initial=60,
+                                 recovery_backoff_max=60)
+    runner.snapshots.clear()             # the next recovery fails
+    wait_until(lambda: first.status()["recovery"]["guard"]["state"] == "backoff", 5,
+               message="a failed recovery and its back-off")
+    first.stop()
+    attempts = runner.count("snapshot-revert")
+    second, _ = make_monitor(runner, store=Store(store_path), recovery_backoff_initial=60,
+                             recovery_backoff_max=60)
+    assert second.status()["recovery"]["guard"]["state"] == "backoff"
+    # The silent guest times out, but the back-off saved by the first run holds.
+    stays_false(lambda: runner.count("snapshot-revert") > attempts,
+                enforcement_period(config_for(runner)), "an attempt during the saved back-off")
+
+
+def test_an_automatic_recovery_that_cannot_get_the_vm_in_time_gives_up_and_retries(
+        make_monitor, caplog):
+    runner = GatedDeleteRunner()
+    runner.snapshots.append("backup")
+    runner.parents["backup"] = None
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60, virsh_timeout=1,
+                              virsh_long_timeout=1, state_poll_interval=1)
+    runner.gate.clear()
+    staff = threading.Thread(target=monitor.delete_snapshot, args=("backup",), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        staff.start()
+        assert runner.waiting.wait(5)
+        runner.external("shut off", "Stopped", "Destroyed")
+        # longest_locked_operation: 1 + 2 * 1 s; the staff operation holds the VM longer.
+        wait_until(lambda: any("has been under way for more than 3 s" in r.getMessage()
+                               for r in caplog.records), 30, message="the recovery to give up")
+    assert reverts(runner) == 1 and runner.state == "shut off"
+    runner.gate.set()
+    staff.join(10)
+    wait_until(lambda: reverts(runner) == 2 and runner.state == "running", 30,
+               message="the recovery once the VM is free")
+
+
+class GatedDeleteRunner(FakeRunner):
+    """Snapshot deletes wait at a gate the test opens: a staff operation holding the VM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def snapshot_delete(self, domain: str, name: str) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(60)
+        super().snapshot_delete(domain, name)
+
+
+def test_a_queued_guest_request_is_dropped_when_staff_switch_to_maintenance_first(
+        make_monitor, caplog):
+    from vmcontroller.vocab import GUEST_REQUEST
+    runner = GatedDeleteRunner()
+    runner.snapshots.append("backup")
+    runner.parents["backup"] = None
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60)
+    wait_until(lambda: monitor.heartbeat_status()["enabled"], 5, message="the grace to end")
+    runner.gate.clear()
+    staff = threading.Thread(target=monitor.delete_snapshot, args=("backup",), daemon=True)
+    staff.start()
+    assert runner.waiting.wait(5)        # the VM is busy: the request waits in the queue
+    assert monitor.request_revert(GUEST_REQUEST, "player crashed")["queued"] is True
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        monitor.set_auto_revert(False)
+        runner.gate.set()
+        staff.join(10)
+        wait_until(lambda: any("player crashed; automatic revert is disabled" in r.getMessage()
+                               for r in caplog.records), 5, message="the request to be dropped")
+    stays_false(lambda: reverts(runner) > 1, config_for(runner).heartbeat_check_interval * 10,
+                "the dropped request was carried out")
+
+
+def test_heartbeats_that_resume_after_a_silence_in_maintenance_are_logged(make_monitor, caplog):
+    monitor, runner = make_monitor()
+    monitor.set_auto_revert(False)
+    monitor.heartbeat()
+    with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
+        wait_until(lambda: any("no heartbeat" in r.getMessage() for r in caplog.records),
+                   enforcement_period(config_for(runner)), message="the silence to be logged")
+        assert monitor.heartbeat()["is_healthy"] is True
+    resumed = [r.getMessage() for r in caplog.records if "resumed after" in r.getMessage()]
+    assert len(resumed) == 1 and "of silence" in resumed[0], resumed

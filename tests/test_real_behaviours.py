@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Callable
 import pytest
 
 from libvirt_env import virsh, wait_until
-from waits import pid_alive
+from waits import enforcement_period, pause_period, pid_alive, stays_false
 from vmcontroller.vocab import GUEST_REQUEST, HEARTBEAT_TIMEOUT, STARTUP, VM_STOPPED
 
 pytestmark = pytest.mark.libvirt
@@ -148,6 +149,48 @@ def test_restart_without_snapshot_answers_409_and_leaves_the_vm_running(start_co
     assert events.count(REVERTED) == 0 and events.count("Stopped Destroyed") == 0
 
 
+def test_a_failed_boot_at_start_up_is_recorded_and_staff_can_start_the_vm(
+        start_controller, domain, events, failing_virsh):
+    without_snapshot(domain)
+    virsh("destroy", "--domain", domain.name)
+    failing_virsh("start")
+    controller, api = start_controller()
+    row = wait_for_outcome(api, STARTUP, "failed")[0]
+    assert row["action"] == "start" and INJECTED in row["error"], row
+    assert domain.state() == "shut off" and events.count(BOOTED) == 0
+    failing_virsh("")
+    body = api.post("/api/v1/vm/start")
+    assert "without a revert" in body["message"], body
+    assert events.wait_for(BOOTED, 1, 30), events.events
+    assert domain.state() == "running"
+
+
+def test_a_failed_start_up_revert_is_recorded_and_retried_by_the_watchdog(
+        start_controller, domain, events, failing_virsh):
+    failing_virsh("snapshot-revert")
+    controller, api = start_controller(recovery_backoff_initial=0.5)
+    row = wait_for_outcome(api, STARTUP, "failed")[0]
+    assert row["action"] == "revert" and INJECTED in row["error"], row
+    assert events.count(REVERTED) == 0
+    failing_virsh("")
+    # Armed after the failure: the silent guest's timeout brings the retry.
+    assert events.wait_for(REVERTED, 1, enforcement_period(controller.config) + 30), \
+        events.events
+    assert wait_for_outcome(api, HEARTBEAT_TIMEOUT)[0]["action"] == "revert"
+
+
+def test_start_up_reverts_even_when_the_check_for_a_cut_off_replacement_fails(
+        start_controller, domain, events, failing_virsh, caplog):
+    failing_virsh("snapshot-list")   # only the repair's own listing; the state poll differs
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        controller, api = start_controller()
+        assert events.wait_for(REVERTED, 1, 30), events.events
+    assert any("could not check the reference snapshot" in r.getMessage() and
+               INJECTED in r.getMessage() for r in caplog.records)
+    rows = wait_for_outcome(api, STARTUP)
+    assert [(r["action"], r["outcome"]) for r in rows] == [("revert", "succeeded")]
+
+
 # ------------------------------------------------------------------ libvirt failures
 
 FAILURES = [
@@ -174,6 +217,70 @@ def test_a_failing_libvirt_answers_500_with_virsh_message(start_controller, doma
     assert "Traceback" not in body["detail"]
     failing_virsh("")
     assert domain.snapshots() == snapshots and domain.state() == state
+
+
+# ------------------------------------------------------------------ a recovery that waits for staff
+
+GATED_VIRSH = """#!/bin/sh
+# virsh, except that the subcommand {gated} waits, once {armed} exists, until {release} does.
+for a in "$@"; do
+    if [ "$a" = "{gated}" ] && [ -e {armed} ]; then
+        touch {entered}
+        while [ ! -e {release} ]; do sleep 0.05; done
+    fi
+done
+exec {real} "$@"
+"""
+
+
+def test_a_recovery_staff_overrule_while_it_waits_is_skipped_and_their_restart_reverts(
+        start_controller, domain, events, tmp_path, monkeypatch, caplog):
+    """A destroy is decided on while a staff operation holds the VM; staff then switch to
+    maintenance and press restart. The recovery, its turn come, is no longer wanted: it is
+    recorded as skipped, and the staff restart that joined it does its own revert."""
+    files = {k: tmp_path / k for k in ("armed", "entered", "release")}
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "virsh").write_text(GATED_VIRSH.format(gated="snapshot-delete",
+                                                     real=shutil.which("virsh"), **files))
+    (bindir / "virsh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    virsh("snapshot-create-as", "--domain", domain.name, "--name", "backup")
+    controller, api = start_controller(heartbeat_timeout=600, vm_startup_heartbeat_delay=600)
+    assert events.wait_for(REVERTED, 1, 30)
+    monitor = controller.monitor
+    answers: dict[str, int] = {}
+
+    def call(method: str, path: str, template: str) -> None:
+        own = type(api)(api.base, api._check)   # a session per thread
+        answers[path] = own.call(method, path, template, expect=None).status_code
+
+    files["armed"].touch()
+    staff_delete = threading.Thread(target=call, args=(
+        "DELETE", "/api/v1/snapshot/backup", "/api/v1/snapshot/{snapshot_name}"))
+    staff_delete.start()
+    wait_until(files["entered"].exists, 30, message="the staff delete to hold the VM")
+    with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
+        virsh("destroy", "--domain", domain.name)
+        wait_until(lambda: monitor._job is not None, 30,
+                   message="the recovery of the destroy to wait for the VM")
+        api.post("/api/v1/revert/disable")
+        staff_restart = threading.Thread(target=call, args=(
+            "POST", "/api/v1/vm/restart", "/api/v1/vm/restart"))
+        staff_restart.start()
+        wait_until(lambda: any("joins the restart" in r.getMessage() for r in caplog.records),
+                   30, message="the staff restart to join the recovery")
+        files["release"].touch()
+        staff_delete.join(60)
+        staff_restart.join(60)
+    assert answers == {"/api/v1/snapshot/backup": 200, "/api/v1/vm/restart": 200}, answers
+    assert events.wait_for(REVERTED, 2, 30), events.events
+    skipped = history(api, VM_STOPPED)
+    assert [(r["outcome"], r["error"]) for r in skipped] == \
+        [("skipped", "no longer needed when its turn came")], skipped
+    restart = [r for r in history(api, "api") if r["action"] == "revert"]
+    assert [r["outcome"] for r in restart] == ["succeeded"], restart
+    assert events.count(REVERTED) == 2 and domain.state() == "running"
 
 
 # ------------------------------------------------------------------ maintenance
@@ -218,6 +325,59 @@ def test_re_enabling_auto_revert_gives_the_guest_a_full_timeout_then_reverts(
     gap = (datetime.fromisoformat(reverted["time"]) -
            datetime.fromisoformat(enabled["time"])).total_seconds()
     assert gap >= timeout - 0.1, (enabled, reverted)
+
+
+def decisions_of(monitor, monkeypatch) -> list[str]:
+    """Every action the monitor thread decides from now on (decide.py's words), in order."""
+    seen: list[str] = []
+    begin = monitor._begin_locked
+
+    def spy(what: str, now: float):
+        seen.append(what)
+        return begin(what, now)
+
+    monkeypatch.setattr(monitor, "_begin_locked", spy)
+    return seen
+
+
+def test_a_vm_paused_in_maintenance_is_logged_once_and_left_paused(start_controller, domain,
+                                                                   events, caplog):
+    with caplog.at_level(logging.WARNING, logger="vmcontroller.monitor"):
+        controller, api = start_controller(heartbeat_timeout=1.0)
+        assert events.wait_for(REVERTED, 1, 30)
+        api.post("/api/v1/revert/disable")
+        virsh("suspend", "--domain", domain.name)
+        wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "paused", 30,
+                   message="the controller to see the pause")
+
+        def refusals() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if "paused for more than" in r.getMessage()]
+
+        wait_until(refusals, pause_period(controller.config) + 30,
+                   message="the long pause to be logged")
+        # Reported once: again at every check it would be a second line within the period.
+        stays_false(lambda: len(refusals()) > 1 or events.count(REVERTED) > 1,
+                    pause_period(controller.config), "logged again or reverted")
+    assert "maintenance" in refusals()[0]
+    assert domain.state() == "paused" and history(api, "vm_paused") == []
+
+
+def test_a_vm_started_paused_behind_a_staff_stop_is_left_alone_without_a_busy_loop(
+        start_controller, domain, events, monkeypatch):
+    controller, api = start_controller(heartbeat_timeout=1.0)
+    assert events.wait_for(REVERTED, 1, 30)
+    api.post("/api/v1/vm/stop")
+    seen = decisions_of(controller.monitor, monkeypatch)
+    virsh("start", "--paused", "--domain", domain.name)   # someone at the console
+    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "paused", 30,
+               message="the controller to see the paused VM")
+    # The pause outlasts the timeout: the monitor notes it once, acts on nothing (staff
+    # stopped the VM) and must not decide the same thing again at every step.
+    stays_false(lambda: seen.count("paused_too_long") > 1, 2 * pause_period(controller.config),
+                "the monitor decided on the same pause again and again")
+    assert domain.state() == "paused" and events.count(REVERTED) == 1
+    assert api.get("/api/v1/status")["stopped_by_staff"] is True
 
 
 # ------------------------------------------------------------------ guest requests
