@@ -12,6 +12,7 @@ ratio controller / bare in ``scripts/bench`` measures.
 Once listening it prints one JSON line on stdout: the effective port and the waitress
 settings (``describe_server``), which the benchmark records next to the controller's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,28 +42,42 @@ def describe_server(server: Any) -> dict[str, Any]:
 
     settings = plain(server.adj)
     defaults = plain(Adjustments())
-    changed = sorted(name for name in settings
-                     if name not in ("host", "port") and settings[name] != defaults[name])
+    changed = sorted(
+        name
+        for name in settings
+        if name not in ("host", "port") and settings[name] != defaults[name]
+    )
     settings["listen"] = [f"{addr[0]}:{addr[1]}" for *_, addr in server.adj.listen]
     channel = getattr(server, "channel_class", None)
-    return {"waitress": metadata.version("waitress"), "flask": metadata.version("flask"),
-            "server_class": type(server).__name__,
-            "channel_class": None if channel is None else
-            f"{channel.__module__}.{channel.__qualname__}",
-            "settings": settings, "not_default": changed}
+    return {
+        "waitress": metadata.version("waitress"),
+        "flask": metadata.version("flask"),
+        "server_class": type(server).__name__,
+        "channel_class": None
+        if channel is None
+        else f"{channel.__module__}.{channel.__qualname__}",
+        "settings": settings,
+        "not_default": changed,
+    }
 
 
 def create_bare_app(bodies: dict[str, bytes]) -> Any:
     """A Flask app with one GET route per body, answering its JSON through jsonify."""
-    from flask import Flask, Response, jsonify
+    from flask import Flask
 
     app = Flask("bare")
-    app.json.sort_keys = False   # the controller's order, so the bytes are the same
+    app.json.sort_keys = False  # the controller's order, so the bytes are the same
     for path, body in bodies.items():
-        def answer(document: Any = json.loads(body)) -> Response:
-            return jsonify(document)
-        app.add_url_rule(path, endpoint=path, view_func=answer, methods=["GET"])
+        app.add_url_rule(
+            path, endpoint=path, view_func=_answering(json.loads(body)), methods=["GET"]
+        )
     return app
+
+
+def _answering(document: Any) -> Any:
+    from flask import jsonify
+
+    return lambda: jsonify(document)
 
 
 def read_bodies(path: Path) -> dict[str, bytes]:
@@ -74,16 +89,16 @@ def read_bodies(path: Path) -> dict[str, bytes]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--bodies", type=Path, required=True,
-                        help="JSON object: URL path -> the body to answer")
+    parser.add_argument(
+        "--bodies", type=Path, required=True, help="JSON object: URL path -> the body to answer"
+    )
     args = parser.parse_args(argv)
     # No log record at all: waitress would otherwise warn of its queue depth under load,
     # and nothing else here has anything to say.
     logging.disable(logging.CRITICAL)
     from waitress import create_server
 
-    server = create_server(create_bare_app(read_bodies(args.bodies)), host=HOST,
-                           port=args.port)
+    server = create_server(create_bare_app(read_bodies(args.bodies)), host=HOST, port=args.port)
     print(json.dumps({"port": int(server.effective_port), **describe_server(server)}), flush=True)
     try:
         server.run()

@@ -10,6 +10,7 @@ bytes, bench/bare_app.py: the limit row), mixed load, concurrent restarts and th
 cost, then removes everything it made, also on Ctrl-C, SIGTERM or an error. It prints a table
 (each figure with how it was measured and its target) and writes the same as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,12 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import load as loadgen
 from bench import probes, stats
@@ -41,19 +43,20 @@ RESTART = "/api/v1/vm/restart"
 @dataclass(frozen=True)
 class Plan:
     """How many samples each figure gets, and how long the load phases last."""
+
     mode: str
-    raw_calls: int            # domstate, snapshot-list, ...
-    deadline: int             # heartbeat-timeout samples
+    raw_calls: int  # domstate, snapshot-list, ...
+    deadline: int  # heartbeat-timeout samples
     destroy: int
     suspend: int
-    api_requests: int         # sequential requests per endpoint
-    throughput_s: float       # per concurrency level
+    api_requests: int  # sequential requests per endpoint
+    throughput_s: float  # per concurrency level
     mixed_s: float
     concurrent_rounds: int
     idle_s: float
-    heartbeat_timeout: float = 2.0    # > 1 s: the idle phase heartbeats at 1 Hz
-    grace: float = 1.0                # vm_startup_heartbeat_delay: short, so samples are quick
-    guest_hz: float = 4.0             # the simulated guest between phases
+    heartbeat_timeout: float = 2.0  # > 1 s: the idle phase heartbeats at 1 Hz
+    grace: float = 1.0  # vm_startup_heartbeat_delay: short, so samples are quick
+    guest_hz: float = 4.0  # the simulated guest between phases
     mixed_heartbeat_hz: float = 50.0
     restart_every: float = 10.0
     concurrent_requests: int = 20
@@ -62,10 +65,30 @@ class Plan:
 
 # The idle window spans three of the controller's 60 s safety polls in a full run, so that
 # virsh processes per minute is a rate between polls, not one call in a window of one poll.
-FULL = Plan("full", raw_calls=60, deadline=20, destroy=20, suspend=15,
-            api_requests=3000, throughput_s=10, mixed_s=60, concurrent_rounds=5, idle_s=180)
-QUICK = Plan("quick", raw_calls=20, deadline=3, destroy=4, suspend=3, api_requests=400,
-             throughput_s=2, mixed_s=13, concurrent_rounds=2, idle_s=15)
+FULL = Plan(
+    "full",
+    raw_calls=60,
+    deadline=20,
+    destroy=20,
+    suspend=15,
+    api_requests=3000,
+    throughput_s=10,
+    mixed_s=60,
+    concurrent_rounds=5,
+    idle_s=180,
+)
+QUICK = Plan(
+    "quick",
+    raw_calls=20,
+    deadline=3,
+    destroy=4,
+    suspend=3,
+    api_requests=400,
+    throughput_s=2,
+    mixed_s=13,
+    concurrent_rounds=2,
+    idle_s=15,
+)
 
 
 def say(message: str) -> None:
@@ -80,20 +103,25 @@ class PhaseFailed(Exception):
     pass
 
 
-def running_again(watcher: probes.EventWatcher, since: int, after_time: float | None = None,
-                  timeout: float = 10) -> probes.LifecycleEvent | None:
+def running_again(
+    watcher: probes.EventWatcher, since: int, after_time: float | None = None, timeout: float = 10
+) -> probes.LifecycleEvent | None:
     """libvirt's 'Resumed' event after ``since``: a revert to a running snapshot reports
     'Started Snapshot' and, a millisecond later, 'Resumed Snapshot' once the CPUs run."""
-    return watcher.wait_for("Resumed", since=since, timeout=timeout,
-                            after_time=None if after_time is None else after_time - 0.002)
+    return watcher.wait_for(
+        "Resumed",
+        since=since,
+        timeout=timeout,
+        after_time=None if after_time is None else after_time - 0.002,
+    )
 
 
 class Benchmark:
-    def __init__(self, plan: Plan, stack: ExitStack, keep: bool = False,
-                 load_tool: str = "auto"):
+    def __init__(self, plan: Plan, stack: ExitStack, keep: bool = False, load_tool: str = "auto"):
         self.plan = plan
-        self.use_wrk = load_tool == "wrk" or (load_tool == "auto" and
-                                              loadgen.wrk_available() is not None)
+        self.use_wrk = load_tool == "wrk" or (
+            load_tool == "auto" and loadgen.wrk_available() is not None
+        )
         self.stack = stack
         self.keep = keep
         self.figures: dict[str, dict[str, Any]] = {}
@@ -103,7 +131,7 @@ class Benchmark:
         self.children: list[subprocess.Popen] = []
         self.controller: subprocess.Popen | None = None
         self.guest: Paced | None = None
-        self.bare: subprocess.Popen | None = None    # the limit row's app, in e. only
+        self.bare: subprocess.Popen | None = None  # the limit row's app, in e. only
         self.bare_port = 0
         self.rss_bare: int | None = None
         self.event_rss: dict[str, dict[str, int]] = {}
@@ -112,11 +140,13 @@ class Benchmark:
 
     def cleanup(self, what: str, action: Callable[[], Any]) -> None:
         """Register a clean-up step; run in reverse order, each one even if another fails."""
+
         def safe() -> None:
             try:
                 action()
             except Exception as exc:  # clean-up goes on with the next step
                 say(f"clean-up: {what} failed: {exc}")
+
         self.stack.callback(safe)
 
     def fig(self, name: str, figure: dict[str, Any]) -> None:
@@ -136,15 +166,19 @@ class Benchmark:
             raise PhaseFailed(f"GET /api/v1/events answered {status}: {body}")
         return body["events"][0]["id"] if body["events"] else 0
 
-    def wait_action(self, after_id: int, triggers: set[str], timeout: float,
-                    action: str = "revert") -> dict[str, Any]:
+    def wait_action(
+        self, after_id: int, triggers: set[str], timeout: float, action: str = "revert"
+    ) -> dict[str, Any]:
         """The first finished action of these triggers recorded after ``after_id``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, body = self.api("GET", "/api/v1/events?limit=50")
             if status == 200:
-                found = [e for e in body["events"] if e["id"] > after_id
-                         and e["trigger"] in triggers and e["action"] == action]
+                found = [
+                    e
+                    for e in body["events"]
+                    if e["id"] > after_id and e["trigger"] in triggers and e["action"] == action
+                ]
                 if found:
                     first = min(found, key=lambda e: e["id"])
                     if first["outcome"] != "started":
@@ -159,13 +193,18 @@ class Benchmark:
             self.check_alive()
             s1, status = self.api("GET", STATUS)
             s2, events = self.api("GET", "/api/v1/events?limit=1")
-            if s1 == 200 and s2 == 200 and status["vm_state"] == "running" and \
-                    (not events["events"] or events["events"][0]["outcome"] != "started"):
+            if (
+                s1 == 200
+                and s2 == 200
+                and status["vm_state"] == "running"
+                and (not events["events"] or events["events"][0]["outcome"] != "started")
+            ):
                 time.sleep(settle)
                 return
             time.sleep(0.1)
-        raise PhaseFailed(f"the VM did not settle (running, no action under way) "
-                          f"within {timeout:g} s")
+        raise PhaseFailed(
+            f"the VM did not settle (running, no action under way) within {timeout:g} s"
+        )
 
     def wait_enforced(self, timeout: float = 30) -> None:
         """Until the start-up grace after the last revert is over (timeout enforced)."""
@@ -179,8 +218,10 @@ class Benchmark:
 
     def check_alive(self) -> None:
         if self.controller is not None and self.controller.poll() is not None:
-            raise PhaseFailed(f"the controller exited with status {self.controller.returncode}; "
-                              f"its log:\n{self.log_tail()}")
+            raise PhaseFailed(
+                f"the controller exited with status {self.controller.returncode}; "
+                f"its log:\n{self.log_tail()}"
+            )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -196,7 +237,7 @@ class Benchmark:
             if {"event", "--loop"} <= set(argv.split()):
                 try:
                     found[f"{child} {argv}"] = probes.vm_rss_kib(child)
-                except (OSError, RuntimeError):   # it ended meanwhile
+                except (OSError, RuntimeError):  # it ended meanwhile
                     continue
         return found
 
@@ -227,8 +268,10 @@ class Benchmark:
         if self.keep:
             say(f"keeping the work directory {self.work}")
         else:
-            self.cleanup("remove the work directory",
-                         lambda: subprocess.run(["rm", "-rf", str(self.work)], check=False))
+            self.cleanup(
+                "remove the work directory",
+                lambda: subprocess.run(["rm", "-rf", str(self.work)], check=False),
+            )
         self.virsh_log = self.work / "virsh-calls.log"
         self.stand_in = probes.write_stand_in(self.work / "bin", self.virsh_log)
         # Two identical VMs: the controller watches the first; the raw virsh floor is
@@ -241,12 +284,14 @@ class Benchmark:
             say(f"creating VM {vm.name}")
             vm.create()
         self.detail["vms"] = [self.domain.name, self.raw_domain.name]
-        self.raw: dict[str, list[float]] = {k: [] for k in (
-            "running", "shutoff", "paused", "destroy", "suspend")}
+        self.raw: dict[str, list[float]] = {
+            k: [] for k in ("running", "shutoff", "paused", "destroy", "suspend")
+        }
         # From the start of the raw revert to libvirt's 'Resumed' event of the second VM;
         # None where that event did not come (kept, so that samples stay paired).
         self.raw_to_running: dict[str, list[float | None]] = {
-            k: [] for k in ("running", "shutoff", "paused")}
+            k: [] for k in ("running", "shutoff", "paused")
+        }
         self.watcher = probes.EventWatcher(self.domain.name)
         self.cleanup("stop the event watcher", self.watcher.close)
         self.raw_watcher = probes.EventWatcher(self.raw_domain.name)
@@ -260,16 +305,22 @@ class Benchmark:
     def start_controller(self) -> None:
         self.port = free_port()
         self.settings = {
-            "vm_name": self.domain.name, "snapshot_name": self.domain.snapshot,
-            "api_host": "127.0.0.1", "api_port": self.port,
+            "vm_name": self.domain.name,
+            "snapshot_name": self.domain.snapshot,
+            "api_host": "127.0.0.1",
+            "api_port": self.port,
             "heartbeat_timeout": self.plan.heartbeat_timeout,
             "vm_startup_heartbeat_delay": self.plan.grace,
-            "heartbeat_check_interval": 1.0, "state_poll_interval": 60.0,
-            "log_level": "INFO", "libvirt_uri": probes.URI, "virsh_timeout": 30,
+            "heartbeat_check_interval": 1.0,
+            "state_poll_interval": 60.0,
+            "log_level": "INFO",
+            "libvirt_uri": probes.URI,
+            "virsh_timeout": 30,
             "state_path": str(self.work / "state.db"),
             # The benchmark reverts the VM on purpose, over and over: the restart-loop
             # guard must not stop it (its own cost is the same either way).
-            "max_recoveries": 1000, "recovery_window": 60,
+            "max_recoveries": 1000,
+            "recovery_window": 60,
         }
         config = self.work / "config.yaml"
         config.write_text(json.dumps(self.settings, indent=2))  # JSON is YAML
@@ -281,8 +332,11 @@ class Benchmark:
         say(f"starting the controller on 127.0.0.1:{self.port}")
         self.controller = probes.spawn(
             [self.python, "-m", "vmcontroller", "serve", "--config", str(config)],
-            stdout=open(self.work / "controller.out", "wb"),
-            stderr=open(self.stderr_path, "wb"), env=env, cwd=str(self.work))
+            stdout=open(self.work / "controller.out", "wb"),  # noqa: SIM115 (the child's)
+            stderr=open(self.stderr_path, "wb"),  # noqa: SIM115
+            env=env,
+            cwd=str(self.work),
+        )
         self.cleanup("stop the controller", self.stop_controller)
         self.ctl = Client(self.port, timeout=60)
         began = time.monotonic()
@@ -292,8 +346,7 @@ class Benchmark:
             if status == 200:
                 break
             if time.monotonic() - began > 120:
-                raise PhaseFailed("the controller did not answer within 120 s:\n" +
-                                  self.log_tail())
+                raise PhaseFailed("the controller did not answer within 120 s:\n" + self.log_tail())
             time.sleep(0.05)
         self.wait_quiet()
         self.detail["controller_ready_s"] = round(time.monotonic() - began, 2)
@@ -308,8 +361,10 @@ class Benchmark:
             return
         began = time.monotonic()
         code = probes.stop_process(self.controller, timeout=15)
-        self.detail["controller_shutdown"] = {"exit_status": code,
-                                              "seconds": round(time.monotonic() - began, 2)}
+        self.detail["controller_shutdown"] = {
+            "exit_status": code,
+            "seconds": round(time.monotonic() - began, 2),
+        }
 
     # ============================================================ a. raw libvirt
 
@@ -318,42 +373,61 @@ class Benchmark:
         name, snap = self.raw_domain.name, self.raw_domain.snapshot
         if kind == "shutoff":
             self.raw["destroy"].append(
-                probes.timed(probes.virsh_argv("destroy", "--domain", name)) * 1000)
+                probes.timed(probes.virsh_argv("destroy", "--domain", name)) * 1000
+            )
         elif kind == "paused":
             self.raw["suspend"].append(
-                probes.timed(probes.virsh_argv("suspend", "--domain", name)) * 1000)
+                probes.timed(probes.virsh_argv("suspend", "--domain", name)) * 1000
+            )
         since = self.raw_watcher.mark()
         began = time.time()
-        self.raw[kind].append(probes.timed(probes.virsh_argv(
-            "snapshot-revert", "--domain", name, "--snapshotname", snap, "--running")) * 1000)
+        self.raw[kind].append(
+            probes.timed(
+                probes.virsh_argv(
+                    "snapshot-revert", "--domain", name, "--snapshotname", snap, "--running"
+                )
+            )
+            * 1000
+        )
         running = running_again(self.raw_watcher, since)
-        self.raw_to_running[kind].append(None if running is None else
-                                         (running.time - began) * 1000)
+        self.raw_to_running[kind].append(None if running is None else (running.time - began) * 1000)
 
-    RAW_HOW = ("wall time of the virsh process run by the benchmark (spawn to exit, the same "
-               "`virsh -q -c URI ...` argv as the controller) on the benchmark's second VM, "
-               "identical to the controller's; one sample right after each controller sample "
-               "of b. (controller quiet), so both see the same machine load")
+    RAW_HOW = (
+        "wall time of the virsh process run by the benchmark (spawn to exit, the same "
+        "`virsh -q -c URI ...` argv as the controller) on the benchmark's second VM, "
+        "identical to the controller's; one sample right after each controller sample "
+        "of b. (controller quiet), so both see the same machine load"
+    )
 
     def raw_figure(self, kind: str) -> None:
-        labels = {"running": "snapshot-revert --running, VM running",
-                  "shutoff": "snapshot-revert --running, VM shut off",
-                  "paused": "snapshot-revert --running, VM paused",
-                  "destroy": "destroy", "suspend": "suspend"}
-        self.fig(f"raw_{kind}", stats.sampled("a", labels[kind], "ms", self.raw[kind],
-                                              self.RAW_HOW))
+        labels = {
+            "running": "snapshot-revert --running, VM running",
+            "shutoff": "snapshot-revert --running, VM shut off",
+            "paused": "snapshot-revert --running, VM paused",
+            "destroy": "destroy",
+            "suspend": "suspend",
+        }
+        self.fig(
+            f"raw_{kind}", stats.sampled("a", labels[kind], "ms", self.raw[kind], self.RAW_HOW)
+        )
         if kind in self.raw_to_running:
-            self.fig(f"raw_{kind}_to_running", stats.sampled(
-                "a", f"{labels[kind]}: start -> libvirt 'Resumed'", "ms",
-                [v for v in self.raw_to_running[kind] if v is not None],
-                "from the moment the benchmark starts `virsh snapshot-revert --running` on its "
-                "second VM to libvirt's 'Resumed' lifecycle event of that VM (the benchmark's "
-                "own `virsh event --loop --timestamp` on it): libvirt's own time to a running "
-                "VM, the floor of any recovery; the pairs with b. alternate which goes first"))
+            self.fig(
+                f"raw_{kind}_to_running",
+                stats.sampled(
+                    "a",
+                    f"{labels[kind]}: start -> libvirt 'Resumed'",
+                    "ms",
+                    [v for v in self.raw_to_running[kind] if v is not None],
+                    "from the moment the benchmark starts `virsh snapshot-revert --running` on its "
+                    "second VM to libvirt's 'Resumed' lifecycle event of that VM (the benchmark's "
+                    "own `virsh event --loop --timestamp` on it): libvirt's own time to a running "
+                    "VM, the floor of any recovery; the pairs with b. alternate which goes first",
+                ),
+            )
 
     def raw_floor(self) -> None:
         name = self.raw_domain.name
-        for kind in ("running", "shutoff", "paused"):   # warm-up, not kept
+        for kind in ("running", "shutoff", "paused"):  # warm-up, not kept
             self.raw_revert(kind)
         for samples in (*self.raw.values(), *self.raw_to_running.values()):
             samples.clear()
@@ -362,26 +436,44 @@ class Benchmark:
         for i in range(self.plan.raw_calls + 3):
             w = probes.timed(probes.virsh_argv("domstate", "--domain", name))
             x = probes.timed(probes.virsh_argv("snapshot-list", "--domain", name, "--name"))
-            y = probes.timed(probes.virsh_argv(
-                f"domstate --domain {name}; snapshot-list --domain {name} --name"))
+            y = probes.timed(
+                probes.virsh_argv(f"domstate --domain {name}; snapshot-list --domain {name} --name")
+            )
             z = probes.timed(probes.virsh_argv("domstate", "--domain", name, binary=stand_in))
             if i >= 3:
                 for samples, value in ((domstate, w), (snaplist, x), (poll, y), (through, z)):
                     samples.append(value * 1000)
-        how = ("wall time of the virsh process (spawn to exit, `virsh -q -c URI ...` as the "
-               "controller runs it), before the controller starts; kinds interleaved, first "
-               "3 rounds discarded")
+        how = (
+            "wall time of the virsh process (spawn to exit, `virsh -q -c URI ...` as the "
+            "controller runs it), before the controller starts; kinds interleaved, first "
+            "3 rounds discarded"
+        )
         self.fig("raw_domstate", stats.sampled("a", "domstate", "ms", domstate, how))
-        self.fig("raw_snapshot_list", stats.sampled(
-            "a", "snapshot-list --name", "ms", snaplist, how))
-        self.fig("raw_poll", stats.sampled(
-            "a", "'domstate; snapshot-list' (one process)", "ms", poll,
-            how + "; this is the controller's safety poll"))
-        self.fig("raw_domstate_stand_in", stats.sampled(
-            "a", "domstate through the counting stand-in", "ms", through,
-            "as above, through the /bin/sh stand-in put first on the controller's PATH to "
-            "count its virsh calls; the difference to 'domstate' is what the stand-in adds to "
-            "each of the controller's virsh calls in this run"))
+        self.fig(
+            "raw_snapshot_list", stats.sampled("a", "snapshot-list --name", "ms", snaplist, how)
+        )
+        self.fig(
+            "raw_poll",
+            stats.sampled(
+                "a",
+                "'domstate; snapshot-list' (one process)",
+                "ms",
+                poll,
+                how + "; this is the controller's safety poll",
+            ),
+        )
+        self.fig(
+            "raw_domstate_stand_in",
+            stats.sampled(
+                "a",
+                "domstate through the counting stand-in",
+                "ms",
+                through,
+                "as above, through the /bin/sh stand-in put first on the controller's PATH to "
+                "count its virsh calls; the difference to 'domstate' is what the stand-in adds to "
+                "each of the controller's virsh calls in this run",
+            ),
+        )
 
     # ============================================================ b/c. detection, recovery
 
@@ -417,7 +509,7 @@ class Benchmark:
                 hb = Client(self.port)
                 self.wait_enforced()
                 mark = self.last_event_id()
-                status, body = hb.json("GET", HEARTBEAT)   # the last heartbeat
+                status, body = hb.json("GET", HEARTBEAT)  # the last heartbeat
                 hb.close()
                 if status != 200:
                     raise PhaseFailed(f"heartbeat answered {status}")
@@ -437,15 +529,24 @@ class Benchmark:
 
         self._paired(self.plan.deadline, sample, "running")
         self.raw_figure("running")
-        self.fig("detect_deadline", stats.sampled(
-            "b", "heartbeat deadline -> revert start", "ms", detect,
-            f"the benchmark stops heartbeating (timeout {timeout:g} s, after the grace period); "
-            f"deadline = the controller's own time of the last heartbeat (its answer's "
-            f"last_heartbeat) + heartbeat_timeout; revert start = the time the controller "
-            f"records for the revert in GET /api/v1/events (trigger heartbeat_timeout); both "
-            f"wall clock of the controller process", failed=bad))
-        self._recovery("heartbeat_timeout", "VM running", "heartbeat deadline", recovery,
-                       to_running, "running")
+        self.fig(
+            "detect_deadline",
+            stats.sampled(
+                "b",
+                "heartbeat deadline -> revert start",
+                "ms",
+                detect,
+                f"the benchmark stops heartbeating (timeout {timeout:g} s, after the grace period); "
+                f"deadline = the controller's own time of the last heartbeat (its answer's "
+                f"last_heartbeat) + heartbeat_timeout; revert start = the time the controller "
+                f"records for the revert in GET /api/v1/events (trigger heartbeat_timeout); both "
+                f"wall clock of the controller process",
+                failed=bad,
+            ),
+        )
+        self._recovery(
+            "heartbeat_timeout", "VM running", "heartbeat deadline", recovery, to_running, "running"
+        )
 
     def detect_destroy(self) -> None:
         detect, from_command, recovery, to_running, bad = [], [], [], [], []
@@ -458,7 +559,7 @@ class Benchmark:
             stopped = self.watcher.wait_for("Stopped", "Destroyed", since=since, timeout=10)
             if stopped is None:
                 raise PhaseFailed("no 'Stopped Destroyed' lifecycle event within 10 s")
-            time.sleep(0.6)   # off the API while the controller should be reverting
+            time.sleep(0.6)  # off the API while the controller should be reverting
             event = self.wait_action(mark, {"vm_stopped", "vm_crashed"}, timeout=30)
             began = iso_to_epoch(event["time"])
             if event["outcome"] != "succeeded":
@@ -471,18 +572,39 @@ class Benchmark:
         self._paired(self.plan.destroy, sample, "shutoff")
         self.raw_figure("shutoff")
         self.raw_figure("destroy")
-        self.fig("detect_destroy", stats.sampled(
-            "b", "virsh destroy (event) -> revert start", "ms", detect,
-            "an external `virsh destroy` by the benchmark; from libvirt's 'Stopped Destroyed' "
-            "lifecycle event, as timestamped by the benchmark's own `virsh event --loop "
-            "--timestamp` (ms resolution), to the revert start the controller records in "
-            "GET /api/v1/events (trigger vm_stopped)", failed=bad))
-        self.fig("detect_destroy_command", stats.sampled(
-            "b", "`virsh destroy` started -> revert start", "ms", from_command,
-            "as above, but from the moment the benchmark started `virsh destroy` (includes "
-            "libvirt's destroy itself, see a.)"))
-        self._recovery("vm_stopped", "VM shut off", "'Stopped Destroyed' event", recovery,
-                       to_running, "shutoff")
+        self.fig(
+            "detect_destroy",
+            stats.sampled(
+                "b",
+                "virsh destroy (event) -> revert start",
+                "ms",
+                detect,
+                "an external `virsh destroy` by the benchmark; from libvirt's 'Stopped Destroyed' "
+                "lifecycle event, as timestamped by the benchmark's own `virsh event --loop "
+                "--timestamp` (ms resolution), to the revert start the controller records in "
+                "GET /api/v1/events (trigger vm_stopped)",
+                failed=bad,
+            ),
+        )
+        self.fig(
+            "detect_destroy_command",
+            stats.sampled(
+                "b",
+                "`virsh destroy` started -> revert start",
+                "ms",
+                from_command,
+                "as above, but from the moment the benchmark started `virsh destroy` (includes "
+                "libvirt's destroy itself, see a.)",
+            ),
+        )
+        self._recovery(
+            "vm_stopped",
+            "VM shut off",
+            "'Stopped Destroyed' event",
+            recovery,
+            to_running,
+            "shutoff",
+        )
 
     def detect_suspend(self) -> None:
         timeout = self.plan.heartbeat_timeout
@@ -502,62 +624,113 @@ class Benchmark:
                 bad.append(event)
             detect.append((began - (suspended.time + timeout)) * 1000)
             recovery.append(event["duration"] * 1000)
-            to_running.append(self._running_after(suspended.index + 1,
-                                                  suspended.time + timeout))
+            to_running.append(self._running_after(suspended.index + 1, suspended.time + timeout))
 
         self._paired(self.plan.suspend, sample, "paused")
         self.raw_figure("paused")
         self.raw_figure("suspend")
-        self.fig("detect_suspend", stats.sampled(
-            "b", "(virsh suspend event + timeout) -> revert start", "ms", detect,
-            f"an external `virsh suspend`; a pause is only acted on after heartbeat_timeout "
-            f"({timeout:g} s) of pause, so this is the time from libvirt's 'Suspended Paused' "
-            f"event (own `virsh event --loop --timestamp`) plus heartbeat_timeout to the revert "
-            f"start recorded in GET /api/v1/events (trigger vm_paused); the simulated guest "
-            f"keeps heartbeating meanwhile so that the pause, not a heartbeat timeout, is what "
-            f"the controller acts on", failed=bad))
-        self._recovery("vm_paused", "VM paused", "'Suspended Paused' event + heartbeat_timeout",
-                       recovery, to_running, "paused")
+        self.fig(
+            "detect_suspend",
+            stats.sampled(
+                "b",
+                "(virsh suspend event + timeout) -> revert start",
+                "ms",
+                detect,
+                f"an external `virsh suspend`; a pause is only acted on after heartbeat_timeout "
+                f"({timeout:g} s) of pause, so this is the time from libvirt's 'Suspended Paused' "
+                f"event (own `virsh event --loop --timestamp`) plus heartbeat_timeout to the revert "
+                f"start recorded in GET /api/v1/events (trigger vm_paused); the simulated guest "
+                f"keeps heartbeating meanwhile so that the pause, not a heartbeat timeout, is what "
+                f"the controller acts on",
+                failed=bad,
+            ),
+        )
+        self._recovery(
+            "vm_paused",
+            "VM paused",
+            "'Suspended Paused' event + heartbeat_timeout",
+            recovery,
+            to_running,
+            "paused",
+        )
 
-    BOUND = ("the bound is 1.00x: libvirt's own revert of the same VM in the same state; a "
-             "figure near it means that once the failure is there, the VM runs again about as "
-             "soon as libvirt alone could make it, and what lies above 1.00x is the "
-             "controller's detection and its own work")
+    BOUND = (
+        "the bound is 1.00x: libvirt's own revert of the same VM in the same state; a "
+        "figure near it means that once the failure is there, the VM runs again about as "
+        "soon as libvirt alone could make it, and what lies above 1.00x is the "
+        "controller's detection and its own work"
+    )
 
-    def _recovery(self, trigger: str, state: str, failure: str, recovery: list[float],
-                  to_running: list[float | None], kind: str) -> None:
+    def _recovery(
+        self,
+        trigger: str,
+        state: str,
+        failure: str,
+        recovery: list[float],
+        to_running: list[float | None],
+        kind: str,
+    ) -> None:
         raw = self.raw_to_running[kind]
-        self.fig(f"recovery_{trigger}", stats.sampled(
-            "c", f"{trigger} ({state}): failure -> running", "ms",
-            [v for v in to_running if v is not None],
-            f"from the failure ({failure}) to libvirt's 'Resumed' lifecycle event of the VM, "
-            f"both from the benchmark's own `virsh event --loop --timestamp`: detection and "
-            f"recovery as a visitor sees them; compare a. "
-            f"'{self.figures.get(f'raw_{kind}_to_running', {}).get('label')}'"))
-        self.fig(f"recovery_{trigger}_recorded", stats.sampled(
-            "c", f"{trigger} ({state}): recorded revert duration", "ms", recovery,
-            f"the duration the controller records for the revert (GET /api/v1/events): its "
-            f"`virsh snapshot-revert --running`, whose exit status it trusts; compare a. "
-            f"'{self.figures.get(f'raw_{kind}', {}).get('label')}'"))
+        self.fig(
+            f"recovery_{trigger}",
+            stats.sampled(
+                "c",
+                f"{trigger} ({state}): failure -> running",
+                "ms",
+                [v for v in to_running if v is not None],
+                f"from the failure ({failure}) to libvirt's 'Resumed' lifecycle event of the VM, "
+                f"both from the benchmark's own `virsh event --loop --timestamp`: detection and "
+                f"recovery as a visitor sees them; compare a. "
+                f"'{self.figures.get(f'raw_{kind}_to_running', {}).get('label')}'",
+            ),
+        )
+        self.fig(
+            f"recovery_{trigger}_recorded",
+            stats.sampled(
+                "c",
+                f"{trigger} ({state}): recorded revert duration",
+                "ms",
+                recovery,
+                f"the duration the controller records for the revert (GET /api/v1/events): its "
+                f"`virsh snapshot-revert --running`, whose exit status it trusts; compare a. "
+                f"'{self.figures.get(f'raw_{kind}', {}).get('label')}'",
+            ),
+        )
         pairs = [c / r for c, r in zip(to_running, raw) if c is not None and r]
         spread = stats.spread(pairs)
-        self.fig(f"recovery_ratio_{trigger}", stats.sampled(
-            "c", f"{trigger}: failure -> running / raw, per pair (p25-p75 "
-                 f"{stats.fmt(spread['p25'], 'x')}-{stats.fmt(spread['p75'], 'x')}, min-max "
-                 f"{stats.fmt(spread['min'], 'x')}-{stats.fmt(spread['max'], 'x')})",
-            "x", pairs,
-            f"each controller sample of b. divided by the raw revert of a {state} on the "
-            f"second VM timed next to it, from its start to libvirt's 'Resumed' event; the "
-            f"pairs alternate which goes first; {len(pairs)} of {len(to_running)} pairs complete "
-            f"(a pair without its 'Resumed' event is left out); {self.BOUND}", **spread))
-        ratios = [f["median"] for n, f in self.figures.items()
-                  if n.startswith("recovery_ratio_") and f.get("median") is not None]
-        self.figures.pop("recovery_event_ratio", None)   # printed after every trigger's
-        self.fig("recovery_event_ratio", stats.scalar(
-            "c", "(failure -> running) / (raw revert -> running), worst trigger", "x",
-            max(ratios) if ratios else None,
-            f"the largest median of the per-trigger ratios above (heartbeat timeout: running "
-            f"VM; destroy: shut off VM; suspend: paused VM); {self.BOUND}"))
+        self.fig(
+            f"recovery_ratio_{trigger}",
+            stats.sampled(
+                "c",
+                f"{trigger}: failure -> running / raw, per pair (p25-p75 "
+                f"{stats.fmt(spread['p25'], 'x')}-{stats.fmt(spread['p75'], 'x')}, min-max "
+                f"{stats.fmt(spread['min'], 'x')}-{stats.fmt(spread['max'], 'x')})",
+                "x",
+                pairs,
+                f"each controller sample of b. divided by the raw revert of a {state} on the "
+                f"second VM timed next to it, from its start to libvirt's 'Resumed' event; the "
+                f"pairs alternate which goes first; {len(pairs)} of {len(to_running)} pairs complete "
+                f"(a pair without its 'Resumed' event is left out); {self.BOUND}",
+                **spread,
+            ),
+        )
+        ratios = [
+            f["median"]
+            for n, f in self.figures.items()
+            if n.startswith("recovery_ratio_") and f.get("median") is not None
+        ]
+        self.figures.pop("recovery_event_ratio", None)  # printed after every trigger's
+        self.fig(
+            "recovery_event_ratio",
+            stats.scalar(
+                "c",
+                "(failure -> running) / (raw revert -> running), worst trigger",
+                "x",
+                max(ratios) if ratios else None,
+                f"the largest median of the per-trigger ratios above (heartbeat timeout: running "
+                f"VM; destroy: shut off VM; suspend: paused VM); {self.BOUND}",
+            ),
+        )
 
     # ============================================================ d. API latency
 
@@ -565,27 +738,61 @@ class Benchmark:
         n = self.plan.api_requests
         status, status_errors = loadgen.sequential(self.port, "GET", STATUS, n)
         heartbeat, heartbeat_errors = loadgen.sequential(self.port, "GET", HEARTBEAT, n)
-        how = (f"{n} back-to-back requests on one keep-alive HTTP/1.1 connection from the "
-               f"benchmark (Python http.client), after 50 not counted; send to last byte; the "
-               f"simulated guest heartbeats at {self.plan.guest_hz:g} Hz meanwhile")
-        self.fig("api_status", stats.sampled("d", "GET /api/v1/status", "ms", status, how,
-                                             keep_samples=False, errors=status_errors))
-        self.fig("api_heartbeat", stats.sampled("d", "GET /api/v1/heartbeat", "ms", heartbeat,
-                                                how, keep_samples=False,
-                                                errors=heartbeat_errors))
+        how = (
+            f"{n} back-to-back requests on one keep-alive HTTP/1.1 connection from the "
+            f"benchmark (Python http.client), after 50 not counted; send to last byte; the "
+            f"simulated guest heartbeats at {self.plan.guest_hz:g} Hz meanwhile"
+        )
+        self.fig(
+            "api_status",
+            stats.sampled(
+                "d",
+                "GET /api/v1/status",
+                "ms",
+                status,
+                how,
+                keep_samples=False,
+                errors=status_errors,
+            ),
+        )
+        self.fig(
+            "api_heartbeat",
+            stats.sampled(
+                "d",
+                "GET /api/v1/heartbeat",
+                "ms",
+                heartbeat,
+                how,
+                keep_samples=False,
+                errors=heartbeat_errors,
+            ),
+        )
 
     # ============================================================ e. throughput
 
-    def _load(self, path: str, clients: int, duration: float,
-              port: int | None = None) -> subprocess.Popen:
+    def _load(
+        self, path: str, clients: int, duration: float, port: int | None = None
+    ) -> subprocess.Popen:
         port = self.port if port is None else port
         if self.use_wrk:
             argv = loadgen.wrk_argv(port, path, clients, duration)
         else:
-            argv = [self.python, "-m", "bench.load", "--port", str(port), "--path", path,
-                    "--clients", str(clients), "--duration", str(duration)]
-        proc = probes.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(REPO))
+            argv = [
+                self.python,
+                "-m",
+                "bench.load",
+                "--port",
+                str(port),
+                "--path",
+                path,
+                "--clients",
+                str(clients),
+                "--duration",
+                str(duration),
+            ]
+        proc = probes.spawn(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO)
+        )
         self.children.append(proc)
         return proc
 
@@ -608,25 +815,30 @@ class Benchmark:
         path.write_text(json.dumps({k: v.decode("utf-8") for k, v in bodies.items()}))
         port = free_port()
         out = self.work / "bare-app.out"
-        proc = probes.spawn([self.python, "-m", "bench.bare_app", "--port", str(port),
-                             "--bodies", str(path)],
-                            stdout=open(out, "wb"), stderr=open(self.work / "bare-app.log", "wb"),
-                            cwd=str(REPO))
+        proc = probes.spawn(
+            [self.python, "-m", "bench.bare_app", "--port", str(port), "--bodies", str(path)],
+            stdout=open(out, "wb"),  # noqa: SIM115 (the child's)
+            stderr=open(self.work / "bare-app.log", "wb"),  # noqa: SIM115
+            cwd=str(REPO),
+        )
         self.cleanup("stop the bare app", lambda: probes.stop_process(proc, timeout=5))
         client = Client(port, timeout=10)
         deadline = time.monotonic() + 60
         waiting = dict(bodies)
         while waiting:
             if proc.poll() is not None:
-                raise PhaseFailed(f"the bare app exited with status {proc.returncode}: "
-                                  f"{(self.work / 'bare-app.log').read_text()[-2000:]}")
+                raise PhaseFailed(
+                    f"the bare app exited with status {proc.returncode}: "
+                    f"{(self.work / 'bare-app.log').read_text()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise PhaseFailed("the bare app did not answer within 60 s")
             for route, body in list(waiting.items()):
                 status, _, got = client.request("GET", route)
                 if status == 200 and got != body:
-                    raise PhaseFailed(f"the bare app answers {route} with {got!r}, not the "
-                                      f"controller's {body!r}")
+                    raise PhaseFailed(
+                        f"the bare app answers {route} with {got!r}, not the controller's {body!r}"
+                    )
                 if status == 200:
                     del waiting[route]
             if waiting:
@@ -662,13 +874,15 @@ class Benchmark:
         "simulated guest keeps heartbeating the controller at {hz:g} Hz throughout), and which "
         "goes first alternates from level to level; the tool shares the machine's {cores} cores "
         "with the server; p99 latency and errors (socket errors + non-2xx answers) as the tool "
-        "reports them")
+        "reports them"
+    )
     RATIO_HOW = (
         "the two runs of the same endpoint and level above: req/s of the controller / req/s of "
         "the bare app (higher is better, target >= {share:g}x) and p99 of the controller / p99 "
         "of the bare app (lower is better, target <= 1/{share:g}x); the bare app is the limit "
         "this stack (Flask, waitress, Python, this machine) sets in this very run, so the "
-        "ratios hold across machines where absolute figures do not")
+        "ratios hold across machines where absolute figures do not"
+    )
 
     def throughput(self) -> None:
         bodies = {}
@@ -681,21 +895,22 @@ class Benchmark:
         self.detail["limit_row"] = {
             "bodies_bytes": {k: len(v) for k, v in bodies.items()},
             "bare_app": json.loads((self.work / "bare-app.out").read_text().splitlines()[0]),
-            "controller": probes.controller_waitress(self.python, self.settings, self.work,
-                                                     cwd=REPO),
+            "controller": probes.controller_waitress(
+                self.python, self.settings, self.work, cwd=REPO
+            ),
             "order": [],
         }
         tool = self.load_tool()
-        how = self.LIMIT_HOW.format(tool=tool, seconds=self.plan.throughput_s,
-                                    hz=self.plan.guest_hz, cores=os.cpu_count())
+        how = self.LIMIT_HOW.format(
+            tool=tool, seconds=self.plan.throughput_s, hz=self.plan.guest_hz, cores=os.cpu_count()
+        )
         runs: dict[tuple[str, int, str], dict[str, Any]] = {}
         level = 0
         for endpoint, path in (("heartbeat", HEARTBEAT), ("status", STATUS)):
             for clients in self.plan.throughput_clients:
                 sides = ("controller", "bare") if level % 2 == 0 else ("bare", "controller")
                 level += 1
-                self.detail["limit_row"]["order"].append(f"{endpoint} c{clients}: "
-                                                         f"{sides[0]} first")
+                self.detail["limit_row"]["order"].append(f"{endpoint} c{clients}: {sides[0]} first")
                 for side in sides:
                     runs[endpoint, clients, side] = self._run_load(side, path, clients)
                     time.sleep(0.5)
@@ -703,22 +918,38 @@ class Benchmark:
         probes.stop_process(self.bare, timeout=5)
         self._throughput_figures(runs, how)
 
-    def _throughput_figures(self, runs: dict[tuple[str, int, str], dict[str, Any]],
-                            how: str) -> None:
-        names = {("heartbeat", "controller"): "throughput_c{n}",
-                 ("heartbeat", "bare"): "throughput_bare_c{n}",
-                 ("status", "controller"): "status_throughput_c{n}",
-                 ("status", "bare"): "status_throughput_bare_c{n}"}
+    def _throughput_figures(
+        self, runs: dict[tuple[str, int, str], dict[str, Any]], how: str
+    ) -> None:
+        names = {
+            ("heartbeat", "controller"): "throughput_c{n}",
+            ("heartbeat", "bare"): "throughput_bare_c{n}",
+            ("status", "controller"): "status_throughput_c{n}",
+            ("status", "bare"): "status_throughput_bare_c{n}",
+        }
         for (endpoint, clients, side), result in runs.items():
             who = "controller" if side == "controller" else "limit row, bare app"
             plural = "s" if clients > 1 else ""
-            self.fig(names[endpoint, side].format(n=clients), stats.scalar(
-                "e", f"{who}: {endpoint} req/s, {clients} connection{plural} "
-                     f"(p99 {stats.fmt(result.get('p99_ms'), 'ms')}, {result['errors']} errors)",
-                "req/s", result["rps"], how, server=side, endpoint=endpoint, clients=clients,
-                p50_ms=result.get("p50_ms"), p99_ms=result.get("p99_ms"),
-                errors=result["errors"], requests=result["requests"], cpu_s=result["cpu_s"],
-                tool_output=result))
+            self.fig(
+                names[endpoint, side].format(n=clients),
+                stats.scalar(
+                    "e",
+                    f"{who}: {endpoint} req/s, {clients} connection{plural} "
+                    f"(p99 {stats.fmt(result.get('p99_ms'), 'ms')}, {result['errors']} errors)",
+                    "req/s",
+                    result["rps"],
+                    how,
+                    server=side,
+                    endpoint=endpoint,
+                    clients=clients,
+                    p50_ms=result.get("p50_ms"),
+                    p99_ms=result.get("p99_ms"),
+                    errors=result["errors"],
+                    requests=result["requests"],
+                    cpu_s=result["cpu_s"],
+                    tool_output=result,
+                ),
+            )
         ratio_how = self.RATIO_HOW.format(share=stats.LIMIT_SHARE)
         for key in stats.LIMIT_KEYS:
             endpoint, measure, _, level = key.split("_")
@@ -726,31 +957,56 @@ class Benchmark:
             mine, bare = runs[endpoint, clients, "controller"], runs[endpoint, clients, "bare"]
             field = "rps" if measure == "rps" else "p99_ms"
             what = "req/s" if measure == "rps" else "p99"
-            self.fig(key, stats.scalar(
-                "e", f"{endpoint} {what}, {clients} connection{'s' if clients > 1 else ''}: "
-                     f"controller / bare app", "x",
-                stats.ratio(mine.get(field), bare.get(field)), ratio_how,
-                controller=mine.get(field), bare_app=bare.get(field)))
+            self.fig(
+                key,
+                stats.scalar(
+                    "e",
+                    f"{endpoint} {what}, {clients} connection{'s' if clients > 1 else ''}: "
+                    f"controller / bare app",
+                    "x",
+                    stats.ratio(mine.get(field), bare.get(field)),
+                    ratio_how,
+                    controller=mine.get(field),
+                    bare_app=bare.get(field),
+                ),
+            )
         for endpoint in stats.LIMIT_ENDPOINTS:
-            mine, bare = ([r for (e, _, side), r in runs.items() if (e, side) == (endpoint, who)]
-                          for who in ("controller", "bare"))
+            mine, bare = (
+                [r for (e, _, side), r in runs.items() if (e, side) == (endpoint, who)]
+                for who in ("controller", "bare")
+            )
             requests = sum(r["requests"] for r in mine)
             cpu_ms = sum(r["cpu_s"] for r in mine) * 1000 / max(1, requests)
-            bare_ms = sum(r["cpu_s"] for r in bare) * 1000 / max(
-                1, sum(r["requests"] for r in bare))
-            suffix = "" if endpoint == "heartbeat" else f"_{endpoint}"   # continuity
-            self.fig(f"throughput_cpu{suffix}", stats.scalar(
-                "e", f"controller CPU per {endpoint} request (bare app: "
-                     f"{stats.fmt(bare_ms, 'ms')})", "ms", cpu_ms,
-                f"utime+stime from /proc of the server over all {requests} {endpoint} requests "
-                f"of its runs above (the controller's with its children, the `virsh event` "
-                f"stream among them), per request", bare_app_ms=bare_ms))
+            bare_ms = (
+                sum(r["cpu_s"] for r in bare) * 1000 / max(1, sum(r["requests"] for r in bare))
+            )
+            suffix = "" if endpoint == "heartbeat" else f"_{endpoint}"  # continuity
+            self.fig(
+                f"throughput_cpu{suffix}",
+                stats.scalar(
+                    "e",
+                    f"controller CPU per {endpoint} request (bare app: {stats.fmt(bare_ms, 'ms')})",
+                    "ms",
+                    cpu_ms,
+                    f"utime+stime from /proc of the server over all {requests} {endpoint} requests "
+                    f"of its runs above (the controller's with its children, the `virsh event` "
+                    f"stream among them), per request",
+                    bare_app_ms=bare_ms,
+                ),
+            )
             written = sum(r["log_bytes_written"] for r in mine)
-            self.fig(f"throughput_log{suffix}", stats.scalar(
-                "e", f"controller log written during its {endpoint} runs", "B", written,
-                f"growth of the controller's stderr (log_level INFO) while its {endpoint} runs "
-                f"lasted ({requests} requests, {written / max(1, requests):.0f} B per request): "
-                f"a per-request line or waitress's queue-depth warning would show here"))
+            self.fig(
+                f"throughput_log{suffix}",
+                stats.scalar(
+                    "e",
+                    f"controller log written during its {endpoint} runs",
+                    "B",
+                    written,
+                    f"growth of the controller's stderr (log_level INFO) while its {endpoint} runs "
+                    f"lasted ({requests} requests, {written / max(1, requests):.0f} B per request): "
+                    f"a per-request line or waitress's queue-depth warning would show here",
+                ),
+            )
 
     # ============================================================ f. mixed load
 
@@ -777,7 +1033,7 @@ class Benchmark:
         mark = self.last_event_id()
         beats = Paced(self.port, HEARTBEAT, plan.mixed_heartbeat_hz)
         thread = threading.Thread(target=restarter, daemon=True)
-        self.guest.pause()   # the 50 Hz heartbeat client plays the guest meanwhile
+        self.guest.pause()  # the 50 Hz heartbeat client plays the guest meanwhile
         try:
             pollers = self._load(STATUS, 4, plan.mixed_s + 1)
             time.sleep(0.3)
@@ -791,25 +1047,40 @@ class Benchmark:
             thread.join(130)
         polls = self._load_result(pollers, 60)
         status, body = self.api("GET", "/api/v1/events?limit=50")
-        timeouts = [e for e in (body or {}).get("events", [])
-                    if e["id"] > mark and e["trigger"] != "api"]
-        self.fig("mixed_heartbeat", stats.sampled(
-            "f", "GET /api/v1/heartbeat under mixed load", "ms", beats.latencies,
-            f"one heartbeat client at {plan.mixed_heartbeat_hz:g} Hz (send to answer) for "
-            f"{plan.mixed_s:g} s while 4 clients poll {STATUS} in a closed loop "
-            f"({self.load_tool()}, {polls['rps']:.0f} polls/s reached) and one client POSTs "
-            f"{RESTART} every {plan.restart_every:g} s ({len(restarts)} restarts)",
-            keep_samples=False, errors=beats.errors,
-            p99_from_schedule_ms=stats.percentile(beats.from_schedule, 99),
-            status_polls=polls, restarts=[{"status": s, "ms": round(ms, 1)}
-                                          for s, ms in restarts],
-            automatic_recoveries_meanwhile=len(timeouts)))
-        self.fig("mixed_restart", stats.sampled(
-            "f", "POST /api/v1/vm/restart under mixed load", "ms",
-            [ms for _, ms in restarts],
-            "client wall time of each restart in the mixed load (the answer comes once the VM "
-            "runs again); compare a. 'snapshot-revert --running, VM running'",
-            errors=sum(1 for s, _ in restarts if s != 200)))
+        timeouts = [
+            e for e in (body or {}).get("events", []) if e["id"] > mark and e["trigger"] != "api"
+        ]
+        self.fig(
+            "mixed_heartbeat",
+            stats.sampled(
+                "f",
+                "GET /api/v1/heartbeat under mixed load",
+                "ms",
+                beats.latencies,
+                f"one heartbeat client at {plan.mixed_heartbeat_hz:g} Hz (send to answer) for "
+                f"{plan.mixed_s:g} s while 4 clients poll {STATUS} in a closed loop "
+                f"({self.load_tool()}, {polls['rps']:.0f} polls/s reached) and one client POSTs "
+                f"{RESTART} every {plan.restart_every:g} s ({len(restarts)} restarts)",
+                keep_samples=False,
+                errors=beats.errors,
+                p99_from_schedule_ms=stats.percentile(beats.from_schedule, 99),
+                status_polls=polls,
+                restarts=[{"status": s, "ms": round(ms, 1)} for s, ms in restarts],
+                automatic_recoveries_meanwhile=len(timeouts),
+            ),
+        )
+        self.fig(
+            "mixed_restart",
+            stats.sampled(
+                "f",
+                "POST /api/v1/vm/restart under mixed load",
+                "ms",
+                [ms for _, ms in restarts],
+                "client wall time of each restart in the mixed load (the answer comes once the VM "
+                "runs again); compare a. 'snapshot-revert --running, VM running'",
+                errors=sum(1 for s, _ in restarts if s != 200),
+            ),
+        )
 
     # ============================================================ g. concurrency
 
@@ -826,11 +1097,12 @@ class Benchmark:
             answers: list[tuple[int, float]] = []
             lock = threading.Lock()
 
+            # The threads end within this round (joined below): the names are this round's.
             def send(client: Client) -> None:
-                barrier.wait()
+                barrier.wait()  # noqa: B023
                 status, _, _ = client.request("POST", RESTART)
-                with lock:
-                    answers.append((status, time.perf_counter()))
+                with lock:  # noqa: B023
+                    answers.append((status, time.perf_counter()))  # noqa: B023
 
             threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in clients]
             for t in threads:
@@ -844,22 +1116,43 @@ class Benchmark:
             walls.append((max(t for _, t in answers) - began) * 1000)
             per_request.extend((t - began) * 1000 for _, t in answers)
             errors += sum(1 for s, _ in answers if s != 200) + (n - len(answers))
-            self.wait_quiet(settle=1.5)   # a late extra revert would show up by now
+            self.wait_quiet(settle=1.5)  # a late extra revert would show up by now
             reverts.append(len(self.watcher.matching("Started", "Snapshot", since=since)))
             status, body = self.api("GET", "/api/v1/events?limit=50")
-            recorded.append(sum(1 for e in body["events"] if e["id"] > mark
-                                and e["action"] == "revert" and e["outcome"] == "succeeded"))
-        self.fig("concurrent_wall", stats.sampled(
-            "g", "wall time until all 20 answered", "ms", walls,
-            f"{n} threads of the benchmark, each with its own connection opened beforehand, "
-            f"released by a barrier; from the release to the last answer; "
-            f"{self.plan.concurrent_rounds} rounds", errors=errors,
-            per_request=stats.describe(per_request)))
-        self.fig("concurrent_reverts", stats.sampled(
-            "g", "reverts libvirt performed per round", "reverts", reverts,
-            "'Started Snapshot' lifecycle events of the VM seen by the benchmark's own "
-            "`virsh event --loop` from the release until the VM settled; the summary takes "
-            "the worst round", reverts_recorded_by_controller=recorded))
+            recorded.append(
+                sum(
+                    1
+                    for e in body["events"]
+                    if e["id"] > mark and e["action"] == "revert" and e["outcome"] == "succeeded"
+                )
+            )
+        self.fig(
+            "concurrent_wall",
+            stats.sampled(
+                "g",
+                "wall time until all 20 answered",
+                "ms",
+                walls,
+                f"{n} threads of the benchmark, each with its own connection opened beforehand, "
+                f"released by a barrier; from the release to the last answer; "
+                f"{self.plan.concurrent_rounds} rounds",
+                errors=errors,
+                per_request=stats.describe(per_request),
+            ),
+        )
+        self.fig(
+            "concurrent_reverts",
+            stats.sampled(
+                "g",
+                "reverts libvirt performed per round",
+                "reverts",
+                reverts,
+                "'Started Snapshot' lifecycle events of the VM seen by the benchmark's own "
+                "`virsh event --loop` from the release until the VM settled; the summary takes "
+                "the worst round",
+                reverts_recorded_by_controller=recorded,
+            ),
+        )
 
     # ============================================================ h. idle cost
 
@@ -870,7 +1163,7 @@ class Benchmark:
         self.guest.set_rate(1.0)
         self.wait_quiet()
         self.wait_enforced()
-        time.sleep(3)   # the grace is over, nothing is under way: steady state
+        time.sleep(3)  # the grace is over, nothing is under way: steady state
         window = self.plan.idle_s
         cpu_a, calls_a, log_a = probes.cpu_sample(self.pid), probes.uptime(), self.log_size()
         began = time.monotonic()
@@ -882,75 +1175,160 @@ class Benchmark:
         self.guest.set_rate(self.plan.guest_hz)
         self.rss_after_idle = probes.vm_rss_kib(self.pid)
         self.event_rss["after_idle"] = self.event_stream_rss()
-        timed_calls = [(up, args) for up, args in probes.stand_in_calls(self.virsh_log)
-                       if calls_a <= up <= calls_b]
+        timed_calls = [
+            (up, args)
+            for up, args in probes.stand_in_calls(self.virsh_log)
+            if calls_a <= up <= calls_b
+        ]
         calls = [args for _, args in timed_calls]
         cpu = cpu_b.total - cpu_a.total
-        live = {f"{pid} {cmd}": round(cpu_b.live[pid][1] - cpu_a.live.get(pid, (cmd, 0.0))[1], 3)
-                for pid, (cmd, _) in cpu_b.live.items()}
-        how = (f"utime+stime from /proc over the {took:.0f} s idle window (1 Hz heartbeat, "
-               f"nothing else): the controller's threads, its reaped children (cutime+cstime: "
-               f"each short virsh) and its live children (the `virsh event` stream), as a share "
-               f"of one core; resolution 1/{probes.CLK_TCK} s")
-        self.fig("idle_cpu", stats.scalar(
-            "h", f"CPU, controller and its children ({cpu:.2f} s)", "%", cpu / took * 100, how,
-            cpu_seconds=round(cpu, 3), window_s=round(took, 1),
-            breakdown={"controller_threads": round(cpu_b.own - cpu_a.own, 3),
-                       "reaped_children": round(cpu_b.reaped - cpu_a.reaped, 3),
-                       "live_children": live}))
+        live = {
+            f"{pid} {cmd}": round(cpu_b.live[pid][1] - cpu_a.live.get(pid, (cmd, 0.0))[1], 3)
+            for pid, (cmd, _) in cpu_b.live.items()
+        }
+        how = (
+            f"utime+stime from /proc over the {took:.0f} s idle window (1 Hz heartbeat, "
+            f"nothing else): the controller's threads, its reaped children (cutime+cstime: "
+            f"each short virsh) and its live children (the `virsh event` stream), as a share "
+            f"of one core; resolution 1/{probes.CLK_TCK} s"
+        )
+        self.fig(
+            "idle_cpu",
+            stats.scalar(
+                "h",
+                f"CPU, controller and its children ({cpu:.2f} s)",
+                "%",
+                cpu / took * 100,
+                how,
+                cpu_seconds=round(cpu, 3),
+                window_s=round(took, 1),
+                breakdown={
+                    "controller_threads": round(cpu_b.own - cpu_a.own, 3),
+                    "reaped_children": round(cpu_b.reaped - cpu_a.reaped, 3),
+                    "live_children": live,
+                },
+            ),
+        )
         for name, label, seconds in (
-                ("idle_cpu_threads", "  of which the controller's threads", cpu_b.own - cpu_a.own),
-                ("idle_cpu_virsh", "  of which short virsh processes",
-                 cpu_b.reaped - cpu_a.reaped),
-                ("idle_cpu_events", "  of which the `virsh event` stream", sum(live.values()))):
-            self.fig(name, stats.scalar("h", f"{label} ({seconds:.2f} s)", "%",
-                                        seconds / took * 100, how))
+            ("idle_cpu_threads", "  of which the controller's threads", cpu_b.own - cpu_a.own),
+            ("idle_cpu_virsh", "  of which short virsh processes", cpu_b.reaped - cpu_a.reaped),
+            ("idle_cpu_events", "  of which the `virsh event` stream", sum(live.values())),
+        ):
+            self.fig(
+                name,
+                stats.scalar("h", f"{label} ({seconds:.2f} s)", "%", seconds / took * 100, how),
+            )
         interval = self.settings["state_poll_interval"]
         per_minute, how = virsh_rate([up for up, _ in timed_calls], took, interval)
-        self.fig("idle_virsh", stats.scalar(
-            "h", "virsh processes started per minute", "/min", per_minute,
-            f"calls logged by the counting `virsh` stand-in first on the controller's PATH "
-            f"during the {took:.0f} s idle window (state_poll_interval {interval:g} s; the "
-            f"long-running `virsh event` was started once, before): {how}",
-            calls=calls, window_s=round(took, 1)))
-        how = (f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
-               f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated")
-        self.fig("idle_log_hour", stats.scalar(
-            "h", "INFO log bytes per hour of heartbeats", "B", (log_b - log_a) / took * 3600, how))
-        self.fig("idle_log", stats.scalar(
-            "h", "INFO log bytes per day of heartbeats", "B", (log_b - log_a) / took * 86400, how,
-            bytes_in_window=log_b - log_a))
-        samples = {"after_start": self.rss_after_start, "after_load": self.rss_after_load,
-                   "after_idle": self.rss_after_idle}
-        how = ("VmRSS of the controller process from /proc/PID/status: after start (VM reverted, "
-               "API answering), after the load phases b-g, after the idle window; "
-               "MiB = 2^20 bytes")
-        self.fig("rss_after_start", stats.scalar(
-            "h", "controller resident memory after start", "MiB",
-            self.rss_after_start / 1024, how))
-        self.fig("rss_after_load", stats.scalar(
-            "h", "controller resident memory after the loads", "MiB",
-            self.rss_after_load / 1024, how))
-        self.fig("rss", stats.scalar(
-            "h", "controller resident memory, largest", "MiB",
-            max(samples.values()) / 1024, how,
-            samples_mib={k: round(v / 1024, 2) for k, v in samples.items()}))
-        streams = {moment: sum(found.values()) for moment, found in self.event_rss.items()
-                   if found}
-        self.fig("event_stream_rss", stats.scalar(
-            "h", "the controller's `virsh event --loop` child, resident memory", "MiB",
-            max(streams.values()) / 1024 if streams else None,
-            "VmRSS from /proc/PID/status of the controller's long-lived `virsh event --loop` "
-            "child (the lifecycle event follower, a process of its own and not counted in the "
-            "controller's figure above), at the same three moments; the largest; MiB = 2^20 bytes",
-            samples_mib={moment: {cmd: round(kib / 1024, 2) for cmd, kib in found.items()}
-                        for moment, found in self.event_rss.items()}))
+        self.fig(
+            "idle_virsh",
+            stats.scalar(
+                "h",
+                "virsh processes started per minute",
+                "/min",
+                per_minute,
+                f"calls logged by the counting `virsh` stand-in first on the controller's PATH "
+                f"during the {took:.0f} s idle window (state_poll_interval {interval:g} s; the "
+                f"long-running `virsh event` was started once, before): {how}",
+                calls=calls,
+                window_s=round(took, 1),
+            ),
+        )
+        how = (
+            f"bytes the controller wrote to stderr (its log, log_level INFO) during the "
+            f"{took:.0f} s idle window with a 1 Hz heartbeat, extrapolated"
+        )
+        self.fig(
+            "idle_log_hour",
+            stats.scalar(
+                "h",
+                "INFO log bytes per hour of heartbeats",
+                "B",
+                (log_b - log_a) / took * 3600,
+                how,
+            ),
+        )
+        self.fig(
+            "idle_log",
+            stats.scalar(
+                "h",
+                "INFO log bytes per day of heartbeats",
+                "B",
+                (log_b - log_a) / took * 86400,
+                how,
+                bytes_in_window=log_b - log_a,
+            ),
+        )
+        samples = {
+            "after_start": self.rss_after_start,
+            "after_load": self.rss_after_load,
+            "after_idle": self.rss_after_idle,
+        }
+        how = (
+            "VmRSS of the controller process from /proc/PID/status: after start (VM reverted, "
+            "API answering), after the load phases b-g, after the idle window; "
+            "MiB = 2^20 bytes"
+        )
+        self.fig(
+            "rss_after_start",
+            stats.scalar(
+                "h",
+                "controller resident memory after start",
+                "MiB",
+                self.rss_after_start / 1024,
+                how,
+            ),
+        )
+        self.fig(
+            "rss_after_load",
+            stats.scalar(
+                "h",
+                "controller resident memory after the loads",
+                "MiB",
+                self.rss_after_load / 1024,
+                how,
+            ),
+        )
+        self.fig(
+            "rss",
+            stats.scalar(
+                "h",
+                "controller resident memory, largest",
+                "MiB",
+                max(samples.values()) / 1024,
+                how,
+                samples_mib={k: round(v / 1024, 2) for k, v in samples.items()},
+            ),
+        )
+        streams = {moment: sum(found.values()) for moment, found in self.event_rss.items() if found}
+        self.fig(
+            "event_stream_rss",
+            stats.scalar(
+                "h",
+                "the controller's `virsh event --loop` child, resident memory",
+                "MiB",
+                max(streams.values()) / 1024 if streams else None,
+                "VmRSS from /proc/PID/status of the controller's long-lived `virsh event --loop` "
+                "child (the lifecycle event follower, a process of its own and not counted in the "
+                "controller's figure above), at the same three moments; the largest; MiB = 2^20 bytes",
+                samples_mib={
+                    moment: {cmd: round(kib / 1024, 2) for cmd, kib in found.items()}
+                    for moment, found in self.event_rss.items()
+                },
+            ),
+        )
         if self.rss_bare is not None:
-            self.fig("rss_bare", stats.scalar(
-                "h", "limit row: the bare Flask app on waitress, resident memory", "MiB",
-                self.rss_bare / 1024,
-                "VmRSS of bench/bare_app.py after its runs in e.: what Python, Flask and "
-                "waitress hold with no controller in them, the floor of the figure above"))
+            self.fig(
+                "rss_bare",
+                stats.scalar(
+                    "h",
+                    "limit row: the bare Flask app on waitress, resident memory",
+                    "MiB",
+                    self.rss_bare / 1024,
+                    "VmRSS of bench/bare_app.py after its runs in e.: what Python, Flask and "
+                    "waitress hold with no controller in them, the floor of the figure above",
+                ),
+            )
 
     # ============================================================ the run
 
@@ -959,8 +1337,10 @@ class Benchmark:
         started = time.monotonic()
         load_start = os.getloadavg()
         machine = probes.machine_info()
-        say(f"{self.plan.mode} run; load average {load_start[0]:.2f} {load_start[1]:.2f} "
-            f"{load_start[2]:.2f} on {machine['cores']} cores")
+        say(
+            f"{self.plan.mode} run; load average {load_start[0]:.2f} {load_start[1]:.2f} "
+            f"{load_start[2]:.2f} on {machine['cores']} cores"
+        )
         self.setup()
         self.phase("a. raw libvirt floor", self.raw_floor, needs_controller=False)
         self.start_controller()
@@ -974,10 +1354,10 @@ class Benchmark:
         self.phase("h. idle cost", self.idle)
         say("cleaning up")
         self.stack.close()
-        self.figures = dict(sorted(self.figures.items(),
-                                   key=lambda kv: kv[1].get("section", "z")))
+        self.figures = dict(sorted(self.figures.items(), key=lambda kv: kv[1].get("section", "z")))
         summary = stats.build_summary(self.figures)
         from vmcontroller import __version__
+
         return {
             "benchmark": "exhibition-vm-controller",
             "format": 1,
@@ -985,10 +1365,15 @@ class Benchmark:
             "started": started_wall.isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - started, 1),
             "machine": machine,
-            "load_average": {"start": [round(x, 2) for x in load_start],
-                             "end": [round(x, 2) for x in os.getloadavg()]},
-            "controller": {"version": __version__, "commit": _git_commit(),
-                           "config": self.settings},
+            "load_average": {
+                "start": [round(x, 2) for x in load_start],
+                "end": [round(x, 2) for x in os.getloadavg()],
+            },
+            "controller": {
+                "version": __version__,
+                "commit": _git_commit(),
+                "config": self.settings,
+            },
             "plan": asdict(self.plan),
             "load_tool": self.load_tool(),
             "phases_s": self.phases,
@@ -1021,18 +1406,25 @@ def virsh_rate(times: list[float], window: float, interval: float) -> tuple[floa
             f"{len(times)} calls; {len(times) - 1} gaps between them over "
             f"{times[-1] - times[0]:.1f} s, as a rate per minute: one virsh per safety poll "
             f"reads as 60 / state_poll_interval ({60 / interval:.2f}/min), a second process "
-            f"per poll as twice that")
+            f"per poll as twice that"
+        )
     coarse = f"{len(times)} call(s) in the window, counted over the window"
     if window < 2 * interval:
-        coarse += (f"; the window is shorter than two poll intervals, so one call reads as "
-                   f"{60 / window:.1f}/min: coarse (a full run's window spans three polls)")
+        coarse += (
+            f"; the window is shorter than two poll intervals, so one call reads as "
+            f"{60 / window:.1f}/min: coarse (a full run's window spans three polls)"
+        )
     return len(times) / window * 60, coarse
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except OSError:
         return None
@@ -1040,40 +1432,74 @@ def _git_commit() -> str | None:
 
 # ================================================================ command line
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Measure the controller against libvirt's own limits on this machine's "
-                    "real libvirtd; prints a table and writes the figures as JSON.")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer samples and shorter loads: under 2 minutes")
-    p.add_argument("--out", metavar="FILE", default="bench-latest.json",
-                   help="write the figures as JSON here (default: %(default)s)")
-    p.add_argument("--compare", metavar="FILE",
-                   help="an earlier JSON (e.g. bench/baseline.json): print this run's summary "
-                        "as ratios to it")
-    p.add_argument("--show", metavar="FILE",
-                   help="measure nothing: print the table of an earlier JSON (and --compare)")
-    p.add_argument("--rst", action="store_true",
-                   help="with --show: print the summary as the README's reStructuredText table")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the work directory (controller log, virsh call log)")
-    p.add_argument("--load-tool", choices=("auto", "wrk", "python"), default="auto",
-                   help="HTTP load generator for e. and f. (default: wrk if installed)")
-    p.add_argument("--samples", type=float, default=1.0, metavar="FACTOR",
-                   help="scale the sample counts and load durations (default 1)")
+        "real libvirtd; prints a table and writes the figures as JSON.",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer samples and shorter loads: under 2 minutes"
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default="bench-latest.json",
+        help="write the figures as JSON here (default: %(default)s)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="FILE",
+        help="an earlier JSON (e.g. bench/baseline.json): print this run's summary as ratios to it",
+    )
+    p.add_argument(
+        "--show",
+        metavar="FILE",
+        help="measure nothing: print the table of an earlier JSON (and --compare)",
+    )
+    p.add_argument(
+        "--rst",
+        action="store_true",
+        help="with --show: print the summary as the README's reStructuredText table",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (controller log, virsh call log)",
+    )
+    p.add_argument(
+        "--load-tool",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="HTTP load generator for e. and f. (default: wrk if installed)",
+    )
+    p.add_argument(
+        "--samples",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="scale the sample counts and load durations (default 1)",
+    )
     return p
 
 
 def _scaled(plan: Plan, factor: float) -> Plan:
     if factor == 1.0:
         return plan
-    n = lambda v: max(1, round(v * factor))   # noqa: E731
-    return replace(plan, raw_calls=n(plan.raw_calls),
-                   deadline=n(plan.deadline), destroy=n(plan.destroy), suspend=n(plan.suspend),
-                   api_requests=n(plan.api_requests), throughput_s=n(plan.throughput_s),
-                   mixed_s=max(12, n(plan.mixed_s)),
-                   concurrent_rounds=n(plan.concurrent_rounds), idle_s=max(10, n(plan.idle_s)))
+    n = lambda v: max(1, round(v * factor))  # noqa: E731
+    return replace(
+        plan,
+        raw_calls=n(plan.raw_calls),
+        deadline=n(plan.deadline),
+        destroy=n(plan.destroy),
+        suspend=n(plan.suspend),
+        api_requests=n(plan.api_requests),
+        throughput_s=n(plan.throughput_s),
+        mixed_s=max(12, n(plan.mixed_s)),
+        concurrent_rounds=n(plan.concurrent_rounds),
+        idle_s=max(10, n(plan.idle_s)),
+    )
 
 
 def _on_terminate(signum: int, frame: Any) -> None:
@@ -1089,18 +1515,30 @@ def report(result: dict[str, Any], compare_path: str | None) -> None:
     if compare_path:
         baseline = json.loads(Path(compare_path).read_text())
         rows = stats.compare(result["summary"], baseline.get("summary", {}))
-        result["compared_with"] = {"file": compare_path, "started": baseline.get("started"),
-                                   "rows": rows}
+        result["compared_with"] = {
+            "file": compare_path,
+            "started": baseline.get("started"),
+            "rows": rows,
+        }
         print()
         if baseline.get("mode") != result.get("mode"):
-            print(f"note: the baseline is a {baseline.get('mode')} run, this one "
-                  f"{result.get('mode')}: fewer samples make the quick figures noisier")
-        print(stats.format_compare(rows, f"{compare_path} ({baseline.get('mode', '?')} run of "
-                                         f"{baseline.get('started', '?')})"))
+            print(
+                f"note: the baseline is a {baseline.get('mode')} run, this one "
+                f"{result.get('mode')}: fewer samples make the quick figures noisier"
+            )
+        print(
+            stats.format_compare(
+                rows,
+                f"{compare_path} ({baseline.get('mode', '?')} run of "
+                f"{baseline.get('started', '?')})",
+            )
+        )
         retired = sorted(set(baseline.get("summary", {})) - set(stats.SUMMARY_KEYS))
         if retired:
-            print(f"note: the baseline also has {', '.join(retired)}, which this version no "
-                  f"longer measures; n/a marks figures the baseline does not have")
+            print(
+                f"note: the baseline also has {', '.join(retired)}, which this version no "
+                f"longer measures; n/a marks figures the baseline does not have"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ Python load generator for machines without wrk.
 Run as ``python -m bench.load --port P --path /api/v1/heartbeat --clients 8 --duration 5``
 it is the fallback load generator: it prints one JSON object and exits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -64,8 +66,9 @@ class Client:
             self._conn = None
 
 
-def sequential(port: int, method: str, path: str, count: int, warmup: int = 50
-               ) -> tuple[list[float], int]:
+def sequential(
+    port: int, method: str, path: str, count: int, warmup: int = 50
+) -> tuple[list[float], int]:
     """Latencies in ms of ``count`` back-to-back requests on one connection, and errors."""
     client = Client(port)
     for _ in range(warmup):
@@ -83,15 +86,21 @@ class Paced(threading.Thread):
     """Sends one request every 1/rate s (never a burst to catch up) until stopped; records
     each request's latency (send to answer) and its lateness against the schedule."""
 
-    def __init__(self, port: int, path: str, rate: float, method: str = "GET",
-                 on_answer: Callable[[int, bytes], None] | None = None):
+    def __init__(
+        self,
+        port: int,
+        path: str,
+        rate: float,
+        method: str = "GET",
+        on_answer: Callable[[int, bytes], None] | None = None,
+    ):
         super().__init__(name=f"paced {path}", daemon=True)
         self.client = Client(port, timeout=30)
         self.path = path
         self.method = method
         self.interval = 1.0 / rate
         self.on_answer = on_answer
-        self.latencies: list[float] = []     # ms, send to answer
+        self.latencies: list[float] = []  # ms, send to answer
         self.from_schedule: list[float] = []  # ms, scheduled send to answer
         self.errors = 0
         self._halt = threading.Event()
@@ -198,11 +207,20 @@ def wrk_version() -> str:
 
 def wrk_argv(port: int, path: str, clients: int, duration: float) -> list[str]:
     threads = max(1, min(clients, 2))
-    return ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--latency",
-            "--timeout", "10s", f"http://{HOST}:{port}{path}"]
+    return [
+        "wrk",
+        f"-t{threads}",
+        f"-c{clients}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        f"http://{HOST}:{port}{path}",
+    ]
 
 
 # ---------------------------------------------------------------- Python fallback
+
 
 def closed_loop(port: int, path: str, clients: int, duration: float) -> dict[str, Any]:
     """``clients`` threads, each sending its next request when the last one is answered,
@@ -239,11 +257,20 @@ def closed_loop(port: int, path: str, clients: int, duration: float) -> dict[str
     latencies.sort()
 
     def pct(p: float) -> float | None:
-        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] if latencies \
-            else None
-    return {"requests": len(latencies), "duration_s": took, "rps": len(latencies) / took,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": latencies[-1] if latencies else None, "errors": errors[0]}
+        return (
+            latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] if latencies else None
+        )
+
+    return {
+        "requests": len(latencies),
+        "duration_s": took,
+        "rps": len(latencies) / took,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "max_ms": latencies[-1] if latencies else None,
+        "errors": errors[0],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ calls, the controller process, a counting virsh stand-in and /proc accounting.
 
 The benchmark only ever touches the domain it created (``vmctl-bench-<random>``).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,10 +16,11 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 URI = os.environ.get("VMCTL_BENCH_LIBVIRT_URI", "qemu:///system")
 IMAGES = Path(os.environ.get("VMCTL_BENCH_IMAGES", "/var/lib/libvirt/images"))
@@ -28,8 +30,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def virsh(*args: str, check: bool = True, timeout: float = 120) -> str:
-    proc = subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["virsh", "-q", "-c", URI, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"virsh {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -38,8 +46,14 @@ def virsh(*args: str, check: bool = True, timeout: float = 120) -> str:
 def timed(argv: Sequence[str], timeout: float = 120) -> float:
     """Wall time in seconds of one process, from spawn to exit; raises if it fails."""
     started = time.perf_counter()
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=ENV, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     took = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
@@ -67,10 +81,14 @@ class BenchDomain:
         self.snapshot = snapshot
         self.defined = False
 
-    def create(self) -> "BenchDomain":
+    def create(self) -> BenchDomain:
         IMAGES.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "64M"],
-                       check=True, env=ENV, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "64M"],
+            check=True,
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+        )
         xml = self.disk.with_suffix(".xml")
         xml.write_text(DOMAIN_XML.format(name=self.name, disk=self.disk))
         try:
@@ -93,18 +111,21 @@ class BenchDomain:
 
 # ---------------------------------------------------------------- lifecycle events
 
+
 @dataclass(frozen=True)
 class LifecycleEvent:
     index: int
-    time: float        # wall clock: virsh's --timestamp (its callback ran), else when read here
-    received: float    # wall clock when this process read the line
+    time: float  # wall clock: virsh's --timestamp (its callback ran), else when read here
+    received: float  # wall clock when this process read the line
     event: str
     detail: str
 
 
-_EVENT_RE = re.compile(r"^(?:(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+[+-]\d{4}): )?"
-                       r"event 'lifecycle' for domain '(?P<domain>.*)': (?P<event>\S+)"
-                       r"(?: (?P<detail>.*))?$")
+_EVENT_RE = re.compile(
+    r"^(?:(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+[+-]\d{4}): )?"
+    r"event 'lifecycle' for domain '(?P<domain>.*)': (?P<event>\S+)"
+    r"(?: (?P<detail>.*))?$"
+)
 
 
 def parse_event(line: str) -> tuple[float | None, str, str, str] | None:
@@ -128,7 +149,12 @@ class EventWatcher:
         self._cond = threading.Condition()
         self._proc = spawn(
             ["virsh", "-c", URI, "event", "--loop", "--timestamp", "--event", "lifecycle"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1, env=ENV)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=ENV,
+        )
         self._thread = threading.Thread(target=self._read, name="bench-events", daemon=True)
         self._thread.start()
         time.sleep(0.5)  # virsh registers its callback a moment after it starts
@@ -142,23 +168,35 @@ class EventWatcher:
                 continue
             ts, _, event, detail = parsed
             with self._cond:
-                self.events.append(LifecycleEvent(len(self.events), ts or received, received,
-                                                  event, detail))
+                self.events.append(
+                    LifecycleEvent(len(self.events), ts or received, received, event, detail)
+                )
                 self._cond.notify_all()
 
     def mark(self) -> int:
         with self._cond:
             return len(self.events)
 
-    def matching(self, event: str, detail: str | None = None, since: int = 0,
-                 after_time: float | None = None) -> list[LifecycleEvent]:
+    def matching(
+        self, event: str, detail: str | None = None, since: int = 0, after_time: float | None = None
+    ) -> list[LifecycleEvent]:
         with self._cond:
-            return [e for e in self.events[since:]
-                    if e.event == event and (detail is None or e.detail == detail)
-                    and (after_time is None or e.time >= after_time)]
+            return [
+                e
+                for e in self.events[since:]
+                if e.event == event
+                and (detail is None or e.detail == detail)
+                and (after_time is None or e.time >= after_time)
+            ]
 
-    def wait_for(self, event: str, detail: str | None = None, since: int = 0,
-                 timeout: float = 30, after_time: float | None = None) -> LifecycleEvent | None:
+    def wait_for(
+        self,
+        event: str,
+        detail: str | None = None,
+        since: int = 0,
+        timeout: float = 30,
+        after_time: float | None = None,
+    ) -> LifecycleEvent | None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -191,8 +229,13 @@ def _die_with_parent() -> None:
 def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """A child in its own session (a Ctrl-C reaches only the benchmark, which then stops its
     children in order) that dies with the benchmark."""
-    return subprocess.Popen(list(argv), start_new_session=True, preexec_fn=_die_with_parent,
-                            stdin=subprocess.DEVNULL, **kwargs)
+    return subprocess.Popen(
+        list(argv),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> int | None:
@@ -258,19 +301,27 @@ controller.http.close()
 """
 
 
-def controller_waitress(python: str, settings: Mapping[str, Any], work: Path,
-                        cwd: Path) -> dict[str, Any]:
+def controller_waitress(
+    python: str, settings: Mapping[str, Any], work: Path, cwd: Path
+) -> dict[str, Any]:
     """The waitress set-up of a controller built from ``settings`` (as ``bench/bare_app``
     describes its own): the controller's own code builds its server, on port 0 and with a
     state file of its own, and exits without serving; nothing is copied from server.py, so
     the record cannot drift from what the controller runs."""
     config = work / "describe-config.yaml"
-    config.write_text(json.dumps({**settings, "api_port": 0,
-                                  "state_path": str(work / "describe-state.db")}))
+    config.write_text(
+        json.dumps({**settings, "api_port": 0, "state_path": str(work / "describe-state.db")})
+    )
     env = {k: v for k, v in ENV.items() if not k.startswith("VMCTL_")}
-    proc = subprocess.run([python, "-c", _DESCRIBE_CONTROLLER, str(config)], cwd=str(cwd),
-                          capture_output=True, text=True, env=env, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [python, "-c", _DESCRIBE_CONTROLLER, str(config)],
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"describing the controller's waitress failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
@@ -278,12 +329,13 @@ def controller_waitress(python: str, settings: Mapping[str, Any], work: Path,
 
 # ---------------------------------------------------------------- /proc accounting
 
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.rindex(")") + 2:].split()  # fields from 'state' (field 3) on
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 'state' (field 3) on
 
 
 def children(pid: int) -> list[int]:
@@ -305,10 +357,10 @@ def cmdline(pid: int) -> str:
 
 @dataclass(frozen=True)
 class CpuSample:
-    own: float                      # utime + stime of the controller (all its threads), s
-    reaped: float                   # cutime + cstime: children it has waited for (short virsh)
-    live: dict[int, tuple[str, float]]   # running children: command line, utime+stime (+their
-                                         # own reaped children)
+    own: float  # utime + stime of the controller (all its threads), s
+    reaped: float  # cutime + cstime: children it has waited for (short virsh)
+    live: dict[int, tuple[str, float]]  # running children: command line, utime+stime (+their
+    # own reaped children)
 
     @property
     def total(self) -> float:
@@ -338,6 +390,7 @@ def vm_rss_kib(pid: int) -> int:
 
 # ---------------------------------------------------------------- the machine
 
+
 def machine_info() -> dict[str, object]:
     model = "?"
     try:
@@ -351,6 +404,7 @@ def machine_info() -> dict[str, object]:
     lib = re.search(r"Using library: libvirt (\S+)", versions)
     hyp = re.search(r"Running hypervisor: QEMU (\S+)", versions)
     import platform
+
     return {
         "cores": os.cpu_count(),
         "cpu_model": model,
@@ -358,7 +412,7 @@ def machine_info() -> dict[str, object]:
         "qemu": hyp.group(1) if hyp else "?",
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "libvirtd_under": _libvirtd_parent(),
     }
 

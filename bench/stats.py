@@ -5,12 +5,14 @@ milliseconds. A *figure* is a dict: ``section`` (a-h), ``label``, ``unit``, ``me
 (how it was measured, in words) and either sample statistics (``n``, ``median``,
 ``p95``, ``p99``, ...) or a single ``value``.
 """
+
 from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 #: The limit row: the controller against a bare Flask app on waitress, per endpoint and
 #: number of keep-alive connections, in the same run (benchmark section e).
@@ -26,16 +28,27 @@ def limit_key(endpoint: str, measure: str, clients: int) -> str:
     return f"{endpoint}_{measure}_ratio_c{clients}"
 
 
-LIMIT_KEYS = tuple(limit_key(e, m, n) for e in LIMIT_ENDPOINTS for n in LIMIT_LEVELS
-                   for m in ("rps", "p99"))
+LIMIT_KEYS = tuple(
+    limit_key(e, m, n) for e in LIMIT_ENDPOINTS for n in LIMIT_LEVELS for m in ("rps", "p99")
+)
 
 #: The flat ``summary`` object of the JSON: exactly these keys, in these units.
 SUMMARY_KEYS = (
-    "status_p50_ms", "heartbeat_p50_ms", "detect_deadline_ms", "detect_destroy_ms",
-    "detect_suspend_ms", "recovery_event_ratio", "heartbeat_p99_mixed_ms", "heartbeat_rps_c32",
+    "status_p50_ms",
+    "heartbeat_p50_ms",
+    "detect_deadline_ms",
+    "detect_destroy_ms",
+    "detect_suspend_ms",
+    "recovery_event_ratio",
+    "heartbeat_p99_mixed_ms",
+    "heartbeat_rps_c32",
     *LIMIT_KEYS,
-    "concurrent_restart_reverts", "idle_cpu_percent", "virsh_per_minute", "rss_mib",
-    "event_stream_rss_mib", "log_bytes_per_day",
+    "concurrent_restart_reverts",
+    "idle_cpu_percent",
+    "virsh_per_minute",
+    "rss_mib",
+    "event_stream_rss_mib",
+    "log_bytes_per_day",
 )
 
 #: Where each summary number comes from: (figure name, field of that figure).
@@ -84,8 +97,7 @@ SUMMARY_LABELS = {
 }
 
 #: Summary keys for which a larger number is better (all others: smaller is better).
-HIGHER_IS_BETTER = frozenset({"heartbeat_rps_c32",
-                              *(key for key in LIMIT_KEYS if "_rps_" in key)})
+HIGHER_IS_BETTER = frozenset({"heartbeat_rps_c32", *(key for key in LIMIT_KEYS if "_rps_" in key)})
 
 MIB = 1024 * 1024
 
@@ -94,6 +106,7 @@ MIB = 1024 * 1024
 class Target:
     """What one summary number must reach: at most ``limit`` (smaller is better) or, with
     ``at_least``, at least ``limit`` (larger is better). The limit itself is met."""
+
     key: str
     text: str
     limit: float
@@ -114,21 +127,35 @@ def _limit_targets() -> tuple[Target, ...]:
         endpoint, measure, _, level = key.split("_")
         n = f"{level[1:]} connection" + ("" if level == "c1" else "s")
         if measure == "rps":
-            found.append(Target(key, f"{endpoint} req/s at {n} >= "
-                                     f"{LIMIT_SHARE:g}x the bare app", LIMIT_SHARE, at_least=True))
+            found.append(
+                Target(
+                    key,
+                    f"{endpoint} req/s at {n} >= {LIMIT_SHARE:g}x the bare app",
+                    LIMIT_SHARE,
+                    at_least=True,
+                )
+            )
         else:
-            found.append(Target(key, f"{endpoint} p99 at {n} <= 1/{LIMIT_SHARE:g}x "
-                                     f"the bare app's", 1 / LIMIT_SHARE))
+            found.append(
+                Target(
+                    key,
+                    f"{endpoint} p99 at {n} <= 1/{LIMIT_SHARE:g}x the bare app's",
+                    1 / LIMIT_SHARE,
+                )
+            )
     return tuple(found)
 
 
 TARGETS: tuple[Target, ...] = (
     Target("status_p50_ms", "GET /api/v1/status p50 <= 2 ms", 2.0),
     Target("detect_deadline_ms", "heartbeat deadline to revert start <= 20 ms (median)", 20.0),
-    Target("detect_destroy_ms", "virsh destroy event to revert start <= 100 ms (median)",
-           100.0),
-    Target("recovery_event_ratio", "failure -> VM running <= 1.05x raw virsh snapshot-revert "
-           "-> running (worst trigger, median of pairs)", 1.05),
+    Target("detect_destroy_ms", "virsh destroy event to revert start <= 100 ms (median)", 100.0),
+    Target(
+        "recovery_event_ratio",
+        "failure -> VM running <= 1.05x raw virsh snapshot-revert "
+        "-> running (worst trigger, median of pairs)",
+        1.05,
+    ),
     Target("heartbeat_p99_mixed_ms", "heartbeat p99 under the mixed load <= 20 ms", 20.0),
     *_limit_targets(),
     Target("concurrent_restart_reverts", "20 simultaneous restarts cause <= 2 reverts", 2.0),
@@ -139,17 +166,26 @@ TARGETS: tuple[Target, ...] = (
 )
 
 UNITS = {
-    "status_p50_ms": "ms", "heartbeat_p50_ms": "ms", "detect_deadline_ms": "ms",
-    "detect_destroy_ms": "ms", "detect_suspend_ms": "ms", "recovery_event_ratio": "x",
-    "heartbeat_p99_mixed_ms": "ms", "heartbeat_rps_c32": "req/s",
+    "status_p50_ms": "ms",
+    "heartbeat_p50_ms": "ms",
+    "detect_deadline_ms": "ms",
+    "detect_destroy_ms": "ms",
+    "detect_suspend_ms": "ms",
+    "recovery_event_ratio": "x",
+    "heartbeat_p99_mixed_ms": "ms",
+    "heartbeat_rps_c32": "req/s",
     **{key: "x" for key in LIMIT_KEYS},
-    "concurrent_restart_reverts": "reverts", "idle_cpu_percent": "%",
-    "virsh_per_minute": "/min", "rss_mib": "MiB", "event_stream_rss_mib": "MiB",
+    "concurrent_restart_reverts": "reverts",
+    "idle_cpu_percent": "%",
+    "virsh_per_minute": "/min",
+    "rss_mib": "MiB",
+    "event_stream_rss_mib": "MiB",
     "log_bytes_per_day": "B",
 }
 
 
 # ---------------------------------------------------------------- statistics
+
 
 def percentile(values: Iterable[float], p: float) -> float | None:
     """The p-th percentile (0-100), interpolated linearly between the closest ranks
@@ -169,18 +205,44 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     """n, median, p95, p99, min, max and mean of the samples (None for each when empty)."""
     data = list(values)
     if not data:
-        return {"n": 0, "median": None, "p95": None, "p99": None, "min": None, "max": None,
-                "mean": None}
-    return {"n": len(data), "median": percentile(data, 50), "p95": percentile(data, 95),
-            "p99": percentile(data, 99), "min": min(data), "max": max(data),
-            "mean": sum(data) / len(data)}
+        return {
+            "n": 0,
+            "median": None,
+            "p95": None,
+            "p99": None,
+            "min": None,
+            "max": None,
+            "mean": None,
+        }
+    return {
+        "n": len(data),
+        "median": percentile(data, 50),
+        "p95": percentile(data, 95),
+        "p99": percentile(data, 99),
+        "min": min(data),
+        "max": max(data),
+        "mean": sum(data) / len(data),
+    }
 
 
-def sampled(section: str, label: str, unit: str, samples: Sequence[float], method: str,
-            keep_samples: bool = True, **extra: Any) -> dict[str, Any]:
+def sampled(
+    section: str,
+    label: str,
+    unit: str,
+    samples: Sequence[float],
+    method: str,
+    keep_samples: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
     """A figure made of samples: their statistics, the method and (optionally) the samples."""
-    fig: dict[str, Any] = {"section": section, "label": label, "unit": unit, **describe(samples),
-                           "method": method, **extra}
+    fig: dict[str, Any] = {
+        "section": section,
+        "label": label,
+        "unit": unit,
+        **describe(samples),
+        "method": method,
+        **extra,
+    }
     if keep_samples:
         fig["samples"] = [round(s, 4) for s in samples]
     return fig
@@ -190,15 +252,26 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
     """The middle half (p25, p75) and the extremes of the samples: how far one pair may
     stray from the median."""
     data = list(values)
-    return {"p25": percentile(data, 25), "p75": percentile(data, 75),
-            "min": min(data) if data else None, "max": max(data) if data else None}
+    return {
+        "p25": percentile(data, 25),
+        "p75": percentile(data, 75),
+        "min": min(data) if data else None,
+        "max": max(data) if data else None,
+    }
 
 
-def scalar(section: str, label: str, unit: str, value: float | None, method: str,
-           **extra: Any) -> dict[str, Any]:
+def scalar(
+    section: str, label: str, unit: str, value: float | None, method: str, **extra: Any
+) -> dict[str, Any]:
     """A figure that is one number (a ratio, a rate, a count)."""
-    return {"section": section, "label": label, "unit": unit, "value": value, "method": method,
-            **extra}
+    return {
+        "section": section,
+        "label": label,
+        "unit": unit,
+        "value": value,
+        "method": method,
+        **extra,
+    }
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -208,6 +281,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------- summary and targets
+
 
 def build_summary(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
     """The flat summary: exactly SUMMARY_KEYS; None where the figure is missing."""
@@ -224,13 +298,24 @@ def evaluate_targets(summary: Mapping[str, float | None]) -> list[dict[str, Any]
     rows = []
     for target in TARGETS:
         value = summary.get(target.key)
-        rows.append({"key": target.key, "target": target.text, "limit": target.limit,
-                     "at_least": target.at_least, "value": value, "met": target.met(value)})
+        rows.append(
+            {
+                "key": target.key,
+                "target": target.text,
+                "limit": target.limit,
+                "at_least": target.at_least,
+                "value": value,
+                "met": target.met(value),
+            }
+        )
     return rows
 
 
-def compare(current: Mapping[str, float | None], baseline: Mapping[str, float | None],
-            tolerance: float = 0.05) -> list[dict[str, Any]]:
+def compare(
+    current: Mapping[str, float | None],
+    baseline: Mapping[str, float | None],
+    tolerance: float = 0.05,
+) -> list[dict[str, Any]]:
     """current / baseline for each summary key, and whether that is better or worse
     (beyond ``tolerance``) given the direction in which the figure improves."""
     rows = []
@@ -238,27 +323,36 @@ def compare(current: Mapping[str, float | None], baseline: Mapping[str, float | 
         now, then = current.get(key), baseline.get(key)
         r = ratio(now, then)
         if r is None:
-            verdict = "n/a" if now is None or then is None else \
-                ("same" if now == then else ("worse" if (now > then) != (key in HIGHER_IS_BETTER)
-                                             else "better"))
+            verdict = (
+                "n/a"
+                if now is None or then is None
+                else (
+                    "same"
+                    if now == then
+                    else ("worse" if (now > then) != (key in HIGHER_IS_BETTER) else "better")
+                )
+            )
         elif abs(r - 1) <= tolerance:
             verdict = "same"
         else:
             verdict = "better" if (r > 1) == (key in HIGHER_IS_BETTER) else "worse"
-        rows.append({"key": key, "baseline": then, "current": now, "ratio": r,
-                     "verdict": verdict})
+        rows.append({"key": key, "baseline": then, "current": now, "ratio": r, "verdict": verdict})
     return rows
 
 
 # ---------------------------------------------------------------- text
+
 
 def fmt(value: float | None, unit: str) -> str:
     """A number with its unit, at a precision fit for reading."""
     if value is None:
         return "-"
     if unit == "ms":
-        return f"{value:.3f} ms" if abs(value) < 1 else (
-            f"{value:.2f} ms" if abs(value) < 10 else f"{value:.1f} ms")
+        return (
+            f"{value:.3f} ms"
+            if abs(value) < 1
+            else (f"{value:.2f} ms" if abs(value) < 10 else f"{value:.1f} ms")
+        )
     if unit == "x":
         return f"{value:.3f}x"
     if unit == "%":
@@ -269,7 +363,7 @@ def fmt(value: float | None, unit: str) -> str:
         if abs(value) >= 1024:
             return f"{value / 1024:.1f} KiB"
         return f"{value:.0f} B"
-    if unit in ("MB", "MiB"):   # MB in baselines from before MiB
+    if unit in ("MB", "MiB"):  # MB in baselines from before MiB
         return f"{value:.1f} {unit}"
     if unit in ("req/s", "/min", "s"):
         return f"{value:.1f} {unit}" if unit != "/min" else f"{value:.2f}/min"
@@ -299,8 +393,13 @@ def _figure_row(name: str, fig: Mapping[str, Any], summary: Mapping[str, Any]) -
     if "value" in fig:
         cells = [fig["label"], "", fmt(fig["value"], unit), "", ""]
     else:
-        cells = [fig["label"], str(fig.get("n", "")), fmt(fig.get("median"), unit),
-                 fmt(fig.get("p95"), unit), fmt(fig.get("p99"), unit)]
+        cells = [
+            fig["label"],
+            str(fig.get("n", "")),
+            fmt(fig.get("median"), unit),
+            fmt(fig.get("p95"), unit),
+            fmt(fig.get("p99"), unit),
+        ]
     target = ""
     if name in _TARGET_OF_FIGURE:
         goal = _TARGET_OF_FIGURE[name]
@@ -316,8 +415,10 @@ def _grid(rows: list[list[str]], header: list[str]) -> list[str]:
     right = {1, 2, 3, 4}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     return [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
 
 
@@ -329,15 +430,21 @@ def format_table(result: Mapping[str, Any], methods: bool = True) -> str:
     out: list[str] = []
     machine = result.get("machine", {})
     load = result.get("load_average", {})
-    out.append(f"Exhibition VM Controller benchmark ({result.get('mode', '?')} mode), "
-               f"{result.get('started', '?')}, took {result.get('duration_s', 0):.0f} s")
+    out.append(
+        f"Exhibition VM Controller benchmark ({result.get('mode', '?')} mode), "
+        f"{result.get('started', '?')}, took {result.get('duration_s', 0):.0f} s"
+    )
     if machine:
-        out.append(f"machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, "
-                   f"libvirt {machine.get('libvirt')}, QEMU {machine.get('qemu')}, "
-                   f"Linux {machine.get('kernel')}, Python {machine.get('python')}")
+        out.append(
+            f"machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, "
+            f"libvirt {machine.get('libvirt')}, QEMU {machine.get('qemu')}, "
+            f"Linux {machine.get('kernel')}, Python {machine.get('python')}"
+        )
     if load:
-        out.append("load average (1/5/15 min): " + "; ".join(
-            f"{k} {' '.join(f'{x:.2f}' for x in v)}" for k, v in load.items()))
+        out.append(
+            "load average (1/5/15 min): "
+            + "; ".join(f"{k} {' '.join(f'{x:.2f}' for x in v)}" for k, v in load.items())
+        )
     header = ["figure", "n", "median/value", "p95", "p99", "target"]
     for section, title in SECTIONS.items():
         names = [n for n, f in figures.items() if f.get("section") == section]
@@ -358,22 +465,42 @@ def format_table(result: Mapping[str, Any], methods: bool = True) -> str:
     targets = evaluate_targets(summary)
     missed = [t for t in targets if t["met"] is False]
     out.append("")
-    out.append(f"targets: {sum(1 for t in targets if t['met'])} of {len(targets)} met" +
-               (": not met: " + "; ".join(f"{t['target']} (measured "
-                                           f"{fmt(t['value'], UNITS[t['key']])})"
-                                           for t in missed) if missed else ""))
+    out.append(
+        f"targets: {sum(1 for t in targets if t['met'])} of {len(targets)} met"
+        + (
+            ": not met: "
+            + "; ".join(
+                f"{t['target']} (measured {fmt(t['value'], UNITS[t['key']])})" for t in missed
+            )
+            if missed
+            else ""
+        )
+    )
     return "\n".join(out)
 
 
 def format_compare(rows: Sequence[Mapping[str, Any]], baseline_label: str) -> str:
     lines = [f"compared with {baseline_label} (ratio = this run / baseline)"]
-    table = [[r["key"], fmt(r["baseline"], UNITS[r["key"]]), fmt(r["current"], UNITS[r["key"]]),
-              "-" if r["ratio"] is None else f"{r['ratio']:.3f}", r["verdict"]] for r in rows]
+    table = [
+        [
+            r["key"],
+            fmt(r["baseline"], UNITS[r["key"]]),
+            fmt(r["current"], UNITS[r["key"]]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            r["verdict"],
+        ]
+        for r in rows
+    ]
     header = ["summary key", "baseline", "this run", "ratio", ""]
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     for cells in [header, ["-" * w for w in widths], *table]:
-        lines.append("  " + "  ".join(c.rjust(w) if 0 < i < 4 else c.ljust(w)
-                                      for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+        lines.append(
+            "  "
+            + "  ".join(
+                c.rjust(w) if 0 < i < 4 else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -385,8 +512,7 @@ def format_rst(result: Mapping[str, Any]) -> str:
         value = result["summary"].get(key)
         goal = goals.get(key)
         target = "" if goal is None else goal.bound(UNITS[key])
-        met = "" if goal is None or value is None else \
-            ("met" if goal.met(value) else "**not met**")
+        met = "" if goal is None or value is None else ("met" if goal.met(value) else "**not met**")
         rows.append([SUMMARY_LABELS[key], fmt(value, UNITS[key]), target, met])
     header = ["figure", "measured", "target", ""]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -394,15 +520,19 @@ def format_rst(result: Mapping[str, Any]) -> str:
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     machine = result.get("machine", {})
     load = result.get("load_average", {})
     started = str(result.get("started", "?"))[:10]
-    intro = (f"{result.get('mode', '?').capitalize()} run of {started}, "
-             f"{result.get('duration_s', 0) / 60:.1f} minutes, on {machine.get('cores')} cores "
-             f"({machine.get('cpu_model')}), libvirt {machine.get('libvirt')}, "
-             f"QEMU {machine.get('qemu')} (``type='qemu'``, TCG), libvirtd under "
-             f"{machine.get('libvirtd_under', '?')}, Python {machine.get('python')}; load "
-             f"average {' / '.join(f'{x:.2f}' for x in load.get('start', []))} at the start "
-             f"(a machine shared with other test runs):")
-    return "\n".join([textwrap.fill(intro, 78), "", rule, line(header), rule,
-                      *[line(r) for r in rows], rule])
+    intro = (
+        f"{result.get('mode', '?').capitalize()} run of {started}, "
+        f"{result.get('duration_s', 0) / 60:.1f} minutes, on {machine.get('cores')} cores "
+        f"({machine.get('cpu_model')}), libvirt {machine.get('libvirt')}, "
+        f"QEMU {machine.get('qemu')} (``type='qemu'``, TCG), libvirtd under "
+        f"{machine.get('libvirtd_under', '?')}, Python {machine.get('python')}; load "
+        f"average {' / '.join(f'{x:.2f}' for x in load.get('start', []))} at the start "
+        f"(a machine shared with other test runs):"
+    )
+    return "\n".join(
+        [textwrap.fill(intro, 78), "", rule, line(header), rule, *[line(r) for r in rows], rule]
+    )

@@ -5,16 +5,18 @@ the schema. Tests that need a raw client (browser headers, a forged Host,
 HEAD, a real server) use these instead of a bare ``requests`` call or a bare
 Flask test client, so the promise holds for them too.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jsonschema
 import requests
 from flask.testing import FlaskClient
-
 from openapi_check import to_json_schema
+
 from vmcontroller.vocab import API_PREFIX
 
 Check = Callable[[str, str, int, Any], None]
@@ -25,15 +27,24 @@ def path_template(spec: dict, path: str) -> str | None:
     path = path.split("?", 1)[0]
     # A literal segment wins over a parameter (/snapshot/create, not /snapshot/{name}).
     for template in sorted(spec.get("paths", {}), key=lambda t: t.count("{")):
-        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
-                          for part in re.split(r"(\{[^}]+\})", template))
+        pattern = "".join(
+            "[^/]+" if part.startswith("{") else re.escape(part)
+            for part in re.split(r"(\{[^}]+\})", template)
+        )
         if re.fullmatch(pattern, path):
             return template
     return None
 
 
-def check_answer(spec: dict, check: Check, method: str, path: str, status: int,
-                 content_type: str, body: Callable[[], Any]) -> None:
+def check_answer(
+    spec: dict,
+    check: Check,
+    method: str,
+    path: str,
+    status: int,
+    content_type: str,
+    body: Callable[[], Any],
+) -> None:
     """One answer against the document: its operation's schema for that status, or, where
     no operation is documented (unknown path, wrong method), the Error schema."""
     method = method.lower()
@@ -42,8 +53,9 @@ def check_answer(spec: dict, check: Check, method: str, path: str, status: int,
         #         answers in headers only (tests/test_api_edges.py checks them)
     if not (path.startswith(API_PREFIX) or path == "/"):
         return  # the documentation and its assets (/docs, /openapi.json...): no operations
-    assert content_type.split(";")[0].strip() == "application/json", \
+    assert content_type.split(";")[0].strip() == "application/json", (
         f"{method.upper()} {path} {status}: an API answer that is not JSON ({content_type})"
+    )
     decoded = body()
     template = path_template(spec, path)
     if template is not None and method in spec["paths"][template]:
@@ -64,9 +76,15 @@ class CheckedFlaskClient(FlaskClient):
     def open(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         response = super().open(*args, **kwargs)
         request = response.request
-        check_answer(self._spec, self._check, request.method, request.path,
-                     response.status_code, response.content_type or "",
-                     response.get_json)
+        check_answer(
+            self._spec,
+            self._check,
+            request.method,
+            request.path,
+            response.status_code,
+            response.content_type or "",
+            response.get_json,
+        )
         return response
 
 
@@ -81,9 +99,16 @@ def checked_session(spec: dict, check: Check) -> requests.Session:
 
     def hook(response: requests.Response, *args: Any, **kwargs: Any) -> None:
         from urllib.parse import urlsplit
-        check_answer(spec, check, response.request.method or "GET",
-                     urlsplit(response.request.url).path, response.status_code,
-                     response.headers.get("Content-Type", ""), response.json)
+
+        check_answer(
+            spec,
+            check,
+            response.request.method or "GET",
+            urlsplit(response.request.url).path,
+            response.status_code,
+            response.headers.get("Content-Type", ""),
+            response.json,
+        )
 
     session.hooks["response"].append(hook)
     return session

@@ -1,10 +1,12 @@
 """Shared fixtures: real libvirt domains, a running controller, a schema-checking client."""
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -13,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from libvirt_env import EventRecorder, TestDomain, libvirt_available  # noqa: E402
 from openapi_check import response_validator  # noqa: E402
+
 from vmcontroller import __version__  # noqa: E402
 from vmcontroller.apispec import build_openapi  # noqa: E402
 from vmcontroller.config import build_config  # noqa: E402
@@ -45,8 +48,10 @@ def libvirt() -> None:
     unless VMCTL_TEST_WITHOUT_LIBVIRT=1 says a quick local run is fine without."""
     if libvirt_available():
         return
-    message = ("libvirtd does not answer on qemu:///system: run scripts/test (it installs and "
-               "starts libvirt), or set VMCTL_TEST_WITHOUT_LIBVIRT=1 to skip these tests")
+    message = (
+        "libvirtd does not answer on qemu:///system: run scripts/test (it installs and "
+        "starts libvirt), or set VMCTL_TEST_WITHOUT_LIBVIRT=1 to skip these tests"
+    )
     if os.environ.get("VMCTL_TEST_WITHOUT_LIBVIRT") == "1":
         pytest.skip(message)
     pytest.fail(message, pytrace=False)
@@ -79,8 +84,14 @@ class Api:
         self._check = check
         self.session = requests.Session()
 
-    def call(self, method: str, path: str, template: str | None = None,
-             expect: int | None = 200, **kwargs: Any) -> requests.Response:
+    def call(
+        self,
+        method: str,
+        path: str,
+        template: str | None = None,
+        expect: int | None = 200,
+        **kwargs: Any,
+    ) -> requests.Response:
         response = self.session.request(method, self.base + path, timeout=60, **kwargs)
         body = response.json()  # every answer is JSON, errors included
         assert response.headers["Content-Type"].startswith("application/json")
@@ -105,10 +116,17 @@ def start_controller(domain, check_response, tmp_path):
     started: list[Controller] = []
 
     def start(**overrides: Any) -> tuple[Controller, Api]:
-        settings = {"vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
-                    "heartbeat_timeout": 3, "vm_startup_heartbeat_delay": 1,
-                    "heartbeat_check_interval": 0.5, "virsh_timeout": 60,
-                    "state_path": str(tmp_path / "state.db"), **overrides}
+        settings = {
+            "vm_name": domain.name,
+            "api_host": "127.0.0.1",
+            "api_port": 0,
+            "heartbeat_timeout": 3,
+            "vm_startup_heartbeat_delay": 1,
+            "heartbeat_check_interval": 0.5,
+            "virsh_timeout": 60,
+            "state_path": str(tmp_path / "state.db"),
+            **overrides,
+        }
         controller = Controller(build_config(settings))
         started.append(controller)
         controller.start()
@@ -135,8 +153,11 @@ class ControllerProcess:
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmcontroller", "serve", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**env, "VMCTL_API_PORT": str(self.port)})
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**env, "VMCTL_API_PORT": str(self.port)},
+        )
         self.api = Api(f"http://127.0.0.1:{self.port}", check)
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -145,8 +166,10 @@ class ControllerProcess:
         def ready() -> bool:
             assert self.proc.poll() is None, self.log_path.read_text()
             try:
-                return self.api.session.get(self.api.base + "/api/v1/status",
-                                            timeout=2).status_code == 200
+                return (
+                    self.api.session.get(self.api.base + "/api/v1/status", timeout=2).status_code
+                    == 200
+                )
             except requests.ConnectionError:
                 return False
 
@@ -178,15 +201,26 @@ def spawn_controller(domain, check_response, tmp_path):
     made: list[ControllerProcess] = []
 
     def spawn(env: dict[str, str] | None = None, **overrides: Any) -> ControllerProcess:
-        settings = {"vm_name": domain.name, "api_host": "127.0.0.1", "api_port": 0,
-                    "heartbeat_timeout": 3, "vm_startup_heartbeat_delay": 1,
-                    "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
-                    "state_path": str(tmp_path / "state.db"), **overrides}
+        settings = {
+            "vm_name": domain.name,
+            "api_host": "127.0.0.1",
+            "api_port": 0,
+            "heartbeat_timeout": 3,
+            "vm_startup_heartbeat_delay": 1,
+            "heartbeat_check_interval": 0.5,
+            "virsh_timeout": 30,
+            "state_path": str(tmp_path / "state.db"),
+            **overrides,
+        }
         config = tmp_path / f"controller-{len(made)}.yaml"
         config.write_text(yaml.safe_dump(settings))
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
-        process = ControllerProcess(config, tmp_path / f"controller-{len(made)}.log",
-                                    {**base_env, **(env or {})}, check_response)
+        process = ControllerProcess(
+            config,
+            tmp_path / f"controller-{len(made)}.log",
+            {**base_env, **(env or {})},
+            check_response,
+        )
         made.append(process)
         process.wait_ready()
         return process

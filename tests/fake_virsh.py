@@ -4,19 +4,30 @@ It models only what the controller relies on (state, snapshots, revert) and
 records every call so tests can count reverts. It is never the only proof:
 every behaviour here is also tested against a real libvirtd.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Callable
 
-from vmcontroller.virsh import (DomainNotFound, LifecycleEvent, NotRunning, SnapshotNotFound,
-                                VirshError)
+from vmcontroller.virsh import (
+    DomainNotFound,
+    LifecycleEvent,
+    NotRunning,
+    SnapshotNotFound,
+    VirshError,
+)
 
 
 class FakeRunner:
-    def __init__(self, domain: str = "art", state: str = "running",
-                 snapshots: tuple[str, ...] = ("ready",), revert_seconds: float = 0.0):
+    def __init__(
+        self,
+        domain: str = "art",
+        state: str = "running",
+        snapshots: tuple[str, ...] = ("ready",),
+        revert_seconds: float = 0.0,
+    ):
         self.domain = domain
         self.state = state
         self.snapshots: list[str] = list(snapshots)
@@ -119,8 +130,9 @@ class FakeRunner:
     def snapshot_delete(self, domain: str, name: str) -> None:
         self._call("snapshot-delete", domain, name)
         if name not in self.snapshots:
-            raise SnapshotNotFound(f"Domain snapshot not found: no domain snapshot with matching "
-                                   f"name '{name}'")
+            raise SnapshotNotFound(
+                f"Domain snapshot not found: no domain snapshot with matching name '{name}'"
+            )
         parent = self.parents.pop(name)
         self.snapshots.remove(name)
         for child, p in self.parents.items():
@@ -129,13 +141,20 @@ class FakeRunner:
         if self.current == name:
             self.current = parent
 
-    def snapshot_revert(self, domain: str, name: str, *, paused: bool = False,
-                        force: bool = False) -> None:
-        self._call("snapshot-revert", domain, name, "--paused" if paused else "--running",
-                   *(("--force",) if force else ()))
+    def snapshot_revert(
+        self, domain: str, name: str, *, paused: bool = False, force: bool = False
+    ) -> None:
+        self._call(
+            "snapshot-revert",
+            domain,
+            name,
+            "--paused" if paused else "--running",
+            *(("--force",) if force else ()),
+        )
         if name not in self.snapshots:
-            raise SnapshotNotFound(f"Domain snapshot not found: no domain snapshot with matching "
-                                   f"name '{name}'")
+            raise SnapshotNotFound(
+                f"Domain snapshot not found: no domain snapshot with matching name '{name}'"
+            )
         if self.revert_seconds:
             threading.Event().wait(self.revert_seconds)
         self.state = "paused" if paused else "running"

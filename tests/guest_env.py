@@ -11,6 +11,7 @@ machine pays for it, inside the test run. What the guest sends is read from
 its serial console, written to a file next to its disk: one line per
 heartbeat, ``heartbeat: seq=N boot=ID ok`` (or ``FAIL: why``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,10 +26,14 @@ from pathlib import Path
 from libvirt_env import IMAGES, PREFIX, virsh
 
 REPO = Path(__file__).resolve().parent.parent
-_CACHE = Path("/var/cache") if os.geteuid() == 0 else \
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-GUEST_DIR = Path(os.environ.get("VMCTL_TEST_GUEST_DIR",
-                                _CACHE / "exhibition-vm-controller" / "test-guest"))
+_CACHE = (
+    Path("/var/cache")
+    if os.geteuid() == 0
+    else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+)
+GUEST_DIR = Path(
+    os.environ.get("VMCTL_TEST_GUEST_DIR", _CACHE / "exhibition-vm-controller" / "test-guest")
+)
 BEAT = re.compile(r"heartbeat: seq=(\d+) boot=(\S+) (ok|FAIL)")
 
 GUEST_XML = (REPO / "scripts" / "guest" / "domain.xml").read_text()  # shared with the demo
@@ -37,19 +42,25 @@ GUEST_XML = (REPO / "scripts" / "guest" / "domain.xml").read_text()  # shared wi
 @dataclass(frozen=True)
 class Build:
     path: Path
-    seconds: float      # what scripts/build-guest.sh took in this session
+    seconds: float  # what scripts/build-guest.sh took in this session
     log: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_guest() -> Build:
     """Run scripts/build-guest.sh once per test session (it returns at once when up to date)."""
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build-guest.sh"), str(GUEST_DIR)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-guest.sh"), str(GUEST_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"scripts/build-guest.sh {GUEST_DIR} failed ({proc.returncode}):\n"
-                           f"{proc.stdout}{proc.stderr}")
+        raise RuntimeError(
+            f"scripts/build-guest.sh {GUEST_DIR} failed ({proc.returncode}):\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
     return Build(GUEST_DIR, time.monotonic() - started, proc.stderr)
 
 
@@ -65,9 +76,10 @@ class GuestDomain:
 
     __test__ = False
 
-    def __init__(self, label: str, guest: Path, port: int, hb_timeout: float = 2,
-                 kernel_args: str = ""):
-        self.kernel_args = kernel_args   # appended to the guest's kernel command line
+    def __init__(
+        self, label: str, guest: Path, port: int, hb_timeout: float = 2, kernel_args: str = ""
+    ):
+        self.kernel_args = kernel_args  # appended to the guest's kernel command line
         self.name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
         self.disk = IMAGES / f"{self.name}.qcow2"
         self.console = IMAGES / f"{self.name}.console.log"
@@ -75,14 +87,21 @@ class GuestDomain:
         self.port = port
         self.hb_timeout = hb_timeout
 
-    def define(self) -> "GuestDomain":
+    def define(self) -> GuestDomain:
         IMAGES.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "16M"],
-                       check=True)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "16M"], check=True
+        )
         xml = self.disk.with_suffix(".xml")
-        text = GUEST_XML.format(name=self.name, description="vmctl test guest",
-                                guest=self.guest, port=self.port, hb_timeout=self.hb_timeout,
-                                disk=self.disk, console=self.console)
+        text = GUEST_XML.format(
+            name=self.name,
+            description="vmctl test guest",
+            guest=self.guest,
+            port=self.port,
+            hb_timeout=self.hb_timeout,
+            disk=self.disk,
+            console=self.console,
+        )
         if self.kernel_args:
             text = text.replace("</cmdline>", f" {self.kernel_args}</cmdline>", 1)
         xml.write_text(text)
@@ -120,27 +139,36 @@ class GuestDomain:
 
     def beats(self, offset: int = 0) -> list[Beat]:
         """Every heartbeat the guest reported on its console after offset, in order."""
-        return [Beat(int(m.group(1)), m.group(2), m.group(3) == "ok")
-                for m in BEAT.finditer(self.console_text(offset))]
+        return [
+            Beat(int(m.group(1)), m.group(2), m.group(3) == "ok")
+            for m in BEAT.finditer(self.console_text(offset))
+        ]
 
 
-def start_exhibit(vm: GuestDomain, state_path: Path, timeout: float, grace: float,
-                  beats: int = 2):
+def start_exhibit(vm: GuestDomain, state_path: Path, timeout: float, grace: float, beats: int = 2):
     """The staff's order of work with a real guest: a controller in maintenance, the guest
     started and heartbeating, ``ready`` taken while it runs, then automatic revert on.
     Returns the running in-process Controller (the caller stops it)."""
     import requests
+    from libvirt_env import wait_until
 
     from vmcontroller.config import build_config
     from vmcontroller.server import Controller
 
-    from libvirt_env import wait_until
-
-    controller = Controller(build_config({
-        "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": vm.port,
-        "heartbeat_timeout": timeout, "vm_startup_heartbeat_delay": grace,
-        "heartbeat_check_interval": 0.5, "auto_revert_enabled": False,
-        "state_path": str(state_path)}))
+    controller = Controller(
+        build_config(
+            {
+                "vm_name": vm.name,
+                "api_host": "127.0.0.1",
+                "api_port": vm.port,
+                "heartbeat_timeout": timeout,
+                "vm_startup_heartbeat_delay": grace,
+                "heartbeat_check_interval": 0.5,
+                "auto_revert_enabled": False,
+                "state_path": str(state_path),
+            }
+        )
+    )
     controller.start()
     try:
         assert controller.monitor.wait_initialised(60)

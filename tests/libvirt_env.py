@@ -6,6 +6,7 @@ its snapshot metadata) and its disk deleted afterwards. Nothing here touches
 any other domain. Tests may start processes (the package may not, outside
 virsh.py): they watch libvirt independently of the code under test.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 URI = os.environ.get("VMCTL_TEST_LIBVIRT_URI", "qemu:///system")
 IMAGES = Path(os.environ.get("VMCTL_TEST_IMAGES", "/var/lib/libvirt/images"))
@@ -25,8 +26,9 @@ ENV = {**os.environ, "LC_ALL": "C"}
 
 
 def virsh(*args: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+    proc = subprocess.run(
+        ["virsh", "-q", "-c", URI, *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"virsh {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -56,10 +58,11 @@ class TestDomain:
         self.name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
         self.disk = IMAGES / f"{self.name}.qcow2"
 
-    def create(self, start: bool = True, snapshot: str | None = "ready") -> "TestDomain":
+    def create(self, start: bool = True, snapshot: str | None = "ready") -> TestDomain:
         IMAGES.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "64M"],
-                       check=True, env=ENV)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "64M"], check=True, env=ENV
+        )
         xml = self.disk.with_suffix(".xml")
         xml.write_text(DOMAIN_XML.format(name=self.name, disk=self.disk))
         try:
@@ -74,8 +77,9 @@ class TestDomain:
 
     def remove(self) -> None:
         virsh("destroy", "--domain", self.name, check=False)
-        virsh("undefine", "--domain", self.name, "--snapshots-metadata", "--managed-save",
-              check=False)
+        virsh(
+            "undefine", "--domain", self.name, "--snapshots-metadata", "--managed-save", check=False
+        )
         self.disk.unlink(missing_ok=True)
 
     def state(self) -> str:
@@ -110,7 +114,12 @@ class EventRecorder:
         self._sentinel_heard = threading.Event()
         self._proc = subprocess.Popen(
             ["virsh", "-c", URI, "event", "--loop", "--event", "lifecycle"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1, env=ENV)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=ENV,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         self._wait_until_listening()
@@ -150,7 +159,8 @@ class EventRecorder:
     def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> bool:
         with self._cond:
             return self._cond.wait_for(
-                lambda: sum(1 for _, e in self.events if e == text) >= count, timeout)
+                lambda: sum(1 for _, e in self.events if e == text) >= count, timeout
+            )
 
     def close(self) -> None:
         self._proc.terminate()
@@ -169,8 +179,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05,
-               message: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 30,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> None:
     """Poll a condition with a deadline; fail with a message instead of hanging."""
     deadline = time.monotonic() + timeout
     while True:

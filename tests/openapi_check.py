@@ -21,16 +21,25 @@ translated before jsonschema sees it:
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jsonschema
 
 Check = Callable[[str, str, int, Any], None]
 
 # Keywords that only annotate in OpenAPI and mean nothing to jsonschema.
-_OPENAPI_ONLY = {"nullable", "example", "examples", "discriminator",
-                 "readOnly", "writeOnly", "xml", "externalDocs",
-                 "deprecated"}
+_OPENAPI_ONLY = {
+    "nullable",
+    "example",
+    "examples",
+    "discriminator",
+    "readOnly",
+    "writeOnly",
+    "xml",
+    "externalDocs",
+    "deprecated",
+}
 
 
 def _resolve(spec: dict[str, Any], ref: str) -> Any:
@@ -57,8 +66,7 @@ def _deref(spec: dict[str, Any], node: Any) -> Any:
     return node
 
 
-def to_json_schema(spec: dict[str, Any], schema: Any,
-                   _stack: tuple[str, ...] = ()) -> Any:
+def to_json_schema(spec: dict[str, Any], schema: Any, _stack: tuple[str, ...] = ()) -> Any:
     """Translate one OpenAPI 3.0 schema object into strict JSON Schema."""
     if isinstance(schema, list):
         return [to_json_schema(spec, item, _stack) for item in schema]
@@ -75,8 +83,7 @@ def to_json_schema(spec: dict[str, Any], schema: Any,
         if key in _OPENAPI_ONLY:
             continue
         if key == "properties":
-            out[key] = {name: to_json_schema(spec, sub, _stack)
-                        for name, sub in value.items()}
+            out[key] = {name: to_json_schema(spec, sub, _stack) for name, sub in value.items()}
         elif key in ("items", "additionalProperties", "not"):
             out[key] = to_json_schema(spec, value, _stack)
         elif key in ("allOf", "anyOf", "oneOf"):
@@ -106,8 +113,7 @@ def _format_checker() -> jsonschema.FormatChecker:
     return checker
 
 
-def response_schema(spec: dict[str, Any], path_template: str, method: str,
-                    status: int) -> Any:
+def response_schema(spec: dict[str, Any], path_template: str, method: str, status: int) -> Any:
     """The JSON schema (translated) of one documented response."""
     where = f"{method.upper()} {path_template} {status}"
     path_item = spec.get("paths", {}).get(path_template)
@@ -120,8 +126,8 @@ def response_schema(spec: dict[str, Any], path_template: str, method: str,
     response = responses.get(str(status), responses.get("default"))
     if response is None:
         raise AssertionError(
-            f"{where}: status not documented (documented: "
-            f"{', '.join(sorted(responses))})")
+            f"{where}: status not documented (documented: {', '.join(sorted(responses))})"
+        )
     response = _deref(spec, response)
     media = response.get("content", {}).get("application/json")
     if media is None or "schema" not in media:
@@ -138,22 +144,18 @@ def response_validator(spec: dict[str, Any]) -> Check:
     """
     checker = _format_checker()
 
-    def check(path_template: str, method: str, status: int,
-              body: Any) -> None:
+    def check(path_template: str, method: str, status: int, body: Any) -> None:
         schema = response_schema(spec, path_template, method, status)
-        validator = jsonschema.Draft7Validator(schema,
-                                               format_checker=checker)
-        errors = sorted(validator.iter_errors(body),
-                        key=lambda e: list(e.absolute_path))
+        validator = jsonschema.Draft7Validator(schema, format_checker=checker)
+        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if errors:
             lines = [
-                f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: "
-                f"{e.message}"
+                f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
                 for e in errors
             ]
             raise AssertionError(
                 f"{method.upper()} {path_template} {status}: body does not "
-                f"match the OpenAPI schema:\n" + "\n".join(lines)
-                + f"\nbody: {body!r}")
+                f"match the OpenAPI schema:\n" + "\n".join(lines) + f"\nbody: {body!r}"
+            )
 
     return check

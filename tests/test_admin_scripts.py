@@ -1,6 +1,7 @@
 """scripts/admin: backup snapshots, maintenance mode and the Nagios-style health check,
 run as real processes against a live controller on a real VM (and, for the cases a
 live controller cannot be made to show, against a stand-in that answers 503)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from libvirt_env import free_port, virsh, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,9 +27,13 @@ def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     has to find the checkout's .venv/bin/vmcontroller by itself, as it documents."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
     base["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    return subprocess.run([str(ADMIN / script), *args], capture_output=True, text=True,
-                          timeout=120, env={**base, **env})
-
+    return subprocess.run(
+        [str(ADMIN / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **env},
+    )
 
 
 def health(url: str, *args: str) -> tuple[int, str]:
@@ -54,14 +58,15 @@ def test_backup_snapshots_with_rotation(start_controller, domain):
     older = {"backup-2020-01-01-000000", "backup-2021-06-30-235959"}
     made = [s for s in domain.snapshots() if BACKUP_NAME.match(s) and s not in older]
     assert len(made) == 1 and proc.stdout.startswith(f"Snapshot '{made[0]}' created")
-    stamp = made[0][len("backup-"):]
-    assert before <= time.mktime(time.strptime(stamp, "%Y-%m-%d-%H%M%S")) <= after, \
+    stamp = made[0][len("backup-") :]
+    assert before <= time.mktime(time.strptime(stamp, "%Y-%m-%d-%H%M%S")) <= after, (
         "named after the local time of the run"
+    )
 
     proc = run("backup-snapshot.sh", "-u", api.base, "-k", "2")
     assert proc.returncode == 0, proc.stderr
     second = re.match(r"Snapshot '([^']+)' (created|replaced)", proc.stdout).group(1)
-    every = older | {made[0], second}    # the same name if both ran within one second
+    every = older | {made[0], second}  # the same name if both ran within one second
     left = set(domain.snapshots())
     assert {s for s in left if BACKUP_NAME.match(s)} == set(sorted(every)[-2:]), left
     assert "backup-2020-01-01-000000" not in left
@@ -108,11 +113,17 @@ def test_health_check_states(start_controller, domain):
     api.post("/api/v1/heartbeat")
     code, line = health(url)
     assert code == OK, line
-    assert re.match(rf"VMCTL OK - {domain.name} running, last heartbeat [0-9.]+ s ago, "
-                    rf"0 recent recoveries \| since_last=[0-9.]+s;60\.0;60;0 ", line), line
+    assert re.match(
+        rf"VMCTL OK - {domain.name} running, last heartbeat [0-9.]+ s ago, "
+        rf"0 recent recoveries \| since_last=[0-9.]+s;60\.0;60;0 ",
+        line,
+    ), line
 
-    wait_until(lambda: api.get("/api/v1/heartbeat/status")["seconds_since_last"] > 0.2, 10,
-               message="the heartbeat to get older than the thresholds given below")
+    wait_until(
+        lambda: api.get("/api/v1/heartbeat/status")["seconds_since_last"] > 0.2,
+        10,
+        message="the heartbeat to get older than the thresholds given below",
+    )
     code, line = health(url, "-w", "0.1", "-c", "0.2")
     assert code == CRITICAL and "critical above 0.2 s" in line
     code, line = health(url, "-w", "0.1", "-c", "100")
@@ -138,8 +149,11 @@ def test_health_check_states(start_controller, domain):
     # The VM dies behind everyone's back while recovery is off: nobody brings it back.
     api.post("/api/v1/revert/disable")
     virsh("destroy", "--domain", domain.name)
-    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "shut off", 20,
-               message="the controller to see the VM shut off")
+    wait_until(
+        lambda: api.get("/api/v1/status")["vm_state"] == "shut off",
+        20,
+        message="the controller to see the VM shut off",
+    )
     code, line = health(url)
     assert code == WARNING and "VM is shut off" in line and "maintenance mode" in line
 
@@ -153,8 +167,11 @@ def test_health_check_unreachable_starting_and_usage():
             pass
 
         def do_GET(self):
-            status, detail = (503, "VM manager not initialized") if self.path.endswith("status") \
+            status, detail = (
+                (503, "VM manager not initialized")
+                if self.path.endswith("status")
                 else (404, "Not Found")
+            )
             body = json.dumps({"detail": detail}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -192,18 +209,27 @@ def test_the_scripts_take_the_token_from_vmctl_token(start_controller):
 
 
 @pytest.mark.libvirt
-def test_health_check_is_critical_when_the_guard_tripped_and_the_vm_is_down(start_controller,
-                                                                            domain, events):
-    _, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2,
-                              max_recoveries=1, recovery_window=600)
-    wait_until(lambda: api.get("/api/v1/status")["recovery"]["guard"]["state"] == "failed", 60,
-               0.2, "the guard to trip on a guest that never heartbeats")
+def test_health_check_is_critical_when_the_guard_tripped_and_the_vm_is_down(
+    start_controller, domain, events
+):
+    _, api = start_controller(
+        heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2, max_recoveries=1, recovery_window=600
+    )
+    wait_until(
+        lambda: api.get("/api/v1/status")["recovery"]["guard"]["state"] == "failed",
+        60,
+        0.2,
+        "the guard to trip on a guest that never heartbeats",
+    )
     code, line = health(api.base)
     assert code == CRITICAL and "recovery guard tripped" in line, line
     # Down, with recovery on but the guard tripped: nobody brings it back.
     virsh("destroy", "--domain", domain.name)
-    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "shut off", 20,
-               message="the controller to see the VM shut off")
+    wait_until(
+        lambda: api.get("/api/v1/status")["vm_state"] == "shut off",
+        20,
+        message="the controller to see the VM shut off",
+    )
     code, line = health(api.base)
     assert code == CRITICAL and "VM is shut off" in line and "recovery guard tripped" in line
     assert "maintenance" not in line

@@ -7,6 +7,7 @@ method) must still be a JSON ``{"detail": ...}`` error. What each behaviour
 does to a real VM is proven in test_integration.py; here the point is status
 codes, bodies, input validation and logging, quickly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,17 +18,17 @@ from urllib.parse import quote
 
 import jsonschema
 import pytest
-from flask import Flask
-from werkzeug.exceptions import HTTPException
-
 from fake_virsh import FakeRunner
+from flask import Flask
 from libvirt_env import wait_until
 from openapi_check import to_json_schema
+from werkzeug.exceptions import HTTPException
+
 from vmcontroller import __version__
 from vmcontroller.app import create_app
 from vmcontroller.config import build_config
-from vmcontroller.store import Store
 from vmcontroller.monitor import Monitor
+from vmcontroller.store import Store
 from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
 
@@ -39,8 +40,15 @@ NOT_INITIALISED = {"detail": "VM manager not initialized"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Endpoints of the docs blueprints and Flask's static files: not API operations.
 DOCS_ENDPOINTS = ("static", "docs.", "flasgger.")
-DOCS_PREFIXES = ("/static/", "/docs", "/redoc", "/openapi.json", "/flasgger_static/",
-                 "/oauth2-redirect.html", "/apidocs/")
+DOCS_PREFIXES = (
+    "/static/",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/flasgger_static/",
+    "/oauth2-redirect.html",
+    "/apidocs/",
+)
 
 
 def openapi_path(rule: str) -> str:
@@ -98,12 +106,17 @@ def make_api(check_response, openapi):
     """Build a Monitor (started unless start=False) and the app around it."""
     started: list[Monitor] = []
 
-    def make(runner: FakeRunner | None = None, start: bool = True, store: Store | None = None,
-             **overrides: Any) -> Api:
+    def make(
+        runner: FakeRunner | None = None,
+        start: bool = True,
+        store: Store | None = None,
+        **overrides: Any,
+    ) -> Api:
         runner = runner or FakeRunner()
         config = build_config({"vm_name": runner.domain, **QUIET, **overrides})
-        monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config,
-                          store or Store(":memory:"))
+        monitor = Monitor(
+            Domain(runner, runner.domain, config.snapshot_name), config, store or Store(":memory:")
+        )
         if start:
             runner.listener = monitor.on_lifecycle_event
             monitor.on_events_connection(True)
@@ -123,34 +136,49 @@ def api(make_api) -> Api:
 
 
 def documented_operations(spec: dict) -> set[tuple[str, str]]:
-    return {(path, method.upper()) for path, item in spec["paths"].items()
-            for method in item if method in HTTP_METHODS}
+    return {
+        (path, method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 # ------------------------------------------------------------------ before start
 
 NEEDS_MONITOR = [
     ("GET", "/api/v1/status"),
-    ("GET", "/api/v1/heartbeat"), ("POST", "/api/v1/heartbeat"),
+    ("GET", "/api/v1/heartbeat"),
+    ("POST", "/api/v1/heartbeat"),
     ("GET", "/api/v1/heartbeat/status"),
-    ("GET", "/api/v1/vm/start"), ("POST", "/api/v1/vm/start"),
-    ("GET", "/api/v1/vm/stop"), ("POST", "/api/v1/vm/stop"),
-    ("GET", "/api/v1/vm/restart"), ("POST", "/api/v1/vm/restart"),
+    ("GET", "/api/v1/vm/start"),
+    ("POST", "/api/v1/vm/start"),
+    ("GET", "/api/v1/vm/stop"),
+    ("POST", "/api/v1/vm/stop"),
+    ("GET", "/api/v1/vm/restart"),
+    ("POST", "/api/v1/vm/restart"),
     ("GET", "/api/v1/snapshots"),
-    ("GET", "/api/v1/snapshot/create"), ("POST", "/api/v1/snapshot/create"),
+    ("GET", "/api/v1/snapshot/create"),
+    ("POST", "/api/v1/snapshot/create"),
     ("DELETE", "/api/v1/snapshot/ready"),
     ("GET", "/api/v1/snapshot/delete/ready"),
-    ("GET", "/api/v1/revert/enable"), ("POST", "/api/v1/revert/enable"),
-    ("GET", "/api/v1/revert/disable"), ("POST", "/api/v1/revert/disable"),
-    ("GET", "/api/v1/revert/request?reason=x"), ("POST", "/api/v1/revert/request?reason=x"),
-    ("GET", "/api/v1/idle/reset"), ("POST", "/api/v1/idle/reset"),
+    ("GET", "/api/v1/revert/enable"),
+    ("POST", "/api/v1/revert/enable"),
+    ("GET", "/api/v1/revert/disable"),
+    ("POST", "/api/v1/revert/disable"),
+    ("GET", "/api/v1/revert/request?reason=x"),
+    ("POST", "/api/v1/revert/request?reason=x"),
+    ("GET", "/api/v1/idle/reset"),
+    ("POST", "/api/v1/idle/reset"),
     ("GET", "/api/v1/events"),
 ]
 
 
 def test_the_503_list_covers_every_operation_but_the_root(openapi):
-    listed = {(path.replace("/ready", "/{snapshot_name}").split("?")[0], method)
-              for method, path in NEEDS_MONITOR}
+    listed = {
+        (path.replace("/ready", "/{snapshot_name}").split("?")[0], method)
+        for method, path in NEEDS_MONITOR
+    }
     assert listed == documented_operations(openapi) - {("/", "GET")}
 
 
@@ -163,12 +191,14 @@ def test_every_route_answers_503_until_the_monitor_has_started(make_api, method,
 
 def test_the_root_answers_before_the_monitor_has_started(make_api):
     api = make_api(start=False)
-    assert api.get("/") == {"message": "Exhibition VM Controller API",
-                            "details": {"version": __version__, "documentation": "/docs",
-                                        "status": "/api/v1/status"}}
+    assert api.get("/") == {
+        "message": "Exhibition VM Controller API",
+        "details": {"version": __version__, "documentation": "/docs", "status": "/api/v1/status"},
+    }
 
 
 # ------------------------------------------------------------------ routes vs document
+
 
 def test_every_route_is_documented_and_every_documented_operation_exists(make_api, openapi):
     app = make_api(start=False).app
@@ -188,6 +218,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists(make_ap
 
 # ------------------------------------------------------------------ every route, happy path
 
+
 def test_every_route_answers_as_documented(api):
     name = api.runner.domain
     status = api.get("/api/v1/status")
@@ -198,22 +229,31 @@ def test_every_route_answers_as_documented(api):
     for method in ("GET", "POST"):
         assert api.call(method, "/api/v1/heartbeat")["message"] == "Heartbeat received"
         assert api.call(method, "/api/v1/revert/disable")["message"].startswith(
-            "Automatic revert disabled")
+            "Automatic revert disabled"
+        )
         assert api.call(method, "/api/v1/revert/enable") == {
-            "message": "Automatic revert enabled", "details": None}
+            "message": "Automatic revert enabled",
+            "details": None,
+        }
         assert api.call(method, "/api/v1/vm/restart") == {
-            "message": f"VM '{name}' restarted successfully", "details": None}
-        assert api.call(method, "/api/v1/vm/stop")["message"] == \
-            f"VM '{name}' stopped successfully"
+            "message": f"VM '{name}' restarted successfully",
+            "details": None,
+        }
+        assert api.call(method, "/api/v1/vm/stop")["message"] == f"VM '{name}' stopped successfully"
         assert api.runner.state == "shut off"
-        assert api.call(method, "/api/v1/vm/start")["message"] == \
-            f"VM '{name}' started successfully"
+        assert (
+            api.call(method, "/api/v1/vm/start")["message"] == f"VM '{name}' started successfully"
+        )
         assert api.runner.state == "running"
         api.call(method, f"/api/v1/snapshot/create?snapshot_name=s-{method.lower()}")
-    assert api.get("/api/v1/snapshots") == {"vm_name": name,
-                                            "snapshots": ["ready", "s-get", "s-post"]}
-    assert api.call("DELETE", "/api/v1/snapshot/s-get")["message"] == \
-        "Snapshot 's-get' deleted successfully"
+    assert api.get("/api/v1/snapshots") == {
+        "vm_name": name,
+        "snapshots": ["ready", "s-get", "s-post"],
+    }
+    assert (
+        api.call("DELETE", "/api/v1/snapshot/s-get")["message"]
+        == "Snapshot 's-get' deleted successfully"
+    )
     api.get("/api/v1/snapshot/delete/s-post")
     assert api.runner.snapshots == ["ready"]
 
@@ -229,6 +269,7 @@ def test_heartbeat_accepts_and_ignores_query_parameters(api):
 
 
 # ------------------------------------------------------------------ missing reference snapshot
+
 
 def test_restart_without_the_snapshot_is_a_conflict(make_api):
     api = make_api(FakeRunner(snapshots=()))
@@ -256,14 +297,21 @@ LIBVIRT_FAILURES = [
     ("POST", "/api/v1/vm/stop", "destroy", "stopping VM"),
     ("GET", "/api/v1/vm/restart", "snapshot-revert", "restarting VM"),
     ("GET", "/api/v1/snapshots", "snapshot-list", "listing snapshots"),
-    ("POST", "/api/v1/snapshot/create?snapshot_name=backup", "snapshot-create-as",
-     "creating snapshot"),
+    (
+        "POST",
+        "/api/v1/snapshot/create?snapshot_name=backup",
+        "snapshot-create-as",
+        "creating snapshot",
+    ),
     ("DELETE", "/api/v1/snapshot/ready", "snapshot-delete", "deleting snapshot"),
 ]
 
 
-@pytest.mark.parametrize("method, path, command, doing", LIBVIRT_FAILURES,
-                         ids=[f"{m} {p}" for m, p, _, _ in LIBVIRT_FAILURES])
+@pytest.mark.parametrize(
+    "method, path, command, doing",
+    LIBVIRT_FAILURES,
+    ids=[f"{m} {p}" for m, p, _, _ in LIBVIRT_FAILURES],
+)
 def test_a_libvirt_failure_is_a_500_carrying_virsh_message(api, method, path, command, doing):
     api.runner.fail(command, VirshError(VIRSH_MESSAGE))
     body = api.call(method, path, 500)
@@ -279,8 +327,9 @@ def test_status_needs_no_virsh_and_survives_a_failing_libvirt(api):
     assert len(api.runner.calls) == before
     api.runner.fail("domstate+snapshot-list", VirshError(VIRSH_MESSAGE))
     api.monitor.on_events_connection(True)  # makes the monitor re-read the state now
-    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "unknown", 5,
-               message="unknown state")
+    wait_until(
+        lambda: api.get("/api/v1/status")["vm_state"] == "unknown", 5, message="unknown state"
+    )
     status = api.get("/api/v1/status")
     assert status["vm_is_running"] is False
     assert VIRSH_MESSAGE in status["vm_state_detail"]
@@ -297,13 +346,14 @@ def test_a_history_the_state_file_cannot_give_is_a_503_naming_the_file(make_api,
         with name.open("r+b") as damaged:
             damaged.write(b"garbage!" * 1024)
     body = api.get("/api/v1/events", 503)
-    assert body["detail"] == (f"cannot read the history from {str(path)!r}: "
-                              f"file is not a database")
-    assert api.post("/api/v1/heartbeat")["message"] == "Heartbeat received", \
+    assert body["detail"] == (f"cannot read the history from {str(path)!r}: file is not a database")
+    assert api.post("/api/v1/heartbeat")["message"] == "Heartbeat received", (
         "the watchdog goes on without its history"
+    )
 
 
 # ------------------------------------------------------------------ 404, 405
+
 
 def test_an_unknown_snapshot_is_404_on_both_delete_routes(api):
     body = api.call("DELETE", "/api/v1/snapshot/never-made", 404)
@@ -313,25 +363,50 @@ def test_an_unknown_snapshot_is_404_on_both_delete_routes(api):
     assert api.runner.snapshots == ["ready"]
 
 
-@pytest.mark.parametrize("path", ["/api/v1/nothing-here", "/api/v2/status", "/nope",
-                                  "/api/v1/vm", "/api/v1/heartbeat/status/extra"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/nothing-here",
+        "/api/v2/status",
+        "/nope",
+        "/api/v1/vm",
+        "/api/v1/heartbeat/status/extra",
+    ],
+)
 def test_an_unknown_path_is_a_json_404(api, path):
     assert api.get(path, 404) == {"detail": "Not Found"}
 
 
-@pytest.mark.parametrize("method, path", [
-    ("PUT", "/api/v1/heartbeat"), ("DELETE", "/api/v1/status"),
-    ("GET", "/api/v1/snapshot/foo"), ("POST", "/api/v1/snapshots"),
-    ("PATCH", "/api/v1/vm/restart"), ("POST", "/api/v1/snapshot/delete/foo"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("PUT", "/api/v1/heartbeat"),
+        ("DELETE", "/api/v1/status"),
+        ("GET", "/api/v1/snapshot/foo"),
+        ("POST", "/api/v1/snapshots"),
+        ("PATCH", "/api/v1/vm/restart"),
+        ("POST", "/api/v1/snapshot/delete/foo"),
+    ],
+)
 def test_a_wrong_method_is_a_json_405(api, method, path):
     assert api.call(method, path, 405) == {"detail": "Method Not Allowed"}
 
 
 # ------------------------------------------------------------------ bad input
 
-BAD_NAMES = ["--current", "--children", "-h", "--", "a b", "../x", ".hidden", "é✓", "a\n",
-             "ready;reboot", "x" * 65]
+BAD_NAMES = [
+    "--current",
+    "--children",
+    "-h",
+    "--",
+    "a b",
+    "../x",
+    ".hidden",
+    "é✓",
+    "a\n",
+    "ready;reboot",
+    "x" * 65,
+]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
@@ -361,8 +436,10 @@ def test_an_empty_snapshot_name_is_400_and_an_absent_one_is_the_configured_name(
     assert api.runner.count("snapshot-create-as") == 0
     for method in ("GET", "POST"):
         body = api.call(method, create)
-        assert body["message"] == \
-            f"Snapshot 'golden' replaced successfully for VM '{api.runner.domain}'"
+        assert (
+            body["message"]
+            == f"Snapshot 'golden' replaced successfully for VM '{api.runner.domain}'"
+        )
     assert api.runner.snapshots == ["golden"]
     created = [c[2] for c in api.runner.calls if c[0] == "snapshot-create-as"]
     assert set(created) == {"golden", "golden~replacing"}
@@ -370,15 +447,32 @@ def test_an_empty_snapshot_name_is_400_and_an_absent_one_is_the_configured_name(
 
 # Python calls these numbers ('²'.isdigit(), float('１'), int('1_000'), float('nan')...);
 # the API does not: each is a clear 400, never a 500 or a surprising value.
-NOT_NUMBERS = ["²", "１", "٣", "1_000", " 5", "5 ", "nan", "inf", "-inf", "1e309", "0x10", "",
-               "9" * 5000, "\x00", "soon"]
+NOT_NUMBERS = [
+    "²",
+    "１",
+    "٣",
+    "1_000",
+    " 5",
+    "5 ",
+    "nan",
+    "inf",
+    "-inf",
+    "1e309",
+    "0x10",
+    "",
+    "9" * 5000,
+    "\x00",
+    "soon",
+]
 
 
 @pytest.mark.parametrize("value", NOT_NUMBERS + ["0", "1001", "-1", "1.5", "1e2", "+5"])
 def test_limit_is_ascii_digits_within_its_range(api, value):
     body = api.get("/api/v1/events", 400, query_string={"limit": value})
-    assert body["detail"] == \
-        f"Invalid parameter: limit must be a whole number from 1 to 1000 (got {value!r})"
+    assert (
+        body["detail"]
+        == f"Invalid parameter: limit must be a whole number from 1 to 1000 (got {value!r})"
+    )
 
 
 @pytest.mark.parametrize("value", [v for v in NOT_NUMBERS if v] + ["-1", "10000001", "1e8", "e5"])
@@ -386,9 +480,10 @@ def test_idle_duration_is_a_finite_ascii_number_within_its_range(api, value):
     reverts = api.runner.count("snapshot-revert")
     for method in ("GET", "POST"):
         body = api.call(method, "/api/v1/idle/reset", 400, query_string={"idle_duration": value})
-        assert body["detail"].startswith("Invalid parameter: idle_duration must be a number of "
-                                         "seconds from 0 to 10000000 (got "), body
-    api.post("/api/v1/idle/reset", 400, json={"idle_duration": 10 ** 400})
+        assert body["detail"].startswith(
+            "Invalid parameter: idle_duration must be a number of seconds from 0 to 10000000 (got "
+        ), body
+    api.post("/api/v1/idle/reset", 400, json={"idle_duration": 10**400})
     api.post("/api/v1/idle/reset", 400, json={"idle_duration": True})
     assert api.runner.count("snapshot-revert") == reverts
 
@@ -400,20 +495,30 @@ def test_idle_duration_accepts_what_json_and_scripts_write(api):
     api.post("/api/v1/idle/reset", 202, data={"idle_duration": "12.5"})
 
 
-@pytest.mark.parametrize("value", NOT_NUMBERS[:-1] + [
-    "２０２６-01-01", "2026-11-25T10:00:00+25:00", "0001-01-01", "123456789012", "1.1234567"])
+@pytest.mark.parametrize(
+    "value",
+    NOT_NUMBERS[:-1]
+    + ["２０２６-01-01", "2026-11-25T10:00:00+25:00", "0001-01-01", "123456789012", "1.1234567"],
+)
 def test_since_is_iso_8601_or_ascii_seconds(api, value):
     body = api.get("/api/v1/events", 400, query_string={"since": value})
     assert body["detail"].startswith("Invalid parameter: since must be an ISO 8601 time"), body
 
 
 def test_since_accepts_iso_8601_and_epoch_seconds(api):
-    for value in ("2026-11-25", "2026-11-25T10:00:00Z", "2026-11-25T10:00:00+01:00",
-                  "1764000000", "1764000000.5", "0"):
+    for value in (
+        "2026-11-25",
+        "2026-11-25T10:00:00Z",
+        "2026-11-25T10:00:00+01:00",
+        "1764000000",
+        "1764000000.5",
+        "0",
+    ):
         api.get("/api/v1/events", query_string={"since": value})
 
 
 # ------------------------------------------------------------------ unexpected errors
+
 
 def test_an_unexpected_exception_is_a_json_500_without_traceback(api, monkeypatch, caplog):
     def broken(self):
@@ -430,9 +535,9 @@ def test_an_unexpected_exception_is_a_json_500_without_traceback(api, monkeypatc
 
 # ------------------------------------------------------------------ logging
 
+
 def records(caplog, name: str | None = None, level: int = logging.INFO) -> list[logging.LogRecord]:
-    return [r for r in caplog.records
-            if r.levelno >= level and (name is None or r.name == name)]
+    return [r for r in caplog.records if r.levelno >= level and (name is None or r.name == name)]
 
 
 def test_a_routine_heartbeat_is_logged_at_debug_only(api, caplog):
@@ -442,32 +547,41 @@ def test_a_routine_heartbeat_is_logged_at_debug_only(api, caplog):
     for method in ("GET", "POST"):
         api.call(method, "/api/v1/heartbeat")
     api.get("/api/v1/heartbeat/status")
-    debug = [r.getMessage() for r in caplog.records
-             if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG]
+    debug = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG
+    ]
     assert any("GET /api/v1/heartbeat -> 200" in m for m in debug), debug
     assert any("POST /api/v1/heartbeat -> 200" in m for m in debug), debug
     assert any("GET /api/v1/heartbeat/status -> 200" in m for m in debug), debug
     assert records(caplog, "vmcontroller.requests") == []
 
 
-def test_routine_reads_that_succeed_are_logged_at_debug_and_failed_ones_at_info(make_api,
-                                                                                caplog):
+def test_routine_reads_that_succeed_are_logged_at_debug_and_failed_ones_at_info(make_api, caplog):
     """A monitoring system polling status every few seconds for months must not fill the
     journal; a read that fails is worth a line."""
     caplog.set_level(logging.DEBUG)
-    make_api(start=False).get("/api/v1/status", 503)      # not initialised yet: a failure
+    make_api(start=False).get("/api/v1/status", 503)  # not initialised yet: a failure
     failed = records(caplog, "vmcontroller.requests")
     assert len(failed) == 1 and "GET /api/v1/status -> 503" in failed[0].getMessage()
     api = make_api()
     caplog.clear()
-    for path in ("/api/v1/status", "/api/v1/heartbeat/status", "/api/v1/snapshots",
-                 "/api/v1/events"):
+    for path in (
+        "/api/v1/status",
+        "/api/v1/heartbeat/status",
+        "/api/v1/snapshots",
+        "/api/v1/events",
+    ):
         api.get(path)
-    debug = [r.getMessage() for r in caplog.records
-             if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG]
+    debug = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "vmcontroller.requests" and r.levelno == logging.DEBUG
+    ]
     assert len(debug) == 4, debug
     assert records(caplog, "vmcontroller.requests") == []
-    api.post("/api/v1/revert/disable")        # a change: INFO
+    api.post("/api/v1/revert/disable")  # a change: INFO
     assert len(records(caplog, "vmcontroller.requests")) == 1
 
 
@@ -511,5 +625,7 @@ def test_control_characters_in_a_path_cannot_forge_a_log_line(make_api, caplog):
     lines = [r.getMessage() for r in records(caplog, "vmcontroller.requests")]
     assert len(lines) == 1, lines
     assert "\n" not in lines[0] and "\x1b" not in lines[0], lines
-    assert "/api/v1/x\\n2026-01-01 00:00:00 INFO vmcontroller.requests: forged\\x1b[2K -> 404" \
-        in lines[0], lines
+    assert (
+        "/api/v1/x\\n2026-01-01 00:00:00 INFO vmcontroller.requests: forged\\x1b[2K -> 404"
+        in lines[0]
+    ), lines

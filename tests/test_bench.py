@@ -3,6 +3,7 @@
 `scripts/bench --quick` takes about two minutes on a real libvirtd, so it runs only with
 VMCTL_TEST_BENCH=1; the CI suite stays fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,12 @@ def test_describe_and_figures():
 
 
 def test_spread_gives_the_middle_half_and_the_extremes():
-    assert stats.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == {"p25": 2.0, "p75": 4.0, "min": 1.0,
-                                                         "max": 5.0}
+    assert stats.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == {
+        "p25": 2.0,
+        "p75": 4.0,
+        "min": 1.0,
+        "max": 5.0,
+    }
     assert stats.spread([]) == {"p25": None, "p75": None, "min": None, "max": None}
 
 
@@ -95,30 +100,48 @@ def test_summary_has_exactly_the_keys_and_takes_the_right_statistic():
     assert list(summary) == list(stats.SUMMARY_KEYS)
     assert summary["status_p50_ms"] == 2.0
     assert summary["heartbeat_p99_mixed_ms"] == 99.0
-    assert summary["concurrent_restart_reverts"] == 2      # the worst round
+    assert summary["concurrent_restart_reverts"] == 2  # the worst round
     assert summary["heartbeat_rps_c32"] == 2500.1235
-    assert summary["idle_cpu_percent"] is None             # not measured
+    assert summary["idle_cpu_percent"] is None  # not measured
 
 
 def test_targets_met_not_met_unknown():
-    rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
-        status_p50_ms=2.0, detect_deadline_ms=20.5, rss_mib=None,
-        log_bytes_per_day=float(stats.MIB)))}
-    assert rows["status_p50_ms"]["met"] is True          # the limit itself is met
+    rows = {
+        r["key"]: r
+        for r in stats.evaluate_targets(
+            _summary(
+                status_p50_ms=2.0,
+                detect_deadline_ms=20.5,
+                rss_mib=None,
+                log_bytes_per_day=float(stats.MIB),
+            )
+        )
+    }
+    assert rows["status_p50_ms"]["met"] is True  # the limit itself is met
     assert rows["detect_deadline_ms"]["met"] is False
     assert rows["rss_mib"]["met"] is None
     assert rows["log_bytes_per_day"]["met"] is True
-    assert "heartbeat_rps_c32" not in rows               # no target: reported only
+    assert "heartbeat_rps_c32" not in rows  # no target: reported only
     assert len(rows) == 10 + len(stats.LIMIT_KEYS)
 
 
 def test_at_least_targets_are_met_from_their_limit_upwards():
     """The limit row's req/s ratios must reach 0.9x (higher is better); its p99 ratios
     stay at or below 1/0.9x (lower is better)."""
-    rows = {r["key"]: r for r in stats.evaluate_targets(_summary(
-        heartbeat_rps_ratio_c8=0.9, status_rps_ratio_c32=0.8999, heartbeat_rps_ratio_c1=1.4,
-        heartbeat_p99_ratio_c8=1 / 0.9, status_p99_ratio_c32=1.12, status_rps_ratio_c1=None))}
-    assert rows["heartbeat_rps_ratio_c8"]["met"] is True      # the limit itself is met
+    rows = {
+        r["key"]: r
+        for r in stats.evaluate_targets(
+            _summary(
+                heartbeat_rps_ratio_c8=0.9,
+                status_rps_ratio_c32=0.8999,
+                heartbeat_rps_ratio_c1=1.4,
+                heartbeat_p99_ratio_c8=1 / 0.9,
+                status_p99_ratio_c32=1.12,
+                status_rps_ratio_c1=None,
+            )
+        )
+    }
+    assert rows["heartbeat_rps_ratio_c8"]["met"] is True  # the limit itself is met
     assert rows["heartbeat_rps_ratio_c1"]["met"] is True
     assert rows["status_rps_ratio_c32"]["met"] is False
     assert rows["status_rps_ratio_c1"]["met"] is None
@@ -135,21 +158,36 @@ def test_at_least_targets_are_met_from_their_limit_upwards():
 def test_each_target_points_the_way_its_figure_improves():
     for target in stats.TARGETS:
         assert target.at_least == (target.key in stats.HIGHER_IS_BETTER), target.key
-    assert set(stats.LIMIT_KEYS) == {f"{e}_{m}_ratio_c{n}" for e in ("heartbeat", "status")
-                                     for m in ("rps", "p99") for n in (1, 8, 32)}
+    assert set(stats.LIMIT_KEYS) == {
+        f"{e}_{m}_ratio_c{n}"
+        for e in ("heartbeat", "status")
+        for m in ("rps", "p99")
+        for n in (1, 8, 32)
+    }
     assert set(stats.LIMIT_KEYS) <= {t.key for t in stats.TARGETS}
-    assert "heartbeat_rps_c32" in stats.SUMMARY_KEYS       # kept for continuity
+    assert "heartbeat_rps_c32" in stats.SUMMARY_KEYS  # kept for continuity
     assert "heartbeat_p99_mixed_ms" in {t.key for t in stats.TARGETS}
 
 
 def test_compare_ratios_respect_the_direction_of_each_figure():
-    rows = {r["key"]: r for r in stats.compare(
-        _summary(status_p50_ms=3.0, heartbeat_rps_c32=3000.0, rss_mib=1.02, idle_cpu_percent=0.0,
-                 virsh_per_minute=None),
-        _summary(status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mib=1.0, idle_cpu_percent=0.0))}
+    rows = {
+        r["key"]: r
+        for r in stats.compare(
+            _summary(
+                status_p50_ms=3.0,
+                heartbeat_rps_c32=3000.0,
+                rss_mib=1.02,
+                idle_cpu_percent=0.0,
+                virsh_per_minute=None,
+            ),
+            _summary(
+                status_p50_ms=2.0, heartbeat_rps_c32=2000.0, rss_mib=1.0, idle_cpu_percent=0.0
+            ),
+        )
+    }
     assert rows["status_p50_ms"]["ratio"] == 1.5 and rows["status_p50_ms"]["verdict"] == "worse"
     assert rows["heartbeat_rps_c32"]["verdict"] == "better"
-    assert rows["rss_mib"]["verdict"] == "same"            # within 5 %
+    assert rows["rss_mib"]["verdict"] == "same"  # within 5 %
     assert rows["idle_cpu_percent"]["ratio"] is None
     assert rows["idle_cpu_percent"]["verdict"] == "same"
     assert rows["virsh_per_minute"]["verdict"] == "n/a"
@@ -175,10 +213,16 @@ def _result() -> dict:
         "rss": stats.scalar("h", "resident memory", "MiB", 45.0, "VmRSS"),
     }
     summary = stats.build_summary(figures)
-    return {"mode": "quick", "started": "2026-11-25T20:00:00+00:00", "duration_s": 90,
-            "machine": {"cores": 2, "cpu_model": "CPU", "libvirt": "9.0.0", "qemu": "7.2"},
-            "load_average": {"start": [0.1, 0.2, 0.3]}, "figures": figures,
-            "summary": summary, "targets": stats.evaluate_targets(summary)}
+    return {
+        "mode": "quick",
+        "started": "2026-11-25T20:00:00+00:00",
+        "duration_s": 90,
+        "machine": {"cores": 2, "cpu_model": "CPU", "libvirt": "9.0.0", "qemu": "7.2"},
+        "load_average": {"start": [0.1, 0.2, 0.3]},
+        "figures": figures,
+        "summary": summary,
+        "targets": stats.evaluate_targets(summary),
+    }
 
 
 def test_table_states_method_and_verdict():
@@ -207,7 +251,7 @@ def test_show_and_compare_from_files(tmp_path, capsys):
     baseline.write_text(json.dumps(old))
     assert benchmark.main(["--show", str(current), "--compare", str(baseline)]) == 0
     out = capsys.readouterr().out
-    assert "compared with" in out and "2.000" in out      # 0.55 / 0.275
+    assert "compared with" in out and "2.000" in out  # 0.55 / 0.275
 
 
 def test_compare_with_a_baseline_of_other_summary_keys_says_n_a(tmp_path, capsys):
@@ -229,7 +273,7 @@ def test_compare_with_a_baseline_of_other_summary_keys_says_n_a(tmp_path, capsys
 #: Summary keys new since bench/baseline.json was last measured, and the ones they replace:
 #: both empty again once a full run on a quiet machine has replaced the baseline.
 NEW_SINCE_BASELINE: set[str] = {*stats.LIMIT_KEYS, "event_stream_rss_mib", "rss_mib"}
-GONE_SINCE_BASELINE: set[str] = {"rss_mb"}   # now rss_mib
+GONE_SINCE_BASELINE: set[str] = {"rss_mb"}  # now rss_mib
 
 
 def test_committed_baseline_is_complete():
@@ -241,19 +285,28 @@ def test_committed_baseline_is_complete():
 
 
 @pytest.mark.libvirt
-@pytest.mark.skipif(os.environ.get("VMCTL_TEST_BENCH") != "1",
-                    reason="takes ~2 minutes: set VMCTL_TEST_BENCH=1 to run scripts/bench --quick")
+@pytest.mark.skipif(
+    os.environ.get("VMCTL_TEST_BENCH") != "1",
+    reason="takes ~2 minutes: set VMCTL_TEST_BENCH=1 to run scripts/bench --quick",
+)
 def test_quick_benchmark_runs_and_cleans_up(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([str(REPO / "scripts" / "bench"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "bench"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["errors"] == []
     assert all(isinstance(v, (int, float)) for v in result["summary"].values()), result["summary"]
     assert "targets:" in proc.stdout and "how:" in proc.stdout
-    left = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name"],
-                          capture_output=True, text=True).stdout.split()
+    left = subprocess.run(
+        ["virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert not set(result["detail"]["vms"]) & set(left)
 
 
@@ -271,8 +324,15 @@ def test_compare_with_the_committed_baseline_says_n_a_for_the_limit_row(tmp_path
 
 
 def _run(rps: float, p99: float, requests: int = 100) -> dict:
-    return {"rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "errors": 0, "requests": requests,
-            "cpu_s": requests / 1000, "log_bytes_written": 0}
+    return {
+        "rps": rps,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "errors": 0,
+        "requests": requests,
+        "cpu_s": requests / 1000,
+        "log_bytes_written": 0,
+    }
 
 
 def test_throughput_figures_give_the_ratios_to_the_bare_app():
@@ -290,11 +350,11 @@ def test_throughput_figures_give_the_ratios_to_the_bare_app():
     assert summary["heartbeat_rps_ratio_c8"] == 0.9
     assert summary["heartbeat_p99_ratio_c8"] == 1.25
     assert summary["status_rps_ratio_c32"] == 0.45 and summary["status_p99_ratio_c32"] == 2.5
-    assert summary["heartbeat_rps_c32"] == 900.0              # the controller's, as before
+    assert summary["heartbeat_rps_c32"] == 900.0  # the controller's, as before
     assert bench.figures["throughput_bare_c32"]["value"] == 1000.0
-    assert bench.figures["throughput_cpu"]["value"] == pytest.approx(1.0)   # ms per beat
+    assert bench.figures["throughput_cpu"]["value"] == pytest.approx(1.0)  # ms per beat
     assert bench.figures["throughput_cpu"]["bare_app_ms"] == pytest.approx(1.0)
-    assert bench.figures["throughput_log"]["value"] == 0          # heartbeats only
+    assert bench.figures["throughput_log"]["value"] == 0  # heartbeats only
     assert bench.figures["throughput_log_status"]["value"] == 120
     table = stats.format_table({"figures": bench.figures, "summary": summary})
     assert ">= 0.900x: met" in table and "<= 1.111x: NOT MET" in table
@@ -305,8 +365,10 @@ def test_bare_app_answers_the_bodies_and_does_nothing_else():
     from bench import bare_app
 
     # As the controller's jsonify writes them: compact, key order kept, a final newline.
-    bodies = {"/api/v1/heartbeat": b'{"status":"ok","at":null}\n',
-              "/api/v1/status": b'{"b":[1],"a":{"z":2,"y":1.5}}\n'}
+    bodies = {
+        "/api/v1/heartbeat": b'{"status":"ok","at":null}\n',
+        "/api/v1/status": b'{"b":[1],"a":{"z":2,"y":1.5}}\n',
+    }
     app = bare_app.create_bare_app(bodies)
     assert not app.before_request_funcs and not app.after_request_funcs
     assert not app.teardown_request_funcs
@@ -328,9 +390,13 @@ def test_bare_app_process_serves_on_waitress_defaults(tmp_path):
 
     bodies = tmp_path / "bodies.json"
     bodies.write_text(json.dumps({"/api/v1/heartbeat": '{"x": 1}'}))
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_app", "--port", "0",
-                             "--bodies", str(bodies)], cwd=str(REPO), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_app", "--port", "0", "--bodies", str(bodies)],
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ)
@@ -342,8 +408,7 @@ def test_bare_app_process_serves_on_waitress_defaults(tmp_path):
         assert described["not_default"] == []
         assert described["settings"]["threads"] == 4 and described["waitress"]
         assert described["channel_class"] == "waitress.channel.HTTPChannel"
-        status, _, body = Client(described["port"], timeout=10).request("GET",
-                                                                        "/api/v1/heartbeat")
+        status, _, body = Client(described["port"], timeout=10).request("GET", "/api/v1/heartbeat")
         assert (status, body) == (200, b'{"x":1}\n'), "jsonify's bytes of the same JSON"
     finally:
         proc.terminate()

@@ -1,10 +1,10 @@
 """The checking clients of checked_http.py fail on an answer the document does not allow."""
+
 from __future__ import annotations
 
 import pytest
-from flask import Flask, jsonify
-
 from checked_http import checked_client, path_template
+from flask import Flask, jsonify
 
 
 def test_path_templates_prefer_literal_segments(openapi):
@@ -24,5 +24,5 @@ def test_an_undocumented_body_status_or_content_type_fails_the_test(openapi, che
     with pytest.raises(AssertionError, match="not JSON"):
         client.get("/api/v1/heartbeat/status")
     with pytest.raises(AssertionError):
-        client.get("/api/v1/nothing")   # an undocumented path answering 200
-    assert client.head("/api/v1/status").status_code == 200   # no body to check
+        client.get("/api/v1/nothing")  # an undocumented path answering 200
+    assert client.head("/api/v1/status").status_code == 200  # no body to check

@@ -7,6 +7,7 @@ CliRunner and again as real processes (``python -m vmcontroller`` and the
 installed ``vmcontroller`` script). The serve test runs the real program
 against a real QEMU VM and stops it with a signal, as systemd would.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,8 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-
 from libvirt_env import free_port, wait_until
+
 from vmcontroller import __version__
 from vmcontroller.cli import main
 from vmcontroller.config import DEFAULTS, KEYS
@@ -31,7 +32,7 @@ from vmcontroller.config import DEFAULTS, KEYS
 MODULE = [sys.executable, "-m", "vmcontroller"]
 SCRIPT = [str(Path(sys.executable).parent / "vmcontroller")]
 ERROR_PREFIX = "vmcontroller: configuration error: "
-REVERTED = "Started Snapshot"   # libvirt's event when a revert brings the VM up
+REVERTED = "Started Snapshot"  # libvirt's event when a revert brings the VM up
 
 # (config, words the one error line must contain)
 BAD_CONFIGS = {
@@ -39,11 +40,15 @@ BAD_CONFIGS = {
     "empty vm_name": ({"vm_name": ""}, ["vm_name", "missing"]),
     "unknown key": ({"vm_name": "eden", "heartbeat_timeot": 5}, ["heartbeat_timeot=5"]),
     "wrong type": ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
-    "wrong type bool": ({"vm_name": "eden", "auto_revert_enabled": "yes please"},
-                        ["auto_revert_enabled='yes please'", "true or false"]),
+    "wrong type bool": (
+        {"vm_name": "eden", "auto_revert_enabled": "yes please"},
+        ["auto_revert_enabled='yes please'", "true or false"],
+    ),
     "out of range": ({"vm_name": "eden", "api_port": 70000}, ["api_port=70000", "65535"]),
-    "out of range float": ({"vm_name": "eden", "heartbeat_timeout": 0},
-                           ["heartbeat_timeout=0", "0.1 to 86400"]),
+    "out of range float": (
+        {"vm_name": "eden", "heartbeat_timeout": 0},
+        ["heartbeat_timeout=0", "0.1 to 86400"],
+    ),
     "bad name": ({"vm_name": "--domain"}, ["vm_name='--domain'", "libvirt domain name"]),
 }
 
@@ -92,6 +97,7 @@ def assert_one_line_error(stderr: str, words: list[str]) -> str:
 
 # ------------------------------------------------------------------ check-config in-process
 
+
 def test_check_config_prints_every_key_of_the_effective_config(tmp_path):
     path = write_config(tmp_path / "c.yaml", {"vm_name": "eden-garden-vm", "api_port": 8080})
     result = invoke("check-config", "--config", str(path))
@@ -105,10 +111,19 @@ def test_check_config_prints_every_key_of_the_effective_config(tmp_path):
 
 def test_check_config_shows_environment_overrides(tmp_path):
     path = write_config(tmp_path / "c.yaml", {"vm_name": "eden", "api_port": 8080})
-    result = invoke("check-config", "--config", str(path), env={
-        "VMCTL_API_PORT": "9001", "VMCTL_AUTO_REVERT_ENABLED": "false",
-        "VMCTL_LOG_LEVEL": "debug", "VMCTL_HEARTBEAT_TIMEOUT": "2.5",
-        "VMCTL_VM_NAME": "2026", "VMCTL_URL": "http://ignored.invalid"})
+    result = invoke(
+        "check-config",
+        "--config",
+        str(path),
+        env={
+            "VMCTL_API_PORT": "9001",
+            "VMCTL_AUTO_REVERT_ENABLED": "false",
+            "VMCTL_LOG_LEVEL": "debug",
+            "VMCTL_HEARTBEAT_TIMEOUT": "2.5",
+            "VMCTL_VM_NAME": "2026",
+            "VMCTL_URL": "http://ignored.invalid",
+        },
+    )
     assert result.exit_code == 0, result.output
     values = effective(result.stdout)
     assert values["api_port"] == 9001 and values["auto_revert_enabled"] is False
@@ -127,24 +142,46 @@ def test_check_config_finds_the_file_through_vmctl_config(tmp_path):
 def test_mask_secrets_hides_every_token_and_token_file():
     from vmcontroller.cli import MASK, mask_secrets
 
-    config = {"vm_name": "eden", "api_token": "s3cret", "token": "t", "guest_tokens": ["a", "b"],
-              "token_file": "/etc/exhibition-vm-controller/token", "admin_token_files": ["/x"],
-              "unset_token": None, "empty_token": "", "token_count": 3, "tokenizer": "x",
-              "nested": {"staff_token": "s", "port": 8000}}
+    config = {
+        "vm_name": "eden",
+        "api_token": "s3cret",
+        "token": "t",
+        "guest_tokens": ["a", "b"],
+        "token_file": "/etc/exhibition-vm-controller/token",
+        "admin_token_files": ["/x"],
+        "unset_token": None,
+        "empty_token": "",
+        "token_count": 3,
+        "tokenizer": "x",
+        "nested": {"staff_token": "s", "port": 8000},
+    }
     assert mask_secrets(config) == {
-        "vm_name": "eden", "api_token": MASK, "token": MASK, "guest_tokens": [MASK, MASK],
-        "token_file": MASK, "admin_token_files": [MASK], "unset_token": None, "empty_token": "",
-        "token_count": 3, "tokenizer": "x", "nested": {"staff_token": MASK, "port": 8000}}
+        "vm_name": "eden",
+        "api_token": MASK,
+        "token": MASK,
+        "guest_tokens": [MASK, MASK],
+        "token_file": MASK,
+        "admin_token_files": [MASK],
+        "unset_token": None,
+        "empty_token": "",
+        "token_count": 3,
+        "tokenizer": "x",
+        "nested": {"staff_token": MASK, "port": 8000},
+    }
     assert config["api_token"] == "s3cret", "the config itself is left alone"
 
 
 def test_mask_secrets_keeps_ordinary_lists_and_masks_secrets_inside_them():
     from vmcontroller.cli import MASK, mask_secrets
 
-    config = {"cors_origins": ["http://museum.example"],
-              "clients": [{"name": "kiosk", "guest_token": "g"}, "plain"]}
-    assert mask_secrets(config) == {"cors_origins": ["http://museum.example"],
-                                    "clients": [{"name": "kiosk", "guest_token": MASK}, "plain"]}
+    config = {
+        "cors_origins": ["http://museum.example"],
+        "clients": [{"name": "kiosk", "guest_token": "g"}, "plain"],
+    }
+    assert mask_secrets(config) == {
+        "cors_origins": ["http://museum.example"],
+        "clients": [{"name": "kiosk", "guest_token": MASK}, "plain"],
+    }
 
 
 def test_check_config_masks_secrets(tmp_path, monkeypatch):
@@ -153,8 +190,11 @@ def test_check_config_masks_secrets(tmp_path, monkeypatch):
     from vmcontroller import cli
 
     real = cli.as_dict
-    monkeypatch.setattr(cli, "as_dict", lambda config: {**real(config), "api_token": "s3cret",
-                                                        "token_file": "/etc/t"})
+    monkeypatch.setattr(
+        cli,
+        "as_dict",
+        lambda config: {**real(config), "api_token": "s3cret", "token_file": "/etc/t"},
+    )
     path = write_config(tmp_path / "c.yaml", {"vm_name": "eden"})
     result = invoke("check-config", "--config", str(path))
     assert result.exit_code == 0, result.output
@@ -196,8 +236,10 @@ def test_a_config_path_that_does_not_exist_exits_2(tmp_path):
         assert_one_line_error(result.stderr, [str(missing), "does not exist"])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-h"], ["serve", "--help"],
-                                  ["check-config", "--help"], ["check-config", "-h"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["-h"], ["serve", "--help"], ["check-config", "--help"], ["check-config", "-h"]],
+)
 def test_help(args):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
@@ -233,8 +275,14 @@ def test_the_console_script_is_installed_next_to_the_interpreter():
 @pytest.mark.parametrize("command", ["check-config", "serve"])
 def test_a_bad_config_stops_the_real_program_with_one_line(tmp_path, launcher, command):
     path = write_config(tmp_path / "bad.yaml", {"vm_name": "eden", "heartbeat_timeout": "soon"})
-    proc = subprocess.run([*launcher, command, "--config", str(path)], capture_output=True,
-                          text=True, env=clean_environ(), cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [*launcher, command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=clean_environ(),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stdout == ""
     assert_one_line_error(proc.stderr, ["heartbeat_timeout='soon'"])
@@ -243,13 +291,19 @@ def test_a_bad_config_stops_the_real_program_with_one_line(tmp_path, launcher, c
 @pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
 def test_the_real_program_checks_a_good_config(tmp_path, launcher):
     path = write_config(tmp_path / "good.yaml", {"vm_name": "eden"})
-    proc = subprocess.run([*launcher, "check-config", "--config", str(path)], capture_output=True,
-                          text=True, env=clean_environ(VMCTL_API_PORT="8123"), cwd=tmp_path,
-                          timeout=60)
+    proc = subprocess.run(
+        [*launcher, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=clean_environ(VMCTL_API_PORT="8123"),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert effective(proc.stdout)["api_port"] == 8123
-    version = subprocess.run([*launcher, "--version"], capture_output=True, text=True,
-                             env=clean_environ(), timeout=60)
+    version = subprocess.run(
+        [*launcher, "--version"], capture_output=True, text=True, env=clean_environ(), timeout=60
+    )
     assert version.returncode == 0 and __version__ in version.stdout
 
 
@@ -259,8 +313,7 @@ def wait_for_status(proc: subprocess.Popen, url: str, log: Path, timeout: float 
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"serve exited with {proc.returncode} before answering:\n"
-                        f"{log.read_text()}")
+            pytest.fail(f"serve exited with {proc.returncode} before answering:\n{log.read_text()}")
         try:
             response = requests.get(url, timeout=5)
             if response.status_code == 200:
@@ -269,26 +322,42 @@ def wait_for_status(proc: subprocess.Popen, url: str, log: Path, timeout: float 
         except requests.ConnectionError as exc:
             last = str(exc)
         time.sleep(0.1)
-    pytest.fail(f"status did not answer 200 within {timeout} s (last: {last}):\n"
-                f"{log.read_text()}")
+    pytest.fail(f"status did not answer 200 within {timeout} s (last: {last}):\n{log.read_text()}")
 
 
 @pytest.mark.libvirt
-@pytest.mark.parametrize("signum, launcher", [(signal.SIGTERM, MODULE), (signal.SIGINT, SCRIPT)],
-                         ids=["SIGTERM python -m", "SIGINT console script"])
-def test_serve_runs_until_a_signal_and_exits_cleanly(domain, events, tmp_path, check_response,
-                                                    signum, launcher):
+@pytest.mark.parametrize(
+    "signum, launcher",
+    [(signal.SIGTERM, MODULE), (signal.SIGINT, SCRIPT)],
+    ids=["SIGTERM python -m", "SIGINT console script"],
+)
+def test_serve_runs_until_a_signal_and_exits_cleanly(
+    domain, events, tmp_path, check_response, signum, launcher
+):
     port = free_port()
-    config = write_config(tmp_path / "serve.yaml", {
-        "vm_name": domain.name, "api_host": "127.0.0.1", "api_port": port,
-        "heartbeat_timeout": 20, "vm_startup_heartbeat_delay": 2,
-        "heartbeat_check_interval": 0.5, "virsh_timeout": 30,
-        "state_path": str(tmp_path / "state.db")})
+    config = write_config(
+        tmp_path / "serve.yaml",
+        {
+            "vm_name": domain.name,
+            "api_host": "127.0.0.1",
+            "api_port": port,
+            "heartbeat_timeout": 20,
+            "vm_startup_heartbeat_delay": 2,
+            "heartbeat_check_interval": 0.5,
+            "virsh_timeout": 30,
+            "state_path": str(tmp_path / "state.db"),
+        },
+    )
     stderr_path, stdout_path = tmp_path / "stderr.log", tmp_path / "stdout.log"
     with stderr_path.open("w") as err, stdout_path.open("w") as out:
-        proc = subprocess.Popen([*launcher, "serve", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=clean_environ(), cwd=tmp_path)
+        proc = subprocess.Popen(
+            [*launcher, "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=clean_environ(),
+            cwd=tmp_path,
+        )
     try:
         status = wait_for_status(proc, f"http://127.0.0.1:{port}/api/v1/status", stderr_path)
         check_response("/api/v1/status", "get", 200, status)
@@ -309,8 +378,11 @@ def test_serve_runs_until_a_signal_and_exits_cleanly(domain, events, tmp_path, c
     stderr = stderr_path.read_text()
     assert returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
-    startup = [line for line in stderr.splitlines()
-               if " INFO vmcontroller.server: Exhibition VM Controller " in line]
+    startup = [
+        line
+        for line in stderr.splitlines()
+        if " INFO vmcontroller.server: Exhibition VM Controller " in line
+    ]
     assert len(startup) == 1, stderr
     assert f"VM '{domain.name}'" in startup[0] and f"API on 127.0.0.1:{port}" in startup[0]
     assert f"received {signum.name}" in stderr and "shutting down" in stderr

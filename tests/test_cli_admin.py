@@ -5,6 +5,7 @@ First against a stand-in HTTP server that answers whatever a test needs (errors,
 silence), to pin down the client's requests and the exit status of every case; then
 against a real controller on a real VM, through click's CliRunner and as real processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from libvirt_env import free_port
+
 from vmcontroller.cli import main
 from vmcontroller.client import Client, base_url_for, check_base_url
 
@@ -46,6 +47,7 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 # ------------------------------------------------------------------ a stand-in server
 
+
 class StandIn:
     """An HTTP server on 127.0.0.1 that records requests and answers from a table."""
 
@@ -62,17 +64,27 @@ class StandIn:
 
             def _answer(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
-                stand_in.requests.append({
-                    "method": self.command, "path": parts.path,
-                    "query": urllib.parse.parse_qsl(parts.query),
-                    "headers": dict(self.headers)})
+                stand_in.requests.append(
+                    {
+                        "method": self.command,
+                        "path": parts.path,
+                        "query": urllib.parse.parse_qsl(parts.query),
+                        "headers": dict(self.headers),
+                    }
+                )
                 if stand_in.silent.is_set():
                     stand_in.release.wait(10)
                     return
                 status, body, ctype = stand_in.answers.get(
                     (self.command, parts.path),
-                    (200, json.dumps({"message": f"{self.command} {parts.path} done",
-                                      "details": None}).encode(), "application/json"))
+                    (
+                        200,
+                        json.dumps(
+                            {"message": f"{self.command} {parts.path} done", "details": None}
+                        ).encode(),
+                        "application/json",
+                    ),
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -87,8 +99,9 @@ class StandIn:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def answer(self, method: str, path: str, status: int, body: Any,
-               ctype: str = "application/json") -> None:
+    def answer(
+        self, method: str, path: str, status: int, body: Any, ctype: str = "application/json"
+    ) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.answers[(method, path)] = (status, raw, ctype)
 
@@ -105,18 +118,37 @@ def stand_in():
     server.close()
 
 
-
 STATUS = {
-    "vm_name": "eden", "vm_state": "running", "vm_is_running": True, "snapshot_name": "ready",
+    "vm_name": "eden",
+    "vm_state": "running",
+    "vm_is_running": True,
+    "snapshot_name": "ready",
     "snapshot_exists": True,
-    "heartbeat": {"enabled": True, "last_heartbeat": "2026-11-25T10:00:00+00:00",
-                  "seconds_since_last": 0.4, "is_healthy": True, "timeout": 10},
-    "auto_revert_enabled": True, "vm_state_detail": None, "stopped_by_staff": False,
-    "recovery": {"count": 2, "last_time": "2026-11-25T09:00:00+00:00",
-                 "last_trigger": "heartbeat_timeout", "last_outcome": "succeeded",
-                 "guard": {"state": "ok", "detail": None, "recent_recoveries": 1,
-                           "max_recoveries": 5, "recovery_window": 600.0,
-                           "consecutive_failures": 0, "retry_in": None}},
+    "heartbeat": {
+        "enabled": True,
+        "last_heartbeat": "2026-11-25T10:00:00+00:00",
+        "seconds_since_last": 0.4,
+        "is_healthy": True,
+        "timeout": 10,
+    },
+    "auto_revert_enabled": True,
+    "vm_state_detail": None,
+    "stopped_by_staff": False,
+    "recovery": {
+        "count": 2,
+        "last_time": "2026-11-25T09:00:00+00:00",
+        "last_trigger": "heartbeat_timeout",
+        "last_outcome": "succeeded",
+        "guard": {
+            "state": "ok",
+            "detail": None,
+            "recent_recoveries": 1,
+            "max_recoveries": 5,
+            "recovery_window": 600.0,
+            "consecutive_failures": 0,
+            "retry_in": None,
+        },
+    },
 }
 
 # verb arguments -> (method, path, query)
@@ -127,18 +159,38 @@ REQUESTS = {
     "restart": (["restart"], "POST", "/api/v1/vm/restart", []),
     "snapshots": (["snapshots"], "GET", "/api/v1/snapshots", []),
     "snapshot create": (["snapshot", "create"], "POST", "/api/v1/snapshot/create", []),
-    "snapshot create NAME": (["snapshot", "create", "backup-1"], "POST",
-                             "/api/v1/snapshot/create", [("snapshot_name", "backup-1")]),
-    "snapshot delete NAME": (["snapshot", "delete", "old.one"], "DELETE",
-                             "/api/v1/snapshot/old.one", []),
+    "snapshot create NAME": (
+        ["snapshot", "create", "backup-1"],
+        "POST",
+        "/api/v1/snapshot/create",
+        [("snapshot_name", "backup-1")],
+    ),
+    "snapshot delete NAME": (
+        ["snapshot", "delete", "old.one"],
+        "DELETE",
+        "/api/v1/snapshot/old.one",
+        [],
+    ),
     "revert enable": (["revert", "enable"], "POST", "/api/v1/revert/enable", []),
     "revert disable": (["revert", "disable"], "POST", "/api/v1/revert/disable", []),
     "heartbeat": (["heartbeat"], "POST", "/api/v1/heartbeat", []),
     "events": (["events"], "GET", "/api/v1/events", []),
-    "events filtered": (["events", "--limit", "5", "--since", "2026-11-01", "--trigger", "api",
-                         "--trigger", "vm_paused"], "GET", "/api/v1/events",
-                        [("limit", "5"), ("since", "2026-11-01"), ("trigger", "api"),
-                         ("trigger", "vm_paused")]),
+    "events filtered": (
+        [
+            "events",
+            "--limit",
+            "5",
+            "--since",
+            "2026-11-01",
+            "--trigger",
+            "api",
+            "--trigger",
+            "vm_paused",
+        ],
+        "GET",
+        "/api/v1/events",
+        [("limit", "5"), ("since", "2026-11-01"), ("trigger", "api"), ("trigger", "vm_paused")],
+    ),
 }
 
 
@@ -147,8 +199,12 @@ def test_each_verb_sends_its_request(stand_in, args, method, path, query):
     stand_in.answer("GET", "/api/v1/status", 200, STATUS)
     stand_in.answer("GET", "/api/v1/snapshots", 200, {"vm_name": "eden", "snapshots": ["ready"]})
     stand_in.answer("GET", "/api/v1/events", 200, {"vm_name": "eden", "events": []})
-    stand_in.answer("POST", "/api/v1/heartbeat", 200, {"message": "Heartbeat received",
-                                                       "details": STATUS["heartbeat"]})
+    stand_in.answer(
+        "POST",
+        "/api/v1/heartbeat",
+        200,
+        {"message": "Heartbeat received", "details": STATUS["heartbeat"]},
+    )
     result = invoke(*args, "--url", stand_in.url)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
@@ -169,8 +225,10 @@ def test_a_snapshot_name_is_one_path_segment(stand_in):
 def test_token_from_option_or_environment_is_a_bearer_header(stand_in):
     assert invoke("status", "--url", stand_in.url, "--token", "s3cret").exit_code == 0
     assert invoke("status", "--url", stand_in.url, env={"VMCTL_TOKEN": "fr0m-env"}).exit_code == 0
-    assert [r["headers"].get("Authorization") for r in stand_in.requests] == \
-        ["Bearer s3cret", "Bearer fr0m-env"]
+    assert [r["headers"].get("Authorization") for r in stand_in.requests] == [
+        "Bearer s3cret",
+        "Bearer fr0m-env",
+    ]
 
 
 def test_json_prints_the_api_answer_as_is(stand_in):
@@ -188,10 +246,19 @@ def test_status_text_is_readable(stand_in):
     assert "Auto-revert  enabled" in text
     assert "2 automatic, last 2026-11-25T09:00:00+00:00 (heartbeat_timeout: succeeded)" in text
     assert "ok: 1 of 5 recoveries within 600 s" in text
-    trouble = {**STATUS, "auto_revert_enabled": False, "snapshot_exists": False,
-               "stopped_by_staff": True, "vm_state": "shut off",
-               "heartbeat": {**STATUS["heartbeat"], "is_healthy": False,
-                             "seconds_since_last": None, "enabled": False}}
+    trouble = {
+        **STATUS,
+        "auto_revert_enabled": False,
+        "snapshot_exists": False,
+        "stopped_by_staff": True,
+        "vm_state": "shut off",
+        "heartbeat": {
+            **STATUS["heartbeat"],
+            "is_healthy": False,
+            "seconds_since_last": None,
+            "enabled": False,
+        },
+    }
     stand_in.answer("GET", "/api/v1/status", 200, trouble)
     text = invoke("status", "--url", stand_in.url).stdout
     assert "DISABLED (maintenance mode)" in text and "MISSING" in text
@@ -201,9 +268,16 @@ def test_status_text_is_readable(stand_in):
 def test_status_text_shows_why_the_state_is_unknown_and_why_the_guard_tripped(stand_in):
     detail = "libvirt error: failed to connect to the hypervisor"
     why = "3 recoveries in a row failed: staff must start or restart the VM"
-    broken = {**STATUS, "vm_state": "unknown", "vm_is_running": False, "vm_state_detail": detail,
-              "recovery": {**STATUS["recovery"], "guard": {
-                  **STATUS["recovery"]["guard"], "state": "failed", "detail": why}}}
+    broken = {
+        **STATUS,
+        "vm_state": "unknown",
+        "vm_is_running": False,
+        "vm_state_detail": detail,
+        "recovery": {
+            **STATUS["recovery"],
+            "guard": {**STATUS["recovery"]["guard"], "state": "failed", "detail": why},
+        },
+    }
     stand_in.answer("GET", "/api/v1/status", 200, broken)
     text = invoke("status", "--url", stand_in.url).stdout
     assert f"eden: unknown ({detail})" in text
@@ -212,9 +286,21 @@ def test_status_text_shows_why_the_state_is_unknown_and_why_the_guard_tripped(st
 
 def test_status_fields_for_shell_scripts(stand_in):
     stand_in.answer("GET", "/api/v1/status", 200, STATUS)
-    result = invoke("status", "--url", stand_in.url, "--field", "vm_state", "--field",
-                    "heartbeat.is_healthy", "--field", "heartbeat.seconds_since_last",
-                    "--field", "vm_state_detail", "--field", "recovery.guard.state")
+    result = invoke(
+        "status",
+        "--url",
+        stand_in.url,
+        "--field",
+        "vm_state",
+        "--field",
+        "heartbeat.is_healthy",
+        "--field",
+        "heartbeat.seconds_since_last",
+        "--field",
+        "vm_state_detail",
+        "--field",
+        "recovery.guard.state",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["running", "true", "0.4", "null", "ok"]
     result = invoke("status", "--url", stand_in.url, "--field", "heartbeat.pulse")
@@ -223,25 +309,61 @@ def test_status_fields_for_shell_scripts(stand_in):
 
 
 def test_lists_print_one_item_per_line(stand_in):
-    stand_in.answer("GET", "/api/v1/snapshots", 200,
-                    {"vm_name": "eden", "snapshots": ["ready", "backup-1"]})
+    stand_in.answer(
+        "GET", "/api/v1/snapshots", 200, {"vm_name": "eden", "snapshots": ["ready", "backup-1"]}
+    )
     assert invoke("snapshots", "--url", stand_in.url).stdout == "ready\nbackup-1\n"
-    stand_in.answer("GET", "/api/v1/events", 200, {"vm_name": "eden", "events": [
-        {"id": 2, "time": "2026-11-25T10:00:00+00:00", "vm": "eden", "trigger": "api",
-         "action": "revert", "reason": "restart requested", "outcome": "failed",
-         "duration": 1.234, "error": "disk full"},
-        {"id": 1, "time": "2026-11-25T09:00:00+00:00", "vm": "eden", "trigger": "vm_crashed",
-         "action": "revert", "reason": "VM found shut off", "outcome": "succeeded",
-         "duration": 0.5, "error": None},
-        {"id": 0, "time": "2026-11-25T08:00:00+00:00", "vm": "eden", "trigger": "idle_reset",
-         "action": "revert", "reason": "idle", "outcome": "refused", "duration": None,
-         "error": "maintenance", "count": 12}]})
+    stand_in.answer(
+        "GET",
+        "/api/v1/events",
+        200,
+        {
+            "vm_name": "eden",
+            "events": [
+                {
+                    "id": 2,
+                    "time": "2026-11-25T10:00:00+00:00",
+                    "vm": "eden",
+                    "trigger": "api",
+                    "action": "revert",
+                    "reason": "restart requested",
+                    "outcome": "failed",
+                    "duration": 1.234,
+                    "error": "disk full",
+                },
+                {
+                    "id": 1,
+                    "time": "2026-11-25T09:00:00+00:00",
+                    "vm": "eden",
+                    "trigger": "vm_crashed",
+                    "action": "revert",
+                    "reason": "VM found shut off",
+                    "outcome": "succeeded",
+                    "duration": 0.5,
+                    "error": None,
+                },
+                {
+                    "id": 0,
+                    "time": "2026-11-25T08:00:00+00:00",
+                    "vm": "eden",
+                    "trigger": "idle_reset",
+                    "action": "revert",
+                    "reason": "idle",
+                    "outcome": "refused",
+                    "duration": None,
+                    "error": "maintenance",
+                    "count": 12,
+                },
+            ],
+        },
+    )
     lines = invoke("events", "--url", stand_in.url).stdout.splitlines()
     assert lines == [
         "2026-11-25T10:00:00+00:00  api  revert failed in 1.23 s: restart requested "
         "[error: disk full]",
         "2026-11-25T09:00:00+00:00  vm_crashed  revert succeeded in 0.50 s: VM found shut off",
-        "2026-11-25T08:00:00+00:00  idle_reset  revert refused x12: idle [error: maintenance]"]
+        "2026-11-25T08:00:00+00:00  idle_reset  revert refused x12: idle [error: maintenance]",
+    ]
     stand_in.answer("GET", "/api/v1/events", 200, {"vm_name": "eden", "events": []})
     assert invoke("events", "--url", stand_in.url).stdout == "no events for VM eden\n"
 
@@ -249,21 +371,38 @@ def test_lists_print_one_item_per_line(stand_in):
 # ------------------------------------------------------------------ exit status
 
 FAILURES = {
-    "409 refused": (409, {"detail": "Revert not queued: automatic revert is disabled"},
-                    "application/json", "Revert not queued: automatic revert is disabled (HTTP 409)"),
-    "500 libvirt": (500, {"detail": "Error restarting VM: error: Domain not found"},
-                    "application/json", "Error restarting VM: error: Domain not found (HTTP 500)"),
-    "503 starting": (503, {"detail": "VM manager not initialized"}, "application/json",
-                     "VM manager not initialized (HTTP 503)"),
-    "404 html": (404, b"<html>Not here</html>", "text/html",
-                 "HTTP 404 without an API error body: <html>Not here</html> (HTTP 404)"),
+    "409 refused": (
+        409,
+        {"detail": "Revert not queued: automatic revert is disabled"},
+        "application/json",
+        "Revert not queued: automatic revert is disabled (HTTP 409)",
+    ),
+    "500 libvirt": (
+        500,
+        {"detail": "Error restarting VM: error: Domain not found"},
+        "application/json",
+        "Error restarting VM: error: Domain not found (HTTP 500)",
+    ),
+    "503 starting": (
+        503,
+        {"detail": "VM manager not initialized"},
+        "application/json",
+        "VM manager not initialized (HTTP 503)",
+    ),
+    "404 html": (
+        404,
+        b"<html>Not here</html>",
+        "text/html",
+        "HTTP 404 without an API error body: <html>Not here</html> (HTTP 404)",
+    ),
     "200 garbage": (200, b"hello", "text/plain", "is not JSON: hello (HTTP 200)"),
 }
 
 
 @pytest.mark.parametrize("status, body, ctype, message", FAILURES.values(), ids=FAILURES.keys())
-def test_an_api_refusal_or_failure_exits_1_with_its_detail_on_stderr(stand_in, status, body,
-                                                                      ctype, message):
+def test_an_api_refusal_or_failure_exits_1_with_its_detail_on_stderr(
+    stand_in, status, body, ctype, message
+):
     stand_in.answer("POST", "/api/v1/vm/restart", status, body, ctype)
     result = invoke("restart", "--url", stand_in.url)
     assert result.exit_code == 1, result.output
@@ -279,8 +418,10 @@ def test_nothing_listening_exits_3():
     url = f"http://127.0.0.1:{free_port()}"
     result = invoke("status", "--url", url)
     assert result.exit_code == 3
-    assert result.stderr == f"vmcontroller: cannot connect to {url}: connection refused " \
-                            f"(is the controller running?)\n"
+    assert (
+        result.stderr == f"vmcontroller: cannot connect to {url}: connection refused "
+        f"(is the controller running?)\n"
+    )
 
 
 def test_a_silent_controller_exits_3_after_the_timeout(stand_in):
@@ -294,7 +435,7 @@ def test_a_connection_closed_without_an_answer_exits_3():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
 
         def hang_up() -> None:
             conn, _ = listener.accept()
@@ -305,7 +446,6 @@ def test_a_connection_closed_without_an_answer_exits_3():
         result = invoke("status", "--url", url)
     assert result.exit_code == 3, result.output
     assert "closed the connection without answering" in result.stderr
-
 
 
 def serve_once_raw(handle) -> str:
@@ -322,7 +462,7 @@ def serve_once_raw(handle) -> str:
                 handle(conn)
 
     threading.Thread(target=run, daemon=True).start()
-    return "http://127.0.0.1:%d" % listener.getsockname()[1]
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def test_a_connection_reset_exits_3_with_the_systems_reason():
@@ -341,17 +481,19 @@ def test_a_server_that_does_not_speak_http_exits_3_saying_so():
     url = serve_once_raw(lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n"))
     result = invoke("status", "--url", url)
     assert result.exit_code == 3, result.output
-    assert result.stderr.startswith(f"vmcontroller: {url} answered, but not in HTTP: "), \
+    assert result.stderr.startswith(f"vmcontroller: {url} answered, but not in HTTP: "), (
         result.stderr
+    )
     assert "SSH-2.0-OpenSSH_9.2p1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_host_name_that_does_not_resolve_exits_3_naming_it():
-    url = "http://exhibition-pc.invalid:8000"   # .invalid never resolves (RFC 6761)
+    url = "http://exhibition-pc.invalid:8000"  # .invalid never resolves (RFC 6761)
     result = invoke("status", "--url", url)
     assert result.exit_code == 3, result.output
-    assert result.stderr.startswith(f"vmcontroller: cannot resolve the host of {url}: "), \
+    assert result.stderr.startswith(f"vmcontroller: cannot resolve the host of {url}: "), (
         result.stderr
+    )
 
 
 USAGE = {
@@ -390,13 +532,17 @@ def test_every_verb_has_help(path):
         assert result.exit_code == 0, result.output
         assert result.stdout.startswith("Usage: ")
     words = invoke(*path, "--help").stdout
-    if path and path[0] not in ("serve", "check-config") and path not in (("snapshot",),
-                                                                         ("revert",)):
+    if (
+        path
+        and path[0] not in ("serve", "check-config")
+        and path not in (("snapshot",), ("revert",))
+    ):
         for option in ("--url", "--token", "--json", "--timeout"):
             assert option in words, (path, option)
 
 
 # ------------------------------------------------------------------ where the controller is
+
 
 def test_url_from_vmctl_url(stand_in):
     assert invoke("status", env={"VMCTL_URL": stand_in.url}).exit_code == 0
@@ -406,8 +552,7 @@ def test_url_from_vmctl_url(stand_in):
 def test_url_from_the_config_with_the_wildcard_address_mapped_to_loopback(stand_in, tmp_path):
     port = int(stand_in.url.rsplit(":", 1)[1])
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"vm_name": "eden", "api_host": "0.0.0.0",
-                                      "api_port": port}))
+    config.write_text(yaml.safe_dump({"vm_name": "eden", "api_host": "0.0.0.0", "api_port": port}))
     assert invoke("status", "--config", str(config)).exit_code == 0
     assert invoke("status", env={"VMCTL_CONFIG": str(config)}).exit_code == 0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"api_port": port}))  # no vm_name
@@ -439,8 +584,11 @@ def test_the_configs_api_token_goes_only_to_the_configs_address(stand_in, monkey
     assert invoke("status").exit_code == 0
     assert invoke("status", "--token", "given").exit_code == 0
     assert invoke("status", "--url", stand_in.url).exit_code == 0
-    assert [r["headers"].get("Authorization") for r in stand_in.requests] == \
-        ["Bearer from-the-config-file", "Bearer given", None]
+    assert [r["headers"].get("Authorization") for r in stand_in.requests] == [
+        "Bearer from-the-config-file",
+        "Bearer given",
+        None,
+    ]
 
 
 def test_base_urls():
@@ -483,10 +631,14 @@ def test_the_verbs_against_a_real_controller(start_controller, domain):
     assert f"{domain.name}: running" in run("status").stdout
     assert run("status", "--field", "vm_is_running").stdout == "true\n"
 
-    assert run("snapshot", "create", "backup-cli").stdout == \
-        f"Snapshot 'backup-cli' created successfully for VM '{domain.name}'\n"
+    assert (
+        run("snapshot", "create", "backup-cli").stdout
+        == f"Snapshot 'backup-cli' created successfully for VM '{domain.name}'\n"
+    )
     assert "backup-cli" in domain.snapshots()
-    assert run("snapshots").stdout.split() == sorted(domain.snapshots(), key=domain.snapshots().index)
+    assert run("snapshots").stdout.split() == sorted(
+        domain.snapshots(), key=domain.snapshots().index
+    )
     run("snapshot", "delete", "backup-cli")
     assert "backup-cli" not in domain.snapshots()
     missing = run("snapshot", "delete", "backup-cli", code=1)
@@ -524,8 +676,14 @@ def test_the_installed_command_exit_status_as_a_real_process(start_controller, t
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
 
     def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60,
-                              env={**env, **extra}, cwd=tmp_path)
+        return subprocess.run(
+            [SCRIPT, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, **extra},
+            cwd=tmp_path,
+        )
 
     ok = run("heartbeat", VMCTL_URL=api.base)
     assert ok.returncode == 0 and ok.stdout.startswith("Heartbeat received"), ok.stderr
@@ -546,8 +704,9 @@ GUEST_TOKEN = "guest-token-0123456789abcdef"
 def test_tokens_against_a_real_controller(start_controller, tmp_path):
     """With api_token and guest_token set (README, Security): the staff token from --token,
     VMCTL_TOKEN or the controller's own config; the guest token only for the heartbeat."""
-    controller, api = start_controller(heartbeat_timeout=30, api_token=STAFF,
-                                       guest_token=GUEST_TOKEN)
+    controller, api = start_controller(
+        heartbeat_timeout=30, api_token=STAFF, guest_token=GUEST_TOKEN
+    )
     url = api.base
     refused = invoke("status", "--url", url)
     assert refused.exit_code == 1
@@ -558,8 +717,16 @@ def test_tokens_against_a_real_controller(start_controller, tmp_path):
     assert invoke("revert", "disable", "--url", url, "--token", GUEST_TOKEN).exit_code == 1
 
     config = tmp_path / "admin.yaml"
-    config.write_text(yaml.safe_dump({"vm_name": "whatever", "api_host": "127.0.0.1",
-                                      "api_port": controller.port, "api_token": STAFF}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "vm_name": "whatever",
+                "api_host": "127.0.0.1",
+                "api_port": controller.port,
+                "api_token": STAFF,
+            }
+        )
+    )
     mine = invoke("status", "--config", str(config), "--field", "auto_revert_enabled")
     assert mine.exit_code == 0 and mine.stdout == "true\n", mine.output
     shown = invoke("check-config", "--config", str(config))

@@ -1,4 +1,5 @@
 """Configuration: discovery order, environment overrides, one-line errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from vmcontroller.config import (DEFAULTS, KEYS, Config, ConfigError, build_config,
-                                 find_config_file, load_config)
+from vmcontroller.config import (
+    DEFAULTS,
+    KEYS,
+    Config,
+    ConfigError,
+    build_config,
+    find_config_file,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,11 +30,18 @@ def write(path: Path, data) -> Path:
 def test_defaults_follow_the_api_reference(tmp_path):
     config, source = load_config(write(tmp_path / "c.yaml", {"vm_name": "eden"}), env={})
     assert source == tmp_path / "c.yaml"
-    assert (config.snapshot_name, config.heartbeat_timeout, config.heartbeat_check_interval,
-            config.vm_startup_heartbeat_delay, config.api_host, config.api_port,
-            config.api_reload, config.auto_revert_enabled, config.log_level,
-            config.libvirt_uri) == ("ready", 10, 1, 30, "0.0.0.0", 8000, False, True, "INFO",
-                                    "qemu:///system")
+    assert (
+        config.snapshot_name,
+        config.heartbeat_timeout,
+        config.heartbeat_check_interval,
+        config.vm_startup_heartbeat_delay,
+        config.api_host,
+        config.api_port,
+        config.api_reload,
+        config.auto_revert_enabled,
+        config.log_level,
+        config.libvirt_uri,
+    ) == ("ready", 10, 1, 30, "0.0.0.0", 8000, False, True, "INFO", "qemu:///system")
 
 
 def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, Any] | None:
@@ -34,7 +49,7 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
     the default, built from the field's type so that a new key is covered as it comes."""
     name, default = field.name, DEFAULTS.get(field.name)
     special = {
-        "vm_name": ("2026", "2026"),            # digits stay a string for a str key
+        "vm_name": ("2026", "2026"),  # digits stay a string for a str key
         "snapshot_name": ("golden-1", "golden-1"),
         "api_host": ("127.0.0.2", "127.0.0.2"),
         "log_level": ("debug", "DEBUG"),
@@ -42,11 +57,13 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
         "state_path": (str(tmp_path / "s.db"), str(tmp_path / "s.db")),
         "api_token": ("a" * 24, "a" * 24),
         "guest_token": ("g" * 24, "g" * 24),
-        "api_token_file": None, "guest_token_file": None,   # tested with a real file below
+        "api_token_file": None,
+        "guest_token_file": None,  # tested with a real file below
         "post_revert_command": ("[echo, '{vm_name}']", ("echo", "{vm_name}")),
         "cors_origins": ("[http://192.168.122.1:8080]", ("http://192.168.122.1:8080",)),
         "allowed_hosts": ("[pc.museum.example]", ("pc.museum.example",)),
-        "virsh_long_timeout": ("300", 300.0), "recovery_backoff_max": ("600", 600.0),
+        "virsh_long_timeout": ("300", 300.0),
+        "recovery_backoff_max": ("600", 600.0),
     }
     if name in special:
         return special[name]
@@ -82,8 +99,10 @@ def test_environment_overrides_every_key(tmp_path):
 def test_token_files_through_the_environment_set_the_token(tmp_path, key):
     secret = tmp_path / f"{key}.txt"
     secret.write_text("s3cret-" + "x" * 20 + "\n")
-    config, _ = load_config(write(tmp_path / "c.yaml", {"vm_name": "eden"}),
-                            env={f"VMCTL_{key.upper()}_FILE": str(secret)})
+    config, _ = load_config(
+        write(tmp_path / "c.yaml", {"vm_name": "eden"}),
+        env={f"VMCTL_{key.upper()}_FILE": str(secret)},
+    )
     assert getattr(config, key) == "s3cret-" + "x" * 20
     assert getattr(config, f"{key}_file") == str(secret)
 
@@ -92,8 +111,10 @@ def test_allowed_hosts_from_file_and_environment(tmp_path):
     path = write(tmp_path / "c.yaml", {"vm_name": "eden", "allowed_hosts": ["a.example"]})
     assert load_config(path, env={})[0].allowed_hosts == ("a.example",)
     env = {"VMCTL_ALLOWED_HOSTS": "[exhibition-pc.museum.example, gallery-pc.local]"}
-    assert load_config(path, env=env)[0].allowed_hosts == ("exhibition-pc.museum.example",
-                                                           "gallery-pc.local")
+    assert load_config(path, env=env)[0].allowed_hosts == (
+        "exhibition-pc.museum.example",
+        "gallery-pc.local",
+    )
     assert load_config(path, env={"VMCTL_ALLOWED_HOSTS": "null"})[0].allowed_hosts is None
 
 
@@ -111,24 +132,36 @@ def test_discovery_order(tmp_path, monkeypatch):
         find_config_file(None, {"VMCTL_CONFIG": str(tmp_path / "nope")}, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("values, words", [
-    ({}, ["vm_name", "missing"]),
-    ({"vm_name": "eden", "heartbeat_timeot": 5}, ["unknown key heartbeat_timeot=5"]),
-    ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
-    ({"vm_name": "eden", "api_port": 70000}, ["api_port=70000", "65535"]),
-    ({"vm_name": "eden", "heartbeat_timeout": -1}, ["heartbeat_timeout=-1", "0.1"]),
-    ({"vm_name": "eden", "heartbeat_timeout": True}, ["heartbeat_timeout=True"]),
-    ({"vm_name": "eden", "auto_revert_enabled": "yes please"}, ["auto_revert_enabled", "true or false"]),
-    ({"vm_name": "eden", "log_level": "LOUD"}, ["log_level='LOUD'", "DEBUG"]),
-    ({"vm_name": "--all"}, ["vm_name='--all'"]),
-    ({"vm_name": "eden", "snapshot_name": "../x"}, ["snapshot_name='../x'"]),
-    ({"vm_name": "eden", "libvirt_uri": "nonsense"}, ["libvirt_uri", "qemu:///system"]),
-    ({"vm_name": "eden", "allowed_hosts": "pc.example"}, ["allowed_hosts='pc.example'", "list"]),
-    ({"vm_name": "eden", "allowed_hosts": ["pc.example:8000"]}, ["pc.example:8000", "names only"]),
-    ({"vm_name": "eden", "allowed_hosts": ["http://pc.example"]}, ["http://pc.example"]),
-    ({"vm_name": "eden", "allowed_hosts": ["*"]}, ["allowed_hosts=['*']"]),
-    ({"vm_name": "eden", "allowed_hosts": [""]}, ["allowed_hosts=['']"]),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({}, ["vm_name", "missing"]),
+        ({"vm_name": "eden", "heartbeat_timeot": 5}, ["unknown key heartbeat_timeot=5"]),
+        ({"vm_name": "eden", "api_port": "eighty"}, ["api_port='eighty'", "TCP port"]),
+        ({"vm_name": "eden", "api_port": 70000}, ["api_port=70000", "65535"]),
+        ({"vm_name": "eden", "heartbeat_timeout": -1}, ["heartbeat_timeout=-1", "0.1"]),
+        ({"vm_name": "eden", "heartbeat_timeout": True}, ["heartbeat_timeout=True"]),
+        (
+            {"vm_name": "eden", "auto_revert_enabled": "yes please"},
+            ["auto_revert_enabled", "true or false"],
+        ),
+        ({"vm_name": "eden", "log_level": "LOUD"}, ["log_level='LOUD'", "DEBUG"]),
+        ({"vm_name": "--all"}, ["vm_name='--all'"]),
+        ({"vm_name": "eden", "snapshot_name": "../x"}, ["snapshot_name='../x'"]),
+        ({"vm_name": "eden", "libvirt_uri": "nonsense"}, ["libvirt_uri", "qemu:///system"]),
+        (
+            {"vm_name": "eden", "allowed_hosts": "pc.example"},
+            ["allowed_hosts='pc.example'", "list"],
+        ),
+        (
+            {"vm_name": "eden", "allowed_hosts": ["pc.example:8000"]},
+            ["pc.example:8000", "names only"],
+        ),
+        ({"vm_name": "eden", "allowed_hosts": ["http://pc.example"]}, ["http://pc.example"]),
+        ({"vm_name": "eden", "allowed_hosts": ["*"]}, ["allowed_hosts=['*']"]),
+        ({"vm_name": "eden", "allowed_hosts": [""]}, ["allowed_hosts=['']"]),
+    ],
+)
 def test_bad_values_name_key_value_and_expectation(values, words):
     with pytest.raises(ConfigError) as info:
         build_config(values)
@@ -162,6 +195,7 @@ def test_example_config_documents_every_key_with_its_default():
 
 # ------------------------------------------------------------------ files that cannot be used
 
+
 def test_a_config_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
     """An editor on a Windows PC may save the file as Latin-1 ("Café" in a comment)."""
     path = tmp_path / "c.yaml"
@@ -185,8 +219,9 @@ def test_an_empty_config_file_means_defaults_and_the_environment(tmp_path):
 def test_an_environment_value_yaml_cannot_parse_is_taken_as_written():
     """'@' cannot start a YAML scalar, yet it is a fine character in a token."""
     token = "@gallery-staff-token-0123456789"
-    config, _ = load_config(None, env={"VMCTL_VM_NAME": "eden", "VMCTL_API_TOKEN": token,
-                                       "VMCTL_CONFIG": ""})
+    config, _ = load_config(
+        None, env={"VMCTL_VM_NAME": "eden", "VMCTL_API_TOKEN": token, "VMCTL_CONFIG": ""}
+    )
     assert config.api_token == token
 
 
@@ -197,12 +232,19 @@ def test_a_key_that_is_not_a_string_is_reported_as_unknown(tmp_path):
     assert str(info.value).startswith("unknown key 8000: expected one of vm_name, ")
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"virsh_timeout": 60, "virsh_long_timeout": 30},
-     ["virsh_long_timeout=30 is invalid", "at least virsh_timeout (60)"]),
-    ({"recovery_backoff_initial": 20, "recovery_backoff_max": 10},
-     ["recovery_backoff_max=10 is invalid", "at least recovery_backoff_initial (20)"]),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (
+            {"virsh_timeout": 60, "virsh_long_timeout": 30},
+            ["virsh_long_timeout=30 is invalid", "at least virsh_timeout (60)"],
+        ),
+        (
+            {"recovery_backoff_initial": 20, "recovery_backoff_max": 10},
+            ["recovery_backoff_max=10 is invalid", "at least recovery_backoff_initial (20)"],
+        ),
+    ],
+)
 def test_a_bound_below_its_partner_is_a_config_error(values, words):
     with pytest.raises(ConfigError) as info:
         build_config({"vm_name": "eden", **values})
@@ -215,15 +257,17 @@ def test_a_token_file_that_cannot_be_used_is_a_config_error_naming_it(tmp_path, 
     missing = str(tmp_path / "no-such-token")
     with pytest.raises(ConfigError) as info:
         build_config({"vm_name": "eden", f"{key}_file": missing})
-    assert str(info.value) == (f"{key}_file={missing!r} is invalid: cannot read it "
-                               f"(No such file or directory)")
+    assert str(info.value) == (
+        f"{key}_file={missing!r} is invalid: cannot read it (No such file or directory)"
+    )
 
     short = tmp_path / "short-token"
     short.write_text("s3cret\n")
     with pytest.raises(ConfigError) as info:
         build_config({"vm_name": "eden", f"{key}_file": str(short)})
-    assert str(info.value).startswith(f"{key}_file={str(short)!r} is invalid: the file must "
-                                      f"hold null, or a token of 16 to 256")
+    assert str(info.value).startswith(
+        f"{key}_file={str(short)!r} is invalid: the file must hold null, or a token of 16 to 256"
+    )
     assert "s3cret" not in str(info.value), "the secret itself is never shown"
 
     latin1 = tmp_path / "latin1-token"

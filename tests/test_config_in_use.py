@@ -5,11 +5,10 @@ that the keys nobody had watched at work (api_threads, post_revert_timeout,
 guest_token_file, history_max_*, a libvirt_uri other than the default) reach
 the part of the controller that uses them, against the real libvirtd.
 """
+
 from __future__ import annotations
 
-
 import pytest
-
 from libvirt_env import wait_until
 from waits import pid_alive
 
@@ -45,34 +44,51 @@ def test_guest_token_file_from_the_config_guards_the_heartbeat(spawn_controller,
     ctl = spawn_controller(guest_token_file=str(secret), heartbeat_timeout=60)
     refused = ctl.api.call("GET", "/api/v1/heartbeat", "/api/v1/heartbeat", expect=401).json()
     assert refused["detail"].startswith("Unauthorized"), refused
-    ctl.api.call("GET", "/api/v1/heartbeat", "/api/v1/heartbeat", expect=401,
-                 headers={"Authorization": "Bearer wrong-token-0123456789"})
-    body = ctl.api.get("/api/v1/heartbeat",
-                       headers={"Authorization": f"Bearer {GUEST_TOKEN}"})
+    ctl.api.call(
+        "GET",
+        "/api/v1/heartbeat",
+        "/api/v1/heartbeat",
+        expect=401,
+        headers={"Authorization": "Bearer wrong-token-0123456789"},
+    )
+    body = ctl.api.get("/api/v1/heartbeat", headers={"Authorization": f"Bearer {GUEST_TOKEN}"})
     assert body["message"] == "Heartbeat received"
     assert GUEST_TOKEN not in ctl.log(), "the token read from its file is never logged"
 
 
 def test_post_revert_timeout_from_the_config_kills_a_command_that_outlives_it(
-        start_controller, domain, events, tmp_path, caplog):
+    start_controller, domain, events, tmp_path, caplog
+):
     pidfile = tmp_path / "hook.pid"
     with caplog.at_level("INFO", logger="vmcontroller.monitor"):
         controller, api = start_controller(
-            heartbeat_timeout=60, post_revert_timeout=1,
-            post_revert_command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"])
+            heartbeat_timeout=60,
+            post_revert_timeout=1,
+            post_revert_command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"],
+        )
         assert events.wait_for(REVERTED, 1, 30)
-        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
-                   message="the command to start after the start-up revert")
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip(),
+            30,
+            message="the command to start after the start-up revert",
+        )
         pid = int(pidfile.read_text())
         # Without the timeout it would sleep 600 s: waited for well short of that.
-        wait_until(lambda: not pid_alive(pid), controller.config.post_revert_timeout + 30,
-                   message="the command to be killed at post_revert_timeout")
-        wait_until(lambda: any("killed after 1 s" in r.getMessage() for r in caplog.records), 10,
-                   message="the kill to be logged")
+        wait_until(
+            lambda: not pid_alive(pid),
+            controller.config.post_revert_timeout + 30,
+            message="the command to be killed at post_revert_timeout",
+        )
+        wait_until(
+            lambda: any("killed after 1 s" in r.getMessage() for r in caplog.records),
+            10,
+            message="the kill to be logged",
+        )
 
 
-def test_libvirt_uri_spelled_another_way_reaches_the_same_libvirtd(start_controller, domain,
-                                                                  events):
+def test_libvirt_uri_spelled_another_way_reaches_the_same_libvirtd(
+    start_controller, domain, events
+):
     # qemu+unix:// names the transport the default qemu:///system uses implicitly.
     controller, api = start_controller(libvirt_uri="qemu+unix:///system")
     assert events.wait_for(REVERTED, 1, 30), "the VM is reverted through that URI"
@@ -80,11 +96,13 @@ def test_libvirt_uri_spelled_another_way_reaches_the_same_libvirtd(start_control
     assert status["vm_state"] == "running" and status["snapshot_exists"] is True
 
 
-def test_an_unreachable_libvirt_uri_is_reported_with_virshs_message(start_controller, domain,
-                                                                   tmp_path):
+def test_an_unreachable_libvirt_uri_is_reported_with_virshs_message(
+    start_controller, domain, tmp_path
+):
     socket = tmp_path / "no-libvirtd.sock"
     controller, api = start_controller(
-        libvirt_uri=f"qemu+unix:///system?socket={socket}", virsh_timeout=10)
+        libvirt_uri=f"qemu+unix:///system?socket={socket}", virsh_timeout=10
+    )
     status = api.get("/api/v1/status")
     assert status["vm_state"] == "unknown" and status["vm_is_running"] is False
     assert "Failed to connect socket" in status["vm_state_detail"], status

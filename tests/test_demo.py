@@ -5,6 +5,7 @@ shows a newcomer heartbeats arriving, a frozen guest being reverted and its
 heartbeats resuming. This test does exactly that, starting from the empty-disk VM
 an earlier version of the demo made, which the demo replaces.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,28 +15,36 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from guest_env import GuestDomain
 from libvirt_env import EventRecorder, TestDomain, free_port, virsh, wait_until
 
 pytestmark = pytest.mark.libvirt
 REPO = Path(__file__).resolve().parent.parent
-DEMO_TIMEOUT = 10     # heartbeat_timeout in the config scripts/demo writes
-
-
+DEMO_TIMEOUT = 10  # heartbeat_timeout in the config scripts/demo writes
 
 
 def test_demo_runs_the_heartbeat_guest_and_recovers_it(libvirt, guest_build, tmp_path):
-    old = TestDomain("demo").create()          # the empty-disk VM of the earlier demo
+    old = TestDomain("demo").create()  # the empty-disk VM of the earlier demo
     port = free_port()
-    vm = GuestDomain("demo", guest_build.path, port)   # only for its paths and removal
+    vm = GuestDomain("demo", guest_build.path, port)  # only for its paths and removal
     vm.name, vm.disk, vm.console = old.name, old.disk, old.disk.with_suffix(".console.log")
-    env = {**os.environ, "DEMO_VM": vm.name, "DEMO_DIR": str(tmp_path), "DEMO_PORT": str(port),
-           "DEMO_GUEST_DIR": str(guest_build.path)}
+    env = {
+        **os.environ,
+        "DEMO_VM": vm.name,
+        "DEMO_DIR": str(tmp_path),
+        "DEMO_PORT": str(port),
+        "DEMO_GUEST_DIR": str(guest_build.path),
+    }
     log_path = tmp_path / "demo.log"
     log = log_path.open("w+")
-    proc = subprocess.Popen([str(REPO / "scripts" / "demo")], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(REPO / "scripts" / "demo")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     recorder = None
     try:
         url = f"http://127.0.0.1:{port}/api/v1/status"
@@ -65,9 +74,15 @@ def test_demo_runs_the_heartbeat_guest_and_recovers_it(libvirt, guest_build, tmp
         virsh("suspend", "--domain", vm.name)
         assert recorder.wait_for("Suspended Paused", 1, 10)
         assert recorder.wait_for("Started Snapshot", 1, DEMO_TIMEOUT + 20), recorder.events
-        wait_until(lambda: status()["heartbeat"]["is_healthy"]
-                   and status()["heartbeat"]["last_heartbeat"] != heard, 30, 0.2,
-                   "heartbeats after the revert")
+        wait_until(
+            lambda: (
+                status()["heartbeat"]["is_healthy"]
+                and status()["heartbeat"]["last_heartbeat"] != heard
+            ),
+            30,
+            0.2,
+            "heartbeats after the revert",
+        )
         assert status()["vm_state"] == "running"
     finally:
         if recorder is not None:
@@ -92,9 +107,18 @@ def test_create_demo_vm_leaves_a_vm_it_did_not_make_alone(libvirt, guest_build):
     other = TestDomain("demo").create(start=False, snapshot=None)
     try:
         virsh("desc", "--domain", other.name, "--config", "--new-desc", "someone's artwork")
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "create-demo-vm.sh"), other.name,
-                               "8000", str(guest_build.path)], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [
+                "bash",
+                str(REPO / "scripts" / "create-demo-vm.sh"),
+                other.name,
+                "8000",
+                str(guest_build.path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 1, proc.stderr
         assert "was not made by this script: leaving it alone" in proc.stderr
         assert virsh("desc", "--domain", other.name).strip() == "someone's artwork"

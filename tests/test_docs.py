@@ -33,26 +33,41 @@ CSS_URL_RE = re.compile(
 CONTRACT = {
     ("/", "get"),
     ("/api/v1/status", "get"),
-    ("/api/v1/heartbeat", "get"), ("/api/v1/heartbeat", "post"),
+    ("/api/v1/heartbeat", "get"),
+    ("/api/v1/heartbeat", "post"),
     ("/api/v1/heartbeat/status", "get"),
-    ("/api/v1/vm/start", "get"), ("/api/v1/vm/start", "post"),
-    ("/api/v1/vm/stop", "get"), ("/api/v1/vm/stop", "post"),
-    ("/api/v1/vm/restart", "get"), ("/api/v1/vm/restart", "post"),
+    ("/api/v1/vm/start", "get"),
+    ("/api/v1/vm/start", "post"),
+    ("/api/v1/vm/stop", "get"),
+    ("/api/v1/vm/stop", "post"),
+    ("/api/v1/vm/restart", "get"),
+    ("/api/v1/vm/restart", "post"),
     ("/api/v1/snapshots", "get"),
-    ("/api/v1/snapshot/create", "get"), ("/api/v1/snapshot/create", "post"),
+    ("/api/v1/snapshot/create", "get"),
+    ("/api/v1/snapshot/create", "post"),
     ("/api/v1/snapshot/{snapshot_name}", "delete"),
     ("/api/v1/snapshot/delete/{snapshot_name}", "get"),
-    ("/api/v1/revert/enable", "get"), ("/api/v1/revert/enable", "post"),
-    ("/api/v1/revert/disable", "get"), ("/api/v1/revert/disable", "post"),
+    ("/api/v1/revert/enable", "get"),
+    ("/api/v1/revert/enable", "post"),
+    ("/api/v1/revert/disable", "get"),
+    ("/api/v1/revert/disable", "post"),
     # Beyond the API reference: guest requests and history (issue 3).
-    ("/api/v1/revert/request", "get"), ("/api/v1/revert/request", "post"),
-    ("/api/v1/idle/reset", "get"), ("/api/v1/idle/reset", "post"),
+    ("/api/v1/revert/request", "get"),
+    ("/api/v1/revert/request", "post"),
+    ("/api/v1/idle/reset", "get"),
+    ("/api/v1/idle/reset", "post"),
     ("/api/v1/events", "get"),
 }
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch",
-                "trace"}
-TAGS = {"Status", "Heartbeat", "VM control", "Snapshots", "Auto-revert", "Guest requests",
-        "History"}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+TAGS = {
+    "Status",
+    "Heartbeat",
+    "VM control",
+    "Snapshots",
+    "Auto-revert",
+    "Guest requests",
+    "History",
+}
 
 
 class _Assets(HTMLParser):
@@ -91,7 +106,7 @@ def _parse(html: str) -> _Assets:
 
 def _asset_urls(parsed: _Assets) -> list[str]:
     urls = []
-    for tag, attrs in parsed.tags:
+    for _tag, attrs in parsed.tags:
         for name in ("src", "href"):
             if name in attrs:
                 urls.append(attrs[name])
@@ -130,6 +145,7 @@ def client(app):
 
 # ------------------------------------------------------------------ pages
 
+
 def test_swagger_ui_is_served_at_docs(client):
     response = client.get("/docs")
     assert response.status_code == 200
@@ -150,8 +166,9 @@ def test_redoc_is_served_at_redoc_and_reads_openapi_json(client):
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     parsed = _parse(response.get_data(as_text=True))
-    scripts = [attrs.get("src") for tag, attrs in parsed.tags
-               if tag == "script" and attrs.get("src")]
+    scripts = [
+        attrs.get("src") for tag, attrs in parsed.tags if tag == "script" and attrs.get("src")
+    ]
     assert scripts == ["/redoc/assets/redoc.standalone.js"]
     page = response.get_data(as_text=True)
     assert 'data-spec-url="/openapi.json"' in page
@@ -168,7 +185,8 @@ def test_page_assets_are_local_and_served(client, page):
     for tag, attrs in parsed.tags:
         for name, value in attrs.items():
             assert "http://" not in value and "https://" not in value, (
-                f"{page}: <{tag} {name}={value!r}> points outside the app")
+                f"{page}: <{tag} {name}={value!r}> points outside the app"
+            )
     for url in urls:
         assert _is_local(url), f"{page}: asset {url!r} is not a local path"
         asset = client.get(url)
@@ -193,10 +211,12 @@ def test_css_loads_nothing_from_elsewhere(client, page):
             if url.startswith("data:"):
                 continue
             assert not re.match(r"(?i)^(https?:)?//", url), (
-                f"{page}: {name} loads {url!r} from elsewhere")
+                f"{page}: {name} loads {url!r} from elsewhere"
+            )
             target = urljoin(name if name.startswith("/") else page, url)
             assert client.get(target).status_code == 200, (
-                f"{page}: {name} refers to {url!r}, which is not served")
+                f"{page}: {name} refers to {url!r}, which is not served"
+            )
     if page == "/docs":
         assert checked > 0, "the url() scan found nothing in swagger-ui.css"
 
@@ -205,19 +225,23 @@ def test_css_loads_nothing_from_elsewhere(client, page):
 def test_pages_forbid_other_origins(client, page):
     """The CSP also stops ReDoc's sidebar logo from loading from a CDN."""
     parsed = _parse(client.get(page).get_data(as_text=True))
-    policies = [m["content"] for m in parsed.metas
-                if m.get("http-equiv", "").lower()
-                == "content-security-policy"]
+    policies = [
+        m["content"]
+        for m in parsed.metas
+        if m.get("http-equiv", "").lower() == "content-security-policy"
+    ]
     assert len(policies) == 1
     directives = dict(
         (d.split()[0], d.split()[1:])
-        for d in (part.strip() for part in policies[0].split(";")) if d)
-    for name in ("default-src", "img-src", "font-src", "style-src",
-                 "script-src", "connect-src"):
+        for d in (part.strip() for part in policies[0].split(";"))
+        if d
+    )
+    for name in ("default-src", "img-src", "font-src", "style-src", "script-src", "connect-src"):
         assert name in directives
         for source in directives[name]:
             assert source.startswith("'") or source in ("data:", "blob:"), (
-                f"{page}: {name} allows {source}")
+                f"{page}: {name} allows {source}"
+            )
 
 
 def test_redoc_bundle_and_licence_are_shipped():
@@ -234,6 +258,7 @@ def test_unknown_docs_subpath_is_404(client):
 
 
 # ------------------------------------------------------------------ schema
+
 
 def test_openapi_json_is_exactly_the_spec(client, spec):
     response = client.get("/openapi.json")
@@ -256,7 +281,8 @@ def test_spec_documents_exactly_the_contract(spec):
     documented = {
         (path, method)
         for path, item in spec["paths"].items()
-        for method in item if method in HTTP_METHODS
+        for method in item
+        if method in HTTP_METHODS
     }
     assert documented == CONTRACT
 
@@ -290,10 +316,10 @@ def test_every_response_has_a_json_example(spec):
                 response = spec["components"]["responses"][name]
             media = response["content"]["application/json"]
             assert "example" in media or "examples" in media, (
-                f"{method.upper()} {path} {status} has no example")
+                f"{method.upper()} {path} {status} has no example"
+            )
             if not status.startswith("2"):
-                assert media["schema"] == {
-                    "$ref": "#/components/schemas/Error"}
+                assert media["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 def test_documented_errors_per_operation(spec):
@@ -301,17 +327,19 @@ def test_documented_errors_per_operation(spec):
         return set(spec["paths"][path][method]["responses"])
 
     gate = {"400", "401", "413", "414", "431"}  # every /api operation passes the security gate
-    changes = gate | {"403"}               # and what changes state refuses cross-site calls
+    changes = gate | {"403"}  # and what changes state refuses cross-site calls
     assert statuses("/api/v1/status", "get") == {"200", "500", "503"} | gate
-    assert statuses("/api/v1/vm/restart", "post") == {
-        "200", "409", "500", "503"} | changes
+    assert statuses("/api/v1/vm/restart", "post") == {"200", "409", "500", "503"} | changes
     assert statuses("/api/v1/vm/start", "get") == {"200", "500", "503"} | changes
-    assert statuses("/api/v1/snapshot/create", "post") == {
-        "200", "400", "500", "503"} | changes
-    assert statuses("/api/v1/snapshot/{snapshot_name}", "delete") == {
-        "200", "400", "404", "500", "503"} | changes
-    assert statuses("/api/v1/snapshot/delete/{snapshot_name}", "get") == {
-        "200", "400", "404", "500", "503"} | changes
+    assert statuses("/api/v1/snapshot/create", "post") == {"200", "400", "500", "503"} | changes
+    assert (
+        statuses("/api/v1/snapshot/{snapshot_name}", "delete")
+        == {"200", "400", "404", "500", "503"} | changes
+    )
+    assert (
+        statuses("/api/v1/snapshot/delete/{snapshot_name}", "get")
+        == {"200", "400", "404", "500", "503"} | changes
+    )
     assert statuses("/api/v1/revert/disable", "get") == {"200", "503"} | changes
     assert statuses("/api/v1/heartbeat", "get") == {"200", "503"} | changes
     assert statuses("/", "get") == {"200", "400"}  # a foreign Host is refused there too
@@ -357,7 +385,8 @@ def test_every_component_is_used(spec):
     for kind, items in spec["components"].items():
         for name in items:
             assert f"#/components/{kind}/{name}" in refs, (
-                f"components/{kind}/{name} is never referenced")
+                f"components/{kind}/{name} is never referenced"
+            )
 
 
 def test_snapshot_name_rule_is_documented_once_and_reused(spec):
@@ -378,8 +407,11 @@ def test_snapshot_name_rule_is_documented_once_and_reused(spec):
 def test_snapshot_create_post_accepts_form_fields(spec):
     body_ref = spec["paths"]["/api/v1/snapshot/create"]["post"]["requestBody"]
     body = spec["components"]["requestBodies"][body_ref["$ref"].rsplit("/")[-1]]
-    assert set(body["content"]) == {"application/x-www-form-urlencoded",
-                                    "multipart/form-data", "application/json"}
+    assert set(body["content"]) == {
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "application/json",
+    }
     assert body["required"] is False
 
 
@@ -389,12 +421,12 @@ def test_build_openapi_returns_independent_documents():
     first["components"]["schemas"]["HeartbeatStatus"]["example"]["timeout"] = 1
     second = build_openapi("2.0.0")
     assert second["paths"]["/"]["get"]["summary"] != "changed"
-    assert second["components"]["schemas"]["HeartbeatStatus"][
-        "example"]["timeout"] == 10
+    assert second["components"]["schemas"]["HeartbeatStatus"]["example"]["timeout"] == 10
     assert second["info"]["version"] == "2.0.0"
 
 
 # ------------------------------------------------------- app integration
+
 
 def test_two_apps_serve_their_own_spec():
     apps = []
@@ -402,8 +434,7 @@ def test_two_apps_serve_their_own_spec():
         app = Flask(__name__)
         init_docs(app, build_openapi(version))
         apps.append(app)
-    versions = [a.test_client().get("/openapi.json").get_json()["info"][
-        "version"] for a in apps]
+    versions = [a.test_client().get("/openapi.json").get_json()["info"]["version"] for a in apps]
     assert versions == ["1.0.0", "2.0.0"]
 
 
@@ -446,8 +477,7 @@ def test_app_templates_still_take_precedence(tmp_path, spec):
     (tmp_path / "redoc.html").write_text("app's own {{ spec_url }}")
     app = Flask(__name__, template_folder=str(tmp_path))
     init_docs(app, spec)
-    assert app.test_client().get("/redoc").get_data(as_text=True) == (
-        "app's own /openapi.json")
+    assert app.test_client().get("/redoc").get_data(as_text=True) == ("app's own /openapi.json")
 
 
 # ------------------------------------------------------- the docs cost nothing until asked for
@@ -479,8 +509,9 @@ def test_the_docs_stack_is_imported_only_when_the_docs_are_first_asked_for():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", LAZY_DOCS_CHECK], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY_DOCS_CHECK], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     before, after = out.stdout.splitlines()
     assert before == "[]", f"imported before any docs request: {before}"
@@ -489,14 +520,16 @@ def test_the_docs_stack_is_imported_only_when_the_docs_are_first_asked_for():
 
 def test_a_docs_path_answers_in_json_like_the_api():
     from fake_virsh import FakeRunner
+
     from vmcontroller.app import create_app
     from vmcontroller.config import build_config
     from vmcontroller.monitor import Monitor
     from vmcontroller.store import Store
     from vmcontroller.vm import Domain
 
-    monitor = Monitor(Domain(FakeRunner(), "art", "ready"), build_config({"vm_name": "art"}),
-                      Store(":memory:"))
+    monitor = Monitor(
+        Domain(FakeRunner(), "art", "ready"), build_config({"vm_name": "art"}), Store(":memory:")
+    )
     client = create_app(monitor, VERSION).test_client()
     missing = client.get("/docs/no-such-page")
     assert missing.status_code == 404 and missing.get_json() == {"detail": "Not Found"}

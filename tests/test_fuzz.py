@@ -16,27 +16,29 @@ coverage cases and random data: no 5xx, and every response (errors included)
 matches its documented status, content type, headers and schema. The VM is a
 test VM: the fuzzer may stop, restart and snapshot it at will.
 """
+
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from fake_virsh import FakeRunner
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 from werkzeug.test import TestResponse
 
-from fake_virsh import FakeRunner
 from vmcontroller import __version__
-from vmcontroller.app import create_app
 from vmcontroller.apispec import build_openapi
+from vmcontroller.app import create_app
 from vmcontroller.config import build_config
 from vmcontroller.monitor import Monitor
 from vmcontroller.store import Store
@@ -46,12 +48,55 @@ METHODS = ("GET", "POST", "HEAD", "DELETE", "OPTIONS", "PUT")
 QUIET = {"heartbeat_timeout": 60, "vm_startup_heartbeat_delay": 60}
 #: Values that are numbers to one function and not to another.
 AWKWARD = (
-    "²", "１", "٣", "٣.٥", "߁", "-0", "+1", "0", "-1", "nan", "NaN", "inf", "-inf", "Infinity",
-    "1e309", "-1e309", "1e3", "1E+2", "0x10", "1_000", " 1", "1 ", "1\n", "1.", ".5", "1.5",
-    "9" * 30, "9" * 5000, "", " ", "\x00", "\x7f", "\u2028", "\ufeff1", "1\u0301", "²³",
-    "2026-11-25", "2026-11-25T10:00:00Z", "2026-11-25T10:00:00+25:00", "0001-01-01",
-    "0001-01-01T00:00:00", "9999-12-31T23:59:59-23:59", "２０２６-01-01", "99999999999.999999",
-    "ready", "%", "%zz", "a,b,,", "heartbeat_timeout,api",
+    "²",
+    "１",
+    "٣",
+    "٣.٥",
+    "߁",
+    "-0",
+    "+1",
+    "0",
+    "-1",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e309",
+    "-1e309",
+    "1e3",
+    "1E+2",
+    "0x10",
+    "1_000",
+    " 1",
+    "1 ",
+    "1\n",
+    "1.",
+    ".5",
+    "1.5",
+    "9" * 30,
+    "9" * 5000,
+    "",
+    " ",
+    "\x00",
+    "\x7f",
+    "\u2028",
+    "\ufeff1",
+    "1\u0301",
+    "²³",
+    "2026-11-25",
+    "2026-11-25T10:00:00Z",
+    "2026-11-25T10:00:00+25:00",
+    "0001-01-01",
+    "0001-01-01T00:00:00",
+    "9999-12-31T23:59:59-23:59",
+    "２０２６-01-01",
+    "99999999999.999999",
+    "ready",
+    "%",
+    "%zz",
+    "a,b,,",
+    "heartbeat_timeout,api",
 )
 #: Parameters no route documents, sent as well: handlers must ignore or refuse them.
 EXTRA_NAMES = ("seq", "boot", "x", "limit", "token", "snapshot_name", "idle_duration", "²")
@@ -77,8 +122,9 @@ def documented_query_parameters(spec: dict[str, Any], rule: str) -> list[str]:
             parameter = spec["components"]["parameters"][parameter["$ref"].rsplit("/", 1)[1]]
         if parameter["in"] == "query":
             names.append(parameter["name"])
-    query_schemes = [s["name"] for s in spec["components"]["securitySchemes"].values()
-                     if s.get("in") == "query"]
+    query_schemes = [
+        s["name"] for s in spec["components"]["securitySchemes"].values() if s.get("in") == "query"
+    ]
     return sorted(set(names + query_schemes))
 
 
@@ -90,8 +136,9 @@ def fill(rule: str, value: str) -> str:
 def make_app() -> tuple[Flask, Monitor]:
     runner = FakeRunner()
     config = build_config({"vm_name": runner.domain, **QUIET})
-    monitor = Monitor(Domain(runner, runner.domain, config.snapshot_name), config,
-                      Store(":memory:"))
+    monitor = Monitor(
+        Domain(runner, runner.domain, config.snapshot_name), config, Store(":memory:")
+    )
     runner.listener = monitor.on_lifecycle_event
     monitor.on_events_connection(True)
     monitor.start()
@@ -116,8 +163,9 @@ def check_answer(response: TestResponse, method: str, what: Any) -> None:
         assert response.mimetype == "application/json", (what, status, response.content_type)
         if method != "HEAD":
             body = response.get_json(silent=True)
-            assert isinstance(body, dict) and isinstance(body.get("detail"), str) \
-                and body["detail"], (what, status, text[:1000])
+            assert (
+                isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"]
+            ), (what, status, text[:1000])
 
 
 def routes(app: Flask) -> list[str]:
@@ -153,13 +201,20 @@ TEXT = st.text(max_size=40)
 VALUES = st.one_of(
     st.sampled_from(AWKWARD),
     TEXT,
-    st.integers(min_value=-10 ** 40, max_value=10 ** 40).map(str),
+    st.integers(min_value=-(10**40), max_value=10**40).map(str),
     st.floats().map(repr),
     st.datetimes().map(lambda d: d.isoformat()),
     st.from_regex(r"[0-9]{1,12}(\.[0-9]{1,8})?", fullmatch=True),
 )
-JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT,
-                        st.lists(TEXT, max_size=3), st.dictionaries(TEXT, TEXT, max_size=2))
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    TEXT,
+    st.lists(TEXT, max_size=3),
+    st.dictionaries(TEXT, TEXT, max_size=2),
+)
 
 
 @st.composite
@@ -168,12 +223,22 @@ def http_requests(draw: st.DrawFn, rules: list[str], spec: dict[str, Any]) -> di
     names = documented_query_parameters(spec, rule)
     name = st.sampled_from(names + list(EXTRA_NAMES)) | TEXT
     query = draw(st.lists(st.tuples(name, VALUES), max_size=5))
-    path = re.sub(r"<[^<>]+>", lambda _: quote(draw(st.sampled_from(("ready", "fuzz")) | VALUES),
-                                                 safe=""), rule)
+    path = re.sub(
+        r"<[^<>]+>",
+        lambda _: quote(draw(st.sampled_from(("ready", "fuzz")) | VALUES), safe=""),
+        rule,
+    )
     method = draw(st.sampled_from(METHODS))
-    request: dict[str, Any] = {"path": path, "method": method, "query_string": urlencode(query),
-                               "headers": {"Host": draw(st.sampled_from(HOSTS) | TEXT.filter(
-                                   lambda h: h.isascii() and h.isprintable()))}}
+    request: dict[str, Any] = {
+        "path": path,
+        "method": method,
+        "query_string": urlencode(query),
+        "headers": {
+            "Host": draw(
+                st.sampled_from(HOSTS) | TEXT.filter(lambda h: h.isascii() and h.isprintable())
+            )
+        },
+    }
     body = draw(st.sampled_from(("none", "form", "json", "raw")))
     if body == "form":
         request["data"] = MultiDict(draw(st.lists(st.tuples(name, VALUES), max_size=4)))
@@ -181,9 +246,16 @@ def http_requests(draw: st.DrawFn, rules: list[str], spec: dict[str, Any]) -> di
         request["json"] = draw(st.dictionaries(name, JSON_VALUES, max_size=4) | JSON_VALUES)
     elif body == "raw":
         request["data"] = draw(st.binary(max_size=64))
-        request["content_type"] = draw(st.sampled_from(
-            ("application/json", "application/x-www-form-urlencoded", "multipart/form-data",
-             "text/plain")))
+        request["content_type"] = draw(
+            st.sampled_from(
+                (
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data",
+                    "text/plain",
+                )
+            )
+        )
     return request
 
 
@@ -194,8 +266,13 @@ def test_no_input_makes_a_server_error():
     rules = routes(app)
     monitor.stop()
 
-    @settings(max_examples=300, derandomize=True, database=None, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=300,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.lists(http_requests(rules, spec), min_size=1, max_size=3))
     def check(batch: list[dict[str, Any]]) -> None:
         app, monitor = make_app()
@@ -211,11 +288,19 @@ def test_no_input_makes_a_server_error():
 
 # ------------------------------------------------------------------ schemathesis, real libvirt
 
-CHECKS = ",".join([
-    "not_a_server_error", "status_code_conformance", "content_type_conformance",
-    "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
-    "positive_data_acceptance", "unsupported_method", "allow_header_conformance",
-])
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "positive_data_acceptance",
+        "unsupported_method",
+        "allow_header_conformance",
+    ]
+)
 
 
 def schemathesis() -> str:
@@ -228,11 +313,33 @@ def test_schemathesis_finds_nothing(start_controller, domain, tmp_path):
     controller, api = start_controller(heartbeat_timeout=60, vm_startup_heartbeat_delay=1)
     report = tmp_path / "junit.xml"
     result = subprocess.run(
-        [schemathesis(), "run", f"{api.base}/openapi.json", "--checks", CHECKS,
-         "--max-examples", "8", "--workers", "1", "--seed", "2026",
-         "--phases", "examples,coverage,fuzzing", "--request-timeout", "60",
-         "--report", "junit", "--report-junit-path", str(report), "--no-color"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            schemathesis(),
+            "run",
+            f"{api.base}/openapi.json",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            "8",
+            "--workers",
+            "1",
+            "--seed",
+            "2026",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--request-timeout",
+            "60",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(report),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     assert "25/25" in output or "Tested: 25" in output, output[-3000:]

@@ -8,6 +8,7 @@ heartbeats resume from the snapshot's memory: the sequence numbers jump back. Wh
 the guest sent is read from its own serial console; libvirt's lifecycle events time
 the revert independently of the controller.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,18 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from guest_env import BEAT, GuestDomain
 from libvirt_env import EventRecorder, free_port, virsh, wait_until
+
 from vmcontroller.config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT_SH = REPO / "scripts" / "guest" / "posix" / "heartbeat.sh"
 
 
-
-
 # ------------------------------------------------------------------ the script on this machine
+
 
 class Recorder:
     """A controller stand-in that records each heartbeat's query and headers (or stays silent)."""
@@ -52,9 +52,13 @@ class Recorder:
                     recorder.release.wait(30)
                     return
                 parts = urllib.parse.urlsplit(self.path)
-                recorder.hits.append({"path": parts.path,
-                                      "query": dict(urllib.parse.parse_qsl(parts.query)),
-                                      "auth": self.headers.get("Authorization")})
+                recorder.hits.append(
+                    {
+                        "path": parts.path,
+                        "query": dict(urllib.parse.parse_qsl(parts.query)),
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 body = b'{"message": "Heartbeat received", "details": {}}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -79,6 +83,7 @@ class Refuser:
 
     def __init__(self) -> None:
         import socket
+
         self.tries = 0
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,6 +104,7 @@ class Refuser:
 
     def close(self) -> None:
         import socket
+
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -113,14 +119,21 @@ class Script:
     def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path, shell: str = "sh"):
         self.out = tmp_path / f"heartbeat-{time.monotonic_ns()}.log"
         self._file = self.out.open("w")
-        self.proc = subprocess.Popen([shell, str(HEARTBEAT_SH), *args], stdout=self._file,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [shell, str(HEARTBEAT_SH), *args],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     def text(self) -> str:
         return self.out.read_text()
 
     def beats(self) -> list[tuple[int, str, bool]]:
-        return [(int(m.group(1)), m.group(2), m.group(3) == "ok") for m in BEAT.finditer(self.text())]
+        return [
+            (int(m.group(1)), m.group(2), m.group(3) == "ok") for m in BEAT.finditer(self.text())
+        ]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -173,22 +186,26 @@ def scripts(tmp_path):
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_the_script_survives_a_controller_that_is_down_then_comes_back(client, guest_build,
-                                                                      tmp_path, scripts):
+def test_the_script_survives_a_controller_that_is_down_then_comes_back(
+    client, guest_build, tmp_path, scripts
+):
     env, shell = script_env(client, guest_build, tmp_path)
-    down = Refuser()                         # the port answers nothing: closed at once
+    down = Refuser()  # the port answers nothing: closed at once
     port = down.port
-    script = scripts(["-k", "guest-token-0123456789", f"http://127.0.0.1:{port}/", "0.2"],
-                     env, shell)
+    script = scripts(
+        ["-k", "guest-token-0123456789", f"http://127.0.0.1:{port}/", "0.2"], env, shell
+    )
     wait_until(lambda: len(script.text().splitlines()) >= 2, 10, message="a first failure")
     wait_until(lambda: down.tries >= 4, 30, message="the script to try again and again")
     down.close()
     assert script.alive(), script.text()
     lines = script.text().splitlines()
-    assert lines[0].startswith(f"heartbeat: sending to http://127.0.0.1:{port}/api/v1/heartbeat "
-                               f"every 0.2 s with {client if client != 'busybox' else 'wget'}")
+    assert lines[0].startswith(
+        f"heartbeat: sending to http://127.0.0.1:{port}/api/v1/heartbeat "
+        f"every 0.2 s with {client if client != 'busybox' else 'wget'}"
+    )
 
-    recorder = Recorder(port)               # the controller comes back
+    recorder = Recorder(port)  # the controller comes back
     try:
         wait_until(lambda: len(recorder.hits) >= 3, 15, message="heartbeats after the outage")
         back = re.search(r"answers again after (\d+) failed heartbeat", script.text())
@@ -198,8 +215,9 @@ def test_the_script_survives_a_controller_that_is_down_then_comes_back(client, g
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert int(back.group(1)) == seqs[0] - 1 >= 1, "every refused one was counted"
         failures = [line for line in script.text().splitlines() if " FAIL: " in line]
-        assert len(failures) == 1 and "seq=1 " in failures[0], \
+        assert len(failures) == 1 and "seq=1 " in failures[0], (
             "without -v only the first failure of an outage is logged"
+        )
         assert {hit["query"]["boot"] for hit in recorder.hits} == {first["query"]["boot"]}
         assert all(hit["path"] == "/api/v1/heartbeat" for hit in recorder.hits)
         assert all(hit["auth"] == "Bearer guest-token-0123456789" for hit in recorder.hits)
@@ -211,11 +229,14 @@ def test_the_script_survives_a_controller_that_is_down_then_comes_back(client, g
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_silent_controller_cannot_stall_the_loop(client, guest_build, tmp_path, scripts):
     env, shell = script_env(client, guest_build, tmp_path)
-    silent = Recorder(silent=True)           # accepts connections, never answers
+    silent = Recorder(silent=True)  # accepts connections, never answers
     try:
         script = scripts(["-v", "-t", "1", f"http://127.0.0.1:{silent.port}", "0.2"], env, shell)
-        wait_until(lambda: len(script.beats()) >= 3, 15,
-                   message="three heartbeats, each given up after 1 s")
+        wait_until(
+            lambda: len(script.beats()) >= 3,
+            15,
+            message="three heartbeats, each given up after 1 s",
+        )
         assert all(not ok for _, _, ok in script.beats())
         assert "no answer within 1 s" in script.text(), script.text()
         assert script.alive()
@@ -224,23 +245,35 @@ def test_a_silent_controller_cannot_stall_the_loop(client, guest_build, tmp_path
 
 
 def test_usage_errors_exit_2(tmp_path):
-    for args in ([], ["ftp://host"], ["http://host", "0"], ["http://host", "soon"],
-                 ["-t", "x", "http://host"], ["-q", "http://host"], ["http://a", "1", "extra"]):
-        proc = subprocess.run(["sh", str(HEARTBEAT_SH), *args], capture_output=True, text=True,
-                              timeout=10)
+    for args in (
+        [],
+        ["ftp://host"],
+        ["http://host", "0"],
+        ["http://host", "soon"],
+        ["-t", "x", "http://host"],
+        ["-q", "http://host"],
+        ["http://a", "1", "extra"],
+    ):
+        proc = subprocess.run(
+            ["sh", str(HEARTBEAT_SH), *args], capture_output=True, text=True, timeout=10
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "usage: heartbeat.sh" in proc.stderr
 
 
 @pytest.mark.libvirt
-def test_the_script_keeps_a_real_controller_healthy(start_controller, guest_build, tmp_path,
-                                                    scripts):
+def test_the_script_keeps_a_real_controller_healthy(
+    start_controller, guest_build, tmp_path, scripts
+):
     controller, api = start_controller(heartbeat_timeout=2, vm_startup_heartbeat_delay=0.5)
     for client in CLIENTS:
         env, shell = script_env(client, guest_build, tmp_path)
         script = scripts(["-v", api.base, "0.2"], env, shell)
-        wait_until(lambda: sum(ok for _, _, ok in script.beats()) >= 5, 20,
-                   message=f"five heartbeats answered through {client}")
+        wait_until(
+            lambda: sum(ok for _, _, ok in script.beats()) >= 5,  # noqa: B023 (waited on here)
+            20,
+            message=f"five heartbeats answered through {client}",
+        )
         script.stop()
         status = api.get("/api/v1/status")
         assert status["heartbeat"]["is_healthy"] is True, client
@@ -252,18 +285,26 @@ def test_the_script_keeps_a_real_controller_healthy(start_controller, guest_buil
 @pytest.mark.libvirt
 def test_the_script_sends_the_guest_token(start_controller, guest_build, tmp_path, scripts):
     token = "guest-token-0123456789abcdef"
-    _, api = start_controller(heartbeat_timeout=30, guest_token=token,
-                              api_token="staff-token-0123456789abcdef")
+    _, api = start_controller(
+        heartbeat_timeout=30, guest_token=token, api_token="staff-token-0123456789abcdef"
+    )
     for client in ("curl", "busybox"):
         env, shell = script_env(client, guest_build, tmp_path)
         refused = scripts(["-v", api.base, "0.2"], env, shell)
-        wait_until(lambda: len(refused.beats()) >= 2, 15, message="refused heartbeats")
+        wait_until(
+            lambda: len(refused.beats()) >= 2,  # noqa: B023 (waited on here)
+            15,
+            message="refused heartbeats",
+        )
         refused.stop()
         assert not any(ok for _, _, ok in refused.beats())
         assert "401" in refused.text(), refused.text()
         accepted = scripts(["-v", "-k", token, api.base, "0.2"], env, shell)
-        wait_until(lambda: sum(ok for _, _, ok in accepted.beats()) >= 2, 15,
-                   message=f"heartbeats with the token through {client}")
+        wait_until(
+            lambda: sum(ok for _, _, ok in accepted.beats()) >= 2,  # noqa: B023 (waited on here)
+            15,
+            message=f"heartbeats with the token through {client}",
+        )
         accepted.stop()
     staff = {"Authorization": "Bearer staff-token-0123456789abcdef"}
     assert api.get("/api/v1/status", headers=staff)["heartbeat"]["is_healthy"] is True
@@ -298,12 +339,15 @@ def test_the_windows_scripts_call_the_api_as_documented(openapi):
         sent = set(re.findall(r"(?:^|&)(\w+)=", query))
         if path != "/api/v1/heartbeat":
             assert sent <= query_parameters(openapi, path), (path, sent)
-    assert re.findall(r'(?:^|&)(\w+)=', calls["/api/v1/heartbeat"]) == ["seq"]
+    assert re.findall(r"(?:^|&)(\w+)=", calls["/api/v1/heartbeat"]) == ["seq"]
     assert '"&boot=" & $sBoot' in autoit
     assert "&severity=" in autoit
     severities = set(re.findall(r'_RequestRevert\(.+, "(\w+)"\)', autoit))
-    enum = next(p["schema"]["enum"] for p in openapi["paths"]["/api/v1/revert/request"]
-                .get("parameters", []) if p["name"] == "severity")
+    enum = next(
+        p["schema"]["enum"]
+        for p in openapi["paths"]["/api/v1/revert/request"].get("parameters", [])
+        if p["name"] == "severity"
+    )
     assert severities and severities <= set(enum), (severities, enum)
     assert '"Authorization", "Bearer " & $sToken' in autoit
     assert "SetTimeouts($iTimeout, $iTimeout, $iTimeout, $iTimeout)" in autoit
@@ -328,7 +372,7 @@ def test_the_windows_scripts_call_the_api_as_documented(openapi):
 
 # ------------------------------------------------------------------ the real guest, end to end
 
-TIMEOUT = 5.0          # heartbeat_timeout of the controller under test
+TIMEOUT = 5.0  # heartbeat_timeout of the controller under test
 REVERT_ALLOWANCE = 6.0  # a revert of a paused TCG guest takes ~1-2 s here; room for a busy machine
 
 
@@ -338,9 +382,11 @@ def seqs(beats) -> list[int]:
 
 @pytest.mark.libvirt
 def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapshot(
-        libvirt, guest_build, tmp_path, check_response, openapi):
-    from vmcontroller.server import Controller
+    libvirt, guest_build, tmp_path, check_response, openapi
+):
     from checked_http import checked_session
+
+    from vmcontroller.server import Controller
 
     port = free_port()
     vm = GuestDomain("guest", guest_build.path, port, hb_timeout=2).define()
@@ -361,19 +407,33 @@ def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapsh
 
     try:
         # The staff's order of work: maintenance first, then the guest, then the snapshot.
-        controller = Controller(build_config({
-            "vm_name": vm.name, "api_host": "127.0.0.1", "api_port": port,
-            "heartbeat_timeout": TIMEOUT, "vm_startup_heartbeat_delay": 8,
-            "heartbeat_check_interval": 0.5, "virsh_timeout": 60,
-            "auto_revert_enabled": False, "state_path": str(tmp_path / "state.db")}))
+        controller = Controller(
+            build_config(
+                {
+                    "vm_name": vm.name,
+                    "api_host": "127.0.0.1",
+                    "api_port": port,
+                    "heartbeat_timeout": TIMEOUT,
+                    "vm_startup_heartbeat_delay": 8,
+                    "heartbeat_check_interval": 0.5,
+                    "virsh_timeout": 60,
+                    "auto_revert_enabled": False,
+                    "state_path": str(tmp_path / "state.db"),
+                }
+            )
+        )
         controller.start()
         assert controller.monitor.wait_initialised(60)
         started = time.monotonic()
         vm.start()
 
         # 1. Heartbeats arrive: on the guest's console and in the controller's status.
-        wait_until(lambda: status()["heartbeat"]["last_heartbeat"] is not None, 120, 0.05,
-                   "the guest's first heartbeat")
+        wait_until(
+            lambda: status()["heartbeat"]["last_heartbeat"] is not None,
+            120,
+            0.05,
+            "the guest's first heartbeat",
+        )
         figures["start to first heartbeat"] = time.monotonic() - started
         wait_until(lambda: sum(b.ok for b in vm.beats()) >= 3, 30, message="three heartbeats")
         assert status()["heartbeat"]["is_healthy"] is True
@@ -399,17 +459,23 @@ def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapsh
 
         # 4. Nothing arrives while it is frozen: watched from the pause until the revert.
         def frozen_so_far() -> bool:
-            quiet = (vm.console_size() == offset and
-                     status()["heartbeat"]["last_heartbeat"] == heard_before)
+            quiet = (
+                vm.console_size() == offset
+                and status()["heartbeat"]["last_heartbeat"] == heard_before
+            )
             if recorder.count("Started Snapshot"):
-                return True   # reverted: what was read may postdate it, so it proves nothing
+                return True  # reverted: what was read may postdate it, so it proves nothing
             assert quiet, "a frozen guest writes nothing and sends nothing"
             looks.append(1)
             return False
 
         looks: list[int] = []
-        wait_until(lambda: frozen_so_far(), TIMEOUT + REVERT_ALLOWANCE + 10, 0.2,
-                   "the controller to revert the frozen guest")
+        wait_until(
+            lambda: frozen_so_far(),
+            TIMEOUT + REVERT_ALLOWANCE + 10,
+            0.2,
+            "the controller to revert the frozen guest",
+        )
         assert looks, "the frozen guest was looked at before the revert"
 
         # 5. The controller reverts it (how soon is a figure, printed below, for scripts/bench).
@@ -418,11 +484,15 @@ def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapsh
         wait_until(lambda: vm.state() == "running", 30, message="the VM running again")
 
         # 6. Heartbeats resume, from the snapshot's memory: seq jumps back, boot is the same.
-        wait_until(lambda: any(b.ok for b in vm.beats(offset)), 30, 0.05,
-                   "a heartbeat after the revert")
+        wait_until(
+            lambda: any(b.ok for b in vm.beats(offset)), 30, 0.05, "a heartbeat after the revert"
+        )
         figures["revert to next heartbeat"] = time.monotonic() - reverted
-        wait_until(lambda: sum(b.ok for b in vm.beats(offset)) >= 3, 30,
-                   message="heartbeats going on after the revert")
+        wait_until(
+            lambda: sum(b.ok for b in vm.beats(offset)) >= 3,
+            30,
+            message="heartbeats going on after the revert",
+        )
         resumed = vm.beats(offset)
         assert {b.boot for b in resumed} == {boot}, "the same boot: memory restored, not rebooted"
         assert before <= resumed[0].seq <= after + 2, (before, after, seqs(resumed))
@@ -434,8 +504,9 @@ def test_a_real_guest_heartbeats_freezes_is_reverted_and_resumes_from_its_snapsh
 
         # 7. The controller's own account agrees.
         # A frozen guest is both paused and silent for TIMEOUT: either trigger is right.
-        history = http.get(f"{base}/api/v1/events?trigger=heartbeat_timeout,vm_paused",
-                           timeout=10).json()["events"]
+        history = http.get(
+            f"{base}/api/v1/events?trigger=heartbeat_timeout,vm_paused", timeout=10
+        ).json()["events"]
         assert [(e["action"], e["outcome"]) for e in history] == [("revert", "succeeded")], history
         assert history[0]["trigger"] in ("heartbeat_timeout", "vm_paused")
         figures["revert (controller's history)"] = history[0]["duration"]

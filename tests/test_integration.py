@@ -5,19 +5,19 @@ snapshot) and an in-process controller on a free loopback port. What the
 controller did is read from libvirt itself: lifecycle events recorded by an
 independent `virsh event` process, snapshot-current, domstate.
 """
+
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from libvirt_env import virsh, wait_until
 from waits import enforcement_period, pause_period, stays_false
 
 pytestmark = pytest.mark.libvirt
 
-REVERTED = "Started Snapshot"   # libvirt's event when a revert brings the VM up
+REVERTED = "Started Snapshot"  # libvirt's event when a revert brings the VM up
 
 
 class Heartbeats:
@@ -49,8 +49,11 @@ class Heartbeats:
     def wait_answered(self, count: int, timeout: float = 30) -> None:
         """A positive sign: ``count`` more heartbeats answered from now."""
         target = self.answered + count
-        wait_until(lambda: self.answered >= target or bool(self.errors), timeout,
-                   message=f"{count} heartbeats answered")
+        wait_until(
+            lambda: self.answered >= target or bool(self.errors),
+            timeout,
+            message=f"{count} heartbeats answered",
+        )
         assert not self.errors, self.errors
 
     def stop(self):
@@ -60,18 +63,37 @@ class Heartbeats:
 
 def reverts_in_history(api) -> int:
     """Reverts the controller recorded (started ones too: they count before libvirt's event)."""
-    return sum(1 for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]
-               if e["action"] == "revert")
+    return sum(
+        1
+        for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]
+        if e["action"] == "revert"
+    )
 
 
-STATUS_FIELDS = {"vm_name": str, "vm_state": str, "vm_is_running": bool, "snapshot_name": str,
-                 "snapshot_exists": bool, "heartbeat": dict, "auto_revert_enabled": bool}
+STATUS_FIELDS = {
+    "vm_name": str,
+    "vm_state": str,
+    "vm_is_running": bool,
+    "snapshot_name": str,
+    "snapshot_exists": bool,
+    "heartbeat": dict,
+    "auto_revert_enabled": bool,
+}
 # Additive fields beyond the API reference (issue 3): every spec field keeps its name and type.
-STATUS_EXTRA = {"vm_state_detail": (str, type(None)), "stopped_by_staff": bool, "recovery": dict,
-                "state_file": dict, "snapshot_detail": (str, type(None))}
-HEARTBEAT_FIELDS = {"enabled": bool, "last_heartbeat": (str, type(None)),
-                    "seconds_since_last": (int, float, type(None)), "is_healthy": bool,
-                    "timeout": (int, float)}
+STATUS_EXTRA = {
+    "vm_state_detail": (str, type(None)),
+    "stopped_by_staff": bool,
+    "recovery": dict,
+    "state_file": dict,
+    "snapshot_detail": (str, type(None)),
+}
+HEARTBEAT_FIELDS = {
+    "enabled": bool,
+    "last_heartbeat": (str, type(None)),
+    "seconds_since_last": (int, float, type(None)),
+    "is_healthy": bool,
+    "timeout": (int, float),
+}
 
 
 def assert_fields(body: dict, fields: dict) -> None:
@@ -85,16 +107,20 @@ def assert_message(body: dict) -> None:
     assert set(body) == {"message", "details"} and isinstance(body["message"], str)
 
 
-def test_startup_reverts_and_every_read_endpoint_matches_the_spec(start_controller, domain,
-                                                                  events):
+def test_startup_reverts_and_every_read_endpoint_matches_the_spec(start_controller, domain, events):
     controller, api = start_controller()
     assert events.wait_for(REVERTED, 1, 30), "the controller reverts at start"
     assert domain.current_snapshot() == "ready"
 
     root = api.get("/")
-    assert root == {"message": "Exhibition VM Controller API",
-                    "details": {"version": root["details"]["version"], "documentation": "/docs",
-                                "status": "/api/v1/status"}}
+    assert root == {
+        "message": "Exhibition VM Controller API",
+        "details": {
+            "version": root["details"]["version"],
+            "documentation": "/docs",
+            "status": "/api/v1/status",
+        },
+    }
 
     status = api.get("/api/v1/status")
     assert_fields(status, {**STATUS_FIELDS, **STATUS_EXTRA})
@@ -120,19 +146,26 @@ def test_startup_reverts_and_every_read_endpoint_matches_the_spec(start_controll
     assert snaps == {"vm_name": domain.name, "snapshots": ["ready"]}
 
 
-def test_answered_heartbeats_keep_the_vm_alone_past_grace_and_timeout(start_controller, domain,
-                                                                       events):
+def test_answered_heartbeats_keep_the_vm_alone_past_grace_and_timeout(
+    start_controller, domain, events
+):
     controller, api = start_controller()
     assert events.wait_for(REVERTED, 1, 30)
     guest = Heartbeats(api)
     try:
         guest.wait_answered(3)
-        wait_until(lambda: api.get("/api/v1/heartbeat/status")["enabled"], 30,
-                   message="the grace period to end (heartbeat timeout enforced)")
+        wait_until(
+            lambda: api.get("/api/v1/heartbeat/status")["enabled"],
+            30,
+            message="the grace period to end (heartbeat timeout enforced)",
+        )
         answered = guest.answered
         period = enforcement_period(controller.config)
-        stays_false(lambda: events.count(REVERTED) > 1 or reverts_in_history(api) > 1, period,
-                    "a guest whose heartbeats are answered was reverted")
+        stays_false(
+            lambda: events.count(REVERTED) > 1 or reverts_in_history(api) > 1,
+            period,
+            "a guest whose heartbeats are answered was reverted",
+        )
         assert not guest.errors, guest.errors
         assert guest.answered - answered >= period / 0.2 / 4, "heartbeats kept coming meanwhile"
         assert api.get("/api/v1/heartbeat/status")["is_healthy"] is True
@@ -153,8 +186,11 @@ def test_heartbeat_timeout_causes_a_revert(start_controller, domain, events):
     assert domain.current_snapshot() == "ready"
     wait_until(lambda: domain.state() == "running", 30, message="VM running after the revert")
     assert api.get("/api/v1/heartbeat/status")["is_healthy"] is False
-    triggers = [e["trigger"] for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")
-                ["events"] if e["action"] == "revert" and e["outcome"] == "succeeded"]
+    triggers = [
+        e["trigger"]
+        for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]
+        if e["action"] == "revert" and e["outcome"] == "succeeded"
+    ]
     assert "heartbeat_timeout" in triggers, triggers
 
 
@@ -172,12 +208,16 @@ def test_external_destroy_is_recovered(start_controller, domain, events):
 
 def recovered_by(api, trigger: str) -> list[dict]:
     """The controller's successful reverts with this trigger, from its history API."""
-    return [e for e in api.get(f"/api/v1/events?trigger={trigger}", "/api/v1/events")["events"]
-            if e["action"] == "revert" and e["outcome"] == "succeeded"]
+    return [
+        e
+        for e in api.get(f"/api/v1/events?trigger={trigger}", "/api/v1/events")["events"]
+        if e["action"] == "revert" and e["outcome"] == "succeeded"
+    ]
 
 
 def test_a_suspended_vm_is_recovered_with_trigger_vm_paused_but_a_snapshots_pause_is_not(
-        start_controller, domain, events):
+    start_controller, domain, events
+):
     controller, api = start_controller(heartbeat_timeout=2)
     assert events.wait_for(REVERTED, 1, 30)
     guest = Heartbeats(api)  # heartbeats keep coming: only the paused state can trigger this
@@ -185,15 +225,21 @@ def test_a_suspended_vm_is_recovered_with_trigger_vm_paused_but_a_snapshots_paus
         guest.wait_answered(3)
         api.post("/api/v1/snapshot/create?snapshot_name=pause-check")
         assert events.wait_for("Resumed Unpaused", 1, 10), "the snapshot's own pause is seen"
-        stays_false(lambda: events.count(REVERTED) > 1, pause_period(controller.config),
-                    "a snapshot's own brief pause was taken for a failure")
+        stays_false(
+            lambda: events.count(REVERTED) > 1,
+            pause_period(controller.config),
+            "a snapshot's own brief pause was taken for a failure",
+        )
         assert not guest.errors, guest.errors
         assert recovered_by(api, "vm_paused") == []
         virsh("suspend", "--domain", domain.name)
         assert events.wait_for("Suspended Paused", 1, 10)
         assert events.wait_for(REVERTED, 2, 30), "paused VM not recovered"
-        wait_until(lambda: len(recovered_by(api, "vm_paused")) == 1, 30,
-                   message="the revert recorded with trigger vm_paused")
+        wait_until(
+            lambda: len(recovered_by(api, "vm_paused")) == 1,
+            30,
+            message="the revert recorded with trigger vm_paused",
+        )
         assert recovered_by(api, "heartbeat_timeout") == [], "the heartbeats were answered"
         wait_until(lambda: domain.state() == "running", 30, message="VM running again")
     finally:
@@ -201,16 +247,20 @@ def test_a_suspended_vm_is_recovered_with_trigger_vm_paused_but_a_snapshots_paus
     assert not guest.errors, guest.errors
 
 
-def test_a_vm_stopped_through_the_api_stays_stopped_past_grace_and_timeout(start_controller,
-                                                                            domain, events):
+def test_a_vm_stopped_through_the_api_stays_stopped_past_grace_and_timeout(
+    start_controller, domain, events
+):
     controller, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.5)
     assert events.wait_for(REVERTED, 1, 30)
     assert_message(api.post("/api/v1/vm/stop"))
     assert events.wait_for("Stopped Destroyed", 1, 10), "libvirt saw the stop"
     assert domain.state() == "shut off"
     assert api.get("/api/v1/heartbeat/status")["enabled"] is False
-    stays_false(lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
-                enforcement_period(controller.config), "a VM stopped by staff was started again")
+    stays_false(
+        lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
+        enforcement_period(controller.config),
+        "a VM stopped by staff was started again",
+    )
     assert api.get("/api/v1/heartbeat/status")["enabled"] is False
     assert api.get("/api/v1/vm/stop")["message"].endswith("(it was not running)")
     body = api.get("/api/v1/vm/start")
@@ -219,21 +269,30 @@ def test_a_vm_stopped_through_the_api_stays_stopped_past_grace_and_timeout(start
     assert domain.current_snapshot() == "ready"
 
 
-def test_maintenance_mode_leaves_a_destroyed_silent_vm_alone_until_enabled(start_controller,
-                                                                           domain, events):
+def test_maintenance_mode_leaves_a_destroyed_silent_vm_alone_until_enabled(
+    start_controller, domain, events
+):
     controller, api = start_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.5)
     assert events.wait_for(REVERTED, 1, 30)
     assert api.get("/api/v1/revert/disable")["message"].startswith("Automatic revert disabled")
     assert api.get("/api/v1/status")["auto_revert_enabled"] is False
     virsh("destroy", "--domain", domain.name)
     assert events.wait_for("Stopped Destroyed", 1, 10)
-    wait_until(lambda: api.get("/api/v1/status")["vm_state"] == "shut off", 10,
-               message="the controller to see the VM shut off")
+    wait_until(
+        lambda: api.get("/api/v1/status")["vm_state"] == "shut off",
+        10,
+        message="the controller to see the VM shut off",
+    )
     # No heartbeat at all and a destroyed VM, for longer than it would take to act on either.
-    stays_false(lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
-                enforcement_period(controller.config), "maintenance mode reverted the VM")
-    assert api.post("/api/v1/revert/enable") == {"message": "Automatic revert enabled",
-                                                 "details": None}
+    stays_false(
+        lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
+        enforcement_period(controller.config),
+        "maintenance mode reverted the VM",
+    )
+    assert api.post("/api/v1/revert/enable") == {
+        "message": "Automatic revert enabled",
+        "details": None,
+    }
     assert events.wait_for(REVERTED, 2, 30), "enabling auto-revert recovers the VM"
 
 
@@ -249,15 +308,23 @@ def test_restart_returns_once_the_vm_runs(start_controller, domain, events):
     assert beat["enabled"] is False, "the grace period goes on in the background"
 
 
-def test_twenty_concurrent_restarts_all_succeed_with_one_or_two_reverts(start_controller,
-                                                                          domain, events):
+def test_twenty_concurrent_restarts_all_succeed_with_one_or_two_reverts(
+    start_controller, domain, events
+):
     controller, api = start_controller(vm_startup_heartbeat_delay=60)
     assert events.wait_for(REVERTED, 1, 30)
     before = reverts_in_history(api)
     with ThreadPoolExecutor(20) as pool:
-        codes = list(pool.map(lambda _: api.call("POST", "/api/v1/vm/restart",
-                                                 "/api/v1/vm/restart", expect=None).status_code,
-                              range(20)))
+        codes = list(
+            pool.map(
+                lambda _: (
+                    api.call(
+                        "POST", "/api/v1/vm/restart", "/api/v1/vm/restart", expect=None
+                    ).status_code
+                ),
+                range(20),
+            )
+        )
     assert codes == [200] * 20
     # Each restart returns once its revert is done, so the history is complete now; the
     # grace period (60 s) rules out a revert of the controller's own meanwhile. Requests
@@ -272,7 +339,10 @@ def test_snapshot_create_replace_list_delete(start_controller, domain, events):
     controller, api = start_controller()
     events.wait_for(REVERTED, 1, 30)
     body = api.get("/api/v1/snapshot/create?snapshot_name=backup-2025-12-09")
-    assert body["message"] == f"Snapshot 'backup-2025-12-09' created successfully for VM '{domain.name}'"
+    assert (
+        body["message"]
+        == f"Snapshot 'backup-2025-12-09' created successfully for VM '{domain.name}'"
+    )
     api.post("/api/v1/snapshot/create", data={"snapshot_name": "from-form"})
     api.post("/api/v1/snapshot/create?snapshot_name=after-ready")
     listed = api.get("/api/v1/snapshots")["snapshots"]
@@ -290,21 +360,36 @@ def test_snapshot_create_replace_list_delete(start_controller, domain, events):
     assert tree["ready"] == "after-ready", "the new 'ready' is the newest state"
     assert domain.current_snapshot() == "ready"
 
-    assert api.call("DELETE", "/api/v1/snapshot/from-form", "/api/v1/snapshot/{snapshot_name}"
-                    ).json() == {"message": "Snapshot 'from-form' deleted successfully",
-                                 "details": None}
-    api.get("/api/v1/snapshot/delete/backup-2025-12-09",
-            "/api/v1/snapshot/delete/{snapshot_name}")
+    assert api.call(
+        "DELETE", "/api/v1/snapshot/from-form", "/api/v1/snapshot/{snapshot_name}"
+    ).json() == {"message": "Snapshot 'from-form' deleted successfully", "details": None}
+    api.get("/api/v1/snapshot/delete/backup-2025-12-09", "/api/v1/snapshot/delete/{snapshot_name}")
     assert set(domain.snapshots()) == {"ready", "after-ready"}
-    missing = api.call("DELETE", "/api/v1/snapshot/never-made", "/api/v1/snapshot/{snapshot_name}",
-                       expect=404).json()
+    missing = api.call(
+        "DELETE", "/api/v1/snapshot/never-made", "/api/v1/snapshot/{snapshot_name}", expect=404
+    ).json()
     assert "never-made" in missing["detail"]
-    api.call("GET", "/api/v1/snapshot/delete/never-made",
-             "/api/v1/snapshot/delete/{snapshot_name}", expect=404)
+    api.call(
+        "GET",
+        "/api/v1/snapshot/delete/never-made",
+        "/api/v1/snapshot/delete/{snapshot_name}",
+        expect=404,
+    )
 
 
-BAD_NAMES = ["--current", "--children", "-h", "--", "", "a b", "../x", ".hidden", "é✓", "a\n",
-             "x" * 300]
+BAD_NAMES = [
+    "--current",
+    "--children",
+    "-h",
+    "--",
+    "",
+    "a b",
+    "../x",
+    ".hidden",
+    "é✓",
+    "a\n",
+    "x" * 300,
+]
 
 
 def test_bad_snapshot_names_are_rejected_and_change_nothing(start_controller, domain, events):
@@ -319,13 +404,23 @@ def test_bad_snapshot_names_are_rejected_and_change_nothing(start_controller, do
         api.call("POST", create, create, data={"snapshot_name": name}, expect=400)
         if name and "/" not in name:
             quoted = requests_quote(name)
-            api.call("DELETE", f"/api/v1/snapshot/{quoted}", "/api/v1/snapshot/{snapshot_name}",
-                     expect=400)
-            api.call("GET", f"/api/v1/snapshot/delete/{quoted}",
-                     "/api/v1/snapshot/delete/{snapshot_name}", expect=400)
+            api.call(
+                "DELETE",
+                f"/api/v1/snapshot/{quoted}",
+                "/api/v1/snapshot/{snapshot_name}",
+                expect=400,
+            )
+            api.call(
+                "GET",
+                f"/api/v1/snapshot/delete/{quoted}",
+                "/api/v1/snapshot/delete/{snapshot_name}",
+                expect=400,
+            )
     # A name with a slash cannot even route to a snapshot: 400 via the path converter.
     api.call("GET", "/api/v1/snapshot/delete/..%2Fx", None, expect=400)
-    actions = {e["action"] for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]}
+    actions = {
+        e["action"] for e in api.get("/api/v1/events?limit=1000", "/api/v1/events")["events"]
+    }
     assert not {a for a in actions if a.startswith("snapshot")}, actions
     after = (domain.snapshot_tree(), domain.current_snapshot(), domain.state(), len(events.events))
     assert after == before
@@ -333,6 +428,7 @@ def test_bad_snapshot_names_are_rejected_and_change_nothing(start_controller, do
 
 def requests_quote(name: str) -> str:
     from urllib.parse import quote
+
     return quote(name, safe="")
 
 

@@ -1,4 +1,5 @@
 """What goes into a log line, and how often: escaping and the repeat limiter."""
+
 from __future__ import annotations
 
 import logging
@@ -9,15 +10,18 @@ from vmcontroller.loglines import RepeatLimiter, printable
 from vmcontroller.vocab import REPEAT_INTERVAL
 
 
-@pytest.mark.parametrize("text, logged", [
-    ("/api/v1/status", "/api/v1/status"),
-    ("/x\n2026-01-01 INFO forged", "/x\\n2026-01-01 INFO forged"),
-    ("/x\r\t\x00\x1b[31m\x7f", "/x\\r\\t\\x00\\x1b[31m\\x7f"),
-    ("/\u2028\u2029\u202e\x85", "/\\u2028\\u2029\\u202e\\x85"),
-    ("/back\\slash", "/back\\\\slash"),                # an escape cannot be forged either
-    ("/café ☕ 名前", "/café ☕ 名前"),                  # printable text stays readable
-    ("/\udcff", "/\\udcff"),
-])
+@pytest.mark.parametrize(
+    "text, logged",
+    [
+        ("/api/v1/status", "/api/v1/status"),
+        ("/x\n2026-01-01 INFO forged", "/x\\n2026-01-01 INFO forged"),
+        ("/x\r\t\x00\x1b[31m\x7f", "/x\\r\\t\\x00\\x1b[31m\\x7f"),
+        ("/\u2028\u2029\u202e\x85", "/\\u2028\\u2029\\u202e\\x85"),
+        ("/back\\slash", "/back\\\\slash"),  # an escape cannot be forged either
+        ("/café ☕ 名前", "/café ☕ 名前"),  # printable text stays readable
+        ("/\udcff", "/\\udcff"),
+    ],
+)
 def test_printable_escapes_what_could_break_or_forge_a_line(text, logged):
     assert printable(text) == logged
     assert printable(text).isprintable()
@@ -33,15 +37,15 @@ class Clock:
 
 # (seconds since the start, key, expected (due, suppressed)), interval 60 s
 TABLE = [
-    (0, "a", (True, 0)),     # first of its kind: logged
-    (1, "a", (False, 1)),    # within the interval: suppressed, counted
+    (0, "a", (True, 0)),  # first of its kind: logged
+    (1, "a", (False, 1)),  # within the interval: suppressed, counted
     (2, "a", (False, 2)),
-    (2, "b", (True, 0)),     # another key has its own interval
+    (2, "b", (True, 0)),  # another key has its own interval
     (59.9, "a", (False, 3)),
-    (60, "a", (True, 3)),    # due again; the line can say "3 more like it"
+    (60, "a", (True, 3)),  # due again; the line can say "3 more like it"
     (61, "a", (False, 1)),
-    (62, "b", (True, 0)),    # b was never suppressed
-    (500, "a", (True, 1)),   # long after: due, with the one left over
+    (62, "b", (True, 0)),  # b was never suppressed
+    (500, "a", (True, 1)),  # long after: due, with the one left over
     (500, "a", (False, 1)),
 ]
 

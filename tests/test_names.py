@@ -13,35 +13,41 @@ from vmcontroller.names import (
 )
 
 
-@pytest.mark.parametrize("name", [
-    "ready",
-    "backup-2025-12-09-1030",
-    "a",
-    "A.b_c-1",
-    "0",
-    "x" * 64,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ready",
+        "backup-2025-12-09-1030",
+        "a",
+        "A.b_c-1",
+        "0",
+        "x" * 64,
+    ],
+)
 def test_valid_names_are_returned_unchanged(name):
     assert validate_name(name) == name
 
 
-@pytest.mark.parametrize("name, expected", [
-    # options virsh would parse (argument injection)
-    ("--current", "must start with an ASCII letter or digit (got '--current')"),
-    ("-h", "must start with an ASCII letter or digit (got '-h')"),
-    ("--", "must start with an ASCII letter or digit (got '--')"),
-    ("", "cannot be empty"),
-    ("a b", "may only contain ASCII letters, digits, '.', '_' and '-' (got 'a b')"),
-    ("../x", "must start with an ASCII letter or digit (got '../x')"),
-    ("a/b", "may only contain"),
-    (".hidden", "must start with an ASCII letter or digit (got '.hidden')"),
-    ("é✓", "must start with an ASCII letter or digit"),
-    ("aé", "may only contain"),
-    ("a\n", "may only contain ASCII letters, digits, '.', '_' and '-' (got 'a\\n')"),
-    ("a;rm", "may only contain"),
-    ("x" * 65, "must be at most 64 characters (got 65)"),
-    ("x" * 300, "must be at most 64 characters (got 300)"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # options virsh would parse (argument injection)
+        ("--current", "must start with an ASCII letter or digit (got '--current')"),
+        ("-h", "must start with an ASCII letter or digit (got '-h')"),
+        ("--", "must start with an ASCII letter or digit (got '--')"),
+        ("", "cannot be empty"),
+        ("a b", "may only contain ASCII letters, digits, '.', '_' and '-' (got 'a b')"),
+        ("../x", "must start with an ASCII letter or digit (got '../x')"),
+        ("a/b", "may only contain"),
+        (".hidden", "must start with an ASCII letter or digit (got '.hidden')"),
+        ("é✓", "must start with an ASCII letter or digit"),
+        ("aé", "may only contain"),
+        ("a\n", "may only contain ASCII letters, digits, '.', '_' and '-' (got 'a\\n')"),
+        ("a;rm", "may only contain"),
+        ("x" * 65, "must be at most 64 characters (got 65)"),
+        ("x" * 300, "must be at most 64 characters (got 300)"),
+    ],
+)
 def test_invalid_names_say_what_is_wrong(name, expected):
     with pytest.raises(InvalidName) as info:
         validate_name(name)
@@ -86,10 +92,24 @@ def test_pattern_constants_agree_with_the_rule():
     assert not NAME_RE.fullmatch("ready\n")
 
 
-@pytest.mark.parametrize("name", [
-    "ready", "a", "x" * 64, "x" * 65, "-a", "a b", "a\n", "é", ".a", "a..b",
-    "A_", "9-", "a" * 63 + "\n",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ready",
+        "a",
+        "x" * 64,
+        "x" * 65,
+        "-a",
+        "a b",
+        "a\n",
+        "é",
+        ".a",
+        "a..b",
+        "A_",
+        "9-",
+        "a" * 63 + "\n",
+    ],
+)
 def test_validator_and_regex_never_disagree(name):
     try:
         validate_name(name)

@@ -1,4 +1,5 @@
 """README.rst is the newcomer's path: it must render and stay true to the code."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,7 @@ README = (REPO / "README.rst").read_text()
 
 
 def test_readme_renders_without_warnings():
-    docutils.core.publish_doctree(README, settings_overrides={"halt_level": 2,
-                                                               "report_level": 2})
+    docutils.core.publish_doctree(README, settings_overrides={"halt_level": 2, "report_level": 2})
 
 
 def test_readme_setup_is_the_two_scripts_ci_runs():

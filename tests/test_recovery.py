@@ -4,6 +4,7 @@ Controllers run as real processes here (kill -9 and signals need them);
 what happened is read from libvirt (lifecycle events, snapshot-current,
 domstate) and from the controller's own history API.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,10 +13,10 @@ import stat
 import threading
 
 import pytest
-
 from libvirt_env import virsh, wait_until
-from vmcontroller.config import load_config
 from waits import ACTION_SLACK, enforcement_period, stays_false
+
+from vmcontroller.config import load_config
 
 pytestmark = pytest.mark.libvirt
 
@@ -47,6 +48,7 @@ def restart_in_background(api) -> threading.Thread:
             api.session.post(api.base + "/api/v1/vm/restart", timeout=60)
         except Exception:
             pass  # the controller may die under it: that is the test
+
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     return thread
@@ -65,15 +67,22 @@ def test_kill_9_during_a_revert_loses_nothing_and_reverts_once(spawn_controller,
     wait_until(lambda: domain.state() == "running", 30, message="virsh's revert to finish")
     before = events.count(REVERTED)
 
-    second = spawn_controller(heartbeat_timeout=60)   # no timeout can revert meanwhile
+    second = spawn_controller(heartbeat_timeout=60)  # no timeout can revert meanwhile
     assert events.wait_for(REVERTED, before + 1, 30), "the restarted controller starts clean"
-    wait_until(lambda: ("startup", "revert", "succeeded") in [
-        (e["trigger"], e["action"], e["outcome"]) for e in history(second.api)], 30,
-        message="the start-up revert to be recorded")
+    wait_until(
+        lambda: (
+            ("startup", "revert", "succeeded")
+            in [(e["trigger"], e["action"], e["outcome"]) for e in history(second.api)]
+        ),
+        30,
+        message="the start-up revert to be recorded",
+    )
     # A revert redone for the interrupted one would follow the start-up at once.
-    stays_false(lambda: events.count(REVERTED) > before + 1,
-                config_of(second).heartbeat_check_interval + ACTION_SLACK,
-                "something reverted twice after the restart")
+    stays_false(
+        lambda: events.count(REVERTED) > before + 1,
+        config_of(second).heartbeat_check_interval + ACTION_SLACK,
+        "something reverted twice after the restart",
+    )
     assert domain.state() == "running" and domain.current_snapshot() == "ready"
     events_after = history(second.api, limit=50)
     outcomes = [(e["trigger"], e["action"], e["outcome"]) for e in events_after]
@@ -92,10 +101,16 @@ def test_maintenance_survives_a_restart_and_prevents_reverts(spawn_controller, d
     before = events.count(REVERTED)
     second = spawn_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.5)
     assert second.api.get("/api/v1/status")["auto_revert_enabled"] is False
-    wait_until(lambda: "automatic revert is disabled" in second.log(), 30,
-               message="the silent guest's timeout to be logged in maintenance")
-    stays_false(lambda: events.count(REVERTED) > before, enforcement_period(config_of(second)),
-                "maintenance: a revert at start or on timeout")
+    wait_until(
+        lambda: "automatic revert is disabled" in second.log(),
+        30,
+        message="the silent guest's timeout to be logged in maintenance",
+    )
+    stays_false(
+        lambda: events.count(REVERTED) > before,
+        enforcement_period(config_of(second)),
+        "maintenance: a revert at start or on timeout",
+    )
 
 
 def test_a_vm_stopped_by_staff_stays_stopped_across_a_restart(spawn_controller, domain, events):
@@ -105,21 +120,32 @@ def test_a_vm_stopped_by_staff_stays_stopped_across_a_restart(spawn_controller, 
     assert first.stop(signal.SIGTERM) == 0
     second = spawn_controller()
     assert second.api.get("/api/v1/status")["stopped_by_staff"] is True
-    stays_false(lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
-                enforcement_period(config_of(second)), "a VM stopped by staff was started")
+    stays_false(
+        lambda: domain.state() != "shut off" or events.count(REVERTED) > 1,
+        enforcement_period(config_of(second)),
+        "a VM stopped by staff was started",
+    )
     status = second.api.get("/api/v1/status")
     assert status["stopped_by_staff"] is True and status["vm_is_running"] is False
 
 
 def test_guard_trips_when_the_guest_never_heartbeats(spawn_controller, domain, events):
-    ctl = spawn_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2,
-                           max_recoveries=3, recovery_window=600)
-    wait_until(lambda: ctl.api.get("/api/v1/status")["recovery"]["guard"]["state"] == "failed",
-               60, 0.2, "the guard to trip")
+    ctl = spawn_controller(
+        heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2, max_recoveries=3, recovery_window=600
+    )
+    wait_until(
+        lambda: ctl.api.get("/api/v1/status")["recovery"]["guard"]["state"] == "failed",
+        60,
+        0.2,
+        "the guard to trip",
+    )
     reverts = events.count(REVERTED)
     assert reverts == 1 + 3, "startup + max_recoveries"
-    stays_false(lambda: events.count(REVERTED) > reverts, enforcement_period(config_of(ctl)),
-                "failed: not left as it is")
+    stays_false(
+        lambda: events.count(REVERTED) > reverts,
+        enforcement_period(config_of(ctl)),
+        "failed: not left as it is",
+    )
     assert domain.state() == "running"
     status = ctl.api.get("/api/v1/status")
     assert status["recovery"]["guard"]["detail"].startswith("3 automatic recoveries")
@@ -131,24 +157,37 @@ def test_guard_trips_when_the_guest_never_heartbeats(spawn_controller, domain, e
     assert events.wait_for(REVERTED, reverts + 2, 30), "recovery resumes after a manual restart"
 
 
-def test_a_snapshot_deleted_behind_our_back_fails_cleanly_with_backoff(spawn_controller, domain,
-                                                                       events):
-    ctl = spawn_controller(heartbeat_timeout=1, vm_startup_heartbeat_delay=0.2,
-                           recovery_backoff_initial=1, recovery_backoff_max=4, max_recoveries=50)
+def test_a_snapshot_deleted_behind_our_back_fails_cleanly_with_backoff(
+    spawn_controller, domain, events
+):
+    ctl = spawn_controller(
+        heartbeat_timeout=1,
+        vm_startup_heartbeat_delay=0.2,
+        recovery_backoff_initial=1,
+        recovery_backoff_max=4,
+        max_recoveries=50,
+    )
     assert events.wait_for(REVERTED, 1, 30)
     virsh("snapshot-delete", "--domain", domain.name, "--snapshotname", "ready")
 
     def failures():
-        return [e for e in history(ctl.api, limit=100, trigger="heartbeat_timeout")
-                if e["outcome"] == "failed"]
+        return [
+            e
+            for e in history(ctl.api, limit=100, trigger="heartbeat_timeout")
+            if e["outcome"] == "failed"
+        ]
 
     wait_until(lambda: len(failures()) >= 3, 60, 0.2, "three failed attempts")
     failed = failures()
     assert all("does not exist" in e["error"] for e in failed)
     # Attempts wait for a back-off (its growth is proven in test_monitor.py on the guard's
     # own delays; the spacing on real libvirt belongs to scripts/bench).
-    wait_until(lambda: ctl.api.get("/api/v1/status")["recovery"]["guard"]["state"] == "backoff",
-               60, 0.1, "the guard to hold the next attempt back")
+    wait_until(
+        lambda: ctl.api.get("/api/v1/status")["recovery"]["guard"]["state"] == "backoff",
+        60,
+        0.1,
+        "the guard to hold the next attempt back",
+    )
     status = ctl.api.get("/api/v1/status")
     assert status["snapshot_exists"] is False and status["vm_is_running"] is True
     assert status["recovery"]["last_outcome"] == "failed"
@@ -160,24 +199,40 @@ def test_guest_request_is_queued_executed_and_recorded(spawn_controller, domain,
     ctl = spawn_controller(heartbeat_timeout=30, vm_startup_heartbeat_delay=0.5)
     assert events.wait_for(REVERTED, 1, 30)
     ctl.api.get("/api/v1/heartbeat")
-    wait_until(lambda: ctl.api.get("/api/v1/heartbeat/status")["enabled"], 30,
-               message="the grace period of the startup revert to end")
-    body = ctl.api.call("GET", "/api/v1/revert/request?reason=player+crashed&severity=high",
-                        "/api/v1/revert/request", expect=202).json()
+    wait_until(
+        lambda: ctl.api.get("/api/v1/heartbeat/status")["enabled"],
+        30,
+        message="the grace period of the startup revert to end",
+    )
+    body = ctl.api.call(
+        "GET",
+        "/api/v1/revert/request?reason=player+crashed&severity=high",
+        "/api/v1/revert/request",
+        expect=202,
+    ).json()
     assert body["details"]["queued"] is True
-    again = ctl.api.call("POST", "/api/v1/idle/reset", "/api/v1/idle/reset", expect=202,
-                         data={"idle_duration": "900"}).json()
+    again = ctl.api.call(
+        "POST",
+        "/api/v1/idle/reset",
+        "/api/v1/idle/reset",
+        expect=202,
+        data={"idle_duration": "900"},
+    ).json()
     assert again["details"]["queued"] is False, "not queued twice"
     assert events.wait_for(REVERTED, 2, 30)
-    wait_until(lambda: history(ctl.api, trigger="guest_request")[0]["outcome"] != "started", 30,
-               message="the queued revert to be recorded")
+    wait_until(
+        lambda: history(ctl.api, trigger="guest_request")[0]["outcome"] != "started",
+        30,
+        message="the queued revert to be recorded",
+    )
     assert events.count(REVERTED) == 2, "queued once, reverted once"
     recorded = history(ctl.api, trigger="guest_request")[0]
     assert recorded["reason"] == "player crashed (severity high)"
     assert recorded["outcome"] == "succeeded" and recorded["duration"] > 0
     ctl.api.post("/api/v1/revert/disable")
-    refused = ctl.api.call("GET", "/api/v1/idle/reset?idle_duration=60", "/api/v1/idle/reset",
-                           expect=409).json()
+    refused = ctl.api.call(
+        "GET", "/api/v1/idle/reset?idle_duration=60", "/api/v1/idle/reset", expect=409
+    ).json()
     assert "maintenance" in refused["detail"]
     ctl.api.call("GET", "/api/v1/revert/request", "/api/v1/revert/request", expect=400)
 
@@ -191,18 +246,18 @@ def gated_virsh(tmp_path):
     folder.mkdir()
     gate = tmp_path / "gate"
     script = folder / "virsh"
-    script.write_text(f"#!/bin/sh\nwhile [ -e {gate} ]; do sleep 0.05; done\n"
-                      f"exec {real} \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nwhile [ -e {gate} ]; do sleep 0.05; done\nexec {real} "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}, gate
 
 
-def test_sigterm_during_a_revert_finishes_it_and_exits_0(spawn_controller, domain, events,
-                                                         gated_virsh):
+def test_sigterm_during_a_revert_finishes_it_and_exits_0(
+    spawn_controller, domain, events, gated_virsh
+):
     env, gate = gated_virsh
     ctl = spawn_controller(env=env)
     assert events.wait_for(REVERTED, 1, 30)
-    gate.touch()   # the restart's virsh calls wait here: the revert stays under way
+    gate.touch()  # the restart's virsh calls wait here: the revert stays under way
     restart_in_background(ctl.api)
     wait_until(lambda: revert_in_progress(ctl.api), 30, 0.01, "a revert under way")
     ctl.proc.send_signal(signal.SIGTERM)
@@ -226,23 +281,36 @@ def hanging_virsh(tmp_path):
     folder.mkdir()
     flag = tmp_path / "hang"
     script = folder / "virsh"
-    script.write_text(f"#!/bin/sh\nif [ -e {flag} ]; then exec sleep 600; fi\nexec {real} \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nif [ -e {flag} ]; then exec sleep 600; fi\nexec {real} "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}, flag
 
 
-def test_a_hung_libvirt_never_hangs_a_request_and_recovery_resumes(spawn_controller, domain,
-                                                                   events, hanging_virsh):
+def test_a_hung_libvirt_never_hangs_a_request_and_recovery_resumes(
+    spawn_controller, domain, events, hanging_virsh
+):
     env, flag = hanging_virsh
-    ctl = spawn_controller(env=env, virsh_timeout=2, virsh_long_timeout=2, heartbeat_timeout=2,
-                           vm_startup_heartbeat_delay=0.5, heartbeat_check_interval=0.5,
-                           state_poll_interval=1, recovery_backoff_initial=1,
-                           recovery_backoff_max=2, max_recoveries=50)
+    ctl = spawn_controller(
+        env=env,
+        virsh_timeout=2,
+        virsh_long_timeout=2,
+        heartbeat_timeout=2,
+        vm_startup_heartbeat_delay=0.5,
+        heartbeat_check_interval=0.5,
+        state_poll_interval=1,
+        recovery_backoff_initial=1,
+        recovery_backoff_max=2,
+        max_recoveries=50,
+    )
     assert events.wait_for(REVERTED, 1, 30)
     ctl.api.get("/api/v1/heartbeat")
     flag.touch()  # libvirtd "hangs" from now on
-    wait_until(lambda: ctl.api.get("/api/v1/status")["vm_state"] == "unknown", 20, 0.2,
-               "status to report an unknown state")
+    wait_until(
+        lambda: ctl.api.get("/api/v1/status")["vm_state"] == "unknown",
+        20,
+        0.2,
+        "status to report an unknown state",
+    )
     # The virsh stand-in would sleep 600 s: an answer at all shows nothing waits for it
     # (how fast the answers come is measured by scripts/bench).
     for _ in range(10):
@@ -252,14 +320,23 @@ def test_a_hung_libvirt_never_hangs_a_request_and_recovery_resumes(spawn_control
     body = ctl.api.call("POST", "/api/v1/vm/restart", "/api/v1/vm/restart", expect=500).json()
     assert "did not answer" in body["detail"], "libvirt failed: 500 with virsh's message"
     # Heartbeats stop while libvirt is hung: recovery attempts fail and back off ...
-    wait_until(lambda: any(e["outcome"] == "failed" for e in
-                           history(ctl.api, trigger="heartbeat_timeout")), 30, 0.2,
-               "a failed recovery attempt")
+    wait_until(
+        lambda: any(
+            e["outcome"] == "failed" for e in history(ctl.api, trigger="heartbeat_timeout")
+        ),
+        30,
+        0.2,
+        "a failed recovery attempt",
+    )
     before = events.count(REVERTED)
     flag.unlink()  # ... until libvirtd answers again: recovery resumes by itself.
     assert events.wait_for(REVERTED, before + 1, 30), "recovery resumed"
-    wait_until(lambda: ctl.api.get("/api/v1/status")["vm_state"] == "running", 20, 0.2,
-               "status to show the VM running again")
+    wait_until(
+        lambda: ctl.api.get("/api/v1/status")["vm_state"] == "running",
+        20,
+        0.2,
+        "status to show the VM running again",
+    )
     assert "Traceback" not in ctl.log()
 
 
@@ -268,8 +345,12 @@ def test_post_revert_command_runs_after_a_real_revert(spawn_controller, domain, 
     ctl = spawn_controller(post_revert_command=["sh", "-c", f"echo {{vm_name}} >> {out}"])
     assert events.wait_for(REVERTED, 1, 30)
     ctl.api.post("/api/v1/vm/restart")
-    wait_until(lambda: out.exists() and len(out.read_text().split()) == 2, 10, 0.1,
-               "the command after both reverts")
+    wait_until(
+        lambda: out.exists() and len(out.read_text().split()) == 2,
+        10,
+        0.1,
+        "the command after both reverts",
+    )
     assert out.read_text().split() == [domain.name, domain.name]
     assert "post_revert_command" in ctl.log() and "succeeded" in ctl.log()
 
@@ -323,9 +404,14 @@ def test_the_event_stream_reconnects_after_it_dies(spawn_controller, domain, eve
     old = stream_pids()[0]
     os.kill(old, signal.SIGKILL)  # as when libvirtd restarts under it
     wait_until(lambda: stream_pids() not in ([], [old]), 20, 0.1, "a new event stream")
-    wait_until(lambda: ctl.log().count("lifecycle event stream connected") >= 2, 10, 0.1,
-               "the reconnection to be logged")
+    wait_until(
+        lambda: ctl.log().count("lifecycle event stream connected") >= 2,
+        10,
+        0.1,
+        "the reconnection to be logged",
+    )
     virsh("destroy", "--domain", domain.name)
     # The safety poll comes every 600 s: a recovery well within that came from the event.
-    assert events.wait_for(REVERTED, 2, config_of(ctl).state_poll_interval / 10), \
+    assert events.wait_for(REVERTED, 2, config_of(ctl).state_poll_interval / 10), (
         "a destroy after the reconnection is recovered"
+    )

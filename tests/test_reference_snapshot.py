@@ -6,6 +6,7 @@ libvirt itself (domstate, dominfo, the live title, snapshot-list, lifecycle
 events recorded by an independent ``virsh event``). The fake runner only
 covers refusals that libvirt 9.0 cannot be made to produce here.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from fake_virsh import FakeRunner
 from libvirt_env import URI, EventRecorder, TestDomain, virsh, wait_until
+
 from vmcontroller.virsh import RevertRisky, SnapshotLacksDefinition, VirshError, VirshRunner
 from vmcontroller.vm import Domain, RevertNeedsStaff, RevertResult
 
@@ -71,6 +72,7 @@ def dominfo(vm: TestDomain, field: str) -> str:
 
 # ---------------------------------------------------------------- point 3: refused reverts
 
+
 def change_definition(vm: TestDomain) -> None:
     """What staff do after taking 'ready': more memory, a second vCPU, a second disk."""
     virsh("setmaxmem", "--domain", vm.name, "--size", "128M", "--config")
@@ -79,14 +81,25 @@ def change_definition(vm: TestDomain) -> None:
     virsh("setvcpus", "--domain", vm.name, "--count", "2", "--config")
     extra = extra_disk(vm)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(extra), "16M"], check=True)
-    virsh("attach-disk", "--domain", vm.name, "--source", str(extra), "--target", "hdb",
-          "--subdriver", "qcow2", "--config")
+    virsh(
+        "attach-disk",
+        "--domain",
+        vm.name,
+        "--source",
+        str(extra),
+        "--target",
+        "hdb",
+        "--subdriver",
+        "qcow2",
+        "--config",
+    )
 
 
 @real_libvirt
 @pytest.mark.parametrize("vm_state", ["running on the new definition", "shut off"])
 def test_a_definition_changed_after_the_snapshot_reverts_to_the_snapshots_definition(
-        make_domain, vm_state):
+    make_domain, vm_state
+):
     """libvirt 9.0 never refuses these: a revert respawns QEMU from the snapshot's own
     definition and writes that definition back, undoing staff's change (README says so)."""
     vm = make_domain("defchange")
@@ -123,15 +136,30 @@ def test_a_stale_managed_save_is_removed_and_the_revert_is_recorded_as_forced(ma
     virsh("start", "--domain", vm.name)
     virsh("managedsave", "--domain", vm.name)
     assert dominfo(vm, "Managed save") == "yes"
-    refusal = subprocess.run(["virsh", "-c", URI, "snapshot-revert", "--domain", vm.name,
-                              "--snapshotname", "ready", "--running"],
-                             capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    refusal = subprocess.run(
+        [
+            "virsh",
+            "-c",
+            URI,
+            "snapshot-revert",
+            "--domain",
+            vm.name,
+            "--snapshotname",
+            "ready",
+            "--running",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
     assert refusal.returncode == 1 and "revert requires force" in refusal.stderr
 
     result = controller_domain(vm).revert_and_start()
     assert result.forced
-    assert "revert requires force: snapshot without memory state, removal of existing managed " \
-           "saved state strongly recommended to avoid corruption" in result.note
+    assert (
+        "revert requires force: snapshot without memory state, removal of existing managed "
+        "saved state strongly recommended to avoid corruption" in result.note
+    )
     assert "managed save" in result.note
     assert vm.state() == "running"
     assert dominfo(vm, "Managed save") == "no"
@@ -174,6 +202,7 @@ def test_a_second_refusal_after_force_stops_and_tells_staff():
 
 # ---------------------------------------------------------------- point 4: replacing 'ready'
 
+
 @real_libvirt
 def test_replacing_a_snapshot_pauses_a_running_guest_once(make_domain):
     vm = make_domain("pauses")
@@ -203,7 +232,7 @@ def test_a_spare_stands_in_for_its_missing_snapshot_until_replaced_or_deleted():
     assert domain.revert_and_start().note.startswith("snapshot 'ready' was missing")
     assert domain.create_snapshot("ready") is True
     assert runner.snapshots == ["backup", "ready"]
-    runner.snapshots.append(SPARE)   # a leftover next to a complete 'ready' is hidden...
+    runner.snapshots.append(SPARE)  # a leftover next to a complete 'ready' is hidden...
     runner.parents[SPARE] = None
     assert domain.snapshots() == ["backup", "ready"]
     domain.delete_snapshot("ready")  # ...and goes first when 'ready' is deleted
@@ -214,11 +243,11 @@ def test_a_spare_stands_in_for_its_missing_snapshot_until_replaced_or_deleted():
 #: The commands a replace of 'ready' on a running VM runs that change anything, in order,
 #: with the state a revert must land in when the controller is killed right after each.
 REPLACE_STEPS = [
-    ("suspend", "old"),                             # only paused: 'ready' untouched
-    (f"snapshot-create-as {SPARE}", "old"),         # 'ready' old and complete, spare is stale
-    ("snapshot-delete ready", "new"),               # the spare stands in for 'ready'
-    ("snapshot-create-as ready", "new"),            # both hold the new state
-    (f"snapshot-delete {SPARE}", "new"),            # done but for the resume
+    ("suspend", "old"),  # only paused: 'ready' untouched
+    (f"snapshot-create-as {SPARE}", "old"),  # 'ready' old and complete, spare is stale
+    ("snapshot-delete ready", "new"),  # the spare stands in for 'ready'
+    ("snapshot-create-as ready", "new"),  # both hold the new state
+    (f"snapshot-delete {SPARE}", "new"),  # done but for the resume
     ("resume", "new"),
 ]
 
@@ -233,7 +262,8 @@ def killing_virsh(tmp_path) -> Path:
     assert real, "virsh not on PATH"
     wrapper = tmp_path / "bin" / "virsh"
     wrapper.parent.mkdir()
-    wrapper.write_text(textwrap.dedent(f"""\
+    wrapper.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         {real} "$@"
         rc=$?
@@ -248,7 +278,8 @@ def killing_virsh(tmp_path) -> Path:
             esac
         done
         exit $rc
-        """))
+        """)
+    )
     wrapper.chmod(0o755)
     return wrapper.parent
 
@@ -262,10 +293,15 @@ REPLACE = textwrap.dedent("""\
 
 
 def run_replace(vm: TestDomain, bin_dir: Path, log: Path, kill_after: int) -> int:
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "VIRSH_CHANGES": str(log), "KILL_AFTER": str(kill_after)}
-    return subprocess.run([sys.executable, "-c", REPLACE, URI, vm.name], env=env,
-                          timeout=120).returncode
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "VIRSH_CHANGES": str(log),
+        "KILL_AFTER": str(kill_after),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", REPLACE, URI, vm.name], env=env, timeout=120
+    ).returncode
 
 
 def changes(log: Path) -> list[str]:
@@ -279,8 +315,9 @@ def changes(log: Path) -> list[str]:
 
 
 @real_libvirt
-def test_an_uninterrupted_replace_runs_exactly_the_listed_steps(make_domain, killing_virsh,
-                                                                 tmp_path):
+def test_an_uninterrupted_replace_runs_exactly_the_listed_steps(
+    make_domain, killing_virsh, tmp_path
+):
     vm = make_domain("steps")
     log = tmp_path / "changes"
     log.touch()
@@ -290,8 +327,9 @@ def test_an_uninterrupted_replace_runs_exactly_the_listed_steps(make_domain, kil
 
 @real_libvirt
 @pytest.mark.parametrize("kill_after", range(1, len(REPLACE_STEPS) + 1))
-def test_kill_9_at_each_step_of_a_replace_leaves_a_usable_reference(make_domain, killing_virsh,
-                                                                     tmp_path, kill_after):
+def test_kill_9_at_each_step_of_a_replace_leaves_a_usable_reference(
+    make_domain, killing_virsh, tmp_path, kill_after
+):
     step, intended = REPLACE_STEPS[kill_after - 1]
     vm = make_domain("kill", snapshot=None)
     set_title(vm, "old")
@@ -333,6 +371,7 @@ def test_kill_9_at_each_step_of_a_replace_leaves_a_usable_reference(make_domain,
 
 # ---------------------------------------------------------------- replace and delete: edge cases
 
+
 @real_libvirt
 def test_replacing_a_snapshot_next_to_a_stale_spare_deletes_the_spare_first(make_domain):
     """A spare left beside a complete 'ready' (a replace killed after saving it) is stale:
@@ -368,7 +407,8 @@ class FailingRunner(VirshRunner):
 
 @real_libvirt
 def test_a_replace_that_fails_after_deleting_the_old_snapshot_keeps_the_new_state_as_ready(
-        make_domain):
+    make_domain,
+):
     """The failed step's message says where the new state is; the guest runs again, and
     'ready' (its spare standing in) reverts to the state staff asked to keep."""
     vm = make_domain("failnew", snapshot=None)
@@ -378,8 +418,10 @@ def test_a_replace_that_fails_after_deleting_the_old_snapshot_keeps_the_new_stat
     domain = Domain(FailingRunner("snapshot-create-as ready"), vm.name, "ready")
     with pytest.raises(VirshError) as caught:
         domain.create_snapshot("ready")
-    assert str(caught.value) == ("operation failed: no space left on device (the new state is "
-                                 f"kept as snapshot {SPARE!r}, which stands in for 'ready')")
+    assert str(caught.value) == (
+        "operation failed: no space left on device (the new state is "
+        f"kept as snapshot {SPARE!r}, which stands in for 'ready')"
+    )
     assert vm.state() == "running", "the guest paused for the replace runs again"
     assert vm.snapshots() == [SPARE] and controller_domain(vm).snapshots() == ["ready"]
     set_title(vm, "drifted")
@@ -389,17 +431,22 @@ def test_a_replace_that_fails_after_deleting_the_old_snapshot_keeps_the_new_stat
 
 @real_libvirt
 def test_a_guest_that_cannot_be_resumed_after_a_failed_replace_is_logged_as_paused(
-        make_domain, caplog):
+    make_domain, caplog
+):
     """The snapshot's failure is what staff get; the failed resume is logged, not lost."""
     vm = make_domain("noresume", snapshot=None)
     virsh("snapshot-create-as", "--domain", vm.name, "--name", "ready", "--atomic")
     domain = Domain(FailingRunner("snapshot-create-as ready", "resume"), vm.name, "ready")
-    with caplog.at_level("ERROR", logger="vmcontroller.vm"):
-        with pytest.raises(VirshError, match="no space left on device"):
-            domain.create_snapshot("ready")
+    with (
+        caplog.at_level("ERROR", logger="vmcontroller.vm"),
+        pytest.raises(VirshError, match="no space left on device"),
+    ):
+        domain.create_snapshot("ready")
     assert vm.state() == "paused"
-    assert f"VM {vm.name!r} stays paused: resuming it after a failed snapshot failed: " \
-           "Timed out during operation: cannot acquire state change lock" in caplog.text
+    assert (
+        f"VM {vm.name!r} stays paused: resuming it after a failed snapshot failed: "
+        "Timed out during operation: cannot acquire state change lock" in caplog.text
+    )
 
 
 @real_libvirt

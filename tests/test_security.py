@@ -4,6 +4,7 @@ Fast tests through Flask's test client over the fake runner, then the same
 gate on a real server over a real VM: a page in the guest's browser (a
 cross-site GET with browser headers) changes nothing in libvirt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,10 +12,10 @@ import re
 import socket
 
 import pytest
-
 from checked_http import checked_client, checked_session
 from fake_virsh import FakeRunner
 from libvirt_env import virsh, wait_until
+
 from vmcontroller import __version__
 from vmcontroller.app import create_app
 from vmcontroller.config import ConfigError, build_config
@@ -32,7 +33,9 @@ QUIET = {"heartbeat_timeout": 60, "vm_startup_heartbeat_delay": 60}
 BROWSER_IMG = {
     "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36",
     "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
-    "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image",
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "no-cors",
+    "Sec-Fetch-Dest": "image",
     "Referer": "http://old-net-art.example/",
 }
 
@@ -70,10 +73,16 @@ def test_no_token_configured_means_the_api_reference_behaviour(make_client):
 
 def test_staff_token_guards_everything_that_changes_or_reveals_state(make_client):
     client, runner = make_client(api_token=STAFF)
-    for method, path in [("GET", "/api/v1/status"), ("GET", "/api/v1/snapshots"),
-                         ("GET", "/api/v1/events"), ("GET", "/api/v1/heartbeat/status"),
-                         ("POST", "/api/v1/vm/stop"), ("GET", "/api/v1/snapshot/delete/ready"),
-                         ("DELETE", "/api/v1/snapshot/ready"), ("GET", "/api/v1/revert/disable")]:
+    for method, path in [
+        ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/snapshots"),
+        ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/heartbeat/status"),
+        ("POST", "/api/v1/vm/stop"),
+        ("GET", "/api/v1/snapshot/delete/ready"),
+        ("DELETE", "/api/v1/snapshot/ready"),
+        ("GET", "/api/v1/revert/disable"),
+    ]:
         response = client.open(path, method=method)
         assert response.status_code == 401, (method, path)
         assert response.json["detail"].startswith("Unauthorized: this endpoint needs the staff")
@@ -101,25 +110,32 @@ def test_guest_token_guards_the_guest_endpoints_and_opens_nothing_else(make_clie
     assert client.get(f"/api/v1/vm/stop?token={GUEST}").status_code == 401
 
 
-@pytest.mark.parametrize("headers", [
-    BROWSER_IMG,
-    {"Sec-Fetch-Site": "same-site"},
-    {"Origin": "http://old-net-art.example"},
-    {"Origin": "null"},
-], ids=["img tag", "same-site", "foreign origin", "null origin"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        BROWSER_IMG,
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://old-net-art.example"},
+        {"Origin": "null"},
+    ],
+    ids=["img tag", "same-site", "foreign origin", "null origin"],
+)
 def test_cross_site_requests_cannot_change_state_even_with_the_token(make_client, headers):
     client, runner = make_client(api_token=STAFF)
-    for method, path in [("GET", f"/api/v1/snapshot/delete/ready?token={STAFF}"),
-                         ("GET", f"/api/v1/vm/stop?token={STAFF}"),
-                         ("POST", f"/api/v1/snapshot/create?snapshot_name=x&token={STAFF}"),
-                         ("GET", f"/api/v1/revert/disable?token={STAFF}"),
-                         ("GET", f"/api/v1/heartbeat?token={STAFF}")]:
+    for method, path in [
+        ("GET", f"/api/v1/snapshot/delete/ready?token={STAFF}"),
+        ("GET", f"/api/v1/vm/stop?token={STAFF}"),
+        ("POST", f"/api/v1/snapshot/create?snapshot_name=x&token={STAFF}"),
+        ("GET", f"/api/v1/revert/disable?token={STAFF}"),
+        ("GET", f"/api/v1/heartbeat?token={STAFF}"),
+    ]:
         response = client.open(path, method=method, headers=headers)
         assert response.status_code == 403, (path, response.json)
         assert response.json["detail"].startswith("Cross-site request refused")
     assert runner.snapshots == ["ready"] and runner.state == "running"
-    assert not [c for c in runner.calls if c[0] in ("snapshot-delete", "destroy",
-                                                    "snapshot-create-as")]
+    assert not [
+        c for c in runner.calls if c[0] in ("snapshot-delete", "destroy", "snapshot-create-as")
+    ]
 
 
 CHANGES = ("snapshot-delete", "destroy", "snapshot-create-as", "snapshot-revert", "start")
@@ -153,16 +169,29 @@ def test_cross_site_head_is_judged_like_get(make_client):
     assert not client.get("/api/v1/status", headers=bearer(STAFF)).json["auto_revert_enabled"]
 
 
-FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "EVIL.example.", "localhost.evil.example",
-                 "127.0.0.1.evil.example", "[::1].evil.example", "::1", "[::1", "127.0.0.1:x",
-                 "127.0.0.1:8000:80", "a b", "", "evil.example@127.0.0.1", "0x7f.1",
-                 # brackets hold IPv6 literals only, never a name or an IPv4 address
-                 "[evil.example]", "[127.0.0.1]:8000"]
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:8000",
+    "EVIL.example.",
+    "localhost.evil.example",
+    "127.0.0.1.evil.example",
+    "[::1].evil.example",
+    "::1",
+    "[::1",
+    "127.0.0.1:x",
+    "127.0.0.1:8000:80",
+    "a b",
+    "",
+    "evil.example@127.0.0.1",
+    "0x7f.1",
+    # brackets hold IPv6 literals only, never a name or an IPv4 address
+    "[evil.example]",
+    "[127.0.0.1]:8000",
+]
 
 
 @pytest.mark.parametrize("token", [None, STAFF], ids=["no token", "token"])
-def test_a_host_header_that_names_another_host_is_refused_and_changes_nothing(make_client,
-                                                                            token):
+def test_a_host_header_that_names_another_host_is_refused_and_changes_nothing(make_client, token):
     """DNS rebinding: a page on evil.example, its name pointed at this machine, is same-origin
     to the browser; only the Host header still carries the attacker's name."""
     security = {"api_token": token} if token else {}
@@ -170,10 +199,16 @@ def test_a_host_header_that_names_another_host_is_refused_and_changes_nothing(ma
     query = f"?token={token}" if token else ""
     before = len(runner.calls)
     for host in FOREIGN_HOSTS:
-        for method, path in [("GET", "/api/v1/vm/stop"), ("POST", "/api/v1/revert/disable"),
-                             ("HEAD", "/api/v1/snapshot/delete/ready"),
-                             ("DELETE", "/api/v1/snapshot/ready"), ("GET", "/api/v1/status"),
-                             ("GET", "/api/v1/events"), ("GET", "/"), ("GET", "/openapi.json")]:
+        for method, path in [
+            ("GET", "/api/v1/vm/stop"),
+            ("POST", "/api/v1/revert/disable"),
+            ("HEAD", "/api/v1/snapshot/delete/ready"),
+            ("DELETE", "/api/v1/snapshot/ready"),
+            ("GET", "/api/v1/status"),
+            ("GET", "/api/v1/events"),
+            ("GET", "/"),
+            ("GET", "/openapi.json"),
+        ]:
             response = client.open(path + query, method=method, headers={"Host": host})
             assert response.status_code == 400, (host, method, path, response.status_code)
             assert response.mimetype == "application/json"
@@ -189,10 +224,21 @@ def test_a_host_header_that_names_another_host_is_refused_and_changes_nothing(ma
 
 def test_ip_literals_localhost_and_the_machines_own_names_are_accepted(make_client):
     client, _ = make_client()
-    hosts = ["127.0.0.1", "127.0.0.1:8000", "10.0.2.2:8000", "192.168.122.1", "[::1]",
-             "[::1]:8000", "[fe80::1]:80", "[::ffff:127.0.0.1]:8000", "localhost",
-             "localhost:8000", "LocalHost.", socket.gethostname(),
-             f"{socket.getfqdn()}:8000"]
+    hosts = [
+        "127.0.0.1",
+        "127.0.0.1:8000",
+        "10.0.2.2:8000",
+        "192.168.122.1",
+        "[::1]",
+        "[::1]:8000",
+        "[fe80::1]:80",
+        "[::ffff:127.0.0.1]:8000",
+        "localhost",
+        "localhost:8000",
+        "LocalHost.",
+        socket.gethostname(),
+        f"{socket.getfqdn()}:8000",
+    ]
     for host in hosts:
         assert client.get("/api/v1/status", headers={"Host": host}).status_code == 200, host
         assert client.post("/api/v1/revert/enable", headers={"Host": host}).status_code == 200
@@ -200,8 +246,12 @@ def test_ip_literals_localhost_and_the_machines_own_names_are_accepted(make_clie
 
 def test_names_from_the_configuration_are_accepted(make_client):
     client, _ = make_client(allowed_hosts=("kiosk.museum.example", "Gallery-PC.local"))
-    for host in ("kiosk.museum.example", "kiosk.museum.example:8443", "KIOSK.museum.example.",
-                 "gallery-pc.local:8000"):
+    for host in (
+        "kiosk.museum.example",
+        "kiosk.museum.example:8443",
+        "KIOSK.museum.example.",
+        "gallery-pc.local:8000",
+    ):
         assert client.post("/api/v1/revert/enable", headers={"Host": host}).status_code == 200
     for host in ("other.museum.example", "museum.example", "x.kiosk.museum.example"):
         assert client.get("/api/v1/status", headers={"Host": host}).status_code == 400, host
@@ -211,7 +261,9 @@ def test_same_origin_and_non_browser_clients_are_not_cross_site(make_client):
     client, _ = make_client()
     own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
     assert client.post("/api/v1/revert/disable", headers=own).status_code == 200
-    assert client.get("/api/v1/revert/enable", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    assert (
+        client.get("/api/v1/revert/enable", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    )
     # A cross-site page cannot read answers (no CORS), so reads are not refused.
     assert client.get("/api/v1/status", headers=BROWSER_IMG).status_code == 200
 
@@ -221,8 +273,10 @@ def test_cors_is_off_unless_an_origin_is_allowed(make_client):
     response = client.get("/api/v1/status", headers={"Origin": "http://kiosk.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
     client, _ = make_client(cors_origins=("http://kiosk.example",))
-    allowed = client.post("/api/v1/heartbeat", headers={"Origin": "http://kiosk.example",
-                                                         "Sec-Fetch-Site": "cross-site"})
+    allowed = client.post(
+        "/api/v1/heartbeat",
+        headers={"Origin": "http://kiosk.example", "Sec-Fetch-Site": "cross-site"},
+    )
     assert allowed.status_code == 200
     assert allowed.headers["Access-Control-Allow-Origin"] == "http://kiosk.example"
     other = client.post("/api/v1/heartbeat", headers={"Origin": "http://evil.example"})
@@ -264,8 +318,9 @@ def test_tokens_never_reach_the_logs(make_client, caplog):
 def test_a_refused_cross_site_path_cannot_forge_a_log_line(make_client, caplog):
     client, _ = make_client()
     with caplog.at_level(logging.INFO):
-        refused = client.get("/api/v1/vm/stop%0A2026-01-01%20INFO%20forged%1B[2K",
-                             headers=BROWSER_IMG)
+        refused = client.get(
+            "/api/v1/vm/stop%0A2026-01-01%20INFO%20forged%1B[2K", headers=BROWSER_IMG
+        )
     assert refused.status_code == 403
     lines = [r.getMessage() for r in caplog.records if "cross-site" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0], lines
@@ -286,7 +341,6 @@ def test_token_config(tmp_path):
 # ------------------------------------------------------------------ real server, real VM
 
 
-
 @pytest.fixture
 def raw(openapi, check_response):
     """requests, raw (any header, any Host), with every answer checked against the schema."""
@@ -300,17 +354,26 @@ def test_the_guests_browser_changes_nothing(start_controller, domain, events, ra
     assert events.wait_for("Started Snapshot", 1, 30)
     virsh("snapshot-create-as", "--domain", domain.name, "--name", "backup", "--atomic")
     before = (domain.snapshot_tree(), domain.state())
-    for path in ("/api/v1/snapshot/delete/ready", "/api/v1/vm/stop", "/api/v1/vm/restart",
-                 "/api/v1/snapshot/create?snapshot_name=ready", "/api/v1/revert/disable",
-                 "/api/v1/snapshot/delete/backup"):
+    for path in (
+        "/api/v1/snapshot/delete/ready",
+        "/api/v1/vm/stop",
+        "/api/v1/vm/restart",
+        "/api/v1/snapshot/create?snapshot_name=ready",
+        "/api/v1/revert/disable",
+        "/api/v1/snapshot/delete/backup",
+    ):
         for method in ("GET", "HEAD"):  # HEAD runs the GET handler: judged the same
             response = raw.request(method, api.base + path, headers=BROWSER_IMG, timeout=10)
             assert response.status_code == 403, (method, path, response.text)
         # DNS rebinding: the attacker's page is same-origin, only Host gives it away.
-        rebound = raw.get(api.base + path, headers={"Host": f"evil.example:{controller.port}",
-                                                         "Origin": f"http://evil.example:"
-                                                                   f"{controller.port}"},
-                               timeout=10)
+        rebound = raw.get(
+            api.base + path,
+            headers={
+                "Host": f"evil.example:{controller.port}",
+                "Origin": f"http://evil.example:{controller.port}",
+            },
+            timeout=10,
+        )
         assert rebound.status_code == 400 and "allowed_hosts" in rebound.json()["detail"]
     # Handlers act before they answer: a refused request has done all it ever will.
     assert (domain.snapshot_tree(), domain.state()) == before
@@ -324,16 +387,14 @@ def test_no_server_banner_and_waitress_errors_are_json(start_controller, raw):
     controller, api = start_controller()
     response = raw.get(api.base + "/api/v1/status", timeout=10)
     assert "Server" not in response.headers
-    huge = raw.get(api.base + "/api/v1/heartbeat", headers={"X-Big": "a" * 20000},
-                        timeout=10)
+    huge = raw.get(api.base + "/api/v1/heartbeat", headers={"X-Big": "a" * 20000}, timeout=10)
     assert huge.status_code == 431
     assert huge.headers["Content-Type"] == "application/json"
     assert "Request Header Fields Too Large" in huge.json()["detail"]
 
 
 @pytest.mark.libvirt
-def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(start_controller,
-                                                                           raw):
+def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(start_controller, raw):
     controller, api = start_controller(api_channel_timeout=2, heartbeat_timeout=60)
     port = controller.port
     slow = []
@@ -348,15 +409,19 @@ def test_idle_and_slow_connections_are_closed_without_disturbing_heartbeats(star
     def closed(sock: socket.socket) -> bool:
         try:
             return sock.recv(1024) == b""
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             return True
 
     for s in slow:
         s.settimeout(0.1)
-    wait_until(lambda: all(closed(s) for s in slow), controller.config.api_channel_timeout * 5,
-               0.2, "the slow connections to close")
+    wait_until(
+        lambda: all(closed(s) for s in slow),
+        controller.config.api_channel_timeout * 5,
+        0.2,
+        "the slow connections to close",
+    )
     assert raw.get(api.base + "/api/v1/heartbeat", timeout=30).status_code == 200
     for s in slow:
         s.close()
@@ -366,6 +431,7 @@ def test_the_gate_judges_the_path_flask_routes_even_spelt_oddly(make_client):
     """The gate reads the WSGI environ, Flask its own parse of it: a doubled slash or
     a percent-encoded letter must not route to a view the gate judged as another path."""
     client, runner = make_client(api_token=STAFF)
+
     def get(raw_path: str, **kw):
         # As a server hands it over; the test client would read "//api" as a host name.
         return client.get("/", environ_overrides={"PATH_INFO": raw_path}, **kw)

@@ -6,6 +6,7 @@ another connection (past the busy timeout), and a file whose directory was
 made read-only. Full and read-only filesystems under a real controller and a
 real VM are in test_watchdog_faults.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,8 @@ import sqlite3
 import threading
 
 import pytest
-
 from libvirt_env import wait_until
+
 from vmcontroller.statewriter import StateWriter
 from vmcontroller.store import Store, StoreError
 from vmcontroller.vocab import SUCCEEDED
@@ -26,7 +27,7 @@ def writer(tmp_path):
 
     def make(**kwargs) -> StateWriter:
         store = Store(tmp_path / "state.db")
-        store._db.execute("PRAGMA busy_timeout = 50")   # keep the locked case quick
+        store._db.execute("PRAGMA busy_timeout = 50")  # keep the locked case quick
         w = StateWriter(store, retry_initial=0.05, retry_max=0.2, **kwargs)
         w.start()
         made.append(w)
@@ -47,21 +48,22 @@ def test_writes_reach_the_disk_in_order_and_flags_answer_from_memory(writer, tmp
     assert w.flush(5)
     on_disk = Store(tmp_path / "state.db")
     assert on_disk.get("manual_stop") is True
-    assert [(e.id, e.action, e.outcome) for e in on_disk.events()] == \
-        [(event_id, "revert", SUCCEEDED), (first, "stop", SUCCEEDED)]
+    assert [(e.id, e.action, e.outcome) for e in on_disk.events()] == [
+        (event_id, "revert", SUCCEEDED),
+        (first, "stop", SUCCEEDED),
+    ]
     assert w.problem is None and w.pending == 0
 
 
-def test_a_locked_database_delays_writes_without_raising_and_loses_none(writer, tmp_path,
-                                                                        caplog):
+def test_a_locked_database_delays_writes_without_raising_and_loses_none(writer, tmp_path, caplog):
     w = writer()
     w.put("auto_revert_enabled", True)
     assert w.flush(5)
     other = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None, timeout=0.05)
-    other.execute("BEGIN EXCLUSIVE")          # another process holds the lock
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the lock
     with caplog.at_level(logging.ERROR, logger="vmcontroller.statewriter"):
         for n in range(5):
-            w.put("auto_revert_enabled", n % 2 == 0)   # returns at once every time
+            w.put("auto_revert_enabled", n % 2 == 0)  # returns at once every time
             w.record("art", "guest_request", "revert", f"try {n}", "refused")
         assert w.get("auto_revert_enabled") is True
         wait_until(lambda: w.problem is not None, 10, message="the failure to be reported")
@@ -118,6 +120,7 @@ def test_many_threads_queue_without_waiting_for_the_disk(writer, tmp_path):
 
 # ---------------------------------------------------------------- a damaged state file
 
+
 def damaged(path, table: str) -> Store:
     """A state file with one table's root page overwritten, as a failing disk leaves it;
     the rest of the file (its header, the schema, the other table) reads fine."""
@@ -146,8 +149,9 @@ def test_an_unreadable_history_is_reported_and_the_flags_still_answer(tmp_path):
     assert w.get("manual_stop") is True
     with pytest.raises(StoreError) as caught:
         w.events(wait=0)
-    assert str(caught.value) == (f"cannot read the history from {str(path)!r}: "
-                                 "database disk image is malformed")
+    assert str(caught.value) == (
+        f"cannot read the history from {str(path)!r}: database disk image is malformed"
+    )
     w.close(1)
 
 
@@ -159,10 +163,11 @@ def test_an_unreadable_flag_reads_as_its_default_and_is_reported(tmp_path):
 
 
 def test_a_write_that_fails_for_a_bug_is_logged_and_skipped_and_later_writes_go_on(
-        writer, tmp_path, caplog):
+    writer, tmp_path, caplog
+):
     w = writer()
     with caplog.at_level(logging.ERROR, logger="vmcontroller.statewriter"):
-        w.put("bad", object())     # cannot be stored as JSON: a bug, not a refusing disk
+        w.put("bad", object())  # cannot be stored as JSON: a bug, not a refusing disk
         w.record("art", "api", "stop", "after the bad write", SUCCEEDED)
         assert w.flush(5)
     assert "a write to the state file failed unexpectedly; skipped" in caplog.text

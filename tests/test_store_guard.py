@@ -1,4 +1,5 @@
 """The state file and the restart-loop guard, on their own."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -41,8 +42,18 @@ def test_history_is_newest_first_and_filtered(tmp_path):
     assert [e.reason for e in store.events(triggers=["heartbeat_timeout"])] == ["r3", "r1"]
     assert store.events(since=events[0].time + 10) == []
     as_json = events[0].as_json()
-    assert set(as_json) == {"id", "time", "vm", "trigger", "action", "reason", "outcome",
-                            "duration", "error", "count"}
+    assert set(as_json) == {
+        "id",
+        "time",
+        "vm",
+        "trigger",
+        "action",
+        "reason",
+        "outcome",
+        "duration",
+        "error",
+        "count",
+    }
     assert as_json["count"] == 1
     assert "T" in as_json["time"]
 
@@ -74,8 +85,9 @@ def test_history_is_pruned_by_age_and_count(tmp_path):
 def test_guard_allows_max_recoveries_then_fails_until_reset(tmp_path):
     clock = Clock()
     store = Store(tmp_path / "s.db")
-    guard = RecoveryGuard(store, max_recoveries=3, window=600, backoff_initial=5,
-                          backoff_max=60, clock=clock)
+    guard = RecoveryGuard(
+        store, max_recoveries=3, window=600, backoff_initial=5, backoff_max=60, clock=clock
+    )
     for _ in range(3):
         assert guard.check().allowed
         guard.started()
@@ -98,7 +110,7 @@ def test_guard_window_slides(tmp_path):
     guard.started()
     clock.now += 60
     guard.started()
-    clock.now += 50   # the first attempt is now outside the window
+    clock.now += 50  # the first attempt is now outside the window
     assert guard.check().allowed
 
 
@@ -147,10 +159,23 @@ class Clocks:
         self.wall_now += seconds
 
 
-def make_guard(store: Store, clocks: Clocks, max_recoveries: int = 3, window: float = 600,
-               backoff_initial: float = 5, backoff_max: float = 60) -> RecoveryGuard:
-    return RecoveryGuard(store, max_recoveries, window, backoff_initial, backoff_max,
-                         clock=clocks.mono, wallclock=clocks.wall)
+def make_guard(
+    store: Store,
+    clocks: Clocks,
+    max_recoveries: int = 3,
+    window: float = 600,
+    backoff_initial: float = 5,
+    backoff_max: float = 60,
+) -> RecoveryGuard:
+    return RecoveryGuard(
+        store,
+        max_recoveries,
+        window,
+        backoff_initial,
+        backoff_max,
+        clock=clocks.mono,
+        wallclock=clocks.wall,
+    )
 
 
 def fail_until_backoff_max(guard: RecoveryGuard) -> float:
@@ -200,8 +225,7 @@ def test_a_clock_stepped_forward_between_runs_expires_what_it_passed(tmp_path):
     first = Clocks()
     guard = make_guard(store, first, max_recoveries=100)
     fail_until_backoff_max(guard)
-    reloaded = make_guard(store, Clocks(mono=30.0, wall=first.wall_now + YEAR),
-                          max_recoveries=100)
+    reloaded = make_guard(store, Clocks(mono=30.0, wall=first.wall_now + YEAR), max_recoveries=100)
     assert reloaded.as_json()["recent_recoveries"] == 0
     assert reloaded.retry_in() is None and reloaded.check().allowed
     # The count of consecutive failures is not a time: the next back-off still grows.
@@ -221,7 +245,7 @@ def test_a_wall_clock_step_within_a_run_changes_neither_window_nor_backoff():
     assert guard.check().allowed
     guard.started()
     guard.succeeded()
-    clocks.advance(90)      # the first attempt is 95 s old: inside the window of 100 s
+    clocks.advance(90)  # the first attempt is 95 s old: inside the window of 100 s
     clocks.wall_now -= YEAR
     verdict = guard.check()
     assert not verdict.allowed and verdict.newly_failed, "two attempts within the window"
@@ -241,9 +265,9 @@ def test_times_saved_after_a_step_are_on_the_new_wall_timeline(tmp_path):
     store = Store(tmp_path / "s.db")
     clocks = Clocks()
     guard = make_guard(store, clocks, max_recoveries=100)
-    clocks.wall_now -= YEAR          # stepped back within the run...
+    clocks.wall_now -= YEAR  # stepped back within the run...
     guard.started()
-    guard.failed()                   # ...then saved
+    guard.failed()  # ...then saved
     saved = store.get("guard")
     assert saved["attempts"] == [clocks.wall_now]
     assert saved["retry_at"] == clocks.wall_now + 5
@@ -255,10 +279,17 @@ def test_times_saved_after_a_step_are_on_the_new_wall_timeline(tmp_path):
 def test_a_persisted_backoff_is_never_longer_than_the_delay_that_set_it(tmp_path):
     store = Store(tmp_path / "s.db")
     clocks = Clocks()
-    store.put("guard", {"attempts": [clocks.wall_now + YEAR], "failures": 1,
-                        "retry_at": clocks.wall_now + YEAR, "failed_reason": None})
+    store.put(
+        "guard",
+        {
+            "attempts": [clocks.wall_now + YEAR],
+            "failures": 1,
+            "retry_at": clocks.wall_now + YEAR,
+            "failed_reason": None,
+        },
+    )
     guard = make_guard(store, clocks)
-    assert guard.retry_in() == 5     # one failure: backoff_initial, not a year
+    assert guard.retry_in() == 5  # one failure: backoff_initial, not a year
     assert guard.as_json()["recent_recoveries"] == 1
 
 
@@ -280,24 +311,40 @@ def test_repeats_of_one_cause_share_a_row_per_interval(tmp_path):
     store = Store(tmp_path / "s.db")
     t = 1_750_000_000.0
     for i in range(50):
-        store.record_coalesced("vm", "guest_request", "revert", f"crash {i}", "refused",
-                               error=REFUSAL, interval=60, now=t + i)
+        store.record_coalesced(
+            "vm",
+            "guest_request",
+            "revert",
+            f"crash {i}",
+            "refused",
+            error=REFUSAL,
+            interval=60,
+            now=t + i,
+        )
     [row] = store.events()
     assert row.count == 50 and row.reason == "crash 0" and row.time == t
     assert row.as_json()["count"] == 50
     # Another cause (trigger, error, vm, action, outcome) is another row...
-    store.record_coalesced("vm", "idle_reset", "revert", "idle", "refused", error=REFUSAL,
-                           interval=60, now=t + 50)
-    store.record_coalesced("vm", "guest_request", "revert", "x", "refused",
-                           error="the recovery guard tripped", interval=60, now=t + 51)
-    store.record_coalesced("vm", "guest_request", "revert", "x", "refused", interval=60,
-                           now=t + 52)
-    store.record_coalesced("vm", "guest_request", "revert", "x", "refused", interval=60,
-                           now=t + 53)
+    store.record_coalesced(
+        "vm", "idle_reset", "revert", "idle", "refused", error=REFUSAL, interval=60, now=t + 50
+    )
+    store.record_coalesced(
+        "vm",
+        "guest_request",
+        "revert",
+        "x",
+        "refused",
+        error="the recovery guard tripped",
+        interval=60,
+        now=t + 51,
+    )
+    store.record_coalesced("vm", "guest_request", "revert", "x", "refused", interval=60, now=t + 52)
+    store.record_coalesced("vm", "guest_request", "revert", "x", "refused", interval=60, now=t + 53)
     assert [e.count for e in store.events()] == [2, 1, 1, 50]
     # ...and so is the same cause once its interval is over.
-    store.record_coalesced("vm", "guest_request", "revert", "later", "refused", error=REFUSAL,
-                           interval=60, now=t + 60)
+    store.record_coalesced(
+        "vm", "guest_request", "revert", "later", "refused", error=REFUSAL, interval=60, now=t + 60
+    )
     assert [(e.reason, e.count) for e in store.events(limit=1)] == [("later", 1)]
     # A plain record is never coalesced.
     store.record("vm", "api", "stop", "staff", SUCCEEDED)
@@ -310,12 +357,22 @@ def test_a_row_dated_in_the_future_collects_no_repeats(tmp_path):
     that stays 'within the interval' for as long as the step."""
     store = Store(tmp_path / "s.db")
     t = 1_750_000_000.0
-    store.record_coalesced("vm", "guest_request", "revert", "a", "refused", error=REFUSAL,
-                           interval=60, now=t + 365 * 86400)
-    store.record_coalesced("vm", "guest_request", "revert", "b", "refused", error=REFUSAL,
-                           interval=60, now=t)
-    store.record_coalesced("vm", "guest_request", "revert", "c", "refused", error=REFUSAL,
-                           interval=60, now=t + 1)
+    store.record_coalesced(
+        "vm",
+        "guest_request",
+        "revert",
+        "a",
+        "refused",
+        error=REFUSAL,
+        interval=60,
+        now=t + 365 * 86400,
+    )
+    store.record_coalesced(
+        "vm", "guest_request", "revert", "b", "refused", error=REFUSAL, interval=60, now=t
+    )
+    store.record_coalesced(
+        "vm", "guest_request", "revert", "c", "refused", error=REFUSAL, interval=60, now=t + 1
+    )
     assert [(e.reason, e.count) for e in store.events()] == [("b", 2), ("a", 1)]
 
 
@@ -356,12 +413,12 @@ def test_a_state_file_from_before_the_count_column_is_migrated(tmp_path):
     store.record_coalesced("vm", "guest_request", "revert", "a", "refused", error=REFUSAL)
     assert store.events(limit=1)[0].count == 2
     store.close()
-    assert Store(path).events(limit=1)[0].count == 2   # opening again migrates nothing twice
+    assert Store(path).events(limit=1)[0].count == 2  # opening again migrates nothing twice
 
 
 def test_state_files_use_incremental_auto_vacuum_new_or_old(tmp_path):
     fresh = Store(tmp_path / "new.db")
-    assert fresh._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2   # INCREMENTAL
+    assert fresh._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
     old.execute("PRAGMA journal_mode=WAL")
@@ -385,12 +442,13 @@ def test_a_pruned_state_file_shrinks_on_disk(tmp_path):
     store = Store(path, max_age_days=1, max_rows=100)
     now = 1_750_000_000.0
     reason = "a guest that says why at some length " * 10
-    with store._lock:   # quickly: one transaction for the filling
+    with store._lock:  # quickly: one transaction for the filling
         store._db.execute("BEGIN")
         store._db.executemany(
             "INSERT INTO events (time, vm, trigger, action, reason, outcome) "
             "VALUES (?, 'vm', 'guest_request', 'revert', ?, 'refused')",
-            [(now - 2 * 86400 + i, reason) for i in range(20000)])
+            [(now - 2 * 86400 + i, reason) for i in range(20000)],
+        )
         store._db.execute("COMMIT")
         store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     full = on_disk(path)
@@ -431,13 +489,12 @@ def test_compaction_is_best_effort(tmp_path, monkeypatch, caplog):
     legacy.commit()
     legacy.close()
     connect = sqlite3.connect
-    monkeypatch.setattr(sqlite3, "connect",
-                        lambda *a, **kw: FailingConnection(connect(*a, **kw)))
-    store = Store(old, max_rows=1)     # the one-time conversion fails: it still opens
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: FailingConnection(connect(*a, **kw)))
+    store = Store(old, max_rows=1)  # the one-time conversion fails: it still opens
     assert "could not convert" in caplog.text
     store.record("vm", "api", "stop", "a", SUCCEEDED)
     store.record("vm", "api", "stop", "b", SUCCEEDED)
-    assert store.prune() == 1          # and pruning deletes even if it cannot compact
+    assert store.prune() == 1  # and pruning deletes even if it cannot compact
     assert "could not compact" in caplog.text
     assert [e.reason for e in store.events()] == ["b"]
 
@@ -467,8 +524,11 @@ def test_an_old_state_file_on_a_read_only_disk_starts_empty_and_says_so(tmp_path
     that the file is not written)."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, f"cannot mount a tmpfs for the test (needs root): {proc.stderr}"
     try:
         old = sqlite3.connect(mount / "state.db")
@@ -477,8 +537,9 @@ def test_an_old_state_file_on_a_read_only_disk_starts_empty_and_says_so(tmp_path
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         store = Store(mount / "state.db")
         assert store.unwritable is not None
-        assert "older version" in store.unwritable and "empty state" in store.unwritable, \
+        assert "older version" in store.unwritable and "empty state" in store.unwritable, (
             store.unwritable
+        )
         assert store.events() == [] and store.get("manual_stop") is None
         store.close()
     finally:

@@ -8,6 +8,7 @@ machine does not have, so the test verifies a copy whose ExecStart points at thi
 checkout's installed `vmcontroller` script. Everything else is verified as shipped.
 scripts/test installs systemd-analyze (scripts/setup-test-tools.sh) where missing.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -59,21 +60,31 @@ def one(unit: dict, section: str, key: str) -> str:
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze")
     if found is None:
-        pytest.fail("systemd-analyze is missing: run scripts/test (scripts/setup-test-tools.sh "
-                    "installs Debian's systemd package)", pytrace=False)
+        pytest.fail(
+            "systemd-analyze is missing: run scripts/test (scripts/setup-test-tools.sh "
+            "installs Debian's systemd package)",
+            pytrace=False,
+        )
     return found
 
 
-@pytest.mark.parametrize("unit, name", [(SERVICE, SERVICE.name),
-                                        (TEMPLATE, "exhibition-vm-controller@eden.service")],
-                         ids=["service", "template instance"])
+@pytest.mark.parametrize(
+    "unit, name",
+    [(SERVICE, SERVICE.name), (TEMPLATE, "exhibition-vm-controller@eden.service")],
+    ids=["service", "template instance"],
+)
 def test_systemd_analyze_verify_accepts_the_unit(systemd_analyze, tmp_path, unit, name):
     text = unit.read_text()
     assert text.count(f"ExecStart={INSTALLED} ") == 1
     assert Path(HERE).is_file(), HERE
     (tmp_path / unit.name).write_text(text.replace(f"ExecStart={INSTALLED} ", f"ExecStart={HERE} "))
-    proc = subprocess.run([systemd_analyze, "verify", f"./{name}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [systemd_analyze, "verify", f"./{name}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     # verify exits 0 even for unknown keys; it says so on stderr, which must stay empty.
     assert proc.stderr.strip() == "", proc.stderr
@@ -83,8 +94,13 @@ def test_verify_would_catch_a_misspelt_key(systemd_analyze, tmp_path):
     """The check above is only worth something if a typo shows up on stderr."""
     text = SERVICE.read_text().replace(f"ExecStart={INSTALLED} ", f"ExecStart={HERE} ")
     (tmp_path / SERVICE.name).write_text(text.replace("NoNewPrivileges=", "NoNewPrivilege="))
-    proc = subprocess.run([systemd_analyze, "verify", f"./{SERVICE.name}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [systemd_analyze, "verify", f"./{SERVICE.name}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Unknown key" in proc.stderr
 
 
@@ -111,7 +127,7 @@ def test_the_unit_says_what_the_controller_relies_on(path):
     # The state file is where the unit lets the controller write.
     instance = "%i" if "@" in path.name else None
     state_dir = f"{STATE_DIR}/%i" if instance else STATE_DIR
-    assert one(unit, s, "StateDirectory") == state_dir[len("/var/lib/"):]
+    assert one(unit, s, "StateDirectory") == state_dir[len("/var/lib/") :]
     assert one(unit, s, "ReadWritePaths") == state_dir
     env = dict(e.split("=", 1) for e in unit[s]["Environment"])
     assert env["VMCTL_STATE_PATH"] == f"{state_dir}/state.db"
@@ -119,8 +135,11 @@ def test_the_unit_says_what_the_controller_relies_on(path):
     argv = shlex.split(one(unit, s, "ExecStart"))
     assert argv[0] == INSTALLED and argv[1] == "serve"
     config = argv[argv.index("--config") + 1]
-    assert config == ("/etc/exhibition-vm-controller/%i.yaml" if instance
-                      else "/etc/exhibition-vm-controller/config.yaml")
+    assert config == (
+        "/etc/exhibition-vm-controller/%i.yaml"
+        if instance
+        else "/etc/exhibition-vm-controller/config.yaml"
+    )
 
 
 def test_the_exec_start_command_line_is_one_the_cli_accepts(tmp_path):
@@ -142,6 +161,5 @@ def test_watchdog_leaves_room_for_the_stale_limit_documented_in_the_unit():
 
     text = " ".join(SERVICE.read_text().replace("#", " ").split())
     defaults = build_config({"vm_name": "eden"})
-    assert f"({stale_limit(longest_locked_operation(defaults), MAX_SLEEP):g} s by default)" \
-        in text
+    assert f"({stale_limit(longest_locked_operation(defaults), MAX_SLEEP):g} s by default)" in text
     assert f"({longest_locked_operation(defaults):g} s by default)" in text

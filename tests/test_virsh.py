@@ -1,5 +1,6 @@
 """The virsh runner: parsers, error classification, and the process rules
 (-c URI, LC_ALL=C, explicit options, timeouts) checked with a stand-in virsh."""
+
 from __future__ import annotations
 
 import logging
@@ -10,15 +11,28 @@ import textwrap
 import threading
 
 import pytest
-
-from vmcontroller import virsh as virsh_module
-from vmcontroller.virsh import (DomainNotFound, EventStream, LibvirtUnreachable,
-                                ManagedSaveConflict, NotRunning, RevertRisky,
-                                SnapshotLacksDefinition, SnapshotNotFound, VirshError, VirshRunner,
-                                VirshTimeout, classify_error, parse_domstate, parse_event_line,
-                                parse_name_list, run_command)
 from libvirt_env import wait_until
 from waits import pid_alive
+
+from vmcontroller import virsh as virsh_module
+from vmcontroller.virsh import (
+    DomainNotFound,
+    EventStream,
+    LibvirtUnreachable,
+    ManagedSaveConflict,
+    NotRunning,
+    RevertRisky,
+    SnapshotLacksDefinition,
+    SnapshotNotFound,
+    VirshError,
+    VirshRunner,
+    VirshTimeout,
+    classify_error,
+    parse_domstate,
+    parse_event_line,
+    parse_name_list,
+    run_command,
+)
 
 
 def test_parse_domstate():
@@ -34,12 +48,15 @@ def test_parse_lists():
 
 
 def test_parse_event_lines():
-    event = parse_event_line("2026-11-25 17:08:23.810+0000: event 'lifecycle' for domain "
-                             "'eden': Stopped Destroyed\n")
+    event = parse_event_line(
+        "2026-11-25 17:08:23.810+0000: event 'lifecycle' for domain 'eden': Stopped Destroyed\n"
+    )
     assert event is not None
     assert (event.domain, event.event, event.detail) == ("eden", "Stopped", "Destroyed")
     assert event.timestamp is not None and event.timestamp.microsecond == 810000
-    event = parse_event_line("event 'lifecycle' for domain 'x': Shutdown Finished after host request")
+    event = parse_event_line(
+        "event 'lifecycle' for domain 'x': Shutdown Finished after host request"
+    )
     assert event is not None and event.detail == "Finished after host request"
     assert event.timestamp is None
     assert parse_event_line("event 'reboot' for domain 'x'") is None
@@ -48,42 +65,70 @@ def test_parse_event_lines():
 
 def test_an_event_is_delivered_whatever_its_timestamp_looks_like():
     """The timestamp is informative; the event itself is what the watchdog acts on."""
-    whole_seconds = parse_event_line("2026-11-25 17:08:23+0100: event 'lifecycle' for domain "
-                                     "'eden': Crashed Panicked")
+    whole_seconds = parse_event_line(
+        "2026-11-25 17:08:23+0100: event 'lifecycle' for domain 'eden': Crashed Panicked"
+    )
     assert whole_seconds is not None and whole_seconds.event == "Crashed"
     assert whole_seconds.timestamp is not None
-    assert (whole_seconds.timestamp.second, whole_seconds.timestamp.utcoffset().seconds) == \
-        (23, 3600)
-    impossible = parse_event_line("2026-13-45 17:08:23.810+0000: event 'lifecycle' for domain "
-                                  "'eden': Stopped Destroyed")
+    assert (whole_seconds.timestamp.second, whole_seconds.timestamp.utcoffset().seconds) == (
+        23,
+        3600,
+    )
+    impossible = parse_event_line(
+        "2026-13-45 17:08:23.810+0000: event 'lifecycle' for domain 'eden': Stopped Destroyed"
+    )
     assert impossible is not None and impossible.timestamp is None
-    assert (impossible.domain, impossible.event, impossible.detail) == \
-        ("eden", "Stopped", "Destroyed")
+    assert (impossible.domain, impossible.event, impossible.detail) == (
+        "eden",
+        "Stopped",
+        "Destroyed",
+    )
 
 
-@pytest.mark.parametrize("stderr, cls", [
-    ("error: failed to get domain 'nope'\n", DomainNotFound),
-    ("error: Domain snapshot not found: no domain snapshot with matching name 'x'", SnapshotNotFound),
-    ("error: domain 'x' has no current snapshot", SnapshotNotFound),
-    ("error: Failed to destroy domain 'x'\nerror: Requested operation is not valid: domain is "
-     "not running", NotRunning),
-    ("error: failed to connect to the hypervisor\nerror: Failed to connect socket to "
-     "'/run/libvirt/libvirt-sock': No such file or directory", LibvirtUnreachable),
-    ("error: operation failed: domain moment x already exists", VirshError),
-    # Refused reverts (VIR_ERR_SNAPSHOT_REVERT_RISKY). The first is what libvirt 9.0.0 printed
-    # here (tests/test_reference_snapshot.py produces it); the second is libvirt 9.0's
-    # qemuSnapshotRevertValidate, raised even with --force, which cannot be produced through
-    # the API (redefining a snapshot without <domain> is refused: "missing domain in
-    # snapshot"); the third is the ABI check of libvirts before 8.x, which 9.0 no longer
-    # makes (a revert respawns QEMU from the snapshot's definition).
-    ("error: Failed to revert snapshot ready\nerror: revert requires force: snapshot without "
-     "memory state, removal of existing managed saved state strongly recommended to avoid "
-     "corruption\n", ManagedSaveConflict),
-    ("error: Failed to revert snapshot ready\nerror: revert requires force: snapshot 'ready' "
-     "lacks domain 'art' rollback info\n", SnapshotLacksDefinition),
-    ("error: Failed to revert snapshot ready\nerror: revert requires force: Target domain max "
-     "memory 131072 does not match source 65536\n", RevertRisky),
-])
+@pytest.mark.parametrize(
+    "stderr, cls",
+    [
+        ("error: failed to get domain 'nope'\n", DomainNotFound),
+        (
+            "error: Domain snapshot not found: no domain snapshot with matching name 'x'",
+            SnapshotNotFound,
+        ),
+        ("error: domain 'x' has no current snapshot", SnapshotNotFound),
+        (
+            "error: Failed to destroy domain 'x'\nerror: Requested operation is not valid: domain is "
+            "not running",
+            NotRunning,
+        ),
+        (
+            "error: failed to connect to the hypervisor\nerror: Failed to connect socket to "
+            "'/run/libvirt/libvirt-sock': No such file or directory",
+            LibvirtUnreachable,
+        ),
+        ("error: operation failed: domain moment x already exists", VirshError),
+        # Refused reverts (VIR_ERR_SNAPSHOT_REVERT_RISKY). The first is what libvirt 9.0.0 printed
+        # here (tests/test_reference_snapshot.py produces it); the second is libvirt 9.0's
+        # qemuSnapshotRevertValidate, raised even with --force, which cannot be produced through
+        # the API (redefining a snapshot without <domain> is refused: "missing domain in
+        # snapshot"); the third is the ABI check of libvirts before 8.x, which 9.0 no longer
+        # makes (a revert respawns QEMU from the snapshot's definition).
+        (
+            "error: Failed to revert snapshot ready\nerror: revert requires force: snapshot without "
+            "memory state, removal of existing managed saved state strongly recommended to avoid "
+            "corruption\n",
+            ManagedSaveConflict,
+        ),
+        (
+            "error: Failed to revert snapshot ready\nerror: revert requires force: snapshot 'ready' "
+            "lacks domain 'art' rollback info\n",
+            SnapshotLacksDefinition,
+        ),
+        (
+            "error: Failed to revert snapshot ready\nerror: revert requires force: Target domain max "
+            "memory 131072 does not match source 65536\n",
+            RevertRisky,
+        ),
+    ],
+)
 def test_classify_error_keeps_virsh_message(stderr, cls):
     error = classify_error(stderr, ["virsh"], 1)
     assert type(error) is cls
@@ -95,7 +140,8 @@ def test_classify_error_keeps_virsh_message(stderr, cls):
 def stand_in(tmp_path):
     """A fake virsh that records its argv and environment, and can be told to hang or fail."""
     script = tmp_path / "virsh"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         printf '%s\\n' "$@" > {tmp_path}/argv
         echo "$LC_ALL" > {tmp_path}/lc_all
@@ -105,7 +151,8 @@ def stand_in(tmp_path):
           silent) exit 0 ;;
         esac
         echo running
-        """))
+        """)
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return tmp_path
 
@@ -173,8 +220,9 @@ def test_run_command_that_finishes_leaves_its_background_children_alone(tmp_path
     """Only a command that outlives its timeout is killed; one that finished in
     time may have started a daemon on purpose."""
     pidfile = tmp_path / "pid"
-    result = run_command(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pidfile}"],
-                         timeout=10)
+    result = run_command(
+        ["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pidfile}"], timeout=10
+    )
     assert result.returncode == 0
     child = int(pidfile.read_text())
     try:
@@ -184,7 +232,8 @@ def test_run_command_that_finishes_leaves_its_background_children_alone(tmp_path
 
 
 def test_run_command_whose_child_escaped_the_group_returns_at_the_timeout_with_its_output(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """A child that made a session of its own is not killed with the group and keeps the
     output pipe open: run_command still returns (after a bounded wait for the output),
     with what the command printed, instead of hanging the revert that ran it."""
@@ -202,16 +251,20 @@ def test_run_command_whose_child_escaped_the_group_returns_at_the_timeout_with_i
 
 # ---------------------------------------------------------------- the event stream
 
+
 def event_virsh(tmp_path, body: str) -> VirshRunner:
     """A runner whose ``virsh event`` is a script: ``$n`` is the number of this run (1, 2...),
     and each run writes its pid to ``pid.$n``."""
     script = tmp_path / "virsh"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         echo x >> {tmp_path}/runs
         n=$(wc -l < {tmp_path}/runs)
         echo $$ > {tmp_path}/pid.$n
-        """) + textwrap.dedent(body))
+        """)
+        + textwrap.dedent(body)
+    )
     script.chmod(0o755)
     return VirshRunner(binary=str(script))
 
@@ -222,10 +275,13 @@ LINE = "2026-11-25 17:08:23.810+0000: event 'lifecycle' for domain 'art': Stoppe
 def test_an_event_callback_that_raises_is_logged_and_the_stream_reconnects(tmp_path, caplog):
     """A bug in handling one event must not end the watch: the failure is logged, that
     virsh is killed (not left running unread) and a new one delivers the next events."""
-    runner = event_virsh(tmp_path, f"""\
+    runner = event_virsh(
+        tmp_path,
+        f"""\
         echo "{LINE}"
         exec sleep 600
-        """)
+        """,
+    )
     seen: list[str] = []
 
     def on_event(event) -> None:
@@ -250,13 +306,16 @@ def test_a_stream_that_ran_long_restarts_its_reconnect_back_off(tmp_path, caplog
     """After a failing libvirtd the delay doubles; a stream that then ran well for
     ``stable_after`` is a new start, and its end is retried at the shortest delay."""
     marker = tmp_path / "long-run-ended"
-    runner = event_virsh(tmp_path, f"""\
+    runner = event_virsh(
+        tmp_path,
+        f"""\
         case $n in
           1|2|3) exit 1 ;;
           4) sleep 1.5; touch {marker}; exit 0 ;;
           *) exec sleep 600 ;;
         esac
-        """)
+        """,
+    )
     stream = EventStream(runner, "art", lambda event: None, max_backoff=1.0, stable_after=1.0)
     with caplog.at_level(logging.WARNING, logger="vmcontroller.virsh"):
         stream.start()
@@ -264,8 +323,11 @@ def test_a_stream_that_ran_long_restarts_its_reconnect_back_off(tmp_path, caplog
             wait_until(lambda: (tmp_path / "pid.5").exists(), 30, message="the fifth virsh")
         finally:
             stream.stop()
-    delays = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records
-              if r.getMessage().startswith("lifecycle event stream ended")]
+    delays = [
+        r.getMessage().rsplit(" in ", 1)[1]
+        for r in caplog.records
+        if r.getMessage().startswith("lifecycle event stream ended")
+    ]
     assert delays[:4] == ["0.5 s", "1.0 s", "1.0 s", "0.5 s"], delays
 
 

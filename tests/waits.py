@@ -6,11 +6,12 @@ then watched for at least the whole period in which the bad thing would
 have happened. That period is derived from the configuration under test,
 never picked by feel, and the watch fails at once if the bad thing shows.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vmcontroller.config import Config
 
@@ -23,8 +24,12 @@ ACTION_SLACK = 2.0
 def enforcement_period(config: Config) -> float:
     """How long a silent guest may go unpunished at most: the grace period after a
     (re)start, the heartbeat timeout, one check interval, and the revert itself."""
-    return (config.vm_startup_heartbeat_delay + config.heartbeat_timeout
-            + config.heartbeat_check_interval + ACTION_SLACK)
+    return (
+        config.vm_startup_heartbeat_delay
+        + config.heartbeat_timeout
+        + config.heartbeat_check_interval
+        + ACTION_SLACK
+    )
 
 
 def pause_period(config: Config) -> float:
@@ -32,8 +37,9 @@ def pause_period(config: Config) -> float:
     return config.heartbeat_timeout + config.heartbeat_check_interval + ACTION_SLACK
 
 
-def stays_false(happened: Callable[[], bool], period: float, message: str,
-                interval: float = 0.05) -> None:
+def stays_false(
+    happened: Callable[[], bool], period: float, message: str, interval: float = 0.05
+) -> None:
     """Watch ``happened`` for the whole ``period``; fail as soon as it turns true."""
     deadline = time.monotonic() + period
     while True:

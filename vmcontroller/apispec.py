@@ -17,8 +17,18 @@ import copy
 from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
-from .vocab import (GUARD_STATES, GUEST_PATHS, IDLE_DURATION_MAX, MAX_BODY, MAX_HEADER_BLOCK,
-                    MAX_QUERY, OUTCOMES, READ_ONLY_PATHS, REPEAT_INTERVAL, TRIGGERS)
+from .vocab import (
+    GUARD_STATES,
+    GUEST_PATHS,
+    IDLE_DURATION_MAX,
+    MAX_BODY,
+    MAX_HEADER_BLOCK,
+    MAX_QUERY,
+    OUTCOMES,
+    READ_ONLY_PATHS,
+    REPEAT_INTERVAL,
+    TRIGGERS,
+)
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
@@ -66,9 +76,11 @@ blocks over 16 KiB **431**.
 """
 
 
-_BAD_HOST = ("The Host header names another host: not an IP address, localhost, "
-             "one of the machine's own names nor a name in allowed_hosts "
-             "(protection against DNS rebinding).")
+_BAD_HOST = (
+    "The Host header names another host: not an IP address, localhost, "
+    "one of the machine's own names nor a name in allowed_hosts "
+    "(protection against DNS rebinding)."
+)
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -79,13 +91,13 @@ def _schema(name: str) -> dict[str, str]:
     return _ref("schemas", name)
 
 
-def _json(schema: dict[str, Any], example: Any = None,
-          examples: dict[str, Any] | None = None) -> dict[str, Any]:
+def _json(
+    schema: dict[str, Any], example: Any = None, examples: dict[str, Any] | None = None
+) -> dict[str, Any]:
     media: dict[str, Any] = {"schema": schema}
     if examples is not None:
         media["examples"] = {
-            key: {"summary": summary, "value": value}
-            for key, (summary, value) in examples.items()
+            key: {"summary": summary, "value": value} for key, (summary, value) in examples.items()
         }
     elif example is not None:
         media["example"] = example
@@ -102,8 +114,7 @@ def _error(description: str, detail: str) -> dict[str, Any]:
 def _message_ok(description: str, message: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": _json(_schema("Message"),
-                         {"message": message, "details": None}),
+        "content": _json(_schema("Message"), {"message": message, "details": None}),
     }
 
 
@@ -117,6 +128,7 @@ def _libvirt_error(action: str, detail: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- components
+
 
 def _heartbeat_example() -> dict[str, Any]:
     return {
@@ -175,14 +187,12 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["message", "details"],
             "properties": {
-                "message": {"type": "string",
-                            "example": TITLE},
+                "message": {"type": "string", "example": TITLE},
                 "details": {
                     "type": "object",
                     "required": ["version", "documentation", "status"],
                     "properties": {
-                        "version": {"type": "string",
-                                    "description": "Controller version."},
+                        "version": {"type": "string", "description": "Controller version."},
                         "documentation": {
                             "type": "string",
                             "description": "Path of the Swagger UI page.",
@@ -200,8 +210,13 @@ def _schemas() -> dict[str, Any]:
         "HeartbeatStatus": {
             "type": "object",
             "description": "State of the heartbeat watchdog.",
-            "required": ["enabled", "last_heartbeat", "seconds_since_last",
-                         "is_healthy", "timeout"],
+            "required": [
+                "enabled",
+                "last_heartbeat",
+                "seconds_since_last",
+                "is_healthy",
+                "timeout",
+            ],
             "properties": {
                 "enabled": {
                     "type": "boolean",
@@ -223,19 +238,16 @@ def _schemas() -> dict[str, Any]:
                     "type": "number",
                     "nullable": True,
                     "description": (
-                        "Seconds since the last heartbeat, or null if none "
-                        "has arrived."
+                        "Seconds since the last heartbeat, or null if none has arrived."
                     ),
                 },
                 "is_healthy": {
                     "type": "boolean",
-                    "description": "True while heartbeats arrive within "
-                                   "`timeout`.",
+                    "description": "True while heartbeats arrive within `timeout`.",
                 },
                 "timeout": {
                     "type": "number",
-                    "description": "Configured heartbeat timeout in seconds "
-                                   "(heartbeat_timeout).",
+                    "description": "Configured heartbeat timeout in seconds (heartbeat_timeout).",
                 },
             },
             "example": _heartbeat_example(),
@@ -250,18 +262,25 @@ def _schemas() -> dict[str, Any]:
         },
         "Status": {
             "type": "object",
-            "required": ["vm_name", "vm_state", "vm_is_running",
-                         "snapshot_name", "snapshot_exists", "heartbeat",
-                         "auto_revert_enabled"],
+            "required": [
+                "vm_name",
+                "vm_state",
+                "vm_is_running",
+                "snapshot_name",
+                "snapshot_exists",
+                "heartbeat",
+                "auto_revert_enabled",
+            ],
             "properties": {
-                "vm_name": {"type": "string",
-                            "description": "Name of the libvirt domain "
-                                           "being controlled."},
+                "vm_name": {
+                    "type": "string",
+                    "description": "Name of the libvirt domain being controlled.",
+                },
                 "vm_state": {
                     "type": "string",
                     "description": (
-                        "libvirt's state of the VM, e.g. \"running\", "
-                        "\"shut off\", \"paused\", or \"not found\" when no "
+                        'libvirt\'s state of the VM, e.g. "running", '
+                        '"shut off", "paused", or "not found" when no '
                         "domain of that name exists."
                     ),
                     "example": "running",
@@ -270,73 +289,82 @@ def _schemas() -> dict[str, Any]:
                 "snapshot_name": {
                     "type": "string",
                     "description": "The reference snapshot that start, "
-                                   "restart and automatic recovery revert to.",
+                    "restart and automatic recovery revert to.",
                 },
                 "snapshot_exists": {"type": "boolean"},
                 "heartbeat": _schema("HeartbeatStatus"),
                 "auto_revert_enabled": {
                     "type": "boolean",
                     "description": "Whether a heartbeat timeout or crash "
-                                   "triggers an automatic revert.",
+                    "triggers an automatic revert.",
                 },
                 "vm_state_detail": {
-                    "type": "string", "nullable": True,
-                    "description": "Why vm_state is \"unknown\" (libvirt did "
-                                   "not answer), else null. Beyond the API "
-                                   "reference (additive).",
+                    "type": "string",
+                    "nullable": True,
+                    "description": 'Why vm_state is "unknown" (libvirt did '
+                    "not answer), else null. Beyond the API "
+                    "reference (additive).",
                 },
                 "stopped_by_staff": {
                     "type": "boolean",
                     "description": "The VM was stopped through the API and stays "
-                                   "stopped until started (additive).",
+                    "stopped until started (additive).",
                 },
                 "recovery": _schema("RecoveryStatus"),
                 "snapshot_detail": {
-                    "type": "string", "nullable": True,
+                    "type": "string",
+                    "nullable": True,
                     "description": "What the controller found of the reference "
-                                   "snapshot at start, when a replacement was cut "
-                                   "off by a crash, and what it did (additive).",
+                    "snapshot at start, when a replacement was cut "
+                    "off by a crash, and what it did (additive).",
                 },
                 "state_file": {
                     "type": "object",
                     "description": "Whether state and history reach the state "
-                                   "file (additive). When they do not (disk "
-                                   "full, read-only, locked), the watchdog "
-                                   "goes on and writes are retried.",
+                    "file (additive). When they do not (disk "
+                    "full, read-only, locked), the watchdog "
+                    "goes on and writes are retried.",
                     "required": ["saving", "detail"],
                     "properties": {
                         "saving": {"type": "boolean"},
-                        "detail": {"type": "string", "nullable": True,
-                                   "example": None},
+                        "detail": {"type": "string", "nullable": True, "example": None},
                     },
                 },
             },
         },
         "RecoveryStatus": {
             "type": "object",
-            "description": "Automatic recoveries so far and the restart-loop "
-                           "guard (additive).",
-            "required": ["count", "last_time", "last_trigger", "last_outcome",
-                         "guard"],
+            "description": "Automatic recoveries so far and the restart-loop guard (additive).",
+            "required": ["count", "last_time", "last_trigger", "last_outcome", "guard"],
             "properties": {
-                "count": {"type": "integer",
-                          "description": "Automatic recovery attempts recorded."},
-                "last_time": {"type": "string", "format": "date-time",
-                              "nullable": True},
-                "last_trigger": {"type": "string", "nullable": True,
-                                 "example": "heartbeat_timeout"},
-                "last_outcome": {"type": "string", "nullable": True,
-                                 "example": "succeeded"},
+                "count": {
+                    "type": "integer",
+                    "description": "Automatic recovery attempts recorded.",
+                },
+                "last_time": {"type": "string", "format": "date-time", "nullable": True},
+                "last_trigger": {
+                    "type": "string",
+                    "nullable": True,
+                    "example": "heartbeat_timeout",
+                },
+                "last_outcome": {"type": "string", "nullable": True, "example": "succeeded"},
                 "guard": _schema("GuardStatus"),
             },
         },
         "GuardStatus": {
             "type": "object",
             "description": "At most max_recoveries automatic recoveries within "
-                           "recovery_window seconds; past that the VM is left "
-                           "as it is (`failed`) until staff start or restart it.",
-            "required": ["state", "detail", "recent_recoveries", "max_recoveries",
-                         "recovery_window", "consecutive_failures", "retry_in"],
+            "recovery_window seconds; past that the VM is left "
+            "as it is (`failed`) until staff start or restart it.",
+            "required": [
+                "state",
+                "detail",
+                "recent_recoveries",
+                "max_recoveries",
+                "recovery_window",
+                "consecutive_failures",
+                "retry_in",
+            ],
             "properties": {
                 "state": {"type": "string", "enum": list(GUARD_STATES)},
                 "detail": {"type": "string", "nullable": True},
@@ -344,43 +372,62 @@ def _schemas() -> dict[str, Any]:
                 "max_recoveries": {"type": "integer"},
                 "recovery_window": {"type": "number"},
                 "consecutive_failures": {"type": "integer"},
-                "retry_in": {"type": "number", "nullable": True,
-                             "description": "Seconds until the next attempt may "
-                                            "start, while backing off."},
+                "retry_in": {
+                    "type": "number",
+                    "nullable": True,
+                    "description": "Seconds until the next attempt may start, while backing off.",
+                },
             },
         },
         "HistoryEvent": {
             "type": "object",
-            "required": ["id", "time", "vm", "trigger", "action", "reason",
-                         "outcome", "duration", "error", "count"],
+            "required": [
+                "id",
+                "time",
+                "vm",
+                "trigger",
+                "action",
+                "reason",
+                "outcome",
+                "duration",
+                "error",
+                "count",
+            ],
             "properties": {
                 "id": {"type": "integer"},
                 "time": {"type": "string", "format": "date-time"},
                 "vm": {"type": "string"},
                 "trigger": {"type": "string", "enum": list(TRIGGERS)},
-                "action": {"type": "string", "example": "revert",
-                           "description": "revert, start, stop, snapshot_create, "
-                                          "snapshot_delete, enable_auto_revert, "
-                                          "disable_auto_revert; at start-up also "
-                                          "adopt (a healthy running VM kept as it "
-                                          "is) and snapshot_repair (a replacement "
-                                          "cut off by a crash, finished)"},
+                "action": {
+                    "type": "string",
+                    "example": "revert",
+                    "description": "revert, start, stop, snapshot_create, "
+                    "snapshot_delete, enable_auto_revert, "
+                    "disable_auto_revert; at start-up also "
+                    "adopt (a healthy running VM kept as it "
+                    "is) and snapshot_repair (a replacement "
+                    "cut off by a crash, finished)",
+                },
                 "reason": {"type": "string"},
-                "outcome": {"type": "string",
-                            "enum": list(OUTCOMES)},
-                "duration": {"type": "number", "nullable": True,
-                             "description": "Seconds."},
-                "error": {"type": "string", "nullable": True,
-                          "description": "virsh's message when it failed; for a "
-                                         "revert that succeeded only when forced, "
-                                         "libvirt's refusal and what was done."},
-                "count": {"type": "integer", "minimum": 1,
-                          "description": "How many times this happened. A request "
-                                         "that is refused again and again (same VM, "
-                                         "trigger, action, outcome and error) within "
-                                         f"{REPEAT_INTERVAL:g} s of the first is counted "
-                                         "here instead of adding a row; time and reason "
-                                         "are the first one's."},
+                "outcome": {"type": "string", "enum": list(OUTCOMES)},
+                "duration": {"type": "number", "nullable": True, "description": "Seconds."},
+                "error": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "virsh's message when it failed; for a "
+                    "revert that succeeded only when forced, "
+                    "libvirt's refusal and what was done.",
+                },
+                "count": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "How many times this happened. A request "
+                    "that is refused again and again (same VM, "
+                    "trigger, action, outcome and error) within "
+                    f"{REPEAT_INTERVAL:g} s of the first is counted "
+                    "here instead of adding a row; time and reason "
+                    "are the first one's.",
+                },
             },
         },
         "History": {
@@ -401,14 +448,15 @@ def _schemas() -> dict[str, Any]:
                     "required": ["action", "trigger", "reason", "queued"],
                     "properties": {
                         "action": {"type": "string", "enum": ["revert"]},
-                        "trigger": {"type": "string",
-                                    "enum": ["guest_request", "idle_reset"]},
+                        "trigger": {"type": "string", "enum": ["guest_request", "idle_reset"]},
                         "reason": {"type": "string"},
-                        "queued": {"type": "boolean",
-                                   "description": "false: a revert is already "
-                                                  "under way or the VM was just "
-                                                  "restored; nothing more is "
-                                                  "queued."},
+                        "queued": {
+                            "type": "boolean",
+                            "description": "false: a revert is already "
+                            "under way or the VM was just "
+                            "restored; nothing more is "
+                            "queued.",
+                        },
                         "note": {"type": "string"},
                     },
                 },
@@ -443,7 +491,7 @@ def _parameters() -> dict[str, Any]:
             "required": False,
             "description": (
                 "Name of the snapshot to create. Defaults to the configured "
-                "snapshot name (usually \"ready\")."
+                'snapshot name (usually "ready").'
             ),
             "schema": _schema("SnapshotName"),
         },
@@ -467,15 +515,17 @@ def _responses() -> dict[str, Any]:
                 "state file cannot be read. Retry shortly.",
                 "VM manager not initialized",
             ),
-            "headers": {"Retry-After": {
-                "description": "Seconds to wait before retrying, when the VM "
-                               "is busy with another operation.",
-                "schema": {"type": "integer", "minimum": 1}}},
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying, when the VM "
+                    "is busy with another operation.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
         },
         "InvalidSnapshotName": _error(
             "The snapshot name breaks the naming rule (see SnapshotName).",
-            "Invalid parameter: snapshot_name must start with an ASCII "
-            "letter or digit (got '-h')",
+            "Invalid parameter: snapshot_name must start with an ASCII letter or digit (got '-h')",
         ),
         "SnapshotNotFound": _error(
             "The VM has no snapshot of that name.",
@@ -487,35 +537,46 @@ def _responses() -> dict[str, Any]:
             "Revert not queued: automatic revert is disabled (maintenance)",
         ),
         "Unauthorized": {
-            **_error("A token is configured and this request did not present a "
-                     "valid one (Authorization: Bearer <token>, or ?token=).",
-                     "Unauthorized: this endpoint needs the staff token, as "
-                     "'Authorization: Bearer <token>' or '?token=<token>'"),
-            "headers": {"WWW-Authenticate": {
-                "description": "Bearer realm=\"exhibition-vm-controller\"",
-                "schema": {"type": "string"}}},
+            **_error(
+                "A token is configured and this request did not present a "
+                "valid one (Authorization: Bearer <token>, or ?token=).",
+                "Unauthorized: this endpoint needs the staff token, as "
+                "'Authorization: Bearer <token>' or '?token=<token>'",
+            ),
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": 'Bearer realm="exhibition-vm-controller"',
+                    "schema": {"type": "string"},
+                }
+            },
         },
         "CrossSiteRefused": _error(
             "A browser marked the request as coming from another site: it "
             "may not change anything, token or not.",
             "Cross-site request refused: the browser marked it Sec-Fetch-Site: "
             "cross-site. Staff tools must call the API directly, not from "
-            "another site's page."),
+            "another site's page.",
+        ),
         "BadHost": _error(
             _BAD_HOST,
             "Host 'evil.example:8000' is not a name of this controller: a page "
             "may have pointed its own name at this machine (DNS rebinding). To "
             "reach the controller under this name, add it to allowed_hosts in "
-            "the configuration."),
-        "TooLarge": _error(f"The request body is over {MAX_BODY // 1024} KiB.",
-                           f"Request body too large: at most {MAX_BODY} bytes "
-                           "(got 70000)"),
-        "UriTooLong": _error(f"The query string is over {MAX_QUERY} bytes.",
-                             f"Query string too long: at most {MAX_QUERY} bytes"),
+            "the configuration.",
+        ),
+        "TooLarge": _error(
+            f"The request body is over {MAX_BODY // 1024} KiB.",
+            f"Request body too large: at most {MAX_BODY} bytes (got 70000)",
+        ),
+        "UriTooLong": _error(
+            f"The query string is over {MAX_QUERY} bytes.",
+            f"Query string too long: at most {MAX_QUERY} bytes",
+        ),
         "HeadersTooLarge": _error(
             f"The request's header block is over {MAX_HEADER_BLOCK // 1024} KiB "
             "(refused by the HTTP server before any route runs).",
-            "Request Header Fields Too Large"),
+            "Request Header Fields Too Large",
+        ),
         "ReferenceSnapshotMissing": _error(
             "The configured reference snapshot does not exist, so there is "
             "nothing to revert to. Create it with /api/v1/snapshot/create.",
@@ -546,8 +607,15 @@ def _request_bodies() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- operations
 
-def _operation(tag: str, operation_id: str, summary: str, description: str,
-               responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+
+def _operation(
+    tag: str,
+    operation_id: str,
+    summary: str,
+    description: str,
+    responses: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "tags": [tag],
         "operationId": operation_id,
@@ -559,20 +627,25 @@ def _operation(tag: str, operation_id: str, summary: str, description: str,
     return op
 
 
-def _get_and_post(tag: str, base_id: str, summary: str, description: str,
-                  responses: dict[str, Any],
-                  post_extra: dict[str, Any] | None = None,
-                  path_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _get_and_post(
+    tag: str,
+    base_id: str,
+    summary: str,
+    description: str,
+    responses: dict[str, Any],
+    post_extra: dict[str, Any] | None = None,
+    path_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A path item whose GET and POST do the same thing.
 
     GET exists for guest scripts that cannot send POST easily, so the two
     operations differ only in their operationId (which must be unique).
     """
     item: dict[str, Any] = dict(path_extra or {})
-    item["get"] = _operation(tag, f"{base_id}Get", summary,
-                             description, responses)
-    item["post"] = _operation(tag, f"{base_id}Post", summary, description,
-                              copy.deepcopy(responses), **(post_extra or {}))
+    item["get"] = _operation(tag, f"{base_id}Get", summary, description, responses)
+    item["post"] = _operation(
+        tag, f"{base_id}Post", summary, description, copy.deepcopy(responses), **(post_extra or {})
+    )
     return item
 
 
@@ -580,10 +653,18 @@ def _guest_request_queued(trigger: str, reason: str) -> dict[str, Any]:
     """The 202 of the guest's requests, with an example for this trigger."""
     return {
         "description": "Queued, or already taken care of.",
-        "content": _json(_schema("GuestRequestAck"), {
-            "message": "Revert queued",
-            "details": {"action": "revert", "trigger": trigger, "reason": reason,
-                        "queued": True}}),
+        "content": _json(
+            _schema("GuestRequestAck"),
+            {
+                "message": "Revert queued",
+                "details": {
+                    "action": "revert",
+                    "trigger": trigger,
+                    "reason": reason,
+                    "queued": True,
+                },
+            },
+        ),
     }
 
 
@@ -601,8 +682,8 @@ _DELETE_DESCRIPTION = (
 def _delete_responses() -> dict[str, Any]:
     return {
         "200": _message_ok(
-            "The snapshot is gone.",
-            "Snapshot 'backup-2025-12-01' deleted successfully"),
+            "The snapshot is gone.", "Snapshot 'backup-2025-12-01' deleted successfully"
+        ),
         "400": _ref("responses", "InvalidSnapshotName"),
         "404": _ref("responses", "SnapshotNotFound"),
         "500": _libvirt_error(
@@ -618,81 +699,100 @@ def _delete_responses() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     heartbeat_ack = {
         "message": "Heartbeat received",
-        "details": dict(_heartbeat_example(),
-                        last_heartbeat="2025-12-09T10:30:47.654321",
-                        seconds_since_last=0.0),
+        "details": dict(
+            _heartbeat_example(),
+            last_heartbeat="2025-12-09T10:30:47.654321",
+            seconds_since_last=0.0,
+        ),
     }
     return {
         "/": {
             "get": _operation(
-                "Status", "getRootInfo", "API name, version and links",
+                "Status",
+                "getRootInfo",
+                "API name, version and links",
                 "Tells the controller's version and where the documentation "
                 "and the status endpoint are.",
-                {"200": {
-                    "description": "API information.",
-                    "content": _json(_schema("RootInfo"), {
-                        "message": TITLE,
-                        "details": {"version": "1.3.0",
+                {
+                    "200": {
+                        "description": "API information.",
+                        "content": _json(
+                            _schema("RootInfo"),
+                            {
+                                "message": TITLE,
+                                "details": {
+                                    "version": "1.3.0",
                                     "documentation": "/docs",
-                                    "status": "/api/v1/status"},
-                    }),
-                }},
+                                    "status": "/api/v1/status",
+                                },
+                            },
+                        ),
+                    }
+                },
             ),
         },
         "/api/v1/status": {
             "get": _operation(
-                "Status", "getStatus", "VM, snapshot and heartbeat status",
+                "Status",
+                "getStatus",
+                "VM, snapshot and heartbeat status",
                 "Everything an operator needs at a glance: the VM's state, "
                 "whether the reference snapshot exists, the heartbeat "
                 "watchdog and whether automatic revert is on.",
                 {
                     "200": {
                         "description": "Current status.",
-                        "content": _json(_schema("Status"), {
-                            "vm_name": "eden-garden-vm",
-                            "vm_state": "running",
-                            "vm_is_running": True,
-                            "snapshot_name": "ready",
-                            "snapshot_exists": True,
-                            "heartbeat": _heartbeat_example(),
-                            "auto_revert_enabled": True,
-                            "vm_state_detail": None,
-                            "stopped_by_staff": False,
-                            "recovery": {
-                                "count": 3,
-                                "last_time": "2025-12-09T09:12:03.501+01:00",
-                                "last_trigger": "heartbeat_timeout",
-                                "last_outcome": "succeeded",
-                                "guard": {"state": "ok", "detail": None,
-                                          "recent_recoveries": 1,
-                                          "max_recoveries": 5,
-                                          "recovery_window": 600.0,
-                                          "consecutive_failures": 0,
-                                          "retry_in": None},
+                        "content": _json(
+                            _schema("Status"),
+                            {
+                                "vm_name": "eden-garden-vm",
+                                "vm_state": "running",
+                                "vm_is_running": True,
+                                "snapshot_name": "ready",
+                                "snapshot_exists": True,
+                                "heartbeat": _heartbeat_example(),
+                                "auto_revert_enabled": True,
+                                "vm_state_detail": None,
+                                "stopped_by_staff": False,
+                                "recovery": {
+                                    "count": 3,
+                                    "last_time": "2025-12-09T09:12:03.501+01:00",
+                                    "last_trigger": "heartbeat_timeout",
+                                    "last_outcome": "succeeded",
+                                    "guard": {
+                                        "state": "ok",
+                                        "detail": None,
+                                        "recent_recoveries": 1,
+                                        "max_recoveries": 5,
+                                        "recovery_window": 600.0,
+                                        "consecutive_failures": 0,
+                                        "retry_in": None,
+                                    },
+                                },
+                                "state_file": {"saving": True, "detail": None},
+                                "snapshot_detail": None,
                             },
-                            "state_file": {"saving": True, "detail": None},
-                            "snapshot_detail": None,
-                        }),
+                        ),
                     },
                     "500": _libvirt_error(
                         "Reading the status",
-                        "Error retrieving status: failed to connect to the "
-                        "hypervisor",
+                        "Error retrieving status: failed to connect to the hypervisor",
                     ),
                     "503": _503(),
                 },
             ),
         },
         "/api/v1/heartbeat": _get_and_post(
-            "Heartbeat", "sendHeartbeat", "Receive a heartbeat from the guest",
+            "Heartbeat",
+            "sendHeartbeat",
+            "Receive a heartbeat from the guest",
             "Called by the script in the guest, typically once a second. "
             "Each call pushes back the heartbeat deadline. GET and POST do "
             "the same; query parameters other than `token` (guest scripts "
             "add `seq=`, `boot=` and the like) and any body are ignored.",
             {
                 "200": {
-                    "description": "Heartbeat recorded; the watchdog state "
-                                   "after it.",
+                    "description": "Heartbeat recorded; the watchdog state after it.",
                     "content": _json(_schema("HeartbeatAck"), heartbeat_ack),
                 },
                 "503": _503(),
@@ -700,21 +800,23 @@ def _paths() -> dict[str, Any]:
         ),
         "/api/v1/heartbeat/status": {
             "get": _operation(
-                "Heartbeat", "getHeartbeatStatus", "Heartbeat watchdog state",
-                "When the last heartbeat arrived and whether the guest is "
-                "within its timeout.",
+                "Heartbeat",
+                "getHeartbeatStatus",
+                "Heartbeat watchdog state",
+                "When the last heartbeat arrived and whether the guest is within its timeout.",
                 {
                     "200": {
                         "description": "Watchdog state.",
-                        "content": _json(_schema("HeartbeatStatus"),
-                                         _heartbeat_example()),
+                        "content": _json(_schema("HeartbeatStatus"), _heartbeat_example()),
                     },
                     "503": _503(),
                 },
             ),
         },
         "/api/v1/vm/start": _get_and_post(
-            "VM control", "startVm", "Revert to the snapshot and start the VM",
+            "VM control",
+            "startVm",
+            "Revert to the snapshot and start the VM",
             "Reverts the VM to the configured snapshot and starts it. Clears "
             "a manual stop (automatic recovery applies again) and resets "
             "heartbeat monitoring, with the start-up grace period "
@@ -723,20 +825,27 @@ def _paths() -> dict[str, Any]:
             {
                 "200": {
                     "description": "The VM runs.",
-                    "content": _json(_schema("Message"), examples={
-                        "reverted": (
-                            "Reverted to the snapshot and started",
-                            {"message": "VM 'eden-garden-vm' started "
-                                        "successfully", "details": None},
-                        ),
-                        "no_snapshot": (
-                            "No snapshot to revert to: booted as it is",
-                            {"message": "VM 'eden-garden-vm' started "
-                                        "successfully (snapshot 'ready' not "
-                                        "found: booted without a revert)",
-                             "details": None},
-                        ),
-                    }),
+                    "content": _json(
+                        _schema("Message"),
+                        examples={
+                            "reverted": (
+                                "Reverted to the snapshot and started",
+                                {
+                                    "message": "VM 'eden-garden-vm' started successfully",
+                                    "details": None,
+                                },
+                            ),
+                            "no_snapshot": (
+                                "No snapshot to revert to: booted as it is",
+                                {
+                                    "message": "VM 'eden-garden-vm' started "
+                                    "successfully (snapshot 'ready' not "
+                                    "found: booted without a revert)",
+                                    "details": None,
+                                },
+                            ),
+                        },
+                    ),
                 },
                 "500": _libvirt_error(
                     "Starting the VM",
@@ -747,14 +856,17 @@ def _paths() -> dict[str, Any]:
             },
         ),
         "/api/v1/vm/stop": _get_and_post(
-            "VM control", "stopVm", "Stop the VM and keep it stopped",
+            "VM control",
+            "stopVm",
+            "Stop the VM and keep it stopped",
             "Destroys the VM (like pulling the power plug; nothing is saved) "
             "and keeps it stopped: heartbeat monitoring and automatic "
             "recovery are off until the VM is started again with "
             "/api/v1/vm/start or /api/v1/vm/restart.",
             {
-                "200": _message_ok("The VM is stopped.",
-                                   "VM 'eden-garden-vm' stopped successfully"),
+                "200": _message_ok(
+                    "The VM is stopped.", "VM 'eden-garden-vm' stopped successfully"
+                ),
                 "500": _libvirt_error(
                     "Stopping the VM",
                     "Error stopping VM: Failed to destroy domain "
@@ -764,7 +876,8 @@ def _paths() -> dict[str, Any]:
             },
         ),
         "/api/v1/vm/restart": _get_and_post(
-            "VM control", "restartVm",
+            "VM control",
+            "restartVm",
             "Revert to the snapshot and start again (recovery)",
             "The recommended recovery, and the same operation the watchdog "
             "runs on a heartbeat timeout: reverts the VM to the configured "
@@ -777,9 +890,9 @@ def _paths() -> dict[str, Any]:
             "the snapshot's state; otherwise the 500's `detail` says what "
             "staff must do.",
             {
-                "200": _message_ok("The VM was reverted and runs.",
-                                   "VM 'eden-garden-vm' restarted "
-                                   "successfully"),
+                "200": _message_ok(
+                    "The VM was reverted and runs.", "VM 'eden-garden-vm' restarted successfully"
+                ),
                 "409": _ref("responses", "ReferenceSnapshotMissing"),
                 "500": _libvirt_error(
                     "Restarting the VM",
@@ -791,28 +904,33 @@ def _paths() -> dict[str, Any]:
         ),
         "/api/v1/snapshots": {
             "get": _operation(
-                "Snapshots", "listSnapshots", "List the VM's snapshots",
+                "Snapshots",
+                "listSnapshots",
+                "List the VM's snapshots",
                 "Names of all snapshots of the configured VM.",
                 {
                     "200": {
                         "description": "The snapshots.",
-                        "content": _json(_schema("SnapshotList"), {
-                            "vm_name": "eden-garden-vm",
-                            "snapshots": ["ready", "backup-2025-12-01",
-                                          "test-configuration"],
-                        }),
+                        "content": _json(
+                            _schema("SnapshotList"),
+                            {
+                                "vm_name": "eden-garden-vm",
+                                "snapshots": ["ready", "backup-2025-12-01", "test-configuration"],
+                            },
+                        ),
                     },
                     "500": _libvirt_error(
                         "Listing snapshots",
-                        "Error listing snapshots: failed to get "
-                        "domain 'eden-garden-vm'",
+                        "Error listing snapshots: failed to get domain 'eden-garden-vm'",
                     ),
                     "503": _503(),
                 },
             ),
         },
         "/api/v1/snapshot/create": _get_and_post(
-            "Snapshots", "createSnapshot", "Create or replace a snapshot",
+            "Snapshots",
+            "createSnapshot",
+            "Create or replace a snapshot",
             "Snapshots the VM's current disk (and, if it runs, memory) "
             "state; the VM keeps running (its CPUs pause once while the "
             "state is saved, a replacement included). `snapshot_name` "
@@ -825,8 +943,8 @@ def _paths() -> dict[str, Any]:
             {
                 "200": _message_ok(
                     "The snapshot exists now.",
-                    "Snapshot 'ready' created successfully for VM "
-                    "'eden-garden-vm'"),
+                    "Snapshot 'ready' created successfully for VM 'eden-garden-vm'",
+                ),
                 "400": _ref("responses", "InvalidSnapshotName"),
                 "500": _libvirt_error(
                     "Creating the snapshot",
@@ -835,42 +953,46 @@ def _paths() -> dict[str, Any]:
                 ),
                 "503": _503(),
             },
-            post_extra={"requestBody": _ref("requestBodies",
-                                            "SnapshotCreateForm")},
-            path_extra={"parameters": [_ref("parameters",
-                                            "SnapshotNameQuery")]},
+            post_extra={"requestBody": _ref("requestBodies", "SnapshotCreateForm")},
+            path_extra={"parameters": [_ref("parameters", "SnapshotNameQuery")]},
         ),
         "/api/v1/snapshot/{snapshot_name}": {
             "parameters": [_ref("parameters", "SnapshotNamePath")],
             "delete": _operation(
-                "Snapshots", "deleteSnapshot", "Delete a snapshot",
-                _DELETE_DESCRIPTION, _delete_responses(),
+                "Snapshots",
+                "deleteSnapshot",
+                "Delete a snapshot",
+                _DELETE_DESCRIPTION,
+                _delete_responses(),
             ),
         },
         "/api/v1/snapshot/delete/{snapshot_name}": {
             "parameters": [_ref("parameters", "SnapshotNamePath")],
             "get": _operation(
-                "Snapshots", "deleteSnapshotGet",
+                "Snapshots",
+                "deleteSnapshotGet",
                 "Delete a snapshot (GET form)",
-                _DELETE_DESCRIPTION
-                + " Same as DELETE /api/v1/snapshot/{snapshot_name}, for "
-                  "scripts that can only send GET.",
+                _DELETE_DESCRIPTION + " Same as DELETE /api/v1/snapshot/{snapshot_name}, for "
+                "scripts that can only send GET.",
                 _delete_responses(),
             ),
         },
         "/api/v1/revert/enable": _get_and_post(
-            "Auto-revert", "enableAutoRevert", "Turn automatic revert on",
+            "Auto-revert",
+            "enableAutoRevert",
+            "Turn automatic revert on",
             "A heartbeat timeout, a crash or an unexpected shutdown of the "
             "VM makes the controller revert it to the snapshot and start it "
             "(the default).",
             {
-                "200": _message_ok("Automatic revert is on.",
-                                   "Automatic revert enabled"),
+                "200": _message_ok("Automatic revert is on.", "Automatic revert enabled"),
                 "503": _503(),
             },
         ),
         "/api/v1/revert/request": _get_and_post(
-            "Guest requests", "requestRevert", "The guest asks to be reverted",
+            "Guest requests",
+            "requestRevert",
+            "The guest asks to be reverted",
             "For a guest-side watchdog that sees the artwork misbehave (a "
             "crashed player, an error dialog). Answers at once with 202; the "
             "revert runs in the background through the same path as every "
@@ -880,54 +1002,79 @@ def _paths() -> dict[str, Any]:
             "more. Refused with 409 in maintenance, when the VM was stopped "
             "by staff, or when the guard has tripped.",
             {
-                "202": _guest_request_queued("guest_request",
-                                             "player crashed (severity high)"),
-                "400": _error("`reason` is missing or too long, or `severity` "
-                              "is not one of low, normal, high, critical.",
-                              "Invalid parameter: reason is required"),
+                "202": _guest_request_queued("guest_request", "player crashed (severity high)"),
+                "400": _error(
+                    "`reason` is missing or too long, or `severity` "
+                    "is not one of low, normal, high, critical.",
+                    "Invalid parameter: reason is required",
+                ),
                 "409": _ref("responses", "GuestRequestRefused"),
                 "503": _503(),
             },
-            path_extra={"parameters": [
-                {"name": "reason", "in": "query", "required": True,
-                 "description": "Why the guest wants a revert (up to 500 "
-                                "characters; control characters are recorded "
-                                "as '?'); also accepted as a POST form field.",
-                 "schema": {"type": "string", "minLength": 1, "maxLength": 500}},
-                {"name": "severity", "in": "query", "required": False,
-                 "description": "How bad it is; recorded with the reason.",
-                 "schema": {"type": "string", "default": "normal",
-                            "enum": ["low", "normal", "high", "critical"]}},
-            ]},
+            path_extra={
+                "parameters": [
+                    {
+                        "name": "reason",
+                        "in": "query",
+                        "required": True,
+                        "description": "Why the guest wants a revert (up to 500 "
+                        "characters; control characters are recorded "
+                        "as '?'); also accepted as a POST form field.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 500},
+                    },
+                    {
+                        "name": "severity",
+                        "in": "query",
+                        "required": False,
+                        "description": "How bad it is; recorded with the reason.",
+                        "schema": {
+                            "type": "string",
+                            "default": "normal",
+                            "enum": ["low", "normal", "high", "critical"],
+                        },
+                    },
+                ]
+            },
         ),
         "/api/v1/idle/reset": _get_and_post(
-            "Guest requests", "idleReset",
+            "Guest requests",
+            "idleReset",
             "The guest asks for a fresh start after no visitor interaction",
             "For an idle monitor in the guest: after `idle_duration` seconds "
             "without a visitor the artwork is returned to its start state. "
             "Same rules as /api/v1/revert/request; recorded with the trigger "
             "idle_reset.",
             {
-                "202": _guest_request_queued("idle_reset", "the guest reports no "
-                                             "visitor interaction for 900 s"),
-                "400": _error("`idle_duration` is not a number of seconds.",
-                              "Invalid parameter: idle_duration must be a number "
-                              f"of seconds from 0 to {IDLE_DURATION_MAX} (got 'soon')"),
+                "202": _guest_request_queued(
+                    "idle_reset", "the guest reports no visitor interaction for 900 s"
+                ),
+                "400": _error(
+                    "`idle_duration` is not a number of seconds.",
+                    "Invalid parameter: idle_duration must be a number "
+                    f"of seconds from 0 to {IDLE_DURATION_MAX} (got 'soon')",
+                ),
                 "409": _ref("responses", "GuestRequestRefused"),
                 "503": _503(),
             },
-            path_extra={"parameters": [
-                {"name": "idle_duration", "in": "query", "required": False,
-                 "description": "Seconds the guest has been idle (recorded); "
-                                "also accepted as a POST form field or JSON "
-                                "number.",
-                 "schema": {"type": "number", "minimum": 0,
-                            "maximum": IDLE_DURATION_MAX}},
-            ]},
+            path_extra={
+                "parameters": [
+                    {
+                        "name": "idle_duration",
+                        "in": "query",
+                        "required": False,
+                        "description": "Seconds the guest has been idle (recorded); "
+                        "also accepted as a POST form field or JSON "
+                        "number.",
+                        "schema": {"type": "number", "minimum": 0, "maximum": IDLE_DURATION_MAX},
+                    },
+                ]
+            },
         ),
         "/api/v1/events": {
             "get": _operation(
-                "History", "listEvents", "What happened: recoveries and actions",
+                "History",
+                "listEvents",
+                "What happened: recoveries and actions",
                 "Every automatic recovery and every control action, newest "
                 "first: when, which VM, what triggered it, why, how long it "
                 "took, how it ended and virsh's error if any. Kept in the "
@@ -936,90 +1083,123 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": {
                         "description": "The matching events, newest first.",
-                        "content": _json(_schema("History"), {
-                            "vm_name": "eden-garden-vm",
-                            "events": [{
-                                "id": 42, "time": "2025-12-09T09:12:03.501+01:00",
-                                "vm": "eden-garden-vm",
-                                "trigger": "heartbeat_timeout", "action": "revert",
-                                "reason": "no heartbeat for 10.0 s (timeout 10 s)",
-                                "outcome": "succeeded", "duration": 0.612,
-                                "error": None, "count": 1}]}),
+                        "content": _json(
+                            _schema("History"),
+                            {
+                                "vm_name": "eden-garden-vm",
+                                "events": [
+                                    {
+                                        "id": 42,
+                                        "time": "2025-12-09T09:12:03.501+01:00",
+                                        "vm": "eden-garden-vm",
+                                        "trigger": "heartbeat_timeout",
+                                        "action": "revert",
+                                        "reason": "no heartbeat for 10.0 s (timeout 10 s)",
+                                        "outcome": "succeeded",
+                                        "duration": 0.612,
+                                        "error": None,
+                                        "count": 1,
+                                    }
+                                ],
+                            },
+                        ),
                     },
-                    "400": _error("A filter is malformed.",
-                                  "Invalid parameter: limit must be a whole "
-                                  "number from 1 to 1000 (got '0')"),
+                    "400": _error(
+                        "A filter is malformed.",
+                        "Invalid parameter: limit must be a whole number from 1 to 1000 (got '0')",
+                    ),
                     "503": _503(),
                 },
                 parameters=[
-                    {"name": "limit", "in": "query", "required": False,
-                     "description": "At most this many events (default 100).",
-                     "schema": {"type": "integer", "minimum": 1,
-                                "maximum": 1000, "default": 100}},
-                    {"name": "since", "in": "query", "required": False,
-                     "description": "Only events at or after this time: ISO "
-                                    "8601 (without an offset: local time) or "
-                                    "seconds since the epoch.",
-                     "schema": {"anyOf": [
-                         {"type": "string", "format": "date-time"},
-                         {"type": "string", "format": "date"},
-                         {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,6})?$"}]},
-                     "example": "2025-12-09T00:00:00+01:00"},
-                    {"name": "trigger", "in": "query", "required": False,
-                     "description": "Only these triggers (comma-separated or "
-                                    "repeated).",
-                     "style": "form", "explode": True,
-                     "schema": {"type": "array", "items": {
-                         "type": "string", "enum": list(TRIGGERS)}}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "At most this many events (default 100).",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only events at or after this time: ISO "
+                        "8601 (without an offset: local time) or "
+                        "seconds since the epoch.",
+                        "schema": {
+                            "anyOf": [
+                                {"type": "string", "format": "date-time"},
+                                {"type": "string", "format": "date"},
+                                {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,6})?$"},
+                            ]
+                        },
+                        "example": "2025-12-09T00:00:00+01:00",
+                    },
+                    {
+                        "name": "trigger",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only these triggers (comma-separated or repeated).",
+                        "style": "form",
+                        "explode": True,
+                        "schema": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": list(TRIGGERS)},
+                        },
+                    },
                 ],
             ),
         },
         "/api/v1/revert/disable": _get_and_post(
-            "Auto-revert", "disableAutoRevert",
+            "Auto-revert",
+            "disableAutoRevert",
             "Turn automatic revert off (maintenance)",
             "Maintenance mode: failures are logged but nothing is reverted "
             "or restarted until automatic revert is enabled again.",
             {
                 "200": _message_ok(
                     "Automatic revert is off.",
-                    "Automatic revert disabled - manual intervention "
-                    "required on failures"),
+                    "Automatic revert disabled - manual intervention required on failures",
+                ),
                 "503": _503(),
             },
         ),
     }
 
 
-
-
 _TAGS = (
     ("Status", "What the controller and its VM are doing."),
-    ("Heartbeat", "The guest's sign of life and the watchdog that "
-                  "waits for it."),
+    ("Heartbeat", "The guest's sign of life and the watchdog that waits for it."),
     ("VM control", "Start, stop and restart the VM."),
     ("Snapshots", "List, create and delete the VM's snapshots."),
-    ("Auto-revert", "Switch automatic recovery on and off (maintenance "
-                    "mode)."),
+    ("Auto-revert", "Switch automatic recovery on and off (maintenance mode)."),
     ("Guest requests", "The guest's own calls beyond the heartbeat."),
     ("History", "What the controller did, and why."),
 )
 
 
 #: Every requirement is optional: {} = no token configured.
-_SECURITY = [{}, {"bearerToken": []}, {"queryToken": []}]
+_SECURITY: list[dict[str, list[str]]] = [{}, {"bearerToken": []}, {"queryToken": []}]
 
 
 def _security_schemes() -> dict[str, Any]:
     return {
         "bearerToken": {
-            "type": "http", "scheme": "bearer",
+            "type": "http",
+            "scheme": "bearer",
             "description": "The staff token (api_token) or, on the guest's "
-                           "endpoints, the guest token (guest_token).",
+            "endpoints, the guest token (guest_token).",
         },
         "queryToken": {
-            "type": "apiKey", "in": "query", "name": "token",
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
             "description": "The same token as a query parameter, for GET-only "
-                           "clients such as AutoIt. It is never logged.",
+            "clients such as AutoIt. It is never logged.",
         },
     }
 
@@ -1046,7 +1226,7 @@ def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
         if not path.startswith("/api/"):
             item_ops = [op for m, op in item.items() if m in ("get", "post", "delete")]
             for op in item_ops:
-                op["security"] = [{}]   # open even with tokens configured
+                op["security"] = [{}]  # open even with tokens configured
             continue
         for method, op in item.items():
             if method not in ("get", "post", "delete"):
@@ -1059,8 +1239,7 @@ def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
             responses.setdefault("414", _ref("responses", "UriTooLong"))
             responses.setdefault("431", _ref("responses", "HeadersTooLarge"))
             if path in GUEST_PATHS:
-                op["description"] += (" Open to the guest token as well as the "
-                                      "staff token.")
+                op["description"] += " Open to the guest token as well as the staff token."
 
 
 def build_openapi(version: str) -> dict[str, Any]:
@@ -1080,8 +1259,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             "description": _DESCRIPTION,
             "license": {"name": "MIT"},
         },
-        "tags": [{"name": name, "description": text}
-                 for name, text in _TAGS],
+        "tags": [{"name": name, "description": text} for name, text in _TAGS],
         "paths": paths,
         "security": _SECURITY,
         "components": {

@@ -4,23 +4,34 @@ Handlers validate input, call one method and shape the JSON; everything
 that can go wrong below them is turned into ``{"detail": ...}`` with the
 status code the API reference promises, so no traceback reaches a user.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
+from werkzeug.wrappers import Response as ResponseBase
 
 from .docs import LazyDocs, init_docs
 from .loglines import printable
 from .monitor import Busy, Conflict, Monitor, NotInitialised
 from .names import InvalidName, validate_name
-from .params import (SEVERITIES, ApiError, int_param, param_values, seconds_param, text_param,
-                     time_param)
+from .params import (
+    SEVERITIES,
+    ApiError,
+    int_param,
+    param_values,
+    seconds_param,
+    text_param,
+    time_param,
+)
 from .requestlog import RequestLog
 from .security import SecuritySettings, init_security
 from .store import StoreError
@@ -45,6 +56,7 @@ class AnyTextConverter(BaseConverter):
 
 def when_failing(what: str) -> Callable[[F], F]:
     """Name the action in libvirt's error, as in "Error starting VM: <virsh's message>"."""
+
     def decorate(handler: F) -> F:
         @functools.wraps(handler)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,14 +66,17 @@ def when_failing(what: str) -> Callable[[F], F]:
                 raise
             except VirshError as exc:
                 raise ApiError(500, f"Error {what}: {exc.message}") from exc
+
         return wrapper  # type: ignore[return-value]
+
     return decorate
 
 
-def _http_error(exc: HTTPException) -> Response:
+def _http_error(exc: HTTPException) -> ResponseBase:
     response = exc.get_response()
-    response.data = current_app.json.dumps({"detail": exc.description
-                                            if exc.code not in (404, 405) else exc.name})
+    response.data = current_app.json.dumps(
+        {"detail": exc.description if exc.code not in (404, 405) else exc.name}
+    )
     response.content_type = "application/json"
     return response
 
@@ -85,10 +100,10 @@ def _error(status: int, detail: str) -> tuple[Response, int]:
     return jsonify({"detail": detail}), status
 
 
-def create_app(monitor: Monitor, version: str,
-               security: SecuritySettings | None = None) -> Flask:
+def create_app(monitor: Monitor, version: str, security: SecuritySettings | None = None) -> Flask:
     """Build the Flask app around an already constructed Monitor."""
     app = Flask(__name__, static_folder=None)
+    assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False  # keep the field order of the API reference
     app.url_map.converters["anytext"] = AnyTextConverter
     domain = monitor.domain
@@ -106,8 +121,12 @@ def create_app(monitor: Monitor, version: str,
     @app.errorhandler(SnapshotNotFound)
     def _snapshot_not_found(exc: SnapshotNotFound):
         name = request.view_args.get("snapshot_name") if request.view_args else None
-        return _error(404, f"Snapshot '{name}' not found for VM '{domain.name}'" if name
-                      else f"Snapshot not found: {exc.message}")
+        return _error(
+            404,
+            f"Snapshot '{name}' not found for VM '{domain.name}'"
+            if name
+            else f"Snapshot not found: {exc.message}",
+        )
 
     @app.errorhandler(SnapshotMissing)
     @app.errorhandler(Conflict)
@@ -134,9 +153,16 @@ def create_app(monitor: Monitor, version: str,
 
     @app.get("/")
     def root():
-        return jsonify({"message": "Exhibition VM Controller API",
-                        "details": {"version": version, "documentation": "/docs",
-                                    "status": f"{API}/status"}})
+        return jsonify(
+            {
+                "message": "Exhibition VM Controller API",
+                "details": {
+                    "version": version,
+                    "documentation": "/docs",
+                    "status": f"{API}/status",
+                },
+            }
+        )
 
     @app.get(f"{API}/status")
     @when_failing("retrieving status")
@@ -155,8 +181,11 @@ def create_app(monitor: Monitor, version: str,
     @when_failing("starting VM")
     def vm_start():
         result = monitor.start_vm()
-        note = "" if result.reverted else \
-            f" (snapshot '{domain.snapshot_name}' not found: booted without a revert)"
+        note = (
+            ""
+            if result.reverted
+            else f" (snapshot '{domain.snapshot_name}' not found: booted without a revert)"
+        )
         return _message(f"VM '{domain.name}' started successfully{note}")
 
     @app.route(f"{API}/vm/stop", methods=["GET", "POST"])
@@ -219,8 +248,11 @@ def create_app(monitor: Monitor, version: str,
         reason = text_param("reason", required=True, limit=REASON_MAX)
         severity = text_param("severity", required=False, limit=32) or "normal"
         if severity not in SEVERITIES:
-            raise ApiError(400, f"Invalid parameter: severity must be one of "
-                                f"{', '.join(SEVERITIES)} (got {severity!r})")
+            raise ApiError(
+                400,
+                f"Invalid parameter: severity must be one of "
+                f"{', '.join(SEVERITIES)} (got {severity!r})",
+            )
         details = monitor.request_revert(GUEST_REQUEST, f"{reason} (severity {severity})")
         return _accepted(details)
 
@@ -241,8 +273,11 @@ def create_app(monitor: Monitor, version: str,
         triggers = [t for value in request.args.getlist("trigger") for t in value.split(",")]
         unknown = sorted(set(triggers) - set(TRIGGERS))
         if unknown:
-            raise ApiError(400, f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
-                                f"(got {unknown[0]!r})")
+            raise ApiError(
+                400,
+                f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
+                f"(got {unknown[0]!r})",
+            )
         found = monitor.history(limit=limit, since=since, triggers=triggers)
         return jsonify({"vm_name": domain.name, "events": [e.as_json() for e in found]})
 

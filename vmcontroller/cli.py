@@ -14,6 +14,7 @@ Exit status, the same for every verb, so that scripts can rely on it:
 systemd shows the last lines of a failed unit, and a traceback there hides
 the one line that matters, so every error is one line on stderr.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 import yaml
@@ -41,9 +43,13 @@ MASK = "********"
 SECRET_KEY_RE = re.compile(r"(^|_)tokens?(_files?)?$")
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="Config file (default: $VMCTL_CONFIG, else ./config.yaml, "
-         "else /etc/exhibition-vm-controller/config.yaml).")
+    "else /etc/exhibition-vm-controller/config.yaml).",
+)
 
 
 def _load(config_path: str | None, env: dict[str, str] | None = None):
@@ -91,6 +97,7 @@ def main() -> None:
 
 # ====================================================================== the controller itself
 
+
 @main.command()
 @config_option
 def serve(config_path: str | None) -> None:
@@ -101,13 +108,17 @@ def serve(config_path: str | None) -> None:
 
     configure_logging(config.log_level)
     if source is None:
-        click.echo("vmcontroller: no config file found; using defaults and VMCTL_* variables",
-                   err=True)
+        click.echo(
+            "vmcontroller: no config file found; using defaults and VMCTL_* variables", err=True
+        )
     try:
         controller = Controller(config)
     except OSError as exc:
-        click.echo(f"vmcontroller: cannot listen on {config.api_host}:{config.api_port}: "
-                   f"{exc.strerror or exc}", err=True)
+        click.echo(
+            f"vmcontroller: cannot listen on {config.api_host}:{config.api_port}: "
+            f"{exc.strerror or exc}",
+            err=True,
+        )
         sys.exit(1)
     controller.serve_forever()
 
@@ -122,6 +133,7 @@ def check_config(config_path: str | None) -> None:
 
 
 # ====================================================================== verbs over the API
+
 
 def _target(url: str | None, config_path: str | None) -> tuple[str, str | None]:
     """The controller's base URL and the configuration's staff token, if it is to be used.
@@ -162,23 +174,44 @@ def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]],
     wrapper adds the options every verb shares and turns failures into the
     documented exit status.
     """
+
     def decorate(func: Callable[..., tuple[Any, Render]]) -> click.Command:
-        @click.option("--url", metavar="URL", envvar="VMCTL_URL",
-                      help="The controller, e.g. http://127.0.0.1:8000 (default: $VMCTL_URL, "
-                           "else api_host and api_port of the configuration, 0.0.0.0 meaning "
-                           "127.0.0.1).")
-        @click.option("--token", metavar="TOKEN", envvar="VMCTL_TOKEN",
-                      help="Sent as 'Authorization: Bearer TOKEN' (default: $VMCTL_TOKEN, "
-                           "else the configuration's api_token if the URL comes from it too).")
-        @click.option("--json", "as_json", is_flag=True,
-                      help="Print the API's JSON answer instead of text.")
-        @click.option("--timeout", metavar="SECONDS", type=click.FloatRange(min=0.1),
-                      default=DEFAULT_TIMEOUT,
-                      show_default=True, help="Seconds to wait for the answer.")
+        @click.option(
+            "--url",
+            metavar="URL",
+            envvar="VMCTL_URL",
+            help="The controller, e.g. http://127.0.0.1:8000 (default: $VMCTL_URL, "
+            "else api_host and api_port of the configuration, 0.0.0.0 meaning "
+            "127.0.0.1).",
+        )
+        @click.option(
+            "--token",
+            metavar="TOKEN",
+            envvar="VMCTL_TOKEN",
+            help="Sent as 'Authorization: Bearer TOKEN' (default: $VMCTL_TOKEN, "
+            "else the configuration's api_token if the URL comes from it too).",
+        )
+        @click.option(
+            "--json", "as_json", is_flag=True, help="Print the API's JSON answer instead of text."
+        )
+        @click.option(
+            "--timeout",
+            metavar="SECONDS",
+            type=click.FloatRange(min=0.1),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            help="Seconds to wait for the answer.",
+        )
         @config_option
         @functools.wraps(func)
-        def command(url: str | None, token: str | None, as_json: bool, timeout: float,
-                    config_path: str | None, **kwargs: Any) -> None:
+        def command(
+            url: str | None,
+            token: str | None,
+            as_json: bool,
+            timeout: float,
+            config_path: str | None,
+            **kwargs: Any,
+        ) -> None:
             base, config_token = _target(url, config_path)
             client = Client(base, token or config_token, timeout)
             try:
@@ -195,6 +228,7 @@ def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]],
                     click.echo(text)
 
         return group.command(name)(command)
+
     return decorate
 
 
@@ -203,9 +237,14 @@ def _message(data: Any) -> str:
 
 
 @api_command(main, "status")
-@click.option("--field", "fields", metavar="KEY", multiple=True,
-              help="Print only this field (dotted for nested ones, e.g. heartbeat.is_healthy), "
-                   "one value per line; repeatable. For shell scripts.")
+@click.option(
+    "--field",
+    "fields",
+    metavar="KEY",
+    multiple=True,
+    help="Print only this field (dotted for nested ones, e.g. heartbeat.is_healthy), "
+    "one value per line; repeatable. For shell scripts.",
+)
 def status(client: Client, fields: tuple[str, ...]) -> tuple[Any, Render]:
     """Show the VM's state, heartbeat health, maintenance mode and recovery."""
     data = client.status()
@@ -286,21 +325,35 @@ def heartbeat(client: Client) -> tuple[Any, Render]:
 
 
 @api_command(main, "events")
-@click.option("--limit", type=click.IntRange(1, 1000), default=None,
-              help="At most this many events (the API's default: 100).")
-@click.option("--since", metavar="TIME",
-              help="Only events after TIME: ISO 8601 (2026-11-01, 2026-11-01T10:00:00+01:00) "
-                   "or seconds since the epoch.")
-@click.option("--trigger", "triggers", metavar="TRIGGER", multiple=True,
-              help="Only events with this trigger (heartbeat_timeout, vm_stopped, vm_crashed, "
-                   "vm_paused, guest_request, idle_reset, api, startup); repeatable.")
-def events(client: Client, limit: int | None, since: str | None,
-           triggers: tuple[str, ...]) -> tuple[Any, Render]:
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="At most this many events (the API's default: 100).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="Only events after TIME: ISO 8601 (2026-11-01, 2026-11-01T10:00:00+01:00) "
+    "or seconds since the epoch.",
+)
+@click.option(
+    "--trigger",
+    "triggers",
+    metavar="TRIGGER",
+    multiple=True,
+    help="Only events with this trigger (heartbeat_timeout, vm_stopped, vm_crashed, "
+    "vm_paused, guest_request, idle_reset, api, startup); repeatable.",
+)
+def events(
+    client: Client, limit: int | None, since: str | None, triggers: tuple[str, ...]
+) -> tuple[Any, Render]:
     """Show the history of recoveries and actions, newest first."""
     return client.events(limit, since, triggers), _render_events
 
 
 # ====================================================================== text for people
+
 
 def _field(data: Any, name: str) -> str:
     value = data
@@ -321,8 +374,7 @@ def _seconds(value: Any) -> str:
 def _render_heartbeat(hb: dict) -> str:
     since = hb.get("seconds_since_last")
     health = "healthy" if hb.get("is_healthy") else "NOT healthy"
-    last = (f"last {_seconds(since)} ago" if since is not None
-            else "none received yet")
+    last = f"last {_seconds(since)} ago" if since is not None else "none received yet"
     checking = "timeout enforced" if hb.get("enabled") else "timeout not enforced now"
     return f"{health}, {last} (timeout {_seconds(hb.get('timeout'))}, {checking})"
 
@@ -333,25 +385,38 @@ def _render_status(data: dict) -> str:
     if data.get("vm_state_detail"):
         state += f" ({data['vm_state_detail']})"
     rows.append(("VM", f"{data.get('vm_name')}: {state}"))
-    rows.append(("Snapshot", f"{data.get('snapshot_name')} "
-                             f"({'exists' if data.get('snapshot_exists') else 'MISSING: no recovery possible'})"))
+    rows.append(
+        (
+            "Snapshot",
+            f"{data.get('snapshot_name')} "
+            f"({'exists' if data.get('snapshot_exists') else 'MISSING: no recovery possible'})",
+        )
+    )
     rows.append(("Heartbeat", _render_heartbeat(data.get("heartbeat") or {})))
-    rows.append(("Auto-revert", "enabled" if data.get("auto_revert_enabled")
-                 else "DISABLED (maintenance mode)"))
+    rows.append(
+        (
+            "Auto-revert",
+            "enabled" if data.get("auto_revert_enabled") else "DISABLED (maintenance mode)",
+        )
+    )
     if data.get("stopped_by_staff"):
         rows.append(("Stopped", "by staff: stays stopped until start or restart"))
     recovery = data.get("recovery")
     if isinstance(recovery, dict):
         text = f"{recovery.get('count', 0)} automatic"
         if recovery.get("last_time"):
-            text += (f", last {recovery['last_time']} ({recovery.get('last_trigger')}: "
-                     f"{recovery.get('last_outcome')})")
+            text += (
+                f", last {recovery['last_time']} ({recovery.get('last_trigger')}: "
+                f"{recovery.get('last_outcome')})"
+            )
         rows.append(("Recoveries", text))
         guard = recovery.get("guard")
         if isinstance(guard, dict):
-            text = (f"{guard.get('state')}: {guard.get('recent_recoveries')} of "
-                    f"{guard.get('max_recoveries')} recoveries within "
-                    f"{_seconds(guard.get('recovery_window'))}")
+            text = (
+                f"{guard.get('state')}: {guard.get('recent_recoveries')} of "
+                f"{guard.get('max_recoveries')} recoveries within "
+                f"{_seconds(guard.get('recovery_window'))}"
+            )
             if guard.get("detail"):
                 text += f"; {guard['detail']}"
             rows.append(("Guard", text))
@@ -367,8 +432,10 @@ def _render_events(data: dict) -> str:
     for e in found:
         took = "" if e.get("duration") is None else f" in {e['duration']:.2f} s"
         times = f" x{e['count']}" if (e.get("count") or 1) > 1 else ""
-        line = (f"{e.get('time')}  {e.get('trigger')}  {e.get('action')} "
-                f"{e.get('outcome')}{times}{took}: {e.get('reason')}")
+        line = (
+            f"{e.get('time')}  {e.get('trigger')}  {e.get('action')} "
+            f"{e.get('outcome')}{times}{took}: {e.get('reason')}"
+        )
         if e.get("error"):
             line += f" [error: {e['error']}]"
         lines.append(line)

@@ -8,6 +8,7 @@ controller to talk to (``Unreachable``: refused, unknown host, no answer in
 time). Proxy variables are ignored: the controller is on this PC or on the
 exhibition network, never behind a web proxy.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -16,7 +17,8 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from . import __version__
 from .vocab import API_PREFIX
@@ -75,8 +77,7 @@ def check_base_url(url: str) -> str:
 class Client:
     """Calls one controller; every method returns the decoded JSON answer."""
 
-    def __init__(self, base_url: str, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.base_url = check_base_url(base_url)
         self.token = token or None
         self.timeout = timeout
@@ -85,8 +86,12 @@ class Client:
 
     # ------------------------------------------------------------ transport
 
-    def request(self, method: str, path: str,
-                params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    ) -> Any:
         """Send one request; return the JSON body of a 2xx answer or raise a ClientError."""
         url = self.base_url + path
         if params:
@@ -97,8 +102,9 @@ class Client:
         headers = {"Accept": "application/json", "User-Agent": f"vmcontroller/{__version__}"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(url, method=method, headers=headers,
-                                     data=b"" if method in ("POST", "PUT") else None)
+        req = urllib.request.Request(
+            url, method=method, headers=headers, data=b"" if method in ("POST", "PUT") else None
+        )
         try:
             with self._opener.open(req, timeout=self.timeout) as response:
                 status, body = response.status, response.read()
@@ -112,8 +118,9 @@ class Client:
         try:
             return json.loads(body)
         except ValueError:
-            raise ApiError(status, f"the answer from {self.base_url} is not JSON: "
-                                   f"{_snippet(body)}") from None
+            raise ApiError(
+                status, f"the answer from {self.base_url} is not JSON: {_snippet(body)}"
+            ) from None
 
     def _why(self, reason: Any) -> str:
         where = self.base_url
@@ -159,8 +166,9 @@ class Client:
     def set_auto_revert(self, enabled: bool) -> dict:
         return self.request("POST", f"{API}/revert/{'enable' if enabled else 'disable'}")
 
-    def events(self, limit: int | None = None, since: str | None = None,
-               triggers: Iterable[str] = ()) -> dict:
+    def events(
+        self, limit: int | None = None, since: str | None = None, triggers: Iterable[str] = ()
+    ) -> dict:
         params: list[tuple[str, Any]] = [("limit", limit), ("since", since)]
         params += [("trigger", t) for t in triggers]
         return self.request("GET", f"{API}/events", params)

@@ -4,18 +4,21 @@ A controller in a gallery is started by systemd and nobody reads a traceback,
 so every problem is reported as one line naming the key, the value and what
 was expected (``ConfigError``), and the program exits with status 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
 from .names import NAME_RE
+
 ENV_PREFIX = "VMCTL_"
 CONFIG_ENV = "VMCTL_CONFIG"
 SYSTEM_CONFIG = Path("/etc/exhibition-vm-controller/config.yaml")
@@ -72,8 +75,10 @@ class _Rule:
     expected: str
 
 
-_TOKEN_RULE = ("null, or a token of 16 to 256 printable ASCII characters without spaces "
-               "(e.g. from: openssl rand -hex 24)")
+_TOKEN_RULE = (
+    "null, or a token of 16 to 256 printable ASCII characters without spaces "
+    "(e.g. from: openssl rand -hex 24)"
+)
 SECRET_KEYS = ("api_token", "guest_token")
 
 
@@ -82,8 +87,11 @@ def _good_token(value: str) -> bool:
 
 
 #: A DNS name (letters, digits, '-', '_', dots; a final dot allowed), no port.
-_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
-                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?", re.ASCII)
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?",
+    re.ASCII,
+)
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -91,62 +99,91 @@ def _between(lo: float, hi: float) -> Callable[[Any], bool]:
 
 
 _RULES: dict[str, _Rule] = {
-    "vm_name": _Rule(str, lambda v: bool(NAME_RE.fullmatch(v)),
-                     "a libvirt domain name: 1-64 ASCII letters, digits, '.', '_' or '-', "
-                     "starting with a letter or digit"),
-    "snapshot_name": _Rule(str, lambda v: bool(NAME_RE.fullmatch(v)),
-                           "a snapshot name: 1-64 ASCII letters, digits, '.', '_' or '-', "
-                           "starting with a letter or digit"),
-    "heartbeat_timeout": _Rule(float, _between(0.1, 86400), "a number of seconds from 0.1 to 86400"),
-    "heartbeat_check_interval": _Rule(float, _between(0.05, 3600),
-                                      "a number of seconds from 0.05 to 3600"),
-    "vm_startup_heartbeat_delay": _Rule(float, _between(0, 3600),
-                                        "a number of seconds from 0 to 3600"),
-    "api_host": _Rule(str, lambda v: bool(v.strip()) and not any(c.isspace() for c in v),
-                      "a host name or IP address, e.g. 127.0.0.1 or 0.0.0.0"),
+    "vm_name": _Rule(
+        str,
+        lambda v: bool(NAME_RE.fullmatch(v)),
+        "a libvirt domain name: 1-64 ASCII letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+    ),
+    "snapshot_name": _Rule(
+        str,
+        lambda v: bool(NAME_RE.fullmatch(v)),
+        "a snapshot name: 1-64 ASCII letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+    ),
+    "heartbeat_timeout": _Rule(
+        float, _between(0.1, 86400), "a number of seconds from 0.1 to 86400"
+    ),
+    "heartbeat_check_interval": _Rule(
+        float, _between(0.05, 3600), "a number of seconds from 0.05 to 3600"
+    ),
+    "vm_startup_heartbeat_delay": _Rule(
+        float, _between(0, 3600), "a number of seconds from 0 to 3600"
+    ),
+    "api_host": _Rule(
+        str,
+        lambda v: bool(v.strip()) and not any(c.isspace() for c in v),
+        "a host name or IP address, e.g. 127.0.0.1 or 0.0.0.0",
+    ),
     "api_port": _Rule(int, _between(0, 65535), "a TCP port from 1 to 65535 (0: any free port)"),
     "api_reload": _Rule(bool, lambda v: True, "true or false"),
     "api_threads": _Rule(int, _between(4, 256), "a whole number of worker threads from 4 to 256"),
     "auto_revert_enabled": _Rule(bool, lambda v: True, "true or false"),
     "log_level": _Rule(str, lambda v: v.upper() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
-    "libvirt_uri": _Rule(str, lambda v: "://" in v and not v.startswith("-"),
-                         "a libvirt connection URI such as qemu:///system"),
+    "libvirt_uri": _Rule(
+        str,
+        lambda v: "://" in v and not v.startswith("-"),
+        "a libvirt connection URI such as qemu:///system",
+    ),
     "virsh_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
     "virsh_long_timeout": _Rule(float, _between(1, 7200), "a number of seconds from 1 to 7200"),
-    "api_busy_timeout": _Rule(float, _between(0.1, 3600),
-                              "a number of seconds from 0.1 to 3600"),
+    "api_busy_timeout": _Rule(float, _between(0.1, 3600), "a number of seconds from 0.1 to 3600"),
     "always_clean_start": _Rule(bool, lambda v: True, "true or false"),
     "state_poll_interval": _Rule(float, _between(1, 86400), "a number of seconds from 1 to 86400"),
-    "state_path": _Rule(str, lambda v: bool(v.strip()),
-                        "the path of the SQLite state file, e.g. /var/lib/exhibition-vm-controller/state.db"),
+    "state_path": _Rule(
+        str,
+        lambda v: bool(v.strip()),
+        "the path of the SQLite state file, e.g. /var/lib/exhibition-vm-controller/state.db",
+    ),
     "history_max_age_days": _Rule(float, _between(1, 3650), "a number of days from 1 to 3650"),
-    "history_max_events": _Rule(int, _between(100, 10_000_000),
-                                "a whole number of events from 100 to 10000000"),
+    "history_max_events": _Rule(
+        int, _between(100, 10_000_000), "a whole number of events from 100 to 10000000"
+    ),
     "max_recoveries": _Rule(int, _between(1, 1000), "a whole number from 1 to 1000"),
     "recovery_window": _Rule(float, _between(1, 604800), "a number of seconds from 1 to 604800"),
-    "recovery_backoff_initial": _Rule(float, _between(0.1, 3600),
-                                      "a number of seconds from 0.1 to 3600"),
-    "recovery_backoff_max": _Rule(float, _between(0.1, 86400),
-                                  "a number of seconds from 0.1 to 86400"),
-    "post_revert_command": _Rule(tuple, lambda v: v is None or (
-        len(v) > 0 and all(isinstance(a, str) and a for a in v)),
+    "recovery_backoff_initial": _Rule(
+        float, _between(0.1, 3600), "a number of seconds from 0.1 to 3600"
+    ),
+    "recovery_backoff_max": _Rule(
+        float, _between(0.1, 86400), "a number of seconds from 0.1 to 86400"
+    ),
+    "post_revert_command": _Rule(
+        tuple,
+        lambda v: v is None or (len(v) > 0 and all(isinstance(a, str) and a for a in v)),
         "null or a non-empty list of strings (the program and its arguments; "
-        "{vm_name} and {snapshot_name} are replaced)"),
+        "{vm_name} and {snapshot_name} are replaced)",
+    ),
     "post_revert_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
     "api_token": _Rule(str, lambda v: _good_token(v), _TOKEN_RULE),
     "api_token_file": _Rule(str, lambda v: bool(v.strip()), "the path of a file holding the token"),
     "guest_token": _Rule(str, lambda v: _good_token(v), _TOKEN_RULE),
-    "guest_token_file": _Rule(str, lambda v: bool(v.strip()),
-                              "the path of a file holding the token"),
-    "cors_origins": _Rule(tuple, lambda v: v is None or all(
-        isinstance(o, str) and re.fullmatch(r"https?://[^/\s]+", o) for o in v),
-        "null or a list of origins such as http://192.168.122.1:8080 (scheme://host[:port])"),
-    "allowed_hosts": _Rule(tuple, lambda v: v is None or all(
-        isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in v),
+    "guest_token_file": _Rule(
+        str, lambda v: bool(v.strip()), "the path of a file holding the token"
+    ),
+    "cors_origins": _Rule(
+        tuple,
+        lambda v: (
+            v is None or all(isinstance(o, str) and re.fullmatch(r"https?://[^/\s]+", o) for o in v)
+        ),
+        "null or a list of origins such as http://192.168.122.1:8080 (scheme://host[:port])",
+    ),
+    "allowed_hosts": _Rule(
+        tuple,
+        lambda v: v is None or all(isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in v),
         "null or a list of host names such as exhibition-pc.museum.example (names only: "
-        "IP addresses, localhost and the machine's own names are always accepted)"),
-    "api_channel_timeout": _Rule(float, _between(1, 3600),
-                                 "a number of seconds from 1 to 3600"),
+        "IP addresses, localhost and the machine's own names are always accepted)",
+    ),
+    "api_channel_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -156,8 +193,9 @@ DEFAULTS: dict[str, Any] = {
 assert set(_RULES) == set(KEYS), "every config key needs a validation rule"
 
 
-def find_config_file(explicit: str | os.PathLike | None, env: Mapping[str, str],
-                     cwd: Path | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike | None, env: Mapping[str, str], cwd: Path | None = None
+) -> Path | None:
     """Pick the file: --config, else $VMCTL_CONFIG, else ./config.yaml, else /etc.
 
     An explicitly named file must exist; the two fallbacks are optional so
@@ -198,8 +236,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, "
-                          f"not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys to values, "
+            f"not {type(data).__name__}"
+        )
     return data
 
 
@@ -209,7 +249,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
-        key = name[len(ENV_PREFIX):].lower()
+        key = name[len(ENV_PREFIX) :].lower()
         if key not in _RULES:
             # Other tools (the CLI's VMCTL_URL, VMCTL_TOKEN) share the prefix.
             continue
@@ -225,8 +265,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any) -> Any:
     rule = _RULES[key]
-    shown = f"{key}=<hidden, {len(value)} characters>" if key in SECRET_KEYS and \
-        isinstance(value, str) else f"{key}={value!r}"
+    shown = (
+        f"{key}=<hidden, {len(value)} characters>"
+        if key in SECRET_KEYS and isinstance(value, str)
+        else f"{key}={value!r}"
+    )
     if rule.kind is tuple:
         ok = value is None or isinstance(value, (list, tuple))
         value = None if value is None or not ok else tuple(value)
@@ -253,19 +296,30 @@ def build_config(values: Mapping[str, Any]) -> Config:
         key = unknown[0]
         raise ConfigError(f"unknown key {key}={values[key]!r}: expected one of {', '.join(KEYS)}")
     if values.get("vm_name") in (None, ""):
-        raise ConfigError("vm_name is missing: expected the name of the libvirt domain to keep running")
+        raise ConfigError(
+            "vm_name is missing: expected the name of the libvirt domain to keep running"
+        )
     merged = {**DEFAULTS, **values}
     for key in SECRET_KEYS:
         merged[key] = _token_from_file(key, merged)
-    config = Config(**{key: _coerce(key, merged[key]) for key in KEYS
-                       if merged[key] is not None or DEFAULTS.get(key, 0) is not None})
+    config = Config(
+        **{
+            key: _coerce(key, merged[key])
+            for key in KEYS
+            if merged[key] is not None or DEFAULTS.get(key, 0) is not None
+        }
+    )
     if config.virsh_long_timeout < config.virsh_timeout:
-        raise ConfigError(f"virsh_long_timeout={config.virsh_long_timeout:g} is invalid: "
-                          f"expected at least virsh_timeout ({config.virsh_timeout:g})")
+        raise ConfigError(
+            f"virsh_long_timeout={config.virsh_long_timeout:g} is invalid: "
+            f"expected at least virsh_timeout ({config.virsh_timeout:g})"
+        )
     if config.recovery_backoff_max < config.recovery_backoff_initial:
-        raise ConfigError(f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
-                          f"expected at least recovery_backoff_initial "
-                          f"({config.recovery_backoff_initial:g})")
+        raise ConfigError(
+            f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
+            f"expected at least recovery_backoff_initial "
+            f"({config.recovery_backoff_initial:g})"
+        )
     return config
 
 
@@ -281,15 +335,17 @@ def _token_from_file(key: str, merged: dict[str, Any]) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{key}_file={path!r} is invalid: cannot read it "
-                          f"({_unreadable(exc)})") from None
+        raise ConfigError(
+            f"{key}_file={path!r} is invalid: cannot read it ({_unreadable(exc)})"
+        ) from None
     if not _good_token(text):
         raise ConfigError(f"{key}_file={path!r} is invalid: the file must hold {_TOKEN_RULE}")
     return text
 
 
-def load_config(path: str | os.PathLike | None = None,
-                env: Mapping[str, str] | None = None) -> tuple[Config, Path | None]:
+def load_config(
+    path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Config, Path | None]:
     """Load the effective configuration and say which file it came from."""
     env = os.environ if env is None else env
     source = find_config_file(path, env)
@@ -303,8 +359,7 @@ def load_config(path: str | os.PathLike | None = None,
 
 def masked(values: dict[str, Any]) -> dict[str, Any]:
     """The same settings with secrets hidden, for the log and for check-config."""
-    return {k: ("********" if k in SECRET_KEYS and v is not None else v)
-            for k, v in values.items()}
+    return {k: ("********" if k in SECRET_KEYS and v is not None else v) for k, v in values.items()}
 
 
 def as_dict(config: Config) -> dict[str, Any]:

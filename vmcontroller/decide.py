@@ -5,6 +5,7 @@ do next, and when to look again, is decided here from a plain record and a
 ``now`` passed in, so every rule can be tested as a table without threads,
 sleeps or libvirt (the way a process supervisor tests its state machine).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from .vm import NOT_FOUND, RUNNING
 UNKNOWN = "unknown"
 
 # ------------------------------------------------------------------ what the loop can do
-CHECK_STATE = "check_state"            # ask libvirt for the VM's state (event or safety poll)
-RUN_PENDING = "run_pending"            # carry out a guest's queued request
-PRUNE = "prune"                        # trim the history
-GRACE_OVER = "grace_over"              # start enforcing the heartbeat timeout
+CHECK_STATE = "check_state"  # ask libvirt for the VM's state (event or safety poll)
+RUN_PENDING = "run_pending"  # carry out a guest's queued request
+PRUNE = "prune"  # trim the history
+GRACE_OVER = "grace_over"  # start enforcing the heartbeat timeout
 HEARTBEAT_SILENT = "heartbeat_silent"  # the heartbeat deadline has passed
-PAUSED_TOO_LONG = "paused_too_long"    # the VM has been paused longer than the timeout
+PAUSED_TOO_LONG = "paused_too_long"  # the VM has been paused longer than the timeout
 
 PRUNE_EVERY = 3600.0
 
@@ -30,14 +31,14 @@ class Watch:
     """What the monitor knows; all times are on its monotonic clock."""
 
     timeout: float
-    state_dirty: bool = True        # an event (or a restart) says: look at the VM again
-    pending: bool = False           # a guest's request is queued
-    busy: bool = False              # an operation of ours holds the VM (it may be paused)
-    hold_until: float = 0.0         # no automatic recovery before this (guard's back-off)
+    state_dirty: bool = True  # an event (or a restart) says: look at the VM again
+    pending: bool = False  # a guest's request is queued
+    busy: bool = False  # an operation of ours holds the VM (it may be paused)
+    hold_until: float = 0.0  # no automatic recovery before this (guard's back-off)
     next_prune: float = 0.0
     next_poll: float = 0.0
-    enabled: bool = False           # the heartbeat timeout is enforced
-    armed_at: float = 0.0           # silence counts from here at the earliest
+    enabled: bool = False  # the heartbeat timeout is enforced
+    armed_at: float = 0.0  # silence counts from here at the earliest
     grace_until: float | None = None  # enforcement starts then (after a start or our operation)
     last_hb: float | None = None
     timeout_reported: bool = False  # this silence was acted on (or refused) already
@@ -47,8 +48,8 @@ class Watch:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str | None   # None: nothing is due
-    wake: float          # when to look again if nothing is due
+    action: str | None  # None: nothing is due
+    wake: float  # when to look again if nothing is due
 
 
 def heartbeat_deadline(watch: Watch) -> float:
@@ -99,25 +100,25 @@ def decide(watch: Watch, now: float) -> Decision:
 
 # ------------------------------------------------------------------ at start-up
 STAY_STOPPED = "stay_stopped"  # staff stopped it before the controller restarted
-LEAVE = "leave"                # maintenance: leave the VM as it is, watch nothing
-WAIT = "wait"                  # libvirt does not answer, or the VM is not defined yet
-ADOPT = "adopt"                # running and healthy when last seen: keep it, wait for heartbeats
-REVERT = "revert"              # clean start from the reference snapshot
-BOOT = "boot"                  # no snapshot and not running: boot it as it is
-WATCH = "watch"                # no snapshot but running: watch it
+LEAVE = "leave"  # maintenance: leave the VM as it is, watch nothing
+WAIT = "wait"  # libvirt does not answer, or the VM is not defined yet
+ADOPT = "adopt"  # running and healthy when last seen: keep it, wait for heartbeats
+REVERT = "revert"  # clean start from the reference snapshot
+BOOT = "boot"  # no snapshot and not running: boot it as it is
+WATCH = "watch"  # no snapshot but running: watch it
 
 STARTUP_PLANS = (STAY_STOPPED, LEAVE, WAIT, ADOPT, REVERT, BOOT, WATCH)
 
 
 @dataclass(frozen=True)
 class StartupFacts:
-    vm_state: str                 # libvirt's word, NOT_FOUND or UNKNOWN
+    vm_state: str  # libvirt's word, NOT_FOUND or UNKNOWN
     snapshot_exists: bool
     stopped_by_staff: bool
     auto_revert: bool
     healthy_when_last_seen: bool  # the previous run's last word on the guest's heartbeats
-    same_boot: bool               # the host has not rebooted since the previous run
-    always_clean_start: bool      # the config asks for the old behaviour
+    same_boot: bool  # the host has not rebooted since the previous run
+    always_clean_start: bool  # the config asks for the old behaviour
 
 
 def startup_plan(facts: StartupFacts) -> str:
@@ -135,8 +136,12 @@ def startup_plan(facts: StartupFacts) -> str:
     if not facts.auto_revert:
         return LEAVE
     running = facts.vm_state == RUNNING
-    if running and facts.healthy_when_last_seen and facts.same_boot \
-            and not facts.always_clean_start:
+    if (
+        running
+        and facts.healthy_when_last_seen
+        and facts.same_boot
+        and not facts.always_clean_start
+    ):
         return ADOPT
     if facts.snapshot_exists:
         return REVERT

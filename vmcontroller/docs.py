@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Blueprint, Flask, render_template, url_for
 
@@ -40,11 +41,14 @@ FLASGGER_BLUEPRINT = "flasgger"
 SPEC_ENDPOINT = "openapi"
 """flasgger's endpoint for the schema, i.e. ``flasgger.openapi``."""
 
-_SANS = ('-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, '
-         '"Helvetica Neue", Arial, "Noto Sans", "Liberation Sans", '
-         '"DejaVu Sans", sans-serif')
-_MONO = ('ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", '
-         '"Liberation Mono", "Courier New", monospace')
+_SANS = (
+    '-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, '
+    '"Helvetica Neue", Arial, "Noto Sans", "Liberation Sans", '
+    '"DejaVu Sans", sans-serif'
+)
+_MONO = (
+    'ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", "Courier New", monospace'
+)
 
 
 def _no_rules(rule: Any) -> bool:
@@ -62,11 +66,13 @@ def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
     """
     return {
         "headers": [],
-        "specs": [{
-            "endpoint": SPEC_ENDPOINT,
-            "route": SPEC_ROUTE,
-            "rule_filter": _no_rules,
-        }],
+        "specs": [
+            {
+                "endpoint": SPEC_ENDPOINT,
+                "route": SPEC_ROUTE,
+                "rule_filter": _no_rules,
+            }
+        ],
         "openapi": spec["openapi"],
         "title": spec["info"]["title"],
         "uiversion": 3,
@@ -117,10 +123,8 @@ def _docs_blueprint(title: str) -> Blueprint:
             "redoc.html",
             title=title,
             spec_url=url_for(f"{FLASGGER_BLUEPRINT}.{SPEC_ENDPOINT}"),
-            redoc_js_url=url_for(f"{DOCS_BLUEPRINT}.static",
-                                 filename="redoc.standalone.js"),
-            favicon_url=url_for(f"{FLASGGER_BLUEPRINT}.static",
-                                filename="favicon-32x32.png"),
+            redoc_js_url=url_for(f"{DOCS_BLUEPRINT}.static", filename="redoc.standalone.js"),
+            favicon_url=url_for(f"{FLASGGER_BLUEPRINT}.static", filename="favicon-32x32.png"),
             redoc_options=_redoc_options(),
         )
 
@@ -133,10 +137,12 @@ def _docs_blueprint(title: str) -> Blueprint:
 #: scripts and the bundles; blob: by ReDoc's search worker. Sent as a header
 #: (with frame-ancestors, which a <meta> cannot carry) and as a <meta>, so a
 #: saved copy of the page keeps it.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
-            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-            "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-            "child-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "child-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'"
+)
 
 
 def init_docs(app: Flask, spec: dict[str, Any]) -> None:
@@ -153,13 +159,17 @@ def init_docs(app: Flask, spec: dict[str, Any]) -> None:
 
     app.context_processor(lambda: {"docs_csp": DOCS_CSP})
     app.register_blueprint(_docs_blueprint(spec["info"]["title"]))
-    Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec),
-            merge=False)
+    Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec), merge=False)
 
 
 #: The paths the docs app answers (init_docs' routes); every other path is the API's.
-DOCS_APP_PREFIXES = (DOCS_ROUTE, REDOC_ROUTE, SPEC_ROUTE, "/flasgger_static/",
-                     "/oauth2-redirect.html")
+DOCS_APP_PREFIXES = (
+    DOCS_ROUTE,
+    REDOC_ROUTE,
+    SPEC_ROUTE,
+    "/flasgger_static/",
+    "/oauth2-redirect.html",
+)
 
 
 class LazyDocs:

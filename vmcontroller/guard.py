@@ -17,11 +17,13 @@ attempt older than the window is gone, and a back-off never lasts longer than
 the delay that set it. A step between runs thus disturbs the guard for at
 most one window or one back-off, never for the size of the step.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .vocab import GUARD_BACKOFF as BACKOFF
 from .vocab import GUARD_FAILED as FAILED
@@ -32,14 +34,14 @@ _KEY = "guard"
 
 class FlagStore(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
-    def put(self, key: str, value: Any) -> None: ...
+    def put(self, key: str, value: Any) -> object: ...
 
 
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
     reason: str | None = None
-    newly_failed: bool = False   # this refusal is the one that tripped the guard
+    newly_failed: bool = False  # this refusal is the one that tripped the guard
 
 
 class RecoveryGuard:
@@ -49,10 +51,16 @@ class RecoveryGuard:
     since the epoch, used only to write and read the state file.
     """
 
-    def __init__(self, store: FlagStore, max_recoveries: int, window: float,
-                 backoff_initial: float, backoff_max: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: FlagStore,
+        max_recoveries: int,
+        window: float,
+        backoff_initial: float,
+        backoff_max: float,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ):
         self._store = store
         self.max_recoveries = max_recoveries
         self.window = window
@@ -63,13 +71,15 @@ class RecoveryGuard:
         saved = store.get(_KEY, {}) or {}
         self._failures = int(saved.get("failures", 0))
         self._failed_reason: str | None = saved.get("failed_reason")
-        self._attempts, self._retry_at = self._from_wall(saved.get("attempts", []),
-                                                         saved.get("retry_at"))
+        self._attempts, self._retry_at = self._from_wall(
+            saved.get("attempts", []), saved.get("retry_at")
+        )
 
     # ------------------------------------------------------------ persistence
 
-    def _from_wall(self, attempts: list[float], retry_at: float | None
-                   ) -> tuple[list[float], float | None]:
+    def _from_wall(
+        self, attempts: list[float], retry_at: float | None
+    ) -> tuple[list[float], float | None]:
         """Saved wall times onto this run's monotonic timeline, capped (see the module)."""
         now, wall_now = self._clock(), self._wallclock()
         recent = []
@@ -88,12 +98,15 @@ class RecoveryGuard:
         # Saved on the wall clock of this moment, however it was stepped since the
         # times were taken: the next run reads them against the same wall clock.
         offset = self._wallclock() - self._clock()
-        self._store.put(_KEY, {
-            "attempts": [t + offset for t in self._attempts],
-            "failures": self._failures,
-            "retry_at": None if self._retry_at is None else self._retry_at + offset,
-            "failed_reason": self._failed_reason,
-        })
+        self._store.put(
+            _KEY,
+            {
+                "attempts": [t + offset for t in self._attempts],
+                "failures": self._failures,
+                "retry_at": None if self._retry_at is None else self._retry_at + offset,
+                "failed_reason": self._failed_reason,
+            },
+        )
 
     # ------------------------------------------------------------ reading
 
@@ -129,13 +142,18 @@ class RecoveryGuard:
             return Verdict(False, self._failed_reason)
         remaining = self.retry_in()
         if remaining is not None:
-            return Verdict(False, f"backing off after {self._failures} failed attempt(s) "
-                                  f"until {remaining:.1f} s from now")
+            return Verdict(
+                False,
+                f"backing off after {self._failures} failed attempt(s) "
+                f"until {remaining:.1f} s from now",
+            )
         recent = self._recent(self._clock())
         if len(recent) >= self.max_recoveries:
-            self._failed_reason = (f"{len(recent)} automatic recoveries within "
-                                   f"{self.window:g} s (limit {self.max_recoveries}): the VM is "
-                                   f"left as it is until staff start or restart it")
+            self._failed_reason = (
+                f"{len(recent)} automatic recoveries within "
+                f"{self.window:g} s (limit {self.max_recoveries}): the VM is "
+                f"left as it is until staff start or restart it"
+            )
             self._save()
             return Verdict(False, self._failed_reason, newly_failed=True)
         return Verdict(True)

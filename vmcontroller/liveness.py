@@ -6,6 +6,7 @@ revert a healthy guest for silence the controller itself caused. systemd's
 watchdog should restart the controller instead, so Notifier withholds its
 pings when this probe has had no answer for too long.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -13,7 +14,7 @@ import ipaddress
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def probe_host(api_host: str) -> str:
     try:
         address = ipaddress.ip_address(api_host)
     except ValueError:
-        return api_host   # a name: it resolves to where we listen
+        return api_host  # a name: it resolves to where we listen
     if address.is_unspecified:
         return "::1" if address.version == 6 else "127.0.0.1"
     return api_host
@@ -32,8 +33,14 @@ def probe_host(api_host: str) -> str:
 class HttpProbe:
     """GET / every ``interval`` seconds in a thread of its own; remembers the last answer."""
 
-    def __init__(self, host: str, port: Callable[[], int], interval: float, timeout: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        host: str,
+        port: Callable[[], int],
+        interval: float,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.host = host
         self.port = port
         self.interval = interval
@@ -73,8 +80,10 @@ class HttpProbe:
         silent = self._clock() - self._last_ok
         if silent <= stale_after:
             return None
-        return (f"the HTTP server has not answered for {silent:.0f} s (limit {stale_after:g} s; "
-                f"{self._last_error or 'no answer yet'})")
+        return (
+            f"the HTTP server has not answered for {silent:.0f} s (limit {stale_after:g} s; "
+            f"{self._last_error or 'no answer yet'})"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

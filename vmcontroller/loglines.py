@@ -5,12 +5,13 @@ The log is read by people and by journald, one record per line: a path with
 a guest script that repeats a refused request every second must not bury the
 lines that matter. A leaf module: the app and the monitor both use it.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from .vocab import REPEAT_INTERVAL
 
@@ -48,8 +49,12 @@ class RepeatLimiter:
     Thread-safe: requests arrive on the server's worker threads.
     """
 
-    def __init__(self, interval: float = REPEAT_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 1024):
+    def __init__(
+        self,
+        interval: float = REPEAT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ):
         self.interval = interval
         self._clock = clock
         self._max_keys = max_keys

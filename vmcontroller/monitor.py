@@ -18,17 +18,19 @@ costs history, never a recovery. Status is answered from what this object
 already knows, so a dashboard polling every second starts no virsh process
 and a hung libvirtd cannot slow it down.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from . import decide as rules
 from .config import Config
@@ -38,10 +40,31 @@ from .loglines import RepeatLimiter
 from .statewriter import StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
-from .vm import (CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF, Domain, RevertNeedsStaff,
-                 RevertResult, StartResult)
-from .vocab import (API, AUTOMATIC_TRIGGERS, FAILED, GUARD_FAILED, HEARTBEAT_TIMEOUT, REFUSED,
-                    SKIPPED, STARTUP, SUCCEEDED, VM_CRASHED, VM_PAUSED, VM_STOPPED)
+from .vm import (
+    CRASHED,
+    NOT_FOUND,
+    PAUSED,
+    RUNNING,
+    SHUT_OFF,
+    Domain,
+    RevertNeedsStaff,
+    RevertResult,
+    StartResult,
+)
+from .vocab import (
+    API,
+    AUTOMATIC_TRIGGERS,
+    FAILED,
+    GUARD_FAILED,
+    HEARTBEAT_TIMEOUT,
+    REFUSED,
+    SKIPPED,
+    STARTUP,
+    SUCCEEDED,
+    VM_CRASHED,
+    VM_PAUSED,
+    VM_STOPPED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +114,15 @@ def longest_locked_operation(config: Config) -> float:
 class Monitor:
     """Heartbeats, VM state and every action on the VM, for one domain."""
 
-    def __init__(self, domain: Domain, config: Config, store: Store,
-                 clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], datetime] = _wallclock,
-                 boot_id: Callable[[], str | None] = host_boot_id):
+    def __init__(
+        self,
+        domain: Domain,
+        config: Config,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], datetime] = _wallclock,
+        boot_id: Callable[[], str | None] = host_boot_id,
+    ):
         self.domain = domain
         self.store = StateWriter(store)
         self.timeout = config.heartbeat_timeout
@@ -113,17 +141,23 @@ class Monitor:
         # Everything below is guarded by _cond.
         saved = self.store.get("auto_revert_enabled")
         if saved is None:
-            saved = config.auto_revert_enabled   # the config only seeds the very first start
+            saved = config.auto_revert_enabled  # the config only seeds the very first start
             self.store.put("auto_revert_enabled", saved)
         self._auto_revert: bool = bool(saved)
         self._manual_stop: bool = bool(self.store.get("manual_stop", False))
         self._healthy_saved: bool = bool(self.store.get("vm_healthy", False))
-        self.guard = RecoveryGuard(self.store, config.max_recoveries, config.recovery_window,
-                                   config.recovery_backoff_initial, config.recovery_backoff_max,
-                                   clock=clock, wallclock=lambda: wallclock().timestamp())
+        self.guard = RecoveryGuard(
+            self.store,
+            config.max_recoveries,
+            config.recovery_window,
+            config.recovery_backoff_initial,
+            config.recovery_backoff_max,
+            clock=clock,
+            wallclock=lambda: wallclock().timestamp(),
+        )
         self._refusal_log = RepeatLimiter(clock=clock)
         self._w = Watch(timeout=self.timeout, armed_at=clock())
-        self._started_at = clock()      # last (re)start: is_healthy needs a heartbeat after it
+        self._started_at = clock()  # last (re)start: is_healthy needs a heartbeat after it
         self._last_hb_wall: datetime | None = None
         self._failure_reported: str | None = None
         self._vm_state = UNKNOWN
@@ -131,10 +165,10 @@ class Monitor:
         self._snapshot_exists: bool | None = None
         self._last_event: LifecycleEvent | None = None
         self._events_connected = False
-        self._pending: tuple[str, str] | None = None     # a guest's request, queued
-        self._needs_staff = False       # libvirt refuses the revert until staff act
-        self._reference_note: str | None = None   # what start-up found of the reference
-        self._busy = 0                  # operations of ours holding the VM's lock
+        self._pending: tuple[str, str] | None = None  # a guest's request, queued
+        self._needs_staff = False  # libvirt refuses the revert until staff act
+        self._reference_note: str | None = None  # what start-up found of the reference
+        self._busy = 0  # operations of ours holding the VM's lock
         self._stopping = False
         self._recovery = self._load_recovery_summary()
         self.last_progress = clock()
@@ -147,21 +181,24 @@ class Monitor:
     def _load_recovery_summary(self) -> dict[str, Any]:
         try:
             last = self.store.events(limit=1, triggers=AUTOMATIC_TRIGGERS, wait=0)
-        except Exception as exc:   # an unreadable history must not keep the watchdog down
+        except Exception as exc:  # an unreadable history must not keep the watchdog down
             log.error("cannot read the history at start: %s", exc)
             last = []
-        return {"count": self.store.get("recovery_count", 0),
-                "last_time": last[0].as_json()["time"] if last else None,
-                "last_trigger": last[0].trigger if last else None,
-                "last_outcome": last[0].outcome if last else None}
+        return {
+            "count": self.store.get("recovery_count", 0),
+            "last_time": last[0].as_json()["time"] if last else None,
+            "last_trigger": last[0].trigger if last else None,
+            "last_outcome": last[0].outcome if last else None,
+        }
 
     # ================================================================ life
 
     def start(self) -> None:
         """Start the state writer and the monitor thread; it first looks at the VM."""
         self.store.start()
-        self._thread = threading.Thread(target=self._run, args=(True,),
-                                        name=f"monitor-{self.domain.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(True,), name=f"monitor-{self.domain.name}", daemon=True
+        )
         self._thread.start()
 
     def ensure_thread(self) -> bool:
@@ -171,8 +208,9 @@ class Monitor:
         if thread is None or thread.is_alive() or self._stopping:
             return True
         log.error("the monitor thread of VM %r died; starting a new one", self.domain.name)
-        self._thread = threading.Thread(target=self._run, args=(False,),
-                                        name=f"monitor-{self.domain.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(False,), name=f"monitor-{self.domain.name}", daemon=True
+        )
         self._thread.start()
         return False
 
@@ -219,11 +257,17 @@ class Monitor:
         with self._cond:
             w = self._w
             if w.last_hb is None or w.last_hb < self._started_at:
-                log.info("first heartbeat from VM %r, %.1f s after its (re)start",
-                         self.domain.name, now - self._started_at)
+                log.info(
+                    "first heartbeat from VM %r, %.1f s after its (re)start",
+                    self.domain.name,
+                    now - self._started_at,
+                )
             elif w.timeout_reported:
-                log.info("heartbeats from VM %r resumed after %.1f s of silence",
-                         self.domain.name, now - w.last_hb)
+                log.info(
+                    "heartbeats from VM %r resumed after %.1f s of silence",
+                    self.domain.name,
+                    now - w.last_hb,
+                )
             w.last_hb = now
             self._last_hb_wall = self._wallclock()
             w.timeout_reported = False
@@ -288,8 +332,9 @@ class Monitor:
                 "snapshot_detail": self._reference_note,
             }
 
-    def history(self, limit: int = 100, since: float | None = None,
-                triggers: Iterable[str] = ()) -> list[Event]:
+    def history(
+        self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
+    ) -> list[Event]:
         """The recorded actions, newest first (raises StoreError if the file is unreadable)."""
         self.require_initialised()
         return self.store.events(limit=limit, since=since, triggers=triggers)
@@ -316,11 +361,20 @@ class Monitor:
             self._cond.notify_all()
         if changed:
             action = "enable_auto_revert" if enabled else "disable_auto_revert"
-            self.store.record(self.domain.name, API, action,
-                              "auto-revert enabled" if enabled else "maintenance mode",
-                              SUCCEEDED, 0.0)
-            log.info("automatic revert %s", "enabled" if enabled else
-                     "disabled (maintenance): failures will be logged, not acted on")
+            self.store.record(
+                self.domain.name,
+                API,
+                action,
+                "auto-revert enabled" if enabled else "maintenance mode",
+                SUCCEEDED,
+                0.0,
+            )
+            log.info(
+                "automatic revert %s",
+                "enabled"
+                if enabled
+                else "disabled (maintenance): failures will be logged, not acted on",
+            )
         self.store.flush(FLUSH_WAIT)
 
     def start_vm(self) -> StartResult:
@@ -339,8 +393,9 @@ class Monitor:
     def restart_vm(self) -> None:
         """Restart through the API; returns once the VM runs again (grace goes on after)."""
         self.require_initialised()
-        self._run_exclusive(API, "revert", "restart requested through the API",
-                            self.domain.revert_and_start)
+        self._run_exclusive(
+            API, "revert", "restart requested through the API", self.domain.revert_and_start
+        )
         self.store.flush(FLUSH_WAIT)
 
     def stop_vm(self) -> bool:
@@ -355,8 +410,10 @@ class Monitor:
                 self._w.grace_until = None
                 self._set_pending_locked(None)
                 self._cond.notify_all()
-            log.info("VM %r stopped through the API: it stays stopped until started again",
-                     self.domain.name)
+            log.info(
+                "VM %r stopped through the API: it stays stopped until started again",
+                self.domain.name,
+            )
             was_running = self.domain.stop()
             with self._cond:
                 self._vm_state = SHUT_OFF
@@ -384,8 +441,11 @@ class Monitor:
         if name == self.domain.snapshot_name:
             with self._cond:
                 self._snapshot_exists = False
-            log.warning("the reference snapshot %r was deleted: automatic recovery is impossible "
-                        "until it is created again", name)
+            log.warning(
+                "the reference snapshot %r was deleted: automatic recovery is impossible "
+                "until it is created again",
+                name,
+            )
 
     def list_snapshots(self) -> list[str]:
         self.require_initialised()
@@ -413,23 +473,35 @@ class Monitor:
                 busy = self._job is not None or self._pending is not None
                 grace_until = self._w.grace_until
                 if busy:
-                    return {**details, "queued": False,
-                            "note": "a revert is already under way or queued"}
+                    return {
+                        **details,
+                        "queued": False,
+                        "note": "a revert is already under way or queued",
+                    }
                 if grace_until is not None and now < grace_until:
-                    return {**details, "queued": False,
-                            "note": f"the VM was restored {now - self._started_at:.1f} s ago and "
-                                    f"is in its start-up grace period"}
+                    return {
+                        **details,
+                        "queued": False,
+                        "note": f"the VM was restored {now - self._started_at:.1f} s ago and "
+                        f"is in its start-up grace period",
+                    }
                 self._set_pending_locked((trigger, reason))
                 self._cond.notify_all()
                 return {**details, "queued": True}
         # A guest script may repeat a refused request every second for hours: one history
         # row per cause and interval (with a count), one log line per cause and interval.
-        self.store.record_coalesced(self.domain.name, trigger, "revert", reason, REFUSED,
-                                    error=refusal)
+        self.store.record_coalesced(
+            self.domain.name, trigger, "revert", reason, REFUSED, error=refusal
+        )
         due, suppressed = self._refusal_log.due((trigger, refusal))
         if due:
-            log.info("guest request refused (%s): %s: %s%s", trigger, reason, refusal,
-                     f" ({suppressed} more like it not logged)" if suppressed else "")
+            log.info(
+                "guest request refused (%s): %s: %s%s",
+                trigger,
+                reason,
+                refusal,
+                f" ({suppressed} more like it not logged)" if suppressed else "",
+            )
         raise Conflict(f"Revert not queued: {refusal}")
 
     # ================================================================ the one path for changes
@@ -445,9 +517,11 @@ class Monitor:
         lock = self.domain.locked()
         wait = self.busy_timeout if trigger == API else self.longest_operation
         if not lock.acquire(timeout=wait):
-            raise Busy(f"another operation on VM {self.domain.name!r} has been under way for "
-                       f"more than {wait:g} s; try again later",
-                       retry_after=max(1.0, min(wait, 30.0)))
+            raise Busy(
+                f"another operation on VM {self.domain.name!r} has been under way for "
+                f"more than {wait:g} s; try again later",
+                retry_after=max(1.0, min(wait, 30.0)),
+            )
         with self._cond:
             self._busy += 1
             self._w.busy = True
@@ -461,8 +535,9 @@ class Monitor:
             lock.release()
 
     @contextmanager
-    def _operation(self, trigger: str, action: str, reason: str,
-                   disturbs: bool = False) -> Iterator[list[str]]:
+    def _operation(
+        self, trigger: str, action: str, reason: str, disturbs: bool = False
+    ) -> Iterator[list[str]]:
         """Hold the VM's lock and record the action with its outcome and duration.
 
         The caller may add notes (a forced revert: libvirt's refusal and what
@@ -480,8 +555,9 @@ class Monitor:
                 self.store.finish(event_id, FAILED, self._clock() - started, str(exc))
                 raise
             else:
-                self.store.finish(event_id, SUCCEEDED, self._clock() - started,
-                                  "; ".join(notes) or None)
+                self.store.finish(
+                    event_id, SUCCEEDED, self._clock() - started, "; ".join(notes) or None
+                )
             finally:
                 if disturbs:
                     self._restart_deadline()
@@ -501,9 +577,14 @@ class Monitor:
             w.state_dirty = True
             self._cond.notify_all()
 
-    def _run_exclusive(self, trigger: str, action_name: str, reason: str,
-                       action: Callable[[], Any],
-                       still_needed: Callable[[], bool] | None = None) -> bool:
+    def _run_exclusive(
+        self,
+        trigger: str,
+        action_name: str,
+        reason: str,
+        action: Callable[[], Any],
+        still_needed: Callable[[], bool] | None = None,
+    ) -> bool:
         """Run a start/revert, or join the one already under way.
 
         Returns True if a restart was performed (by us or the job we joined).
@@ -523,9 +604,11 @@ class Monitor:
                 try:
                     performed = job.result(timeout=wait)
                 except FutureTimeout:
-                    raise Busy(f"a restart of VM {self.domain.name!r} has been under way for "
-                               f"more than {wait:g} s; try again later",
-                               retry_after=max(1.0, min(wait, 30.0))) from None
+                    raise Busy(
+                        f"a restart of VM {self.domain.name!r} has been under way for "
+                        f"more than {wait:g} s; try again later",
+                        retry_after=max(1.0, min(wait, 30.0)),
+                    ) from None
                 if performed or still_needed is not None:
                     return performed
                 continue  # we joined a recovery that turned out unnecessary; do our own
@@ -541,8 +624,14 @@ class Monitor:
                 with self._job_mutex:
                     self._job = None
 
-    def _perform(self, trigger: str, action_name: str, reason: str, action: Callable[[], Any],
-                 still_needed: Callable[[], bool] | None) -> bool:
+    def _perform(
+        self,
+        trigger: str,
+        action_name: str,
+        reason: str,
+        action: Callable[[], Any],
+        still_needed: Callable[[], bool] | None,
+    ) -> bool:
         automatic = trigger in AUTOMATIC_TRIGGERS
         with self._locked(trigger):  # re-entrant: _operation takes it again, with the record
             if still_needed is not None and not still_needed():
@@ -571,8 +660,9 @@ class Monitor:
             self._run_post_revert_command()
         return True
 
-    def _after_success(self, trigger: str, action_name: str, automatic: bool,
-                       started: float) -> None:
+    def _after_success(
+        self, trigger: str, action_name: str, automatic: bool, started: float
+    ) -> None:
         now = self._clock()
         with self._cond:
             if trigger == API and self.guard.reset():
@@ -598,15 +688,21 @@ class Monitor:
             if automatic:
                 self._note_recovery_locked(trigger, SUCCEEDED)
             self._cond.notify_all()
-        log.info("VM %r running again after %.2f s (%s); heartbeats enforced in %g s",
-                 self.domain.name, now - started, trigger, self.grace)
+        log.info(
+            "VM %r running again after %.2f s (%s); heartbeats enforced in %g s",
+            self.domain.name,
+            now - started,
+            trigger,
+            self.grace,
+        )
 
-    def _after_failure(self, trigger: str, automatic: bool, started: float,
-                       exc: BaseException) -> None:
+    def _after_failure(
+        self, trigger: str, automatic: bool, started: float, exc: BaseException
+    ) -> None:
         now = self._clock()
         needs_staff = automatic and isinstance(exc, RevertNeedsStaff)
         with self._cond:
-            self._arm_locked(now)   # the deadline restarts; the guard's backoff spaces retries
+            self._arm_locked(now)  # the deadline restarts; the guard's backoff spaces retries
             delay = self.guard.failed() if automatic else 0.0
             if needs_staff:
                 # Retrying cannot help: stop until staff act, and say what they must do.
@@ -617,22 +713,34 @@ class Monitor:
             if automatic:
                 self._note_recovery_locked(trigger, FAILED)
             if not needs_staff:
-                self._w.timeout_reported = False   # time out again once the backoff is over
+                self._w.timeout_reported = False  # time out again once the backoff is over
             self._w.state_dirty = not automatic
             self._cond.notify_all()
         retry = f"; next attempt in {delay:g} s at the earliest" if automatic else ""
         if needs_staff:
-            retry = "; automatic recovery stops until staff start or restart the VM or " \
-                    "take the reference snapshot again"
-        log.error("restoring VM %r (%s) failed after %.2f s: %s%s", self.domain.name, trigger,
-                  now - started, exc, retry)
+            retry = (
+                "; automatic recovery stops until staff start or restart the VM or "
+                "take the reference snapshot again"
+            )
+        log.error(
+            "restoring VM %r (%s) failed after %.2f s: %s%s",
+            self.domain.name,
+            trigger,
+            now - started,
+            exc,
+            retry,
+        )
 
     def _note_recovery_locked(self, trigger: str, outcome: str, attempted: bool = True) -> None:
         count = self._recovery["count"] + (1 if attempted else 0)
         if attempted:
             self.store.put("recovery_count", count)
-        self._recovery = {"count": count, "last_time": self._wallclock().isoformat(),
-                          "last_trigger": trigger, "last_outcome": outcome}
+        self._recovery = {
+            "count": count,
+            "last_time": self._wallclock().isoformat(),
+            "last_trigger": trigger,
+            "last_outcome": outcome,
+        }
 
     def _hold_until_locked(self, until: float) -> None:
         w = self._w
@@ -664,25 +772,46 @@ class Monitor:
         if not self.post_revert_command:
             return
         names = {"vm_name": self.domain.name, "snapshot_name": self.domain.snapshot_name}
-        argv = [arg.replace("{vm_name}", names["vm_name"])
-                   .replace("{snapshot_name}", names["snapshot_name"])
-                for arg in self.post_revert_command]
+        argv = [
+            arg.replace("{vm_name}", names["vm_name"]).replace(
+                "{snapshot_name}", names["snapshot_name"]
+            )
+            for arg in self.post_revert_command
+        ]
 
         def run() -> None:
             began = self._clock()
-            result = run_command(argv, self.post_revert_timeout,
-                                 env={"VMCTL_VM_NAME": names["vm_name"],
-                                      "VMCTL_SNAPSHOT_NAME": names["snapshot_name"]})
+            result = run_command(
+                argv,
+                self.post_revert_timeout,
+                env={
+                    "VMCTL_VM_NAME": names["vm_name"],
+                    "VMCTL_SNAPSHOT_NAME": names["snapshot_name"],
+                },
+            )
             took = self._clock() - began
             if result.returncode == 0:
-                log.info("post_revert_command %s succeeded in %.2f s%s", argv, took,
-                         f": {result.output}" if result.output else "")
+                log.info(
+                    "post_revert_command %s succeeded in %.2f s%s",
+                    argv,
+                    took,
+                    f": {result.output}" if result.output else "",
+                )
             elif result.returncode is None:
-                log.error("post_revert_command %s killed after %g s: %s", argv,
-                          self.post_revert_timeout, result.output)
+                log.error(
+                    "post_revert_command %s killed after %g s: %s",
+                    argv,
+                    self.post_revert_timeout,
+                    result.output,
+                )
             else:
-                log.error("post_revert_command %s exited with status %d in %.2f s: %s", argv,
-                          result.returncode, took, result.output)
+                log.error(
+                    "post_revert_command %s exited with status %d in %.2f s: %s",
+                    argv,
+                    result.returncode,
+                    took,
+                    result.output,
+                )
 
         threading.Thread(target=run, name="post-revert-command", daemon=True).start()
 
@@ -718,47 +847,70 @@ class Monitor:
         saved_boot = self.store.get("boot_id")
         with self._cond:
             facts = StartupFacts(
-                vm_state=state, snapshot_exists=bool(self._snapshot_exists),
-                stopped_by_staff=self._manual_stop, auto_revert=self._auto_revert,
+                vm_state=state,
+                snapshot_exists=bool(self._snapshot_exists),
+                stopped_by_staff=self._manual_stop,
+                auto_revert=self._auto_revert,
                 healthy_when_last_seen=self._healthy_saved,
                 same_boot=boot is not None and boot == saved_boot,
-                always_clean_start=self.always_clean_start)
+                always_clean_start=self.always_clean_start,
+            )
         self.store.put("boot_id", boot)
         plan = startup_plan(facts)
         if plan == rules.WAIT:
             if state == UNKNOWN:
-                log.error("libvirt did not answer at start (%s); will keep trying",
-                          self._state_detail)
+                log.error(
+                    "libvirt did not answer at start (%s); will keep trying", self._state_detail
+                )
             else:
                 log.error("VM %r is not defined in libvirt; waiting for it to appear", name)
         elif plan == rules.STAY_STOPPED:
-            log.warning("VM %r was stopped by staff before the controller restarted: it stays "
-                        "%s until started again", name, state)
+            log.warning(
+                "VM %r was stopped by staff before the controller restarted: it stays "
+                "%s until started again",
+                name,
+                state,
+            )
             with self._cond:
                 self._w.enabled = False
             return
         elif plan == rules.LEAVE:
-            log.warning("automatic revert is disabled (maintenance): VM %r left as it is (%s)",
-                        name, state)
+            log.warning(
+                "automatic revert is disabled (maintenance): VM %r left as it is (%s)", name, state
+            )
         elif plan == rules.ADOPT:
             self._adopt()
             return
         elif plan == rules.REVERT:
             self._repair_reference()
             try:
-                self._perform(STARTUP, "revert", f"controller started: clean start from the "
-                              f"snapshot ({_clean_start_reason(facts)})",
-                              self.domain.revert_and_start, None)
+                self._perform(
+                    STARTUP,
+                    "revert",
+                    f"controller started: clean start from the "
+                    f"snapshot ({_clean_start_reason(facts)})",
+                    self.domain.revert_and_start,
+                    None,
+                )
                 return
             except Exception:
                 pass  # logged and recorded by _perform; the monitor retries like any failure
         else:
-            log.warning("snapshot %r of VM %r does not exist: automatic recovery is impossible "
-                        "until it is created", self.domain.snapshot_name, name)
+            log.warning(
+                "snapshot %r of VM %r does not exist: automatic recovery is impossible "
+                "until it is created",
+                self.domain.snapshot_name,
+                name,
+            )
             if plan == rules.BOOT:
                 try:
-                    self._perform(STARTUP, "start", "controller started: booting the VM",
-                                  self.domain.start, None)
+                    self._perform(
+                        STARTUP,
+                        "start",
+                        "controller started: booting the VM",
+                        self.domain.start,
+                        None,
+                    )
                     return
                 except Exception:
                     pass
@@ -772,15 +924,19 @@ class Monitor:
         try:
             repair = self.domain.repair_reference()
         except VirshError as exc:
-            log.error("could not check the reference snapshot %r for a cut-off replacement: %s",
-                      self.domain.snapshot_name, exc.message)
+            log.error(
+                "could not check the reference snapshot %r for a cut-off replacement: %s",
+                self.domain.snapshot_name,
+                exc.message,
+            )
             return
         if repair is None:
             return
         with self._cond:
             self._reference_note = repair.message
-        self.store.record(self.domain.name, STARTUP, "snapshot_repair", repair.message,
-                          SUCCEEDED, 0.0)
+        self.store.record(
+            self.domain.name, STARTUP, "snapshot_repair", repair.message, SUCCEEDED, 0.0
+        )
 
     def _adopt(self) -> None:
         """Keep the running artwork as it is and wait for its heartbeats (the grace period)."""
@@ -790,11 +946,21 @@ class Monitor:
             self._w.enabled = False
             self._w.grace_until = now + self.grace
             self._cond.notify_all()
-        self.store.record(self.domain.name, STARTUP, "adopt",
-                          "controller started: the VM was running and healthy when last seen, "
-                          "on this boot of the host; not reverted", SUCCEEDED, 0.0)
-        log.info("VM %r is running and was healthy when the controller last saw it: adopted "
-                 "without a revert; heartbeats enforced in %g s", self.domain.name, self.grace)
+        self.store.record(
+            self.domain.name,
+            STARTUP,
+            "adopt",
+            "controller started: the VM was running and healthy when last seen, "
+            "on this boot of the host; not reverted",
+            SUCCEEDED,
+            0.0,
+        )
+        log.info(
+            "VM %r is running and was healthy when the controller last saw it: adopted "
+            "without a revert; heartbeats enforced in %g s",
+            self.domain.name,
+            self.grace,
+        )
 
     def _refresh_state(self) -> str:
         """Ask libvirt for the VM's state and snapshots; the one virsh call of a poll."""
@@ -843,8 +1009,11 @@ class Monitor:
             return None
         if what == rules.GRACE_OVER:
             self._arm_locked(w.grace_until if w.grace_until is not None else now)
-            log.info("grace period over: heartbeat timeout of %g s enforced for VM %r",
-                     self.timeout, self.domain.name)
+            log.info(
+                "grace period over: heartbeat timeout of %g s enforced for VM %r",
+                self.timeout,
+                self.domain.name,
+            )
             return None
         if what == rules.HEARTBEAT_SILENT:
             return self._on_heartbeat_timeout
@@ -887,17 +1056,25 @@ class Monitor:
         if not may_recover:
             # Reported once per silence; the next heartbeat clears it.
             self._mark_timeout_reported()
-            log.warning("no heartbeat from VM %r for %.1f s (timeout %g s); automatic revert is "
-                        "disabled (maintenance): no action", self.domain.name, silent, self.timeout)
+            log.warning(
+                "no heartbeat from VM %r for %.1f s (timeout %g s); automatic revert is "
+                "disabled (maintenance): no action",
+                self.domain.name,
+                silent,
+                self.timeout,
+            )
             return
 
         def still_needed() -> bool:
             with self._cond:
                 return self._timed_out_locked() and self._may_recover_locked()
 
-        self._act_on_failure(HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.1f} s "
-                             f"(timeout {self.timeout:g} s)", still_needed,
-                             on_refused=self._mark_timeout_reported)
+        self._act_on_failure(
+            HEARTBEAT_TIMEOUT,
+            f"no heartbeat for {silent:.1f} s (timeout {self.timeout:g} s)",
+            still_needed,
+            on_refused=self._mark_timeout_reported,
+        )
 
     def _mark_timeout_reported(self) -> None:
         with self._cond:
@@ -918,8 +1095,12 @@ class Monitor:
             with self._cond:
                 self._w.paused_reported = True
 
-        self._act_on_failure(VM_PAUSED, f"VM paused for more than {self.timeout:g} s",
-                             still_needed, on_refused=refused)
+        self._act_on_failure(
+            VM_PAUSED,
+            f"VM paused for more than {self.timeout:g} s",
+            still_needed,
+            on_refused=refused,
+        )
 
     def _check_vm_state(self) -> None:
         """Re-read the VM's state (after an event or on the safety poll) and act on it.
@@ -952,14 +1133,20 @@ class Monitor:
             manual = self._manual_stop
         if previous != state:
             level = logging.WARNING if state == UNKNOWN else logging.INFO
-            log.log(level, "VM %r is %s%s%s", self.domain.name, state,
-                    f" (was {previous})" if previous != UNKNOWN else "",
-                    f": {self._state_detail}" if state == UNKNOWN else "")
+            log.log(
+                level,
+                "VM %r is %s%s%s",
+                self.domain.name,
+                state,
+                f" (was {previous})" if previous != UNKNOWN else "",
+                f": {self._state_detail}" if state == UNKNOWN else "",
+            )
         if state in (RUNNING, PAUSED, UNKNOWN) or manual:
             return
         if state == NOT_FOUND:
-            self._report_once(NOT_FOUND, "VM %r is not defined in libvirt: nothing to recover",
-                              self.domain.name)
+            self._report_once(
+                NOT_FOUND, "VM %r is not defined in libvirt: nothing to recover", self.domain.name
+            )
             return
         crashed = state == CRASHED or (last_event is not None and _is_crash(last_event))
         trigger = VM_CRASHED if crashed else VM_STOPPED
@@ -970,11 +1157,17 @@ class Monitor:
                     return False
             return self.domain.state() not in (RUNNING, PAUSED, NOT_FOUND)
 
-        self._act_on_failure(trigger, f"VM found {state} without a stop through the API",
-                             still_needed)
+        self._act_on_failure(
+            trigger, f"VM found {state} without a stop through the API", still_needed
+        )
 
-    def _act_on_failure(self, trigger: str, reason: str, still_needed: Callable[[], bool],
-                        on_refused: Callable[[], None] | None = None) -> None:
+    def _act_on_failure(
+        self,
+        trigger: str,
+        reason: str,
+        still_needed: Callable[[], bool],
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         with self._cond:
             may_recover = self._may_recover_locked()
             manual = self._manual_stop
@@ -985,9 +1178,13 @@ class Monitor:
             if on_refused:
                 on_refused()
             if manual:
-                return   # staff stopped the VM: whatever it does now is theirs
-            self._report_once(trigger, "VM %r: %s; automatic revert is disabled (maintenance): "
-                              "no action", self.domain.name, reason)
+                return  # staff stopped the VM: whatever it does now is theirs
+            self._report_once(
+                trigger,
+                "VM %r: %s; automatic revert is disabled (maintenance): no action",
+                self.domain.name,
+                reason,
+            )
             return
         if held:
             return  # a failed recovery holds off the next; the poll comes back at hold_until
@@ -999,26 +1196,42 @@ class Monitor:
             if self.guard.state == GUARD_FAILED and on_refused:
                 on_refused()
             if verdict.newly_failed:
-                log.error("VM %r: %s; recovery guard tripped: %s", self.domain.name, reason,
-                          verdict.reason)
-                self.store.record(self.domain.name, trigger, "revert", reason, REFUSED,
-                                  error=verdict.reason)
+                log.error(
+                    "VM %r: %s; recovery guard tripped: %s",
+                    self.domain.name,
+                    reason,
+                    verdict.reason,
+                )
+                self.store.record(
+                    self.domain.name, trigger, "revert", reason, REFUSED, error=verdict.reason
+                )
                 with self._cond:
                     self._note_recovery_locked(trigger, "guard_tripped", attempted=False)
             return
-        log.warning("VM %r: %s: reverting to snapshot %r", self.domain.name, reason,
-                    self.domain.snapshot_name)
+        log.warning(
+            "VM %r: %s: reverting to snapshot %r",
+            self.domain.name,
+            reason,
+            self.domain.snapshot_name,
+        )
         try:
-            performed = self._run_exclusive(trigger, "revert", reason, self.domain.revert_and_start,
-                                            still_needed)
+            performed = self._run_exclusive(
+                trigger, "revert", reason, self.domain.revert_and_start, still_needed
+            )
         except Busy as exc:
             log.error("VM %r: %s: %s", self.domain.name, reason, exc)
             return  # the deadline is still passed: the next step tries again
         except Exception:
             return  # logged and recorded by _perform; the guard spaces the next attempt
         if not performed:
-            self.store.record(self.domain.name, trigger, "revert", reason, SKIPPED,
-                              error="no longer needed when its turn came")
+            self.store.record(
+                self.domain.name,
+                trigger,
+                "revert",
+                reason,
+                SKIPPED,
+                error="no longer needed when its turn came",
+            )
 
     def _report_once(self, key: str, message: str, *args: Any) -> None:
         with self._cond:

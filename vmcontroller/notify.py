@@ -29,6 +29,7 @@ meant for someone else. The variables are removed from the environment once
 read, so that virsh and ``post_revert_command`` do not inherit them. Without
 ``$NOTIFY_SOCKET`` (not under systemd) everything here does nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,8 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, MutableMapping, Protocol, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,10 @@ def socket_address(value: str | None) -> str | None:
     if not value:
         return None
     if value.startswith("@"):
-        return "\0" + value[1:]        # abstract namespace
+        return "\0" + value[1:]  # abstract namespace
     if value.startswith("/"):
         return value
-    return None                        # e.g. vsock:..., which this module does not speak
+    return None  # e.g. vsock:..., which this module does not speak
 
 
 def send(message: str, address: str | None) -> bool:
@@ -100,9 +102,15 @@ def watchdog_interval(environ: MutableMapping[str, str], pid: int) -> float | No
 class Notifier:
     """Tells systemd when the controller is ready, alive and stopping."""
 
-    def __init__(self, address: str | None, interval: float | None, monitor: Watched,
-                 stale_after: float, clock: Callable[[], float] = time.monotonic,
-                 checks: Sequence[Callable[[float], str | None]] = ()):
+    def __init__(
+        self,
+        address: str | None,
+        interval: float | None,
+        monitor: Watched,
+        stale_after: float,
+        clock: Callable[[], float] = time.monotonic,
+        checks: Sequence[Callable[[float], str | None]] = (),
+    ):
         self.address = address
         self.interval = interval
         self.monitor = monitor
@@ -116,15 +124,19 @@ class Notifier:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_environ(cls, monitor: Watched, stale_after: float,
-                     environ: MutableMapping[str, str] | None = None) -> "Notifier":
+    def from_environ(
+        cls, monitor: Watched, stale_after: float, environ: MutableMapping[str, str] | None = None
+    ) -> Notifier:
         """Read (and remove) NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID."""
         environ = os.environ if environ is None else environ
         raw = environ.get("NOTIFY_SOCKET")
         address = socket_address(raw)
         if raw and address is None:
-            log.warning("NOTIFY_SOCKET=%r is not a unix socket path or @abstract name: "
-                        "systemd will not hear from the controller", raw)
+            log.warning(
+                "NOTIFY_SOCKET=%r is not a unix socket path or @abstract name: "
+                "systemd will not hear from the controller",
+                raw,
+            )
         interval = watchdog_interval(environ, os.getpid()) if address else None
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             environ.pop(name, None)
@@ -139,10 +151,15 @@ class Notifier:
         if not self.enabled:
             return
         if self.interval is not None:
-            log.info("systemd watchdog: a ping every %.3g s while the monitor thread makes "
-                     "progress (stuck after %g s without)", self.interval, self.stale_after)
-        self._thread = threading.Thread(target=self._run, args=(status,), name="systemd-notify",
-                                        daemon=True)
+            log.info(
+                "systemd watchdog: a ping every %.3g s while the monitor thread makes "
+                "progress (stuck after %g s without)",
+                self.interval,
+                self.stale_after,
+            )
+        self._thread = threading.Thread(
+            target=self._run, args=(status,), name="systemd-notify", daemon=True
+        )
         self._thread.start()
 
     def stopping(self) -> None:
@@ -164,8 +181,10 @@ class Notifier:
             last = max(last, self._ready_at)
         idle = self._clock() - last
         if idle > self.stale_after:
-            return (f"the monitor thread has made no progress for {idle:.0f} s "
-                    f"(limit {self.stale_after:g} s)")
+            return (
+                f"the monitor thread has made no progress for {idle:.0f} s "
+                f"(limit {self.stale_after:g} s)"
+            )
         for check in self.checks:
             problem = check(self.stale_after)
             if problem is not None:
@@ -186,14 +205,18 @@ class Notifier:
         while True:
             now_problem = self.check()
             if now_problem is None:
-                send("WATCHDOG=1" if problem is None else f"WATCHDOG=1\nSTATUS={status}",
-                     self.address)
+                send(
+                    "WATCHDOG=1" if problem is None else f"WATCHDOG=1\nSTATUS={status}",
+                    self.address,
+                )
                 if problem is not None:
-                    log.warning("controller making progress again: systemd watchdog pings "
-                                "resume")
+                    log.warning("controller making progress again: systemd watchdog pings resume")
             elif problem is None:
-                log.error("withholding systemd watchdog pings: %s; systemd will restart the "
-                          "controller if this lasts", now_problem)
+                log.error(
+                    "withholding systemd watchdog pings: %s; systemd will restart the "
+                    "controller if this lasts",
+                    now_problem,
+                )
                 send(f"STATUS={now_problem}", self.address)
             problem = now_problem
             if self._stop.wait(self.interval):

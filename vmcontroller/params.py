@@ -5,6 +5,7 @@ Guest scripts and admin tools send the same parameter in different ways
 every handler reads them through these functions, which refuse bad values
 with a 400 that says what is allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from flask import request
-
-from .vocab import REASON_MAX
 
 
 class ApiError(Exception):
@@ -49,8 +48,9 @@ def param_values(name: str) -> list[Any]:
 def param(name: str) -> str | None:
     values = param_values(name)
     if values and not isinstance(values[0], str):
-        raise ApiError(400, f"Invalid parameter: {name} must be a string "
-                            f"(got {type(values[0]).__name__})")
+        raise ApiError(
+            400, f"Invalid parameter: {name} must be a string (got {type(values[0]).__name__})"
+        )
     return values[0] if values else None
 
 
@@ -62,8 +62,9 @@ def text_param(name: str, required: bool, limit: int) -> str | None:
             raise ApiError(400, f"Invalid parameter: {name} is required")
         return None
     if len(value) > limit:
-        raise ApiError(400, f"Invalid parameter: {name} must be at most {limit} characters "
-                            f"(got {len(value)})")
+        raise ApiError(
+            400, f"Invalid parameter: {name} must be at most {limit} characters (got {len(value)})"
+        )
     return "".join(c if c.isprintable() else "?" for c in value).strip() or "(blank)"
 
 
@@ -87,7 +88,7 @@ def parse_number(raw: str) -> float | None:
     '-0'), or None for anything else, 'nan' and 'inf' included."""
     body = raw[1:] if raw[:1] in ("-", "+") else raw
     exponent = _EXPONENT.search(body)
-    mantissa = body[:exponent.start()] if exponent and exponent.end() == len(body) else body
+    mantissa = body[: exponent.start()] if exponent and exponent.end() == len(body) else body
     if not _DECIMAL.fullmatch(mantissa):
         return None
     value = float(raw) + 0.0  # '+ 0.0' turns -0.0 into 0.0
@@ -100,8 +101,10 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
         return default
     value = parse_whole(raw)
     if value is None or not low <= value <= high:
-        raise ApiError(400, f"Invalid parameter: {name} must be a whole number from {low} to "
-                            f"{high} (got {raw!r})")
+        raise ApiError(
+            400,
+            f"Invalid parameter: {name} must be a whole number from {low} to {high} (got {raw!r})",
+        )
     return value
 
 
@@ -120,8 +123,11 @@ def seconds_param(name: str, high: int) -> float | None:
         except OverflowError:  # a JSON integer with hundreds of digits
             value = None
     if value is None or not 0 <= value <= high:  # NaN and infinity fail here too
-        raise ApiError(400, f"Invalid parameter: {name} must be a number of seconds from 0 to "
-                            f"{high} (got {given!r})")
+        raise ApiError(
+            400,
+            f"Invalid parameter: {name} must be a number of seconds from 0 to "
+            f"{high} (got {given!r})",
+        )
     return value
 
 
@@ -137,6 +143,9 @@ def time_param(name: str) -> float | None:
         # what the platform's clock functions take (year 1 in local time...).
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except (ValueError, OverflowError, OSError):
-        raise ApiError(400, f"Invalid parameter: {name} must be an ISO 8601 time such as "
-                            f"2026-11-25T10:00:00+00:00, or seconds since the epoch "
-                            f"(got {raw!r})") from None
+        raise ApiError(
+            400,
+            f"Invalid parameter: {name} must be an ISO 8601 time such as "
+            f"2026-11-25T10:00:00+00:00, or seconds since the epoch "
+            f"(got {raw!r})",
+        ) from None

@@ -6,11 +6,13 @@ guest heartbeating a few times a second and a monitoring system polling
 status for months would otherwise be most of the journal and say nothing.
 A failed one is INFO like every request that changes something.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .loglines import printable
 from .vocab import HEARTBEAT_PATH, READ_ONLY_PATHS
@@ -27,7 +29,7 @@ class RequestLog:
         self._app = app
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if not log.isEnabledFor(logging.INFO):   # nothing would ever be written
+        if not log.isEnabledFor(logging.INFO):  # nothing would ever be written
             return self._app(environ, start_response)
         started = time.monotonic()
         answered: list[int] = []
@@ -40,12 +42,21 @@ class RequestLog:
         code = answered[-1] if answered else 0
         path = request_path(environ)
         method = request_method(environ)
-        routine = path in ROUTINE_PATHS and code < 400 and (
-            method in ("GET", "HEAD") or path == HEARTBEAT_PATH)
+        routine = (
+            path in ROUTINE_PATHS
+            and code < 400
+            and (method in ("GET", "HEAD") or path == HEARTBEAT_PATH)
+        )
         level = logging.DEBUG if routine else logging.INFO
         if log.isEnabledFor(level):
             # The path is the client's text, decoded: a %0A in it would start a forged line.
-            log.log(level, "%s %s %s -> %d in %.1f ms", environ.get("REMOTE_ADDR"),
-                    printable(method), printable(path), code,
-                    (time.monotonic() - started) * 1000)
+            log.log(
+                level,
+                "%s %s %s -> %d in %.1f ms",
+                environ.get("REMOTE_ADDR"),
+                printable(method),
+                printable(path),
+                code,
+                (time.monotonic() - started) * 1000,
+            )
         return body

@@ -22,16 +22,18 @@ one gate every request passes, before any route runs:
 - headers: nosniff everywhere; the docs pages may not be framed.
 With no token configured the API behaves as the API reference says.
 """
+
 from __future__ import annotations
 
-import hmac
 import functools
+import hmac
 import ipaddress
 import logging
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask
@@ -39,16 +41,29 @@ from flask import Flask
 from .docs import DOCS_CSP
 from .loglines import printable
 from .vocab import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS
-from .wsgi import (Environ, StartResponse, WsgiApp, content_length, json_answer, request_method,
-                   request_path)
+from .wsgi import (
+    Environ,
+    StartResponse,
+    WsgiApp,
+    content_length,
+    json_answer,
+    request_method,
+    request_path,
+)
 
 log = logging.getLogger(__name__)
 
 REALM = "exhibition-vm-controller"
 
 #: Never guarded: the landing document and the documentation.
-OPEN_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/flasgger_static/", "/apidocs",
-                 "/oauth2-redirect.html")
+OPEN_PREFIXES = (
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/flasgger_static/",
+    "/apidocs",
+    "/oauth2-redirect.html",
+)
 DOCS_PREFIXES = ("/docs", "/redoc", "/apidocs", "/oauth2-redirect.html")
 
 
@@ -75,8 +90,9 @@ def normal_host_name(name: str) -> str:
 def machine_host_names() -> frozenset[str]:
     """The names this machine answers to by itself. getfqdn() may ask the resolver,
     so it is called once, when the app is built, never per request."""
-    return frozenset(normal_host_name(n) for n in ("localhost", socket.gethostname(),
-                                                   socket.getfqdn()) if n)
+    return frozenset(
+        normal_host_name(n) for n in ("localhost", socket.gethostname(), socket.getfqdn()) if n
+    )
 
 
 def host_is_ours(header: str, names: frozenset[str]) -> bool:
@@ -118,17 +134,18 @@ def _presented_token(environ: Environ) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     query = environ.get("QUERY_STRING", "")
-    if "token" not in query:   # the parse below only for the requests that may carry one
+    if "token" not in query:  # the parse below only for the requests that may carry one
         return None
     raw = query.encode("latin-1").decode("utf-8", "replace")
     for name, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
         if name == "token":
-            return value or None   # the first one, as Flask's request.args.get gives it
+            return value or None  # the first one, as Flask's request.args.get gives it
     return None
 
 
-def cross_site_reason(origin: str | None, fetch_site: str | None, host: str | None,
-                      cors_origins: Iterable[str]) -> str | None:
+def cross_site_reason(
+    origin: str | None, fetch_site: str | None, host: str | None, cors_origins: Iterable[str]
+) -> str | None:
     """Why a browser marked this request as coming from another site, or None.
 
     ``host`` is the Host header the client addressed us by, port included: a page
@@ -167,20 +184,25 @@ class SecurityGate:
         self._app = app
         self._settings = settings
         self._cors = frozenset(settings.cors_origins)
-        host_names = machine_host_names() | {normal_host_name(n)
-                                             for n in settings.allowed_hosts}
+        host_names = machine_host_names() | {normal_host_name(n) for n in settings.allowed_hosts}
         # Every request asks; the answers for the few Host values clients send are
         # kept (bounded, so that a client inventing names cannot grow it).
         self._ours = functools.lru_cache(maxsize=128)(
-            functools.partial(host_is_ours, names=host_names))
+            functools.partial(host_is_ours, names=host_names)
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = request_path(environ)
         extra = self._headers(environ, path)
         refusal = self.judge(environ, path)
         if refusal is not None:
-            return json_answer(environ, start_response, refusal.status,
-                               {"detail": refusal.detail}, (*refusal.headers, *extra))
+            return json_answer(
+                environ,
+                start_response,
+                refusal.status,
+                {"detail": refusal.detail},
+                (*refusal.headers, *extra),
+            )
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.extend(extra)
@@ -194,16 +216,17 @@ class SecurityGate:
         host = environ.get("HTTP_HOST")
         # No Host at all: an HTTP/1.0 tool, never a browser (browsers always send it).
         if host is not None and not self._ours(host):
-            log.warning("refused a request for host %s: %s %r", _shown(host, 100),
-                        method, path)
-            return Refusal(400, f"Host {_shown(host)} is not a name of this controller: a "
-                                f"page may have pointed its own name at this machine (DNS "
-                                f"rebinding). To reach the controller under this name, add "
-                                f"it to {HOSTS_KEY} in the configuration.")
+            log.warning("refused a request for host %s: %s %r", _shown(host, 100), method, path)
+            return Refusal(
+                400,
+                f"Host {_shown(host)} is not a name of this controller: a "
+                f"page may have pointed its own name at this machine (DNS "
+                f"rebinding). To reach the controller under this name, add "
+                f"it to {HOSTS_KEY} in the configuration.",
+            )
         length = content_length(environ)
         if length is not None and length > MAX_BODY:
-            return Refusal(413, f"Request body too large: at most {MAX_BODY} bytes "
-                                f"(got {length})")
+            return Refusal(413, f"Request body too large: at most {MAX_BODY} bytes (got {length})")
         if len(environ.get("QUERY_STRING", "")) > MAX_QUERY:
             return Refusal(414, f"Query string too long: at most {MAX_QUERY} bytes")
         if path == "/" or path.startswith(OPEN_PREFIXES) or not path.startswith("/api/"):
@@ -212,36 +235,50 @@ class SecurityGate:
             return None  # CORS preflight: answered by Flask, changes nothing
         # HEAD runs the GET view (only the body is dropped), so it is judged as GET.
         if path not in READ_ONLY_PATHS:
-            why = cross_site_reason(environ.get("HTTP_ORIGIN"),
-                                    environ.get("HTTP_SEC_FETCH_SITE"), host, self._cors)
+            why = cross_site_reason(
+                environ.get("HTTP_ORIGIN"), environ.get("HTTP_SEC_FETCH_SITE"), host, self._cors
+            )
             if why is not None:
-                log.warning("refused a cross-site %s %s: %s", printable(method),
-                            printable(path), why)
-                return Refusal(403, f"Cross-site request refused: {why}. Staff tools must "
-                                    f"call the API directly, not from another site's page.")
+                log.warning(
+                    "refused a cross-site %s %s: %s", printable(method), printable(path), why
+                )
+                return Refusal(
+                    403,
+                    f"Cross-site request refused: {why}. Staff tools must "
+                    f"call the API directly, not from another site's page.",
+                )
         settings = self._settings
+        needed: tuple[str | None, ...]
         if path in GUEST_PATHS:
             needed = (settings.guest_token, settings.api_token) if settings.guest_token else ()
         else:
             needed = (settings.api_token,) if settings.api_token else ()
         if needed and not _matches(_presented_token(environ), *needed):
             which = "guest or staff token" if path in GUEST_PATHS else "staff token"
-            return Refusal(401, f"Unauthorized: this endpoint needs the {which}, as "
-                                f"'Authorization: Bearer <token>' or '?token=<token>'",
-                           (("WWW-Authenticate", f'Bearer realm="{REALM}"'),))
+            return Refusal(
+                401,
+                f"Unauthorized: this endpoint needs the {which}, as "
+                f"'Authorization: Bearer <token>' or '?token=<token>'",
+                (("WWW-Authenticate", f'Bearer realm="{REALM}"'),),
+            )
         return None
 
     def _headers(self, environ: Environ, path: str) -> list[tuple[str, str]]:
         """What every answer carries, refusals included."""
         headers = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
         if path.startswith(DOCS_PREFIXES):
-            headers += [("Content-Security-Policy", DOCS_CSP + "; frame-ancestors 'none'"),
-                        ("X-Frame-Options", "DENY")]
+            headers += [
+                ("Content-Security-Policy", DOCS_CSP + "; frame-ancestors 'none'"),
+                ("X-Frame-Options", "DENY"),
+            ]
         origin = environ.get("HTTP_ORIGIN")
         if origin and origin in self._cors:
-            headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                        ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
-                        ("Access-Control-Allow-Methods", "GET, POST, DELETE")]
+            headers += [
+                ("Access-Control-Allow-Origin", origin),
+                ("Vary", "Origin"),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
+                ("Access-Control-Allow-Methods", "GET, POST, DELETE"),
+            ]
         return headers
 
 

@@ -4,6 +4,7 @@ Startup order matters: the HTTP server listens first (answering 503 until
 the monitor has initialised), the event stream starts before the monitor's
 first look at the VM so no lifecycle event falls between the two.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -13,8 +14,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
@@ -54,8 +55,9 @@ class _JsonErrorTask(ErrorTask):
         error = self.request.error
         body = json.dumps({"detail": f"{error.reason}: {error.body}"}).encode()
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.extend([("Content-Type", "application/json"),
-                                      ("X-Content-Type-Options", "nosniff")])
+        self.response_headers.extend(
+            [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
+        )
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -79,30 +81,49 @@ class Controller:
 
     def __init__(self, config: Config):
         self.config = config
-        self.runner = VirshRunner(config.libvirt_uri, config.virsh_timeout,
-                                  long_timeout=config.virsh_long_timeout)
+        self.runner = VirshRunner(
+            config.libvirt_uri, config.virsh_timeout, long_timeout=config.virsh_long_timeout
+        )
         self.domain = Domain(self.runner, config.vm_name, config.snapshot_name)
-        self.store = Store(config.state_path, config.history_max_age_days,
-                           config.history_max_events)
+        self.store = Store(
+            config.state_path, config.history_max_age_days, config.history_max_events
+        )
         self.monitor = Monitor(self.domain, config, self.store)
-        self.events = EventStream(self.runner, config.vm_name, self.monitor.on_lifecycle_event,
-                                  self.monitor.on_events_connection)
-        self.app = create_app(self.monitor, __version__, SecuritySettings(
-            api_token=config.api_token, guest_token=config.guest_token,
-            cors_origins=config.cors_origins or (),
-            # A name the controller is told to listen on is one of its own.
-            allowed_hosts=(*(config.allowed_hosts or ()), config.api_host)))
+        self.events = EventStream(
+            self.runner,
+            config.vm_name,
+            self.monitor.on_lifecycle_event,
+            self.monitor.on_events_connection,
+        )
+        self.app = create_app(
+            self.monitor,
+            __version__,
+            SecuritySettings(
+                api_token=config.api_token,
+                guest_token=config.guest_token,
+                cors_origins=config.cors_origins or (),
+                # A name the controller is told to listen on is one of its own.
+                allowed_hosts=(*(config.allowed_hosts or ()), config.api_host),
+            ),
+        )
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
-            self.app, host=config.api_host, port=config.api_port, threads=config.api_threads,
-            ident="", channel_timeout=int(max(1, config.api_channel_timeout)),
+            self.app,
+            host=config.api_host,
+            port=config.api_port,
+            threads=config.api_threads,
+            ident="",
+            channel_timeout=int(max(1, config.api_channel_timeout)),
             # waitress looks for idle channels only this often (default 30 s)
             cleanup_interval=int(max(1, min(30, config.api_channel_timeout / 2))),
-            clear_untrusted_proxy_headers=True, max_request_header_size=MAX_HEADER_BLOCK,
+            clear_untrusted_proxy_headers=True,
+            max_request_header_size=MAX_HEADER_BLOCK,
             # Bodies up to this reach the app, which refuses anything over
             # MAX_BODY with a JSON 413; waitress refuses larger ones itself.
-            max_request_body_size=16 * MAX_BODY)
-        servers = self.http.map.values() if isinstance(self.http, MultiSocketServer) \
-            else [self.http]
+            max_request_body_size=16 * MAX_BODY,
+        )
+        servers = (
+            self.http.map.values() if isinstance(self.http, MultiSocketServer) else [self.http]
+        )
         for server in servers:
             if isinstance(server, BaseWSGIServer):
                 server.channel_class = _JsonErrorChannel
@@ -110,13 +131,17 @@ class Controller:
         self._stopped = threading.Event()
         # systemd (Type=notify, WatchdogSec): a no-op unless $NOTIFY_SOCKET is set.
         self.notifier = Notifier.from_environ(
-            self.monitor, stale_limit(longest_locked_operation(config), MAX_SLEEP))
+            self.monitor, stale_limit(longest_locked_operation(config), MAX_SLEEP)
+        )
         # Only under systemd's watchdog: is the HTTP server still serving? (liveness.py)
         self.probe: HttpProbe | None = None
         if self.notifier.interval is not None:
-            self.probe = HttpProbe(probe_host(config.api_host), lambda: self.port,
-                                   interval=min(max(1.0, self.notifier.interval), 15.0),
-                                   timeout=5.0)
+            self.probe = HttpProbe(
+                probe_host(config.api_host),
+                lambda: self.port,
+                interval=min(max(1.0, self.notifier.interval), 15.0),
+                timeout=5.0,
+            )
             self.notifier.checks.append(self.probe.problem)
 
     @property
@@ -132,24 +157,36 @@ class Controller:
     def start(self) -> None:
         """Start serving and monitoring in background threads."""
         if self.config.api_reload:
-            log.warning("api_reload is ignored: waitress has no code reloader (it was a "
-                        "development option of the original server)")
-        log.info("Exhibition VM Controller %s: VM %r, snapshot %r, libvirt %s, API on %s:%d",
-                 __version__, self.config.vm_name, self.config.snapshot_name,
-                 self.config.libvirt_uri, self.config.api_host, self.port)
+            log.warning(
+                "api_reload is ignored: waitress has no code reloader (it was a "
+                "development option of the original server)"
+            )
+        log.info(
+            "Exhibition VM Controller %s: VM %r, snapshot %r, libvirt %s, API on %s:%d",
+            __version__,
+            self.config.vm_name,
+            self.config.snapshot_name,
+            self.config.libvirt_uri,
+            self.config.api_host,
+            self.port,
+        )
         log.debug("effective configuration: %s", masked(as_dict(self.config)))
         if self.config.api_token is None and _listens_beyond_loopback(self.config.api_host):
-            log.warning("no api_token is set and the API listens on %s, beyond this machine: "
-                        "anyone who can reach it (the guest included) can stop the VM or "
-                        "delete snapshots; see README.rst, Security", self.config.api_host)
+            log.warning(
+                "no api_token is set and the API listens on %s, beyond this machine: "
+                "anyone who can reach it (the guest included) can stop the VM or "
+                "delete snapshots; see README.rst, Security",
+                self.config.api_host,
+            )
         self._http_thread = threading.Thread(target=self._serve_http, name="http", daemon=True)
         self._http_thread.start()
         self.events.start()
         self.monitor.start()
         if self.probe is not None:
             self.probe.start()
-        self.notifier.start(f"serving on {self.config.api_host}:{self.port}, "
-                            f"VM {self.config.vm_name!r}")
+        self.notifier.start(
+            f"serving on {self.config.api_host}:{self.port}, VM {self.config.vm_name!r}"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests, then stop the threads. Safe to call twice."""
@@ -198,6 +235,7 @@ class Controller:
                         action()
                     finally:
                         done.set()
+
                 listeners[0].trigger.pull_trigger(run)
                 done.wait(5)
             else:
@@ -233,8 +271,11 @@ class Controller:
             if stopped.is_set():  # pragma: no cover: run by a test, unrecordable after os._exit
                 log.warning("received %s again: exiting at once", name)
                 os._exit(128 + signum)
-            log.info("received %s: finishing the operation under way, then exiting "
-                     "(send it again to exit at once)", name)
+            log.info(
+                "received %s: finishing the operation under way, then exiting "
+                "(send it again to exit at once)",
+                name,
+            )
             stopped.set()
 
         signal.signal(signal.SIGTERM, on_signal)

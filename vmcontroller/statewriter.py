@@ -14,6 +14,7 @@ disk allows it.
 Nothing here runs SQLite under the monitor's lock: callers may queue writes
 while holding it, since queuing only touches memory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .store import Event, Store, StoreError
 
@@ -40,8 +42,13 @@ Write = Callable[[Store], Any]
 class StateWriter:
     """The monitor's view of the Store: reads from memory, writes queued."""
 
-    def __init__(self, store: Store, max_queued: int = MAX_QUEUED,
-                 retry_initial: float = RETRY_INITIAL, retry_max: float = RETRY_MAX):
+    def __init__(
+        self,
+        store: Store,
+        max_queued: int = MAX_QUEUED,
+        retry_initial: float = RETRY_INITIAL,
+        retry_max: float = RETRY_MAX,
+    ):
         self.store = store
         self.max_queued = max_queued
         self.retry_initial = retry_initial
@@ -49,7 +56,7 @@ class StateWriter:
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
         self._flags: dict[str, Any] = {}
-        self._flag_queued: dict[str, int] = {}     # key -> seq of its queued write
+        self._flag_queued: dict[str, int] = {}  # key -> seq of its queued write
         self._queue: deque[tuple[int, str | None, Write]] = deque()  # (seq, flag key, write)
         self._seq = 0
         self._written = 0
@@ -85,8 +92,11 @@ class StateWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if left:
-            log.error("%d write(s) to the state file were lost at exit: %s", left,
-                      self._problem or "the writer did not finish in time")
+            log.error(
+                "%d write(s) to the state file were lost at exit: %s",
+                left,
+                self._problem or "the writer did not finish in time",
+            )
         self.store.close()
 
     # ------------------------------------------------------------ status
@@ -94,11 +104,13 @@ class StateWriter:
     @property
     def problem(self) -> str | None:
         """Why state is not being saved now, in words for status; None when all is well."""
-        problem = self._problem   # status asks on every poll: no lock to read one reference
+        problem = self._problem  # status asks on every poll: no lock to read one reference
         if problem is None:
             return None
-        return (f"state is not being saved to {str(self.store.path)!r}: {problem} "
-                f"({self.pending} write(s) waiting; the watchdog goes on)")
+        return (
+            f"state is not being saved to {str(self.store.path)!r}: {problem} "
+            f"({self.pending} write(s) waiting; the watchdog goes on)"
+        )
 
     @property
     def pending(self) -> int:
@@ -125,14 +137,14 @@ class StateWriter:
             self._flags[key] = value
             queued = self._flag_queued.get(key)
             if queued is not None:
-                return queued   # that write, still queued, will write the newest value
+                return queued  # that write, still queued, will write the newest value
             seq = self._enqueue_locked(key, lambda store: store.put(key, self._flag_value(key)))
             self._flag_queued[key] = seq
             return seq
 
     def _flag_value(self, key: str) -> Any:
         with self._cond:
-            self._flag_queued.pop(key, None)   # a put from now on needs a write of its own
+            self._flag_queued.pop(key, None)  # a put from now on needs a write of its own
             return self._flags[key]
 
     # ------------------------------------------------------------ history
@@ -143,43 +155,84 @@ class StateWriter:
         with self._cond:
             event_id = self._next_id
             self._next_id += 1
-            self._enqueue_locked(None, lambda store: store.begin(vm, trigger, action, reason,
-                                                                 when=when, event_id=event_id))
+            self._enqueue_locked(
+                None,
+                lambda store: store.begin(
+                    vm, trigger, action, reason, when=when, event_id=event_id
+                ),
+            )
         return event_id
 
-    def finish(self, event_id: int, outcome: str, duration: float | None,
-               error: str | None = None) -> int:
+    def finish(
+        self, event_id: int, outcome: str, duration: float | None, error: str | None = None
+    ) -> int:
         with self._cond:
-            return self._enqueue_locked(None, lambda store: store.finish(event_id, outcome,
-                                                                         duration, error))
+            return self._enqueue_locked(
+                None, lambda store: store.finish(event_id, outcome, duration, error)
+            )
 
-    def record(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-               duration: float | None = None, error: str | None = None) -> int:
+    def record(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        outcome: str,
+        duration: float | None = None,
+        error: str | None = None,
+    ) -> int:
         """Queue an action that is already over (or was refused). Returns its id."""
         when = time.time()
         with self._cond:
             event_id = self._next_id
             self._next_id += 1
-            self._enqueue_locked(None, lambda store: store.record(
-                vm, trigger, action, reason, outcome, duration, error, when=when,
-                event_id=event_id))
+            self._enqueue_locked(
+                None,
+                lambda store: store.record(
+                    vm,
+                    trigger,
+                    action,
+                    reason,
+                    outcome,
+                    duration,
+                    error,
+                    when=when,
+                    event_id=event_id,
+                ),
+            )
         return event_id
 
-    def record_coalesced(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-                         error: str | None = None) -> None:
+    def record_coalesced(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        outcome: str,
+        error: str | None = None,
+    ) -> None:
         """Queue an event that may repeat at will: repeats share a row (Store.record_coalesced)."""
         when = time.time()
         with self._cond:
-            self._enqueue_locked(None, lambda store: store.record_coalesced(
-                vm, trigger, action, reason, outcome, error, now=when))
+            self._enqueue_locked(
+                None,
+                lambda store: store.record_coalesced(
+                    vm, trigger, action, reason, outcome, error, now=when
+                ),
+            )
 
     def mark_interrupted(self) -> None:
         """Queue: actions a crash cut short get the outcome 'interrupted' (logged when done)."""
+
         def write(store: Store) -> None:
             count = store.mark_interrupted()
             if count:
-                log.warning("%d action(s) were cut short when the controller last stopped; "
-                            "they are marked 'interrupted' in the history", count)
+                log.warning(
+                    "%d action(s) were cut short when the controller last stopped; "
+                    "they are marked 'interrupted' in the history",
+                    count,
+                )
+
         with self._cond:
             self._enqueue_locked(None, write)
 
@@ -187,16 +240,22 @@ class StateWriter:
         with self._cond:
             self._enqueue_locked(None, lambda store: store.prune())
 
-    def events(self, limit: int = 100, since: float | None = None,
-               triggers: Iterable[str] = (), wait: float = 1.0) -> list[Event]:
+    def events(
+        self,
+        limit: int = 100,
+        since: float | None = None,
+        triggers: Iterable[str] = (),
+        wait: float = 1.0,
+    ) -> list[Event]:
         """History, newest first, including what was queued before the call when the disk
         allows it within ``wait``. Raises StoreError if the file cannot be read."""
         self.flush(wait)
         try:
             return self.store.events(limit=limit, since=since, triggers=triggers)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the history from {str(self.store.path)!r}: "
-                             f"{exc}") from None
+            raise StoreError(
+                f"cannot read the history from {str(self.store.path)!r}: {exc}"
+            ) from None
 
     # ------------------------------------------------------------ durability
 
@@ -211,8 +270,12 @@ class StateWriter:
             target = self._seq if ticket is None else ticket
             while self._written < target:
                 remaining = deadline - time.monotonic()
-                if self._problem is not None or remaining <= 0 or self._thread is None \
-                        or not self._thread.is_alive():
+                if (
+                    self._problem is not None
+                    or remaining <= 0
+                    or self._thread is None
+                    or not self._thread.is_alive()
+                ):
                     return False
                 self._cond.wait(remaining)
             return True
@@ -229,12 +292,16 @@ class StateWriter:
 
     def _drop_oldest_history_locked(self) -> None:
         for index, (_, key, _write) in enumerate(self._queue):
-            if key is None and index > 0:   # the head may be being written right now
+            if key is None and index > 0:  # the head may be being written right now
                 del self._queue[index]
                 self._dropped += 1
                 if self._dropped == 1 or self._dropped % 1000 == 0:
-                    log.error("the state file refuses writes and %d are queued: %d history "
-                              "row(s) dropped so far", self.max_queued, self._dropped)
+                    log.error(
+                        "the state file refuses writes and %d are queued: %d history "
+                        "row(s) dropped so far",
+                        self.max_queued,
+                        self._dropped,
+                    )
                 return
 
     def _run(self) -> None:
@@ -255,9 +322,9 @@ class StateWriter:
                         return
                     self._cond.wait(delay)
                 delay = min(delay * 2, self.retry_max)
-                self.store.reopen()   # a file opened read-only at start may be writable now
+                self.store.reopen()  # a file opened read-only at start may be writable now
                 continue
-            except Exception:   # a bug in one write must not stop every later one
+            except Exception:  # a bug in one write must not stop every later one
                 log.exception("a write to the state file failed unexpectedly; skipped")
             delay = self.retry_initial
             with self._cond:
@@ -265,7 +332,7 @@ class StateWriter:
                     self._queue.popleft()
                 self._written = seq
                 recovered = None
-                if not self._queue:   # a disk that takes one write may refuse the next
+                if not self._queue:  # a disk that takes one write may refuse the next
                     recovered, self._problem = self._problem, None
                 self._cond.notify_all()
             if recovered is not None:
@@ -279,5 +346,10 @@ class StateWriter:
             waiting = len(self._queue)
             self._cond.notify_all()
         if new:
-            log.error("cannot write the state file %r: %s; %d write(s) wait and are retried; "
-                      "the watchdog goes on without them", str(self.store.path), cause, waiting)
+            log.error(
+                "cannot write the state file %r: %s; %d write(s) wait and are retried; "
+                "the watchdog goes on without them",
+                str(self.store.path),
+                cause,
+                waiting,
+            )

@@ -11,6 +11,7 @@ history is pruned by age and count, the space pruning frees is given back
 can repeat at will is coalesced into one row per cause and interval with a
 count, instead of a row per request.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote
 
 from .vocab import INTERRUPTED, REPEAT_INTERVAL, STARTED
@@ -50,7 +52,7 @@ MIGRATIONS = {
     "count": "ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
 }
 _COLUMNS = "id, time, vm, trigger, action, reason, outcome, duration, error, count"
-_INCREMENTAL = 2   # PRAGMA auto_vacuum's value for INCREMENTAL
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class Event:
     outcome: str
     duration: float | None
     error: str | None
-    count: int = 1     # occurrences coalesced into this row (see record_coalesced)
+    count: int = 1  # occurrences coalesced into this row (see record_coalesced)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,14 +119,19 @@ class Store:
             # disk) leaves the artwork unwatched: run on what can be read instead.
             self.unwritable = f"cannot open it for writing: {exc}"
             self._db = self._open_read_only()
-            log.error("the state file %s %s; running on what it holds, changes are not saved "
-                      "until it can be written again", self.path, self.unwritable)
+            log.error(
+                "the state file %s %s; running on what it holds, changes are not saved "
+                "until it can be written again",
+                self.path,
+                self.unwritable,
+            )
 
     def _open(self) -> sqlite3.Connection:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                   isolation_level=None, timeout=10)
+        self._db = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=10
+        )
         try:
             self._use_incremental_vacuum()
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -147,10 +154,14 @@ class Store:
             if "count" in present:
                 return db
             db.close()
-            self.unwritable += ("; it is from an older version, which cannot be converted "
-                                "without writing: starting from an empty state")
+            self.unwritable = (self.unwritable or "") + (
+                "; it is from an older version, which cannot be converted "
+                "without writing: starting from an empty state"
+            )
         except sqlite3.Error as exc:
-            self.unwritable += f"; nor read ({exc}): starting from an empty state"
+            self.unwritable = (
+                self.unwritable or ""
+            ) + f"; nor read ({exc}): starting from an empty state"
         db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         db.executescript(SCHEMA)
         _add_missing_columns(db)
@@ -186,8 +197,12 @@ class Store:
             except sqlite3.Error as exc:
                 # It needs room for a copy of the file; without it the controller
                 # still runs, the file just does not shrink until a later start.
-                log.warning("could not convert the state file %s to incremental vacuum "
-                            "(%s): pruned history will not shrink it", self.path, exc)
+                log.warning(
+                    "could not convert the state file %s to incremental vacuum "
+                    "(%s): pruned history will not shrink it",
+                    self.path,
+                    exc,
+                )
 
     def _migrate(self) -> None:
         _add_missing_columns(self._db)
@@ -205,14 +220,23 @@ class Store:
 
     def put(self, key: str, value: Any) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO flags (key, value) VALUES (?, ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                             (key, json.dumps(value)))
+            self._db.execute(
+                "INSERT INTO flags (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     # ------------------------------------------------------------ history
 
-    def begin(self, vm: str, trigger: str, action: str, reason: str,
-              when: float | None = None, event_id: int | None = None) -> int:
+    def begin(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        when: float | None = None,
+        event_id: int | None = None,
+    ) -> int:
         """Record an action as started; ``finish`` completes it. Returns its id.
 
         ``event_id`` lets a writer that queues rows hand out their ids before
@@ -222,35 +246,73 @@ class Store:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO events (id, time, vm, trigger, action, reason, outcome) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event_id, time.time() if when is None else when, vm, trigger, action, reason,
-                 STARTED))
-            return int(cursor.lastrowid) if event_id is None else event_id
+                (
+                    event_id,
+                    time.time() if when is None else when,
+                    vm,
+                    trigger,
+                    action,
+                    reason,
+                    STARTED,
+                ),
+            )
+            return int(cursor.lastrowid or 0) if event_id is None else event_id
 
     def max_event_id(self) -> int:
         """The highest id handed out so far (0 for an empty history)."""
         with self._lock:
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") \
-                .fetchone()
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+            ).fetchone()
             top = self._db.execute("SELECT MAX(id) FROM events").fetchone()
         return max(int(row[0]) if row else 0, int(top[0] or 0))
 
-    def finish(self, event_id: int, outcome: str, duration: float | None,
-               error: str | None = None) -> None:
+    def finish(
+        self, event_id: int, outcome: str, duration: float | None, error: str | None = None
+    ) -> None:
         with self._lock:
-            self._db.execute("UPDATE events SET outcome = ?, duration = ?, error = ? WHERE id = ?",
-                             (outcome, duration, error, event_id))
+            self._db.execute(
+                "UPDATE events SET outcome = ?, duration = ?, error = ? WHERE id = ?",
+                (outcome, duration, error, event_id),
+            )
 
-    def record(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-               duration: float | None = None, error: str | None = None,
-               when: float | None = None, event_id: int | None = None) -> int:
+    def record(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        outcome: str,
+        duration: float | None = None,
+        error: str | None = None,
+        when: float | None = None,
+        event_id: int | None = None,
+    ) -> int:
         """Record an action that is already over (or was refused): one row, one commit."""
         with self._lock:
-            return self._insert(vm, trigger, action, reason, outcome, duration, error,
-                                time.time() if when is None else when, event_id)
+            return self._insert(
+                vm,
+                trigger,
+                action,
+                reason,
+                outcome,
+                duration,
+                error,
+                time.time() if when is None else when,
+                event_id,
+            )
 
-    def record_coalesced(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-                         error: str | None = None, interval: float = REPEAT_INTERVAL,
-                         now: float | None = None) -> int:
+    def record_coalesced(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        outcome: str,
+        error: str | None = None,
+        interval: float = REPEAT_INTERVAL,
+        now: float | None = None,
+    ) -> int:
         """Record an event that may repeat at will (a refused guest request).
 
         Repeats of one cause, the same (vm, trigger, action, outcome, error), within
@@ -267,7 +329,8 @@ class Store:
             row = self._db.execute(
                 "SELECT id FROM events WHERE time > ? AND time <= ? AND vm = ? AND trigger = ? "
                 "AND action = ? AND outcome = ? AND error IS ? ORDER BY id DESC LIMIT 1",
-                (now - interval, now, vm, trigger, action, outcome, error)).fetchone()
+                (now - interval, now, vm, trigger, action, outcome, error),
+            ).fetchone()
             if row is None:
                 return self._insert(vm, trigger, action, reason, outcome, None, error, now)
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -277,28 +340,41 @@ class Store:
                 self._db.execute("PRAGMA synchronous=FULL")
             return int(row[0])
 
-    def _insert(self, vm: str, trigger: str, action: str, reason: str, outcome: str,
-                duration: float | None, error: str | None, when: float,
-                event_id: int | None = None) -> int:
+    def _insert(
+        self,
+        vm: str,
+        trigger: str,
+        action: str,
+        reason: str,
+        outcome: str,
+        duration: float | None,
+        error: str | None,
+        when: float,
+        event_id: int | None = None,
+    ) -> int:
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO events (id, time, vm, trigger, action, reason, outcome, "
             "duration, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event_id, when, vm, trigger, action, reason, outcome, duration, error))
-        return int(cursor.lastrowid) if event_id is None else event_id
+            (event_id, when, vm, trigger, action, reason, outcome, duration, error),
+        )
+        return int(cursor.lastrowid or 0) if event_id is None else event_id
 
     def mark_interrupted(self) -> int:
         """At start: actions a crash cut short get the outcome 'interrupted'."""
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE events SET outcome = ?, error = ? WHERE outcome = ?",
-                (INTERRUPTED, "the controller stopped before this action ended", STARTED))
+                (INTERRUPTED, "the controller stopped before this action ended", STARTED),
+            )
             return cursor.rowcount
 
-    def events(self, limit: int = 100, since: float | None = None,
-               triggers: Iterable[str] = ()) -> list[Event]:
+    def events(
+        self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
+    ) -> list[Event]:
         """Newest first."""
         query = f"SELECT {_COLUMNS} FROM events"
-        where, args = [], []
+        where: list[str] = []
+        args: list[float | str] = []
         if since is not None:
             where.append("time >= ?")
             args.append(since)
@@ -318,11 +394,14 @@ class Store:
         """Drop history older than max_age or beyond max_rows, and give the space back."""
         now = time.time() if now is None else now
         with self._lock:
-            removed = self._db.execute("DELETE FROM events WHERE time < ? AND outcome != ?",
-                                       (now - self.max_age, STARTED)).rowcount
+            removed = self._db.execute(
+                "DELETE FROM events WHERE time < ? AND outcome != ?", (now - self.max_age, STARTED)
+            ).rowcount
             removed += self._db.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC "
-                "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+                "LIMIT 1 OFFSET ?)",
+                (self.max_rows,),
+            ).rowcount
             if removed:
                 self._compact()
         return removed

@@ -7,18 +7,19 @@ message is what an admin needs to read in the API's ``detail``.
 Names always travel behind explicit options (``--domain``, ``--snapshotname``):
 a positional name starting with '-' would be read by virsh as an option.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import re
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +75,52 @@ class SnapshotLacksDefinition(RevertRisky):
 
 # Most specific first: "failed to connect" must win over the generic fall-through.
 _ERROR_PATTERNS: tuple[tuple[re.Pattern[str], type[VirshError]], ...] = (
-    (re.compile(r"failed to connect to the hypervisor|Failed to connect socket|"
-                r"no connection driver available|Cannot recv data|End of file while reading",
-                re.I), LibvirtUnreachable),
-    (re.compile(r"revert requires force: snapshot without memory state, removal of existing "
-                r"managed saved? state", re.I), ManagedSaveConflict),
-    (re.compile(r"revert requires force: snapshot '.*' lacks domain '.*' rollback info", re.I),
-     SnapshotLacksDefinition),
+    (
+        re.compile(
+            r"failed to connect to the hypervisor|Failed to connect socket|"
+            r"no connection driver available|Cannot recv data|End of file while reading",
+            re.I,
+        ),
+        LibvirtUnreachable,
+    ),
+    (
+        re.compile(
+            r"revert requires force: snapshot without memory state, removal of existing "
+            r"managed saved? state",
+            re.I,
+        ),
+        ManagedSaveConflict,
+    ),
+    (
+        re.compile(r"revert requires force: snapshot '.*' lacks domain '.*' rollback info", re.I),
+        SnapshotLacksDefinition,
+    ),
     (re.compile(r"revert requires force", re.I), RevertRisky),
-    (re.compile(r"snapshot not found|no domain snapshot with matching name|"
-                r"has no current snapshot", re.I), SnapshotNotFound),
-    (re.compile(r"failed to get domain|Domain not found|no domain with matching", re.I),
-     DomainNotFound),
+    (
+        re.compile(
+            r"snapshot not found|no domain snapshot with matching name|"
+            r"has no current snapshot",
+            re.I,
+        ),
+        SnapshotNotFound,
+    ),
+    (
+        re.compile(r"failed to get domain|Domain not found|no domain with matching", re.I),
+        DomainNotFound,
+    ),
     (re.compile(r"domain is not running", re.I), NotRunning),
 )
 
 
-def classify_error(stderr: str, command: Sequence[str] = (), returncode: int | None = None) -> VirshError:
+def classify_error(
+    stderr: str, command: Sequence[str] = (), returncode: int | None = None
+) -> VirshError:
     """Turn virsh's stderr into the matching typed error."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    message = "; ".join(re.sub(r"^error:\s*", "", ln) for ln in lines) or \
-        f"virsh exited with status {returncode} and no message"
+    message = (
+        "; ".join(re.sub(r"^error:\s*", "", ln) for ln in lines)
+        or f"virsh exited with status {returncode} and no message"
+    )
     for pattern, cls in _ERROR_PATTERNS:
         if pattern.search(stderr):
             return cls(message, command, returncode)
@@ -102,6 +128,7 @@ def classify_error(stderr: str, command: Sequence[str] = (), returncode: int | N
 
 
 # ---------------------------------------------------------------- parsers
+
 
 def parse_domstate(output: str) -> str:
     """``virsh domstate`` prints the state alone on its first non-blank line."""
@@ -122,13 +149,14 @@ class LifecycleEvent:
 
     timestamp: datetime | None
     domain: str
-    event: str   # Started, Stopped, Suspended, Resumed, Defined, Undefined, Shutdown, Crashed, ...
+    event: str  # Started, Stopped, Suspended, Resumed, Defined, Undefined, Shutdown, Crashed, ...
     detail: str  # Booted, Destroyed, Snapshot, Paused, "Finished after host request", ...
 
 
 _EVENT_RE = re.compile(
     r"^(?:(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d{4}): )?"
-    r"event 'lifecycle' for domain '(?P<domain>.*)': (?P<event>\S+)(?: (?P<detail>.*))?$")
+    r"event 'lifecycle' for domain '(?P<domain>.*)': (?P<event>\S+)(?: (?P<detail>.*))?$"
+)
 
 
 def parse_event_line(line: str) -> LifecycleEvent | None:
@@ -145,7 +173,9 @@ def parse_event_line(line: str) -> LifecycleEvent | None:
                 ts = datetime.strptime(m.group("ts"), "%Y-%m-%d %H:%M:%S%z")
             except ValueError:
                 ts = None
-    return LifecycleEvent(ts, m.group("domain"), m.group("event"), (m.group("detail") or "").strip())
+    return LifecycleEvent(
+        ts, m.group("domain"), m.group("event"), (m.group("detail") or "").strip()
+    )
 
 
 # ---------------------------------------------------------------- runner
@@ -154,11 +184,17 @@ def parse_event_line(line: str) -> LifecycleEvent | None:
 #: take minutes for a large VM on a slow disk, and get ``long_timeout``.
 LONG_COMMANDS = frozenset({"snapshot-create-as", "snapshot-revert", "snapshot-delete"})
 
+
 class VirshRunner:
     """Runs virsh for one libvirt URI. Thread-safe: it holds no per-call state."""
 
-    def __init__(self, uri: str = "qemu:///system", timeout: float = 30.0, binary: str = "virsh",
-                 long_timeout: float | None = None):
+    def __init__(
+        self,
+        uri: str = "qemu:///system",
+        timeout: float = 30.0,
+        binary: str = "virsh",
+        long_timeout: float | None = None,
+    ):
         self.uri = uri
         self.timeout = timeout
         self.long_timeout = max(timeout, long_timeout or timeout)
@@ -180,15 +216,26 @@ class VirshRunner:
         limit = self.long_timeout if args[0] in LONG_COMMANDS else self.timeout
         started = time.monotonic()
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=limit, env=self._env(), check=False)
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=limit,
+                env=self._env(),
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise VirshTimeout(f"virsh {args[0].split()[0]} did not answer within {limit:g} s "
-                               f"(is libvirtd hung?)", argv) from None
+            raise VirshTimeout(
+                f"virsh {args[0].split()[0]} did not answer within {limit:g} s (is libvirtd hung?)",
+                argv,
+            ) from None
         except OSError as exc:
             raise LibvirtUnreachable(f"cannot run {self.binary!r}: {exc.strerror}", argv) from None
-        log.debug("virsh %s -> %d in %.3f s", " ".join(args), proc.returncode,
-                  time.monotonic() - started)
+        log.debug(
+            "virsh %s -> %d in %.3f s", " ".join(args), proc.returncode, time.monotonic() - started
+        )
         if proc.returncode != 0:
             raise classify_error(proc.stderr or proc.stdout, argv, proc.returncode)
         return proc.stdout
@@ -233,14 +280,22 @@ class VirshRunner:
         """Delete one snapshot; its children are re-parented, never deleted."""
         self.run("snapshot-delete", "--domain", domain, "--snapshotname", name)
 
-    def snapshot_revert(self, domain: str, name: str, *, paused: bool = False,
-                        force: bool = False) -> None:
+    def snapshot_revert(
+        self, domain: str, name: str, *, paused: bool = False, force: bool = False
+    ) -> None:
         """Revert and leave the domain running (or paused), whatever state the snapshot recorded.
 
         ``force`` overrides libvirt's refusal of a risky revert (RevertRisky).
         """
-        self.run("snapshot-revert", "--domain", domain, "--snapshotname", name,
-                 "--paused" if paused else "--running", *(("--force",) if force else ()))
+        self.run(
+            "snapshot-revert",
+            "--domain",
+            domain,
+            "--snapshotname",
+            name,
+            "--paused" if paused else "--running",
+            *(("--force",) if force else ()),
+        )
 
     def event_argv(self) -> list[str]:
         return self._argv(["event", "--loop", "--timestamp", "--event", "lifecycle"])
@@ -248,12 +303,13 @@ class VirshRunner:
 
 @dataclass(frozen=True)
 class CommandResult:
-    returncode: int | None   # None: killed at the timeout
-    output: str              # stdout and stderr, trimmed for the log
+    returncode: int | None  # None: killed at the timeout
+    output: str  # stdout and stderr, trimmed for the log
 
 
-def run_command(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None,
-                limit: int = 2000) -> CommandResult:
+def run_command(
+    argv: Sequence[str], timeout: float, env: dict[str, str] | None = None, limit: int = 2000
+) -> CommandResult:
     """Run a site's own command (post_revert_command) with a timeout; never raises for it.
 
     It lives here because this module is the one place that starts processes.
@@ -261,9 +317,14 @@ def run_command(argv: Sequence[str], timeout: float, env: dict[str, str] | None 
     script's children die with it instead of living on (and piling up) as orphans.
     """
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     except OSError as exc:
         return CommandResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
     try:
@@ -272,7 +333,7 @@ def run_command(argv: Sequence[str], timeout: float, env: dict[str, str] | None 
         _kill_group(proc)
         try:
             out, _ = proc.communicate(timeout=_REAP_WAIT)
-        except subprocess.TimeoutExpired:   # a child left the group and holds the pipe
+        except subprocess.TimeoutExpired:  # a child left the group and holds the pipe
             out = exc.stdout or b""
         return CommandResult(None, _text(out)[-limit:])
     return CommandResult(proc.returncode, _text(out)[-limit:])
@@ -306,10 +367,15 @@ class EventStream:
     ``connected`` tells the monitor to fall back on polling meanwhile.
     """
 
-    def __init__(self, runner: VirshRunner, domain: str,
-                 on_event: Callable[[LifecycleEvent], None],
-                 on_connection_change: Callable[[bool], None] | None = None,
-                 max_backoff: float = 10.0, stable_after: float = 30.0):
+    def __init__(
+        self,
+        runner: VirshRunner,
+        domain: str,
+        on_event: Callable[[LifecycleEvent], None],
+        on_connection_change: Callable[[bool], None] | None = None,
+        max_backoff: float = 10.0,
+        stable_after: float = 30.0,
+    ):
         self._runner = runner
         self._domain = domain
         self._on_event = on_event
@@ -324,8 +390,9 @@ class EventStream:
         self.connected = False
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"virsh-events-{self._domain}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"virsh-events-{self._domain}", daemon=True
+        )
         self._thread.start()
 
     def ensure_thread(self) -> bool:
@@ -368,9 +435,16 @@ class EventStream:
             delay = min(delay * 2, self._max_backoff)
 
     def _follow_once(self) -> None:
-        proc = subprocess.Popen(self._runner.event_argv(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="replace", bufsize=1, env=VirshRunner._env())
+        proc = subprocess.Popen(
+            self._runner.event_argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=VirshRunner._env(),
+        )
         with self._proc_lock:
             self._proc = proc
         if self._stop.is_set():
@@ -391,8 +465,11 @@ class EventStream:
             proc.wait()
             if proc.returncode and not self._stop.is_set():
                 err = proc.stderr.read() if proc.stderr else ""
-                log.warning("virsh event exited with status %s: %s", proc.returncode,
-                            classify_error(err, returncode=proc.returncode).message)
+                log.warning(
+                    "virsh event exited with status %s: %s",
+                    proc.returncode,
+                    classify_error(err, returncode=proc.returncode).message,
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -4,17 +4,26 @@ Every operation that changes the domain takes the domain's lock, so that a
 restart from the API and an automatic recovery never interleave; reads that
 only ask libvirt (state, snapshot list) do not need it.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
-from .virsh import (DomainNotFound, ManagedSaveConflict, NotRunning, RevertRisky,
-                    SnapshotLacksDefinition, SnapshotNotFound, VirshError, VirshRunner)
+from .virsh import (
+    DomainNotFound,
+    ManagedSaveConflict,
+    NotRunning,
+    RevertRisky,
+    SnapshotLacksDefinition,
+    SnapshotNotFound,
+    VirshError,
+    VirshRunner,
+)
 from .vocab import API_PREFIX
 
 log = logging.getLogger(__name__)
@@ -46,7 +55,7 @@ def _visible(names: list[str]) -> list[str]:
     shown = []
     for name in names:
         if name.endswith(_SPARE_SUFFIX):
-            base = name[:-len(_SPARE_SUFFIX)]
+            base = name[: -len(_SPARE_SUFFIX)]
             if base not in present:
                 shown.append(base)
         else:
@@ -85,12 +94,12 @@ class ReferenceRepair:
     """What repair_reference() found and did, for the log, the history and status."""
 
     message: str
-    reverted: bool   # True: the VM was reverted (to the spare) and runs from that state
+    reverted: bool  # True: the VM was reverted (to the spare) and runs from that state
 
 
 @dataclass(frozen=True)
 class StartResult:
-    reverted: bool      # False: no snapshot, the VM was booted as it was
+    reverted: bool  # False: no snapshot, the VM was booted as it was
     was_running: bool
     revert: RevertResult | None = None
 
@@ -116,8 +125,13 @@ class Domain:
             try:
                 yield
             except Exception as exc:
-                log.info("%s of VM %r failed after %.2f s: %s", what, self.name,
-                         time.monotonic() - started, exc)
+                log.info(
+                    "%s of VM %r failed after %.2f s: %s",
+                    what,
+                    self.name,
+                    time.monotonic() - started,
+                    exc,
+                )
                 raise
             log.info("%s of VM %r done in %.2f s", what, self.name, time.monotonic() - started)
 
@@ -169,12 +183,16 @@ class Domain:
             except SnapshotNotFound:
                 raise SnapshotMissing(
                     f"snapshot {name!r} of VM {self.name!r} does not exist; "
-                    f"create it with {API_PREFIX}/snapshot/create") from None
-            note = (f"snapshot {name!r} was missing after an interrupted replacement; reverted "
-                    f"to its spare {spare!r}, which holds the state saved for it (the next "
-                    f"start-up repair recreates {name!r})")
-            return RevertResult(result.forced, note if result.note is None
-                                else f"{note}; {result.note}")
+                    f"create it with {API_PREFIX}/snapshot/create"
+                ) from None
+            note = (
+                f"snapshot {name!r} was missing after an interrupted replacement; reverted "
+                f"to its spare {spare!r}, which holds the state saved for it (the next "
+                f"start-up repair recreates {name!r})"
+            )
+            return RevertResult(
+                result.forced, note if result.note is None else f"{note}; {result.note}"
+            )
 
     def _revert(self, snapshot: str, paused: bool = False) -> RevertResult:
         """One revert, with the decision on libvirt's refusals described in README.
@@ -195,16 +213,24 @@ class Domain:
                 f"use it. Staff: start the VM (virsh start --domain {self.name}), bring the "
                 f"artwork to its known-good state, and take the snapshot again "
                 f"({API_PREFIX}/snapshot/create?snapshot_name={self.snapshot_name}); recovery "
-                f"works again from then on.", exc.command, exc.returncode) from None
+                f"works again from then on.",
+                exc.command,
+                exc.returncode,
+            ) from None
         except RevertRisky as exc:
-            refusal = exc   # kept: `exc` is unbound when the except block ends
+            refusal = exc  # kept: `exc` is unbound when the except block ends
         if isinstance(refusal, ManagedSaveConflict):
             # The image is the memory of the state a revert discards; left in
             # place, a later plain `virsh start` (or libvirt-guests at boot)
             # would resume it on top of the reverted disk.
             self.runner.managedsave_remove(self.name)
-            done, force = ("removed the VM's stale managed save image (its memory saved at a "
-                           "host shutdown) and reverted"), False
+            done, force = (
+                (
+                    "removed the VM's stale managed save image (its memory saved at a "
+                    "host shutdown) and reverted"
+                ),
+                False,
+            )
         else:
             done, force = "reverted with --force to the snapshot and its own definition", True
         try:
@@ -217,7 +243,9 @@ class Domain:
                 f"--domain {self.name} --snapshotname {snapshot} --running), or take the "
                 f"snapshot again ({API_PREFIX}/snapshot/create?snapshot_name="
                 f"{self.snapshot_name}), then restart the VM through the API.",
-                again.command, again.returncode) from None
+                again.command,
+                again.returncode,
+            ) from None
         note = f"libvirt refused the revert ({refusal.message}); the controller {done}"
         log.warning("revert of VM %r to snapshot %r: %s", self.name, snapshot, note)
         return RevertResult(forced=True, note=note)
@@ -230,8 +258,11 @@ class Domain:
                 result = self.revert_and_start()
                 return StartResult(reverted=True, was_running=was_running, revert=result)
             except SnapshotMissing:
-                log.warning("snapshot %r of VM %r does not exist: starting the VM without a revert",
-                            self.snapshot_name, self.name)
+                log.warning(
+                    "snapshot %r of VM %r does not exist: starting the VM without a revert",
+                    self.snapshot_name,
+                    self.name,
+                )
             with self.operation("start"):
                 self._ensure_running()
             return StartResult(reverted=False, was_running=was_running)
@@ -289,9 +320,12 @@ class Domain:
                 try:
                     self.runner.snapshot_create(self.name, name)
                 except VirshError as exc:
-                    raise VirshError(f"{exc.message} (the new state is kept as snapshot {spare!r}, "
-                                     f"which stands in for {name!r})",
-                                     exc.command, exc.returncode) from None
+                    raise VirshError(
+                        f"{exc.message} (the new state is kept as snapshot {spare!r}, "
+                        f"which stands in for {name!r})",
+                        exc.command,
+                        exc.returncode,
+                    ) from None
                 self.runner.snapshot_delete(self.name, spare)
             return True
 
@@ -312,8 +346,11 @@ class Domain:
             try:
                 self.runner.resume(self.name)
             except VirshError as exc:
-                log.error("VM %r stays paused: resuming it after a failed snapshot failed: %s",
-                          self.name, exc.message)
+                log.error(
+                    "VM %r stays paused: resuming it after a failed snapshot failed: %s",
+                    self.name,
+                    exc.message,
+                )
             raise
         self.runner.resume(self.name)
 
@@ -334,8 +371,11 @@ class Domain:
         name, spare = self.snapshot_name, spare_name(self.snapshot_name)
         with self._lock:
             existing = self.runner.snapshot_list(self.name)
-            stale = [s for s in existing
-                     if s.endswith(_SPARE_SUFFIX) and s[:-len(_SPARE_SUFFIX)] in existing]
+            stale = [
+                s
+                for s in existing
+                if s.endswith(_SPARE_SUFFIX) and s[: -len(_SPARE_SUFFIX)] in existing
+            ]
             adopt = spare in existing and name not in existing
             if not stale and not adopt:
                 return None
@@ -344,17 +384,21 @@ class Domain:
                 for leftover in stale:
                     # First, so that the adoption below never sees a stale spare.
                     self.runner.snapshot_delete(self.name, leftover)
-                    base = leftover[:-len(_SPARE_SUFFIX)]
-                    done.append(f"an interrupted replacement of snapshot {base!r} left its spare "
-                                f"{leftover!r}: kept {base!r} (complete) and deleted the spare")
+                    base = leftover[: -len(_SPARE_SUFFIX)]
+                    done.append(
+                        f"an interrupted replacement of snapshot {base!r} left its spare "
+                        f"{leftover!r}: kept {base!r} (complete) and deleted the spare"
+                    )
                 if adopt:
                     self._revert(spare, paused=True)
                     self.runner.snapshot_create(self.name, name)
                     self.runner.snapshot_delete(self.name, spare)
                     self.runner.resume(self.name)
-                    done.append(f"snapshot {name!r} was missing after an interrupted replacement: "
-                                f"recreated it from its spare {spare!r}, which holds the state "
-                                f"saved for it, and deleted the spare; the VM runs from that state")
+                    done.append(
+                        f"snapshot {name!r} was missing after an interrupted replacement: "
+                        f"recreated it from its spare {spare!r}, which holds the state "
+                        f"saved for it, and deleted the spare; the VM runs from that state"
+                    )
             message = "; ".join(done)
             log.warning("VM %r: %s", self.name, message)
             return ReferenceRepair(message, reverted=adopt)

@@ -3,6 +3,7 @@ and the command line must agree on, defined once so they cannot drift.
 
 A leaf module: it imports nothing from the package.
 """
+
 from __future__ import annotations
 
 #: Every REST route lives under this prefix.
@@ -16,10 +17,18 @@ VM_CRASHED = "vm_crashed"
 VM_PAUSED = "vm_paused"
 GUEST_REQUEST = "guest_request"
 IDLE_RESET = "idle_reset"
-API = "api"          # staff, through the REST API
+API = "api"  # staff, through the REST API
 STARTUP = "startup"  # the controller itself, when it starts
-TRIGGERS = (HEARTBEAT_TIMEOUT, VM_STOPPED, VM_CRASHED, VM_PAUSED, GUEST_REQUEST, IDLE_RESET,
-            API, STARTUP)
+TRIGGERS = (
+    HEARTBEAT_TIMEOUT,
+    VM_STOPPED,
+    VM_CRASHED,
+    VM_PAUSED,
+    GUEST_REQUEST,
+    IDLE_RESET,
+    API,
+    STARTUP,
+)
 #: Triggers of automatic recovery (they count against the restart-loop guard).
 AUTOMATIC_TRIGGERS = tuple(t for t in TRIGGERS if t not in (API, STARTUP))
 
@@ -62,7 +71,8 @@ REPEAT_INTERVAL = 60.0
 GUEST_PATHS = frozenset(API_PREFIX + p for p in ("/heartbeat", "/revert/request", "/idle/reset"))
 #: Read-only API paths: they change nothing, a cross-site page cannot read their
 #: answers (no CORS), and polling them is routine (logged at DEBUG when they succeed).
-READ_ONLY_PATHS = frozenset(API_PREFIX + p for p in ("/status", "/heartbeat/status",
-                                                      "/snapshots", "/events"))
+READ_ONLY_PATHS = frozenset(
+    API_PREFIX + p for p in ("/status", "/heartbeat/status", "/snapshots", "/events")
+)
 #: The guest's heartbeat: routine too, a few a second for months.
 HEARTBEAT_PATH = API_PREFIX + "/heartbeat"

@@ -6,11 +6,13 @@ no header objects for them. What they read must mean exactly what Flask
 (werkzeug) will read from the same environ, or the gate would judge another
 path than the one routed; so the decoding rules live here, once.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -37,11 +39,17 @@ def content_length(environ: Environ) -> int | None:
     return max(0, int(text)) if text.isdecimal() and text.isascii() else None
 
 
-def json_answer(environ: Environ, start_response: StartResponse, status: int,
-                payload: dict[str, Any], headers: Headers = ()) -> list[bytes]:
+def json_answer(
+    environ: Environ,
+    start_response: StartResponse,
+    status: int,
+    payload: dict[str, Any],
+    headers: Headers = (),
+) -> list[bytes]:
     """Answer with a JSON body the way Flask's jsonify would (a HEAD gets the headers only)."""
     body = (json.dumps(payload) + "\n").encode()
-    start_response(f"{status} {HTTPStatus(status).phrase}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                    *headers])
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
+    )
     return [] if request_method(environ) == "HEAD" else [body]
