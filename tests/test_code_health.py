@@ -48,3 +48,22 @@ def test_the_code_is_formatted_as_ruff_formats_it():
 def test_mypy_finds_no_type_error_in_the_package():
     out = run(tool("mypy"), "--no-incremental", "--cache-dir", "/dev/null")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+#: The web layer: it talks to the controller through controls.Controls and meets its
+#: failures as errors.py's types, never through the runner, the store or the monitor.
+WEB_MODULES = ("app", "routes", "security", "requestlog", "wsgi", "docs", "params", "apispec")
+BELOW_THE_WEB = {"virsh", "vm", "monitor", "store", "statewriter", "guard", "decide", "server"}
+
+
+def test_the_web_layer_imports_nothing_below_the_controls_protocol():
+    import ast
+
+    for name in WEB_MODULES:
+        tree = ast.parse((REPO / "vmcontroller" / f"{name}.py").read_text())
+        imported = {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+        assert not imported & BELOW_THE_WEB, f"{name}.py imports {sorted(imported & BELOW_THE_WEB)}"

@@ -19,7 +19,8 @@ from libvirt_env import wait_until
 from waits import enforcement_period, pause_period, stays_false
 
 from vmcontroller.config import Config, build_config
-from vmcontroller.monitor import Monitor, NotInitialised
+from vmcontroller.errors import NotInitialised
+from vmcontroller.monitor import Monitor
 from vmcontroller.store import Store
 from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
@@ -342,7 +343,7 @@ def test_failed_recovery_backs_off_instead_of_looping(make_monitor):
 
 
 def test_restart_without_snapshot_is_refused_clearly(make_monitor):
-    from vmcontroller.vm import SnapshotMissing
+    from vmcontroller.errors import SnapshotMissing
 
     monitor, runner = make_monitor(FakeRunner(snapshots=()))
     with pytest.raises(SnapshotMissing, match="does not exist"):
@@ -457,7 +458,7 @@ def test_guest_request_is_queued_once_and_recorded(make_monitor):
 
 
 def test_guest_requests_are_refused_in_maintenance_and_after_a_stop(make_monitor):
-    from vmcontroller.monitor import Conflict
+    from vmcontroller.errors import Conflict
     from vmcontroller.vocab import GUEST_REQUEST
 
     monitor, runner = make_monitor()
@@ -545,7 +546,7 @@ def test_a_revert_libvirt_refuses_for_good_stops_recovery_until_staff_act(make_m
     failed = monitor.store.events(limit=1, triggers=["heartbeat_timeout"])[0]
     assert failed.outcome == "failed" and "rollback info" in failed.error
     assert monitor.status()["heartbeat"]["enabled"] is True
-    from vmcontroller.monitor import Conflict
+    from vmcontroller.errors import Conflict
 
     with pytest.raises(Conflict, match="guard tripped"):  # guest requests wait for staff too
         monitor.request_revert("guest_request", "x")
@@ -572,7 +573,7 @@ def test_a_forced_revert_is_recorded_with_libvirts_refusal(make_monitor):
 
 
 def test_a_guest_repeating_a_refused_request_writes_one_row_and_one_log_line(make_monitor, caplog):
-    from vmcontroller.monitor import Conflict
+    from vmcontroller.errors import Conflict
 
     monitor, runner = make_monitor()
     monitor.set_auto_revert(False)
@@ -718,7 +719,7 @@ def test_an_unreadable_history_at_start_is_logged_and_the_watchdog_still_works(
 
 
 def test_a_restart_joining_one_that_outlasts_api_busy_timeout_answers_busy(make_monitor):
-    from vmcontroller.monitor import Busy
+    from vmcontroller.errors import Busy
 
     runner = GatedRunner()
     monitor, _ = make_monitor(runner, heartbeat_timeout=60, api_busy_timeout=0.2)

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import click
@@ -32,10 +33,15 @@ from . import __version__
 from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for, check_base_url
 from .config import ConfigError, as_dict, load_config
 
-OK = 0
-API_FAILED = 1
-USAGE_ERROR = 2
-UNREACHABLE = 3
+
+class ExitStatus(IntEnum):
+    """The command's exit statuses, one meaning each for every verb (see above)."""
+
+    OK = 0
+    FAILED = 1  # the API refused or failed; serve could not start
+    USAGE = 2  # a bad option, argument or configuration (click's own usage errors too)
+    UNREACHABLE = 3  # nothing listens, unknown host, no answer
+
 
 MASK = "********"
 # Keys whose values are secrets: a token, tokens, or the file that holds them
@@ -58,7 +64,7 @@ def _load(config_path: str | None, env: dict[str, str] | None = None):
     except ConfigError as exc:
         hint = " (or give the controller's address with --url or VMCTL_URL)" if env else ""
         click.echo(f"vmcontroller: configuration error: {exc}{hint}", err=True)
-        sys.exit(USAGE_ERROR)
+        sys.exit(ExitStatus.USAGE)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
@@ -119,7 +125,7 @@ def serve(config_path: str | None) -> None:
             f"{exc.strerror or exc}",
             err=True,
         )
-        sys.exit(1)
+        sys.exit(ExitStatus.FAILED)
     controller.serve_forever()
 
 
@@ -154,7 +160,7 @@ def _target(url: str | None, config_path: str | None) -> tuple[str, str | None]:
     return base_url_for(config.api_host, config.api_port), getattr(config, "api_token", None)
 
 
-def _fail(message: str, status: int) -> None:
+def _fail(message: str, status: ExitStatus) -> None:
     click.echo(f"vmcontroller: {message}", err=True)
     sys.exit(status)
 
@@ -217,9 +223,9 @@ def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]],
             try:
                 data, render = func(client, **kwargs)
             except Unreachable as exc:
-                _fail(str(exc), UNREACHABLE)
+                _fail(str(exc), ExitStatus.UNREACHABLE)
             except ApiError as exc:
-                _fail(str(exc), API_FAILED)
+                _fail(str(exc), ExitStatus.FAILED)
             if as_json:
                 _print_json(data)
             else:

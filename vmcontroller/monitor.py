@@ -35,6 +35,7 @@ from typing import Any
 from . import decide as rules
 from .config import Config
 from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
+from .errors import Busy, Conflict, NotInitialised
 from .guard import RecoveryGuard
 from .loglines import RepeatLimiter
 from .statewriter import StateWriter
@@ -75,22 +76,6 @@ MAX_SLEEP = 5.0
 #: answers; a disk that refuses writes is not waited for at all.
 FLUSH_WAIT = 2.0
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-
-
-class NotInitialised(Exception):
-    """The controller has not finished starting; the API answers 503."""
-
-
-class Conflict(Exception):
-    """The request contradicts what staff decided (maintenance, stop) or the guard: 409."""
-
-
-class Busy(Exception):
-    """Another operation holds the VM longer than a request may wait: 503 with Retry-After."""
-
-    def __init__(self, message: str, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def _wallclock() -> datetime:
@@ -231,6 +216,14 @@ class Monitor:
         """Stop, write what is queued, close the state file."""
         self.stop(timeout)
         self.store.close(timeout)
+
+    @property
+    def vm_name(self) -> str:
+        return self.domain.name
+
+    @property
+    def snapshot_name(self) -> str:
+        return self.domain.snapshot_name
 
     @property
     def initialised(self) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .errors import StateFileError
 from .vocab import INTERRUPTED, REPEAT_INTERVAL, STARTED
 
 SCHEMA = """
@@ -65,7 +66,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-class StoreError(Exception):
+class StoreError(StateFileError):
     """The state file cannot be opened or written; worded for the admin."""
 
 

@@ -21,10 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from .errors import LibvirtFailure, SnapshotUnknown
+
 log = logging.getLogger(__name__)
 
 
-class VirshError(Exception):
+class VirshError(LibvirtFailure):
     """virsh failed; ``message`` is virsh's own text without the 'error: ' prefixes."""
 
     def __init__(self, message: str, command: Sequence[str] = (), returncode: int | None = None):
@@ -38,7 +40,7 @@ class DomainNotFound(VirshError):
     """The configured domain is not defined in libvirt."""
 
 
-class SnapshotNotFound(VirshError):
+class SnapshotNotFound(VirshError, SnapshotUnknown):
     """No snapshot of that name exists for the domain."""
 
 

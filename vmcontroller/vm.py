@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .errors import SnapshotMissing
 from .virsh import (
     DomainNotFound,
     ManagedSaveConflict,
@@ -61,10 +62,6 @@ def _visible(names: list[str]) -> list[str]:
         else:
             shown.append(name)
     return shown
-
-
-class SnapshotMissing(Exception):
-    """The configured reference snapshot does not exist, so there is nothing to revert to."""
 
 
 class RevertNeedsStaff(VirshError):

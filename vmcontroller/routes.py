@@ -1,0 +1,207 @@
+"""The REST routes, as a Blueprint over the Controls protocol.
+
+Each handler validates its input, calls one method and shapes the JSON of the
+API reference; what can go wrong below is an exception of ``errors.py`` that
+app.py answers. libvirt's failures of a VM action are named after the action
+here ("Error starting VM: <virsh's message>"), as the API reference shows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.routing import BaseConverter
+
+from .controls import Controls
+from .errors import LibvirtFailure, SnapshotUnknown
+from .names import validate_name
+from .params import (
+    SEVERITIES,
+    ApiError,
+    int_param,
+    param_values,
+    seconds_param,
+    text_param,
+    time_param,
+)
+from .vocab import API_PREFIX as API
+from .vocab import GUEST_REQUEST, IDLE_DURATION_MAX, IDLE_RESET, REASON_MAX, TRIGGERS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AnyTextConverter(BaseConverter):
+    """Captures everything after the prefix, slashes and newlines included, so that a bad
+    snapshot name gets the name rule's 400 instead of a puzzling 404."""
+
+    # Not 'create' (its own route) nor 'delete/...' (the GET form), so that the
+    # DELETE route does not shadow them and OPTIONS advertises only what exists.
+    regex = r"(?!create$|delete/)[\s\S]+"
+    part_isolating = False
+
+
+def when_failing(what: str) -> Callable[[F], F]:
+    """Name the action in libvirt's error, as in "Error starting VM: <virsh's message>"."""
+
+    def decorate(handler: F) -> F:
+        @functools.wraps(handler)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except SnapshotUnknown:
+                raise
+            except LibvirtFailure as exc:
+                raise ApiError(500, f"Error {what}: {exc.message}") from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _message(message: str, details: Any = None) -> Response:
+    return jsonify({"message": message, "details": details})
+
+
+def api_blueprint(controls: Controls, version: str) -> Blueprint:
+    """The API's routes (the app registers the ``anytext`` converter they use)."""
+    bp = Blueprint("api", __name__)
+
+    @bp.get("/")
+    def root():
+        return jsonify(
+            {
+                "message": "Exhibition VM Controller API",
+                "details": {
+                    "version": version,
+                    "documentation": "/docs",
+                    "status": f"{API}/status",
+                },
+            }
+        )
+
+    @bp.get(f"{API}/status")
+    @when_failing("retrieving status")
+    def status():
+        return jsonify(controls.status())
+
+    @bp.route(f"{API}/heartbeat", methods=["GET", "POST"])
+    def heartbeat():
+        return _message("Heartbeat received", controls.heartbeat())
+
+    @bp.get(f"{API}/heartbeat/status")
+    def heartbeat_status():
+        return jsonify(controls.heartbeat_status())
+
+    @bp.route(f"{API}/vm/start", methods=["GET", "POST"])
+    @when_failing("starting VM")
+    def vm_start():
+        result = controls.start_vm()
+        note = (
+            ""
+            if result.reverted
+            else f" (snapshot '{controls.snapshot_name}' not found: booted without a revert)"
+        )
+        return _message(f"VM '{controls.vm_name}' started successfully{note}")
+
+    @bp.route(f"{API}/vm/stop", methods=["GET", "POST"])
+    @when_failing("stopping VM")
+    def vm_stop():
+        was_running = controls.stop_vm()
+        note = "" if was_running else " (it was not running)"
+        return _message(f"VM '{controls.vm_name}' stopped successfully{note}")
+
+    @bp.route(f"{API}/vm/restart", methods=["GET", "POST"])
+    @when_failing("restarting VM")
+    def vm_restart():
+        controls.restart_vm()
+        return _message(f"VM '{controls.vm_name}' restarted successfully")
+
+    @bp.get(f"{API}/snapshots")
+    @when_failing("listing snapshots")
+    def snapshots():
+        return jsonify({"vm_name": controls.vm_name, "snapshots": controls.list_snapshots()})
+
+    @bp.route(f"{API}/snapshot/create", methods=["GET", "POST"])
+    @when_failing("creating snapshot")
+    def snapshot_create():
+        # Every value given must be valid; the query string's wins (as documented).
+        given = [validate_name(value) for value in param_values("snapshot_name")]
+        name = given[0] if given else controls.snapshot_name
+        replaced = controls.create_snapshot(name)
+        verb = "replaced" if replaced else "created"
+        return _message(f"Snapshot '{name}' {verb} successfully for VM '{controls.vm_name}'")
+
+    def _delete(snapshot_name: str):
+        name = validate_name(snapshot_name)
+        controls.delete_snapshot(name)
+        return _message(f"Snapshot '{name}' deleted successfully")
+
+    @bp.delete(f"{API}/snapshot/<anytext:snapshot_name>")
+    @when_failing("deleting snapshot")
+    def snapshot_delete(snapshot_name: str):
+        return _delete(snapshot_name)
+
+    @bp.get(f"{API}/snapshot/delete/<anytext:snapshot_name>")
+    @when_failing("deleting snapshot")
+    def snapshot_delete_get(snapshot_name: str):
+        return _delete(snapshot_name)
+
+    @bp.route(f"{API}/revert/enable", methods=["GET", "POST"])
+    def revert_enable():
+        controls.set_auto_revert(True)
+        return _message("Automatic revert enabled")
+
+    @bp.route(f"{API}/revert/disable", methods=["GET", "POST"])
+    def revert_disable():
+        controls.set_auto_revert(False)
+        return _message("Automatic revert disabled - manual intervention required on failures")
+
+    # ------------------------------------------------------------ guest requests
+
+    @bp.route(f"{API}/revert/request", methods=["GET", "POST"])
+    def revert_request():
+        reason = text_param("reason", required=True, limit=REASON_MAX)
+        severity = text_param("severity", required=False, limit=32) or "normal"
+        if severity not in SEVERITIES:
+            raise ApiError(
+                400,
+                f"Invalid parameter: severity must be one of "
+                f"{', '.join(SEVERITIES)} (got {severity!r})",
+            )
+        details = controls.request_revert(GUEST_REQUEST, f"{reason} (severity {severity})")
+        return _accepted(details)
+
+    @bp.route(f"{API}/idle/reset", methods=["GET", "POST"])
+    def idle_reset():
+        seconds = seconds_param("idle_duration", IDLE_DURATION_MAX)
+        reason = "the guest reports no visitor interaction"
+        if seconds is not None:
+            reason += f" for {seconds:g} s"
+        return _accepted(controls.request_revert(IDLE_RESET, reason))
+
+    # ------------------------------------------------------------ history
+
+    @bp.get(f"{API}/events")
+    def events():
+        limit = int_param("limit", 100, 1, 1000)
+        since = time_param("since")
+        triggers = [t for value in request.args.getlist("trigger") for t in value.split(",")]
+        unknown = sorted(set(triggers) - set(TRIGGERS))
+        if unknown:
+            raise ApiError(
+                400,
+                f"Invalid parameter: trigger must be among {', '.join(TRIGGERS)} "
+                f"(got {unknown[0]!r})",
+            )
+        found = controls.history(limit=limit, since=since, triggers=triggers)
+        return jsonify({"vm_name": controls.vm_name, "events": [e.as_json() for e in found]})
+
+    return bp
+
+
+def _accepted(details: dict[str, Any]) -> tuple[Response, int]:
+    message = "Revert queued" if details.get("queued") else "Revert not queued again"
+    return jsonify({"message": message, "details": details}), 202
