@@ -925,3 +925,55 @@ def test_heartbeats_that_resume_after_a_silence_in_maintenance_are_logged(make_m
         assert monitor.heartbeat()["is_healthy"] is True
     resumed = [r.getMessage() for r in caplog.records if "resumed after" in r.getMessage()]
     assert len(resumed) == 1 and "of silence" in resumed[0], resumed
+
+
+class GatedRevertRunner(FakeRunner):
+    """Once armed, the next revert waits for the gate and then fails as libvirt might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def snapshot_revert(self, domain: str, name: str, **kw) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(10)
+            self.calls.append(("snapshot-revert", domain, name, "failed"))
+            raise VirshError("internal error: injected while staff waited")
+        super().snapshot_revert(domain, name, **kw)
+
+
+def test_a_staff_start_joining_an_automatic_recovery_that_fails_does_its_own_start(
+    make_monitor, caplog
+):
+    """Staff pressing start while an automatic revert is under way join it; if it fails,
+    they get their start, not the recovery's error (seen as a 409 on a loaded machine)."""
+    runner = GatedRevertRunner()
+    monitor, _ = make_monitor(runner, heartbeat_timeout=60, vm_startup_heartbeat_delay=60)
+    runner.armed = True
+    runner.external("shut off", "Stopped", "Destroyed")
+    assert runner.entered.wait(5), "the automatic recovery to reach libvirt"
+    outcome: list[object] = []
+
+    def staff_start() -> None:
+        try:
+            outcome.append(monitor.start_vm())
+        except Exception as exc:  # the test reports it below
+            outcome.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="vmcontroller.monitor"):
+        thread = threading.Thread(target=staff_start)
+        thread.start()
+        wait_until(
+            lambda: any("joins the restart" in r.getMessage() for r in caplog.records),
+            5,
+            message="the staff start to join the recovery under way",
+        )
+        runner.gate.set()
+        thread.join(10)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    assert runner.state == "running"
+    assert runner.count("snapshot-revert") == 3, runner.calls  # start-up, failed, staff's

@@ -160,6 +160,7 @@ class Monitor:
         # Join semantics for restarts: the job under way, if any.
         self._job_mutex = threading.Lock()
         self._job: Future[bool] | None = None
+        self._job_trigger: str | None = None  # who started the job under way
         self._initialised = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -590,6 +591,8 @@ class Monitor:
                 owner = job is None
                 if owner:
                     job = self._job = Future()
+                    self._job_trigger = trigger
+                joined = self._job_trigger
             assert job is not None
             if not owner:
                 log.info("%s (%s) joins the restart already under way", reason, trigger)
@@ -602,6 +605,20 @@ class Monitor:
                         f"more than {wait:g} s; try again later",
                         retry_after=max(1.0, min(wait, 30.0)),
                     ) from None
+                except Exception as exc:
+                    # Staff asked for their own action: an automatic recovery's failure
+                    # (a missing snapshot, a refused revert) is not its answer. Staff
+                    # joining staff share the outcome, so a burst makes one attempt.
+                    if trigger == API and joined in AUTOMATIC_TRIGGERS:
+                        log.info(
+                            "the recovery (%s) that %s joined failed (%s): doing its own %s",
+                            joined,
+                            reason,
+                            exc,
+                            action_name,
+                        )
+                        continue
+                    raise
                 if performed or still_needed is not None:
                     return performed
                 continue  # we joined a recovery that turned out unnecessary; do our own
