@@ -917,6 +917,43 @@ class Benchmark:
         self.rss_bare = probes.vm_rss_kib(self.bare.pid)
         probes.stop_process(self.bare, timeout=5)
         self._throughput_figures(runs, how)
+        self._web_layer_cost()
+
+    def _web_layer_cost(self) -> None:
+        """The web layer's work per request without HTTP (bench/wsgi_cost.py): a figure
+        the machine's load hardly moves, to tell our work from the stack's."""
+        out = subprocess.run(
+            [self.python, "-m", "bench.wsgi_cost", "--bodies", str(self.work / "bare-bodies.json")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(REPO),
+        )
+        if out.returncode != 0:
+            raise PhaseFailed(f"bench.wsgi_cost failed: {out.stderr[-2000:]}")
+        found = json.loads(out.stdout)
+        how = (
+            "bench/wsgi_cost.py, a process of its own: the controller's Flask app (middleware, "
+            "routes, errors) over a stub of its Controls protocol answering the bodies above, "
+            "and the bare app, each called as a WSGI app in-process (no sockets, no waitress), "
+            f"{found['rounds']} alternated rounds of {found['requests_per_round']} requests; "
+            "the fastest round; the difference is the web layer's own work per request"
+        )
+        for endpoint, path in (("heartbeat", HEARTBEAT), ("status", STATUS)):
+            mine, bare = found[path]["controller"], found[path]["bare"]
+            self.fig(
+                f"wsgi_{endpoint}",
+                stats.scalar(
+                    "e",
+                    f"web layer, {endpoint}: controller app per request (bare app {bare:.1f} us)",
+                    "us",
+                    mine,
+                    how,
+                    bare_us=bare,
+                    extra_us=round(mine - bare, 2),
+                    rounds_us=found[path]["all_rounds_us"],
+                ),
+            )
 
     def _throughput_figures(
         self, runs: dict[tuple[str, int, str], dict[str, Any]], how: str

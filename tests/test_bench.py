@@ -415,3 +415,30 @@ def test_bare_app_process_serves_on_waitress_defaults(tmp_path):
         proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_web_layer_cost_calls_both_apps_on_the_controllers_own_answers(openapi):
+    """bench/wsgi_cost.py: the controller's app over a Controls stub answering the bodies,
+    and the bare app; both must answer 200 with those bodies, or the figure means nothing."""
+    from bench import wsgi_cost
+
+    def example(path: str) -> dict:
+        return openapi["paths"][path]["get"]["responses"]["200"]["content"]["application/json"][
+            "example"
+        ]
+
+    bodies = {
+        path: (json.dumps(example(path), separators=(",", ":")) + "\n").encode()
+        for path in (wsgi_cost.HEARTBEAT, wsgi_cost.STATUS)
+    }
+    from vmcontroller.app import create_app
+
+    parsed = {path: json.loads(body) for path, body in bodies.items()}
+    app = create_app(wsgi_cost.AnsweringControls(parsed), "1.0")
+    for path, body in bodies.items():
+        answer = app.test_client().get(path)
+        assert answer.status_code == 200 and answer.get_json() == json.loads(body)
+    found = wsgi_cost.measure(bodies, rounds=2, n=20)
+    for path in bodies:
+        assert found[path]["controller"] > 0 and found[path]["bare"] > 0
+        assert len(found[path]["all_rounds_us"]["controller"]) == 2
