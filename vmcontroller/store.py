@@ -244,20 +244,17 @@ class Store:
         they reach the disk (see statewriter.py); an id already taken is kept.
         """
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO events (id, time, vm, trigger, action, reason, outcome) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    time.time() if when is None else when,
-                    vm,
-                    trigger,
-                    action,
-                    reason,
-                    STARTED,
-                ),
+            return self._insert(
+                vm,
+                trigger,
+                action,
+                reason,
+                STARTED,
+                None,
+                None,
+                time.time() if when is None else when,
+                event_id,
             )
-            return int(cursor.lastrowid or 0) if event_id is None else event_id
 
     def max_event_id(self) -> int:
         """The highest id handed out so far (0 for an empty history)."""
