@@ -442,3 +442,24 @@ def test_the_gate_judges_the_path_flask_routes_even_spelt_oddly(make_client):
     assert runner.count("destroy") == 0 and runner.count("snapshot-delete") == 0
     assert get("//api/v1/status", headers=bearer(STAFF)).status_code == 200
     assert get("//api/v1/heartbeat/status", headers=bearer(STAFF)).get_json()["timeout"] == 60
+
+
+def test_only_a_parameter_named_token_carries_a_token(make_client):
+    """The gate reads the query string itself: a name that merely contains 'token', or an
+    empty token, is no token."""
+    client, runner = make_client(api_token=STAFF)
+    for query in (f"tokens={STAFF}", f"my_token={STAFF}", "token=", f"x=token{STAFF}"):
+        assert client.post(f"/api/v1/vm/stop?{query}").status_code == 401, query
+    assert runner.count("destroy") == 0
+    assert client.get(f"/api/v1/status?x=1&token={STAFF}&token=wrong").status_code == 200
+
+
+def test_a_chunked_body_has_no_declared_length_for_the_gate_as_for_flask():
+    """werkzeug ignores Content-Length when the body is chunked; so must the gate, or it
+    would judge a different body size than the one Flask reads."""
+    from vmcontroller.wsgi import content_length
+
+    assert content_length({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "999999"}) is None
+    assert content_length({"CONTENT_LENGTH": "70000"}) == 70000
+    assert content_length({"CONTENT_LENGTH": "-5"}) is None
+    assert content_length({"CONTENT_LENGTH": "٣"}) is None  # a digit, but not ASCII

@@ -362,3 +362,13 @@ def test_a_stop_that_lands_while_virsh_event_is_starting_still_ends_it(tmp_path)
     # Left running, that virsh (a 600 s sleep) would hold the thread in its read.
     assert not stopper.is_alive() and not stream._thread.is_alive()
     assert not stream.connected
+
+
+def test_run_command_that_cannot_be_started_says_why_with_status_127(tmp_path):
+    """A post_revert_command that names a missing program is reported, never raised."""
+    result = run_command([str(tmp_path / "no-such-program"), "x"], timeout=5)
+    assert result.returncode == 127
+    assert (
+        result.output
+        == f"cannot run {str(tmp_path / 'no-such-program')!r}: No such file or directory"
+    )

@@ -19,7 +19,6 @@ class Started(Protocol):
     @property
     def reverted(self) -> bool:
         """False when there was no snapshot to revert to and the VM was booted as it was."""
-        ...
 
 
 class Controls(Protocol):
@@ -39,7 +38,6 @@ class Controls(Protocol):
 
     def stop_vm(self) -> bool:
         """Whether the VM was running."""
-        ...
 
     def restart_vm(self) -> None: ...
 
@@ -47,7 +45,6 @@ class Controls(Protocol):
 
     def create_snapshot(self, name: str) -> bool:
         """Whether an existing snapshot of that name was replaced."""
-        ...
 
     def delete_snapshot(self, name: str) -> None: ...
 

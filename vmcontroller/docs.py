@@ -186,10 +186,6 @@ class LazyDocs:
         self._docs: Flask | None = None
         self._lock = threading.Lock()
 
-    @property
-    def built(self) -> bool:
-        return self._docs is not None
-
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not request_path(environ).startswith(DOCS_APP_PREFIXES):
             return self._api(environ, start_response)
