@@ -258,3 +258,35 @@ def test_bad_input_is_refused_before_the_controller_is_asked(routes):
     assert client.get("/api/v1/events?trigger=nonsense").status_code == 400
     assert client.get("/api/v1/revert/request").status_code == 400  # reason is required
     assert controls.calls == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/heartbeat", "/api/v1/status"])
+def test_the_hot_path_answers_byte_for_byte_as_flask_does(routes, path):
+    """HotPath serves the heartbeat and status without Flask's request machinery; a
+    doubled slash bypasses it (PATH_INFO differs) and Flask routes the same view."""
+    client, controls = routes()
+    hot = client.get(path)
+    flask = client.get("/", environ_overrides={"PATH_INFO": "/" + path})
+    assert hot.status_code == flask.status_code == 200
+    assert hot.data == flask.data
+    for header in ("Content-Type", "Content-Length", "X-Content-Type-Options", "Referrer-Policy"):
+        assert hot.headers[header] == flask.headers[header], header
+    assert len(controls.calls) == 2
+
+
+def test_a_failing_hot_route_is_answered_by_flasks_error_handlers(routes):
+    client, controls = routes(fail={"heartbeat": NotInitialised("VM manager not initialized")})
+    answer = client.post("/api/v1/heartbeat")
+    assert (answer.status_code, answer.get_json()) == (
+        503,
+        {"detail": "VM manager not initialized"},
+    )
+    client, _ = routes(fail={"status": LibvirtFailure("cannot recv data: Connection reset")})
+    answer = client.get("/api/v1/status")
+    assert answer.get_json() == {
+        "detail": "Error retrieving status: cannot recv data: Connection reset"
+    }
+    assert answer.status_code == 500
+    client, _ = routes()
+    assert client.put("/api/v1/heartbeat").status_code == 405
+    assert client.head("/api/v1/status").data == b""

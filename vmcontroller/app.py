@@ -30,7 +30,7 @@ from .loglines import printable
 from .names import InvalidName
 from .params import ApiError
 from .requestlog import RequestLog
-from .routes import AnyTextConverter, api_blueprint
+from .routes import AnyTextConverter, HotPath, api_blueprint, hot_answers
 from .security import SecuritySettings, init_security
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def create_app(controls: Controls, version: str, security: SecuritySettings | No
     app.url_map.converters["anytext"] = AnyTextConverter
     _register_errors(app, controls)
     app.register_blueprint(api_blueprint(controls, version))
+    app.wsgi_app = HotPath(app, hot_answers(controls))  # type: ignore[method-assign]
 
     def docs_app() -> Flask:
         from .apispec import build_openapi

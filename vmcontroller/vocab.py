@@ -76,3 +76,4 @@ READ_ONLY_PATHS = frozenset(
 )
 #: The guest's heartbeat: routine too, a few a second for months.
 HEARTBEAT_PATH = API_PREFIX + "/heartbeat"
+STATUS_PATH = API_PREFIX + "/status"
