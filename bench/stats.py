@@ -74,7 +74,8 @@ SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
 def _limit_label(key: str) -> str:
     endpoint, measure, _, level = key.split("_")
     what = "req/s" if measure == "rps" else "p99"
-    return f"{endpoint} {what}, {level[1:]} connections, / bare app"
+    plural = "" if level[1:] == "1" else "s"
+    return f"{endpoint} {what}, {level[1:]} connection{plural}, / bare app"
 
 
 #: How each summary number reads in the README's table.
