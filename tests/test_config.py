@@ -279,3 +279,53 @@ def test_a_token_file_that_cannot_be_used_is_a_config_error_naming_it(tmp_path, 
     with pytest.raises(ConfigError) as info:
         build_config({"vm_name": "eden", f"{key}_file": 5})
     assert str(info.value).startswith(f"{key}_file=5 is invalid: expected ")
+
+
+def _as_an_unprivileged_user(argv: list[str], env: dict[str, str]):
+    """Run the command as the service's kind of user: root reads any file, so as root
+    the command is run as 'nobody' (setpriv), as anyone else it runs as is."""
+    import os
+    import subprocess
+
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("where", ["VMCTL_CONFIG", "the system location"])
+def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_path, where):
+    """README's old recipe (install -d -m 0750 root:root /etc/exhibition-vm-controller) left
+    the service's user unable even to look at config.yaml: a traceback and exit 1 under
+    systemd, restarted until its start limit. It must be the one-line configuration error."""
+    import os
+    import sys
+
+    tmp_path.chmod(0o755)
+    locked = tmp_path / "etc"
+    locked.mkdir()
+    (locked / "config.yaml").write_text("vm_name: art\n")
+    locked.chmod(0o700 if os.geteuid() == 0 else 0o000)  # root's, or nobody may enter
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+    if where == "VMCTL_CONFIG":
+        env["VMCTL_CONFIG"] = str(locked / "config.yaml")
+        argv = [sys.executable, "-m", "vmcontroller", "check-config"]
+    else:
+        # The fallback search, as for /etc/exhibition-vm-controller/config.yaml.
+        env["VMCTL_TEST_SYSTEM_CONFIG"] = str(locked / "config.yaml")
+        argv = [
+            sys.executable,
+            "-c",
+            "import vmcontroller.config as c, pathlib, os, sys; "
+            "c.SYSTEM_CONFIG = pathlib.Path(os.environ['VMCTL_TEST_SYSTEM_CONFIG']); "
+            "from vmcontroller.cli import main; sys.argv = ['vmcontroller', 'check-config']; "
+            "main()",
+        ]
+    try:
+        out = _as_an_unprivileged_user(argv, env | {"HOME": "/", "PWD": "/"})
+    finally:
+        locked.chmod(0o755)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vmcontroller: configuration error:"), lines
+    assert str(locked / "config.yaml") in lines[0] and "Permission denied" in lines[0], lines

@@ -204,14 +204,26 @@ def find_config_file(
     named = explicit or env.get(CONFIG_ENV)
     if named:
         path = Path(named)
-        if not path.is_file():
+        if not _is_file(path):
             source = "--config" if explicit else CONFIG_ENV
             raise ConfigError(f"config file {str(path)!r} (from {source}) does not exist")
         return path
     for candidate in ((cwd or Path.cwd()) / "config.yaml", SYSTEM_CONFIG):
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether the file is there; a directory the user may not enter is an error, not a
+    missing file (the service's user must be able to read its own configuration)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {str(path)!r}: {_unreadable(exc)} (the user running "
+            f"the controller must be able to enter its directory and read it)"
+        ) from None
 
 
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
