@@ -305,7 +305,8 @@ def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_pa
     locked.mkdir()
     (locked / "config.yaml").write_text("vm_name: art\n")
     locked.chmod(0o700 if os.geteuid() == 0 else 0o000)  # root's, or nobody may enter
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+    # Not under coverage: 'nobody' could not write its data file (and would say so).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VMCTL_", "COVERAGE_"))}
     if where == "VMCTL_CONFIG":
         env["VMCTL_CONFIG"] = str(locked / "config.yaml")
         argv = [sys.executable, "-m", "vmcontroller", "check-config"]
@@ -329,3 +330,16 @@ def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_pa
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vmcontroller: configuration error:"), lines
     assert str(locked / "config.yaml") in lines[0] and "Permission denied" in lines[0], lines
+
+
+def test_a_config_path_the_system_refuses_to_look_at_is_a_config_error(tmp_path, monkeypatch):
+    """The same rule in-process (the test above runs it for real, as another user, where
+    coverage cannot follow): any OSError from looking is a ConfigError naming the file."""
+    import errno
+
+    def refused(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", refused)
+    with pytest.raises(ConfigError, match=r"cannot read config file .*: Permission denied"):
+        find_config_file(tmp_path / "config.yaml", {})
