@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 from fake_virsh import FakeRunner
 from libvirt_env import wait_until
-from waits import enforcement_period, pause_period, stays_false
+from waits import decisions_of, enforcement_period, pause_period, stays_false
 
 from vmcontroller.config import Config, build_config
 from vmcontroller.errors import NotInitialised
@@ -622,19 +622,6 @@ def test_a_locked_state_file_never_delays_a_heartbeat(make_monitor, tmp_path):
 
 
 # ------------------------------------------------------------------ issue 10: the lines no test ran
-
-
-def decisions_of(monitor: Monitor, monkeypatch) -> list[str]:
-    """Every action the monitor thread decides from now on (decide.py's words), in order."""
-    seen: list[str] = []
-    begin = monitor._begin_locked
-
-    def spy(what: str, now: float):
-        seen.append(what)
-        return begin(what, now)
-
-    monkeypatch.setattr(monitor, "_begin_locked", spy)
-    return seen
 
 
 class HungPollRunner(FakeRunner):

@@ -23,7 +23,7 @@ from datetime import datetime
 
 import pytest
 from libvirt_env import virsh, wait_until
-from waits import enforcement_period, pause_period, pid_alive, stays_false
+from waits import decisions_of, enforcement_period, pause_period, pid_alive, stays_false
 
 from vmcontroller.vocab import GUEST_REQUEST, HEARTBEAT_TIMEOUT, STARTUP, VM_STOPPED
 
@@ -367,19 +367,6 @@ def test_re_enabling_auto_revert_gives_the_guest_a_full_timeout_then_reverts(
         datetime.fromisoformat(reverted["time"]) - datetime.fromisoformat(enabled["time"])
     ).total_seconds()
     assert gap >= timeout - 0.1, (enabled, reverted)
-
-
-def decisions_of(monitor, monkeypatch) -> list[str]:
-    """Every action the monitor thread decides from now on (decide.py's words), in order."""
-    seen: list[str] = []
-    begin = monitor._begin_locked
-
-    def spy(what: str, now: float):
-        seen.append(what)
-        return begin(what, now)
-
-    monkeypatch.setattr(monitor, "_begin_locked", spy)
-    return seen
 
 
 def test_a_vm_paused_in_maintenance_is_logged_once_and_left_paused(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from vmcontroller.config import Config
 
@@ -61,3 +62,17 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def decisions_of(monitor: Any, monkeypatch: Any) -> list[str]:
+    """Every action the monitor thread decides from now on (decide.py's words), in order:
+    a busy loop shows as the same decision over and over."""
+    seen: list[str] = []
+    begin = monitor._begin_locked
+
+    def spy(what: str, now: float) -> Any:
+        seen.append(what)
+        return begin(what, now)
+
+    monkeypatch.setattr(monitor, "_begin_locked", spy)
+    return seen
