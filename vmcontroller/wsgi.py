@@ -20,11 +20,19 @@ WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Headers = Sequence[tuple[str, str]]
 
 
+#: Where request_path keeps its answer: the log, the docs dispatcher and the gate each
+#: ask for every request, and the answer cannot change within one.
+_PATH_KEY = "vmcontroller.path"
+
+
 def request_path(environ: Environ) -> str:
     """The path as Flask routes it: PATH_INFO's bytes read as UTF-8, one leading slash
     (werkzeug strips repeated ones, so ``//api/v1/vm/stop`` is ``/api/v1/vm/stop``)."""
-    raw = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-    return "/" + raw.lstrip("/")
+    path = environ.get(_PATH_KEY)
+    if path is None:
+        raw = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        path = environ[_PATH_KEY] = "/" + raw.lstrip("/")
+    return path
 
 
 def request_method(environ: Environ) -> str:
