@@ -1,16 +1,22 @@
 """The systemd units in etc/systemd: `systemd-analyze verify` accepts them, and they say what
 the controller relies on (Type=notify with a watchdog, restart limits, hardening that
-still lets it write its state file, one state file per instance of the template).
+still lets it write its state file, one state file per instance of the template, the
+order against libvirt at shutdown).
 
-`systemd-analyze verify` checks that ExecStart's program exists; the units name the
-documented install path (/opt/exhibition-vm-controller/bin/vmcontroller), which this
-machine does not have, so the test verifies a copy whose ExecStart points at this
-checkout's installed `vmcontroller` script. Everything else is verified as shipped.
-scripts/test installs systemd-analyze (scripts/setup-test-tools.sh) where missing.
+The Debian package (debian/, scripts/build-deb) installs the units as they are, with
+the controller at /usr/bin/vmcontroller. `systemd-analyze verify` checks that
+ExecStart's program exists, which it does not on this machine (the package is not
+installed here), so the test verifies a copy whose ExecStart points at this checkout's
+installed `vmcontroller` script, and lets `man` find the packaged manual page
+(debian/vmcontroller.1) that Documentation= names. Everything else is verified as
+shipped. scripts/test installs systemd-analyze (scripts/setup-test-tools.sh) where
+missing.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -28,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "etc" / "systemd"
 SERVICE = UNITS / "exhibition-vm-controller.service"
 TEMPLATE = UNITS / "exhibition-vm-controller@.service"
-INSTALLED = "/opt/exhibition-vm-controller/bin/vmcontroller"
+INSTALLED = "/usr/bin/vmcontroller"
+MANPAGE = REPO / "debian" / "vmcontroller.1"
 HERE = str(Path(sys.executable).parent / "vmcontroller")
 STATE_DIR = "/var/lib/exhibition-vm-controller"
 
@@ -68,6 +75,22 @@ def systemd_analyze() -> str:
     return found
 
 
+def verify(systemd_analyze: str, directory: Path, name: str) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` in `directory`, with the package's manual page on MANPATH
+    (verify runs `man` for every man: page in Documentation=)."""
+    manpath = directory / "man"
+    (manpath / "man1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(MANPAGE, manpath / "man1" / MANPAGE.name)
+    return subprocess.run(
+        [systemd_analyze, "verify", f"./{name}"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MANPATH": str(manpath)},
+    )
+
+
 @pytest.mark.parametrize(
     "unit, name",
     [(SERVICE, SERVICE.name), (TEMPLATE, "exhibition-vm-controller@eden.service")],
@@ -78,13 +101,7 @@ def test_systemd_analyze_verify_accepts_the_unit(systemd_analyze, tmp_path, unit
     assert text.count(f"ExecStart={INSTALLED} ") == 1
     assert Path(HERE).is_file(), HERE
     (tmp_path / unit.name).write_text(text.replace(f"ExecStart={INSTALLED} ", f"ExecStart={HERE} "))
-    proc = subprocess.run(
-        [systemd_analyze, "verify", f"./{name}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = verify(systemd_analyze, tmp_path, name)
     assert proc.returncode == 0, proc.stderr
     # verify exits 0 even for unknown keys; it says so on stderr, which must stay empty.
     assert proc.stderr.strip() == "", proc.stderr
@@ -94,21 +111,27 @@ def test_verify_would_catch_a_misspelt_key(systemd_analyze, tmp_path):
     """The check above is only worth something if a typo shows up on stderr."""
     text = SERVICE.read_text().replace(f"ExecStart={INSTALLED} ", f"ExecStart={HERE} ")
     (tmp_path / SERVICE.name).write_text(text.replace("NoNewPrivileges=", "NoNewPrivilege="))
-    proc = subprocess.run(
-        [systemd_analyze, "verify", f"./{SERVICE.name}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = verify(systemd_analyze, tmp_path, SERVICE.name)
     assert "Unknown key" in proc.stderr
+
+
+def test_verify_would_catch_a_manual_page_that_is_not_shipped(systemd_analyze, tmp_path):
+    """Documentation= names the packaged manual page; verify looks it up with `man`."""
+    text = SERVICE.read_text().replace(f"ExecStart={INSTALLED} ", f"ExecStart={HERE} ")
+    (tmp_path / SERVICE.name).write_text(text.replace("man:vmcontroller(1)", "man:vmcontrol(1)"))
+    proc = verify(systemd_analyze, tmp_path, SERVICE.name)
+    assert "man vmcontrol(1)" in proc.stderr
 
 
 @pytest.mark.parametrize("path", [SERVICE, TEMPLATE], ids=["service", "template"])
 def test_the_unit_says_what_the_controller_relies_on(path):
     unit = parse_unit(path)
     u, s = "Unit", "Service"
-    assert "libvirtd.service" in " ".join(unit[u]["After"]).split()
+    after = " ".join(unit[u]["After"]).split()
+    assert "libvirtd.service" in after
+    # At shutdown units stop in the reverse order of After=: the controller is gone
+    # before libvirt-guests saves or shuts down the VM, so it recovers nothing then.
+    assert "libvirt-guests.service" in after
     assert "libvirtd.service" in " ".join(unit[u]["Wants"]).split()
     assert int(one(unit, u, "StartLimitIntervalSec")) > 0
     assert int(one(unit, u, "StartLimitBurst")) >= 1
@@ -133,7 +156,7 @@ def test_the_unit_says_what_the_controller_relies_on(path):
     assert env["VMCTL_STATE_PATH"] == f"{state_dir}/state.db"
 
     argv = shlex.split(one(unit, s, "ExecStart"))
-    assert argv[0] == INSTALLED and argv[1] == "serve"
+    assert argv[0] == INSTALLED and argv[1] == "serve", "the Debian package's /usr/bin/vmcontroller"
     config = argv[argv.index("--config") + 1]
     assert config == (
         "/etc/exhibition-vm-controller/%i.yaml"
@@ -163,3 +186,16 @@ def test_watchdog_leaves_room_for_the_stale_limit_documented_in_the_unit():
     defaults = build_config({"vm_name": "eden"})
     assert f"({stale_limit(longest_locked_operation(defaults), MAX_SLEEP):g} s by default)" in text
     assert f"({longest_locked_operation(defaults):g} s by default)" in text
+
+
+@pytest.mark.parametrize("path", [SERVICE, TEMPLATE], ids=["service", "template"])
+def test_the_header_describes_installation_by_the_package(path):
+    """The comments at the top tell the reader what the package does, not the old
+    /opt + pip recipe, and that nothing starts before the VM is named."""
+    header = path.read_text().split("[Unit]", 1)[0]
+    assert "Debian package exhibition-vm-controller" in " ".join(header.replace("#", " ").split())
+    for gone in ("/opt/", "pip ", "venv", "useradd"):
+        assert gone not in header, gone
+    assert re.search(r"systemctl enable --now exhibition-vm-controller\b", header)
+    docs = " ".join(parse_unit(path)["Unit"]["Documentation"]).split()
+    assert f"man:{MANPAGE.stem}({MANPAGE.suffix[1:]})" in docs
