@@ -43,6 +43,24 @@ def guest_build(libvirt):
 
 
 @pytest.fixture(scope="session")
+def deb_package(tmp_path_factory) -> Path:
+    """The Debian package, built once per session by scripts/build-deb (which installs
+    the build tools it lacks and fails on a lintian error) into a temporary directory;
+    the path it prints last. Not installed here: a test that installs it does so in a
+    machine of its own."""
+    import subprocess
+
+    outdir = tmp_path_factory.mktemp("deb")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-deb"
+    proc = subprocess.run([str(script), str(outdir)], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-deb failed:\n{proc.stderr}{proc.stdout}", pytrace=False)
+    deb = Path(proc.stdout.strip().splitlines()[-1])
+    assert deb.parent == outdir and deb.is_file(), proc.stdout
+    return deb
+
+
+@pytest.fixture(scope="session")
 def libvirt() -> None:
     """Real libvirt is required: its absence fails the tests rather than skipping them,
     unless VMCTL_TEST_WITHOUT_LIBVIRT=1 says a quick local run is fine without."""
