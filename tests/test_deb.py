@@ -107,6 +107,22 @@ def test_the_package_is_named_and_versioned_as_the_project(deb_package):
     assert deb_field(deb_package, "Architecture") == "all"
 
 
+def test_the_build_leaves_nothing_in_the_checkout(deb_package):
+    """scripts/build-deb builds in a temporary copy: none of what dpkg-buildpackage and
+    pybuild write next to debian/ appears in the repository."""
+    products = [
+        "debian/exhibition-vm-controller",
+        "debian/.debhelper",
+        "debian/files",
+        "debian/debhelper-build-stamp",
+        "debian/exhibition-vm-controller.substvars",
+        ".pybuild",
+        "build",
+    ]
+    assert [p for p in products if (REPO / p).exists()] == []
+    assert not list(REPO.parent.glob(f"{PACKAGE}_*"))
+
+
 # --- contents ---------------------------------------------------------------------------
 
 
