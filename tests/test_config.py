@@ -128,6 +128,8 @@ def test_discovery_order(tmp_path, monkeypatch):
     assert find_config_file(None, {}, cwd=tmp_path) == local
     with pytest.raises(ConfigError, match="does not exist"):
         find_config_file(tmp_path / "missing.yaml", {}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=r"\(from --config\) is a directory"):
+        find_config_file(tmp_path, {}, cwd=tmp_path)
     with pytest.raises(ConfigError, match="VMCTL_CONFIG"):
         find_config_file(None, {"VMCTL_CONFIG": str(tmp_path / "nope")}, cwd=tmp_path)
 
@@ -292,7 +294,7 @@ def _as_an_unprivileged_user(argv: list[str], env: dict[str, str]):
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
 
-@pytest.mark.parametrize("where", ["VMCTL_CONFIG", "the system location"])
+@pytest.mark.parametrize("where", ["--config", "VMCTL_CONFIG", "the system location"])
 def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_path, where):
     """README's old recipe (install -d -m 0750 root:root /etc/exhibition-vm-controller) left
     the service's user unable even to look at config.yaml: a traceback and exit 1 under
@@ -307,7 +309,10 @@ def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_pa
     locked.chmod(0o700 if os.geteuid() == 0 else 0o000)  # root's, or nobody may enter
     # Not under coverage: 'nobody' could not write its data file (and would say so).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VMCTL_", "COVERAGE_"))}
-    if where == "VMCTL_CONFIG":
+    if where == "--config":  # as the systemd units give it
+        argv = [sys.executable, "-m", "vmcontroller", "check-config", "--config"]
+        argv.append(str(locked / "config.yaml"))
+    elif where == "VMCTL_CONFIG":
         env["VMCTL_CONFIG"] = str(locked / "config.yaml")
         argv = [sys.executable, "-m", "vmcontroller", "check-config"]
     else:
@@ -330,6 +335,34 @@ def test_a_config_in_a_directory_the_user_cannot_enter_is_one_line_exit_2(tmp_pa
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vmcontroller: configuration error:"), lines
     assert str(locked / "config.yaml") in lines[0] and "Permission denied" in lines[0], lines
+
+
+@pytest.mark.parametrize("verb", ["check-config", "serve"])
+def test_a_config_file_the_user_cannot_read_given_with_config_is_one_line_exit_2(verb):
+    """Seen under a real systemd (tests/test_packaged_service.py): config.yaml made 0600
+    root, the unit's --config was refused by the command line parser itself, in three
+    lines of usage text, not as the configuration error the README and the journal show."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    # Every folder up to the file open to all, as /etc is: pytest's tmp_path is not.
+    folder = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vmctl-test-"))
+    folder.chmod(0o755)
+    config = folder / "config.yaml"
+    config.write_text("vm_name: art\n")
+    config.chmod(0o600 if os.geteuid() == 0 else 0o000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VMCTL_", "COVERAGE_"))}
+    argv = [sys.executable, "-m", "vmcontroller", verb, "--config", str(config)]
+    try:
+        out = _as_an_unprivileged_user(argv, env | {"HOME": "/", "PWD": "/"})
+    finally:
+        shutil.rmtree(folder)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vmcontroller: configuration error:"), lines
+    assert str(config) in lines[0] and "Permission denied" in lines[0], lines
 
 
 def test_a_config_path_the_system_refuses_to_look_at_is_a_config_error(tmp_path, monkeypatch):

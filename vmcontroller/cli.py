@@ -51,7 +51,7 @@ SECRET_KEY_RE = re.compile(r"(^|_)tokens?(_files?)?$")
 config_option = click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(readable=False),  # the loader says what is wrong, in one line
     default=None,
     help="Config file (default: $VMCTL_CONFIG, else ./config.yaml, "
     "else /etc/exhibition-vm-controller/config.yaml).",

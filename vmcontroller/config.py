@@ -206,7 +206,8 @@ def find_config_file(
         path = Path(named)
         if not _is_file(path):
             source = "--config" if explicit else CONFIG_ENV
-            raise ConfigError(f"config file {str(path)!r} (from {source}) does not exist")
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {str(path)!r} (from {source}) {what}")
         return path
     for candidate in ((cwd or Path.cwd()) / "config.yaml", SYSTEM_CONFIG):
         if _is_file(candidate):
