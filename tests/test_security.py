@@ -391,6 +391,7 @@ def test_no_server_banner_and_waitress_errors_are_json(start_controller, raw):
     assert huge.status_code == 431
     assert huge.headers["Content-Type"] == "application/json"
     assert "Request Header Fields Too Large" in huge.json()["detail"]
+    assert huge.headers["Connection"] == "close"
 
 
 @pytest.mark.libvirt

@@ -58,7 +58,10 @@ class _JsonErrorTask(ErrorTask):
         self.response_headers.extend(
             [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
         )
-        self.set_close_on_finish()
+        # Hang up after this answer, and say so, as waitress's own ErrorTask does
+        # (its set_close_on_finish() is newer than Debian 12's waitress 2.1.2).
+        self.response_headers.append(("Connection", "close"))
+        self.close_on_finish = True
         self.content_length = len(body)
         self.write(body)
 
