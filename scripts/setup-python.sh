@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install the controller with its test
-# dependencies into it. Idempotent; reinstalls only when setup.cfg changed.
+# dependencies into it, its runtime libraries at exactly the versions Debian 12
+# ships (requirements/debian12.txt: the Debian package runs on those).
+# Idempotent; reinstalls only when setup.cfg, setup.py or the constraints changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +31,11 @@ if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat setup.cfg setup.py | sha256sum | cut -c1-16)
+constraints=requirements/debian12.txt
+stamp=.venv/.installed-$(cat setup.cfg setup.py "$constraints" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     log "installing vmcontroller and its test dependencies into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c "$constraints" -e '.[test]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

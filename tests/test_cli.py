@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from click.testing import CliRunner
+from cli_invoke import invoke, shown
 from libvirt_env import free_port, wait_until
 
 from vmcontroller import __version__
-from vmcontroller.cli import main
 from vmcontroller.config import DEFAULTS, KEYS
 
 MODULE = [sys.executable, "-m", "vmcontroller"]
@@ -74,10 +73,6 @@ def write_config(path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(main, list(args), env=env)
-
-
 def effective(stdout: str) -> dict[str, Any]:
     """Parse check-config's output: a comment line, then the config as YAML."""
     header, _, body = stdout.partition("\n")
@@ -101,7 +96,7 @@ def assert_one_line_error(stderr: str, words: list[str]) -> str:
 def test_check_config_prints_every_key_of_the_effective_config(tmp_path):
     path = write_config(tmp_path / "c.yaml", {"vm_name": "eden-garden-vm", "api_port": 8080})
     result = invoke("check-config", "--config", str(path))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     assert result.stderr == ""
     assert result.stdout.startswith(f"# effective configuration (file: {path}, ")
     values = effective(result.stdout)
@@ -124,7 +119,7 @@ def test_check_config_shows_environment_overrides(tmp_path):
             "VMCTL_URL": "http://ignored.invalid",
         },
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     values = effective(result.stdout)
     assert values["api_port"] == 9001 and values["auto_revert_enabled"] is False
     assert values["log_level"] == "DEBUG" and values["heartbeat_timeout"] == 2.5
@@ -135,7 +130,7 @@ def test_check_config_shows_environment_overrides(tmp_path):
 def test_check_config_finds_the_file_through_vmctl_config(tmp_path):
     path = write_config(tmp_path / "elsewhere.yaml", {"vm_name": "from-env"})
     result = invoke("check-config", env={"VMCTL_CONFIG": str(path)})
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     assert effective(result.stdout)["vm_name"] == "from-env"
 
 
@@ -197,7 +192,7 @@ def test_check_config_masks_secrets(tmp_path, monkeypatch):
     )
     path = write_config(tmp_path / "c.yaml", {"vm_name": "eden"})
     result = invoke("check-config", "--config", str(path))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     values = effective(result.stdout)
     assert values["api_token"] == "********" and values["token_file"] == "********"
     assert "s3cret" not in result.stdout and values["vm_name"] == "eden"
@@ -208,7 +203,7 @@ def test_check_config_masks_secrets(tmp_path, monkeypatch):
 def test_a_bad_config_exits_2_with_one_line(tmp_path, command, values, words):
     path = write_config(tmp_path / "bad.yaml", values)
     result = invoke(command, "--config", str(path))
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 2, shown(result)
     assert result.stdout == ""
     assert_one_line_error(result.stderr, words)
 
@@ -232,7 +227,7 @@ def test_a_config_path_that_does_not_exist_exits_2(tmp_path):
     missing = tmp_path / "nowhere" / "config.yaml"
     for command in ("check-config", "serve"):
         result = invoke(command, "--config", str(missing))
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 2, shown(result)
         assert_one_line_error(result.stderr, [str(missing), "does not exist"])
 
 
@@ -242,7 +237,7 @@ def test_a_config_path_that_does_not_exist_exits_2(tmp_path):
 )
 def test_help(args):
     result = invoke(*args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     assert result.stdout.startswith("Usage: ")
     if args[0].startswith("-"):
         assert "serve" in result.stdout and "check-config" in result.stdout
@@ -259,7 +254,7 @@ def test_version():
 def test_an_unknown_command_is_a_usage_error():
     result = invoke("serv")
     assert result.exit_code == 2
-    assert "Traceback" not in result.output
+    assert "Traceback" not in shown(result)
 
 
 # ------------------------------------------------------------------ real processes

@@ -23,7 +23,7 @@ from typing import Any
 import click
 import pytest
 import yaml
-from click.testing import CliRunner
+from cli_invoke import invoke, shown
 from libvirt_env import free_port
 
 from vmcontroller.cli import main
@@ -39,10 +39,6 @@ def isolated(monkeypatch, tmp_path):
         if name.startswith("VMCTL_") or name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(main, list(args), env=env)
 
 
 # ------------------------------------------------------------------ a stand-in server
@@ -206,7 +202,7 @@ def test_each_verb_sends_its_request(stand_in, args, method, path, query):
         {"message": "Heartbeat received", "details": STATUS["heartbeat"]},
     )
     result = invoke(*args, "--url", stand_in.url)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     assert result.stderr == ""
     assert len(stand_in.requests) == 1
     sent = stand_in.requests[0]
@@ -301,7 +297,7 @@ def test_status_fields_for_shell_scripts(stand_in):
         "--field",
         "recovery.guard.state",
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, shown(result)
     assert result.stdout.splitlines() == ["running", "true", "0.4", "null", "ok"]
     result = invoke("status", "--url", stand_in.url, "--field", "heartbeat.pulse")
     assert result.exit_code == 2
@@ -405,7 +401,7 @@ def test_an_api_refusal_or_failure_exits_1_with_its_detail_on_stderr(
 ):
     stand_in.answer("POST", "/api/v1/vm/restart", status, body, ctype)
     result = invoke("restart", "--url", stand_in.url)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 1, shown(result)
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("vmcontroller: ") and message in result.stderr
@@ -427,7 +423,7 @@ def test_nothing_listening_exits_3():
 def test_a_silent_controller_exits_3_after_the_timeout(stand_in):
     stand_in.silent.set()
     result = invoke("status", "--url", stand_in.url, "--timeout", "0.5")
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 3, shown(result)
     assert f"no answer from {stand_in.url} within 0.5 s" in result.stderr
 
 
@@ -444,7 +440,7 @@ def test_a_connection_closed_without_an_answer_exits_3():
 
         threading.Thread(target=hang_up, daemon=True).start()
         result = invoke("status", "--url", url)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 3, shown(result)
     assert "closed the connection without answering" in result.stderr
 
 
@@ -472,7 +468,7 @@ def test_a_connection_reset_exits_3_with_the_systems_reason():
 
     url = serve_once_raw(reset)
     result = invoke("status", "--url", url)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 3, shown(result)
     assert result.stderr == f"vmcontroller: cannot reach {url}: Connection reset by peer\n"
 
 
@@ -480,7 +476,7 @@ def test_a_server_that_does_not_speak_http_exits_3_saying_so():
     """--url pointing at another service (here one that greets like SSH) is not 'unreachable'."""
     url = serve_once_raw(lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n"))
     result = invoke("status", "--url", url)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 3, shown(result)
     assert result.stderr.startswith(f"vmcontroller: {url} answered, but not in HTTP: "), (
         result.stderr
     )
@@ -490,7 +486,7 @@ def test_a_server_that_does_not_speak_http_exits_3_saying_so():
 def test_a_host_name_that_does_not_resolve_exits_3_naming_it():
     url = "http://exhibition-pc.invalid:8000"  # .invalid never resolves (RFC 6761)
     result = invoke("status", "--url", url)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 3, shown(result)
     assert result.stderr.startswith(f"vmcontroller: cannot resolve the host of {url}: "), (
         result.stderr
     )
@@ -511,8 +507,8 @@ USAGE = {
 @pytest.mark.parametrize("args", USAGE.values(), ids=USAGE.keys())
 def test_usage_errors_exit_2(args):
     result = invoke(*args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 2, shown(result)
+    assert "Traceback" not in shown(result)
 
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -529,7 +525,7 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple
 def test_every_verb_has_help(path):
     for flag in ("--help", "-h"):
         result = invoke(*path, flag)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, shown(result)
         assert result.stdout.startswith("Usage: ")
     words = invoke(*path, "--help").stdout
     if (
@@ -621,7 +617,7 @@ def test_the_verbs_against_a_real_controller(start_controller, domain):
 
     def run(*args: str, code: int = 0):
         result = invoke(*args, "--url", url)
-        assert result.exit_code == code, (args, result.output)
+        assert result.exit_code == code, (args, shown(result))
         return result
 
     beat = run("heartbeat")
@@ -728,6 +724,6 @@ def test_tokens_against_a_real_controller(start_controller, tmp_path):
         )
     )
     mine = invoke("status", "--config", str(config), "--field", "auto_revert_enabled")
-    assert mine.exit_code == 0 and mine.stdout == "true\n", mine.output
-    shown = invoke("check-config", "--config", str(config))
-    assert STAFF not in shown.stdout and "api_token: '********'" in shown.stdout
+    assert mine.exit_code == 0 and mine.stdout == "true\n", shown(mine)
+    checked = invoke("check-config", "--config", str(config))
+    assert STAFF not in checked.stdout and "api_token: '********'" in checked.stdout

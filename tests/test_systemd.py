@@ -26,9 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
-
-from vmcontroller.cli import main
+from cli_invoke import invoke, shown
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "etc" / "systemd"
@@ -172,8 +170,8 @@ def test_the_exec_start_command_line_is_one_the_cli_accepts(tmp_path):
     config.write_text(yaml.safe_dump({"vm_name": "eden"}))
     argv[argv.index("serve")] = "check-config"
     argv[argv.index("--config") + 1] = str(config)
-    result = CliRunner().invoke(main, argv, env={"VMCTL_STATE_PATH": f"{STATE_DIR}/eden/state.db"})
-    assert result.exit_code == 0, result.output
+    result = invoke(*argv, env={"VMCTL_STATE_PATH": f"{STATE_DIR}/eden/state.db"})
+    assert result.exit_code == 0, shown(result)
     assert f"state_path: {STATE_DIR}/eden/state.db" in result.stdout
 
 

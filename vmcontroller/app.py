@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 from flask import Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
@@ -48,6 +49,9 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
 
 def _http_error(exc: HTTPException) -> ResponseBase:
     response = exc.get_response()
+    # Werkzeug always answers with its WSGI Response; before 3.0 (Debian 12 has 2.2)
+    # its annotation names the sans-I/O base class, which has no ``data``.
+    assert isinstance(response, ResponseBase)
     response.data = current_app.json.dumps(
         {"detail": exc.description if exc.code not in (404, 405) else exc.name}
     )
@@ -70,10 +74,19 @@ def _error(status: int, detail: str) -> tuple[Response, int]:
     return jsonify({"detail": detail}), status
 
 
+def _answer_with(status: int) -> Callable[[Exception], tuple[Response, int]]:
+    """An error handler answering ``status`` with the exception's message as the detail."""
+
+    def answer(exc: Exception) -> tuple[Response, int]:
+        return _error(status, str(exc))
+
+    return answer
+
+
 def _register_errors(app: Flask, controls: Controls) -> None:
     """Every failure a route may meet, answered in the API's error shape."""
     for kind, status in STATUS_OF:
-        app.register_error_handler(kind, lambda exc, status=status: _error(status, str(exc)))
+        app.register_error_handler(kind, _answer_with(status))
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

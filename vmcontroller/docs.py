@@ -15,7 +15,9 @@ of these pages must come from this app:
   ReDoc's sidebar from requesting its logo from a CDN.
 
 The schema is the hand-written document of :mod:`vmcontroller.apispec`,
-served as it is: flasgger's own rule scanning is switched off.
+served as it is at flasgger's schema endpoint by a view of this module:
+flasgger's own document builder (rule scanning switched off here) adds
+defaults of its own that differ between its releases.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Blueprint, Flask, render_template, url_for
+from flask import Blueprint, Flask, Response, jsonify, render_template, url_for
 
 from .wsgi import Environ, StartResponse, WsgiApp, request_path
 
@@ -59,10 +61,9 @@ def _no_rules(rule: Any) -> bool:
 def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
     """Configuration for flasgger, built fresh for each app.
 
-    ``openapi`` stops flasgger from adding ``"swagger": "2.0"``; the rule
-    filter keeps it from adding anything of its own to the schema (it has
-    no class-based definitions to add: we register none), so /openapi.json
-    is exactly ``spec`` (passed as the template).
+    ``openapi`` stops flasgger from adding ``"swagger": "2.0"`` and the rule
+    filter from documenting Flask's rules, should flasgger ever build its own
+    document; /openapi.json does not serve that one (see :func:`init_docs`).
     """
     return {
         "headers": [],
@@ -79,8 +80,9 @@ def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
         "swagger_ui": True,
         "specs_route": DOCS_ROUTE,
         "static_url_path": "/flasgger_static",
-        # flasgger's template renders this with Python's str(); without it
-        # the page would contain `let auth_config = None;`, a JS error.
+        # flasgger 0.9.7's template renders this with Python's str() (0.9.5's
+        # has no OAuth set-up); without it the page would contain
+        # `let auth_config = None;`, a JS error.
         "auth": {},
         # No online validator badge (validator.swagger.io).
         "ui_params": {"validatorUrl": None},
@@ -150,7 +152,8 @@ def init_docs(app: Flask, spec: dict[str, Any]) -> None:
 
     Call once per app, before the first request. Registers two blueprints,
     ``docs`` (/redoc, /redoc/assets/...) then ``flasgger`` (/docs,
-    /openapi.json, /flasgger_static/..., /oauth2-redirect.html). It sets no
+    /openapi.json, /flasgger_static/..., /oauth2-redirect.html), and makes
+    /openapi.json serve ``spec`` whatever flasgger's release. It sets no
     Flask config key and registers no error handler, so the app's own JSON
     error handlers stay in charge. ``spec`` is copied: changing it later
     does not change what is served.
@@ -160,6 +163,16 @@ def init_docs(app: Flask, spec: dict[str, Any]) -> None:
     app.context_processor(lambda: {"docs_csp": DOCS_CSP})
     app.register_blueprint(_docs_blueprint(spec["info"]["title"]))
     Swagger(app, config=_flasgger_config(spec), template=copy.deepcopy(spec), merge=False)
+    document = copy.deepcopy(spec)
+
+    def openapi() -> Response:
+        """The schema as given. flasgger builds what it serves from defaults of its
+        own overlaid by the template, and its releases differ in the defaults they
+        leave: 0.9.5 (Debian 12's) adds a Swagger 2 ``"definitions": {}``, which an
+        OpenAPI 3 document must not have."""
+        return jsonify(document)
+
+    app.view_functions[f"{FLASGGER_BLUEPRINT}.{SPEC_ENDPOINT}"] = openapi
 
 
 #: The paths the docs app answers (init_docs' routes); every other path is the API's.

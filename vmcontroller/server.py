@@ -20,7 +20,7 @@ from types import FrameType
 from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
 from . import __version__
 from .app import create_app
@@ -58,12 +58,28 @@ class _JsonErrorTask(ErrorTask):
         self.response_headers.extend(
             [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
         )
-        self.set_close_on_finish()
+        # Hang up after this answer, and say so, as waitress's own ErrorTask does
+        # (its set_close_on_finish() is newer than Debian 12's waitress 2.1.2).
+        self.response_headers.append(("Connection", "close"))
+        self.close_on_finish = True
         self.content_length = len(body)
         self.write(body)
 
 
+class _HeadClosesTask(WSGITask):
+    """A HEAD answer says ``Connection: close`` and closes. waitress 2.1.2 (Debian 12's)
+    hangs up after every HEAD answer without saying so (no body was sent for its
+    Content-Length), and a client that reuses the connection meets a reset."""
+
+    def execute(self) -> None:
+        if self.request.command == "HEAD":
+            self.response_headers.append(("Connection", "close"))
+            self.close_on_finish = True
+        super().execute()
+
+
 class _JsonErrorChannel(HTTPChannel):
+    task_class = _HeadClosesTask
     error_task_class = _JsonErrorTask
 
 
