@@ -34,6 +34,7 @@ SITE = "usr/lib/python3/dist-packages"
 # Debian's packages of the Python requirements, and the system the controller drives.
 REQUIRED_DEPENDS = {
     "python3-flask",
+    "python3-werkzeug",  # imported by the controller itself, not only through Flask
     "python3-waitress",
     "python3-flasgger",
     "python3-yaml",
