@@ -53,17 +53,12 @@ _MONO = (
 )
 
 
-def _no_rules(rule: Any) -> bool:
-    """flasgger rule filter: document no Flask rule (the schema is given)."""
-    return False
-
-
 def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
     """Configuration for flasgger, built fresh for each app.
 
-    ``openapi`` stops flasgger from adding ``"swagger": "2.0"`` and the rule
-    filter from documenting Flask's rules, should flasgger ever build its own
-    document; /openapi.json does not serve that one (see :func:`init_docs`).
+    flasgger never builds a document of its own here: :func:`init_docs` puts
+    our view at its schema endpoint. ``openapi`` still tells its Swagger UI page
+    which kind of document it shows.
     """
     return {
         "headers": [],
@@ -71,7 +66,6 @@ def _flasgger_config(spec: dict[str, Any]) -> dict[str, Any]:
             {
                 "endpoint": SPEC_ENDPOINT,
                 "route": SPEC_ROUTE,
-                "rule_filter": _no_rules,
             }
         ],
         "openapi": spec["openapi"],
