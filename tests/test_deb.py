@@ -162,8 +162,28 @@ def test_the_units_config_and_docs_are_where_debian_puts_them(deb_package, tree)
     assert not [p for p in entries if p.startswith("/var")]
 
 
-def test_the_configuration_is_the_only_conffile(control):
-    assert (control / "conffiles").read_text().split() == [CONFIG]
+PROFILES = "/etc/exhibition-vm-controller/vm-profiles"
+PROFILE_FILES = sorted(p.name for p in (REPO / "etc" / "vm-profiles").iterdir())
+
+
+def test_the_conffiles_are_the_configuration_and_the_vm_profiles(control):
+    """Both are the admin's to adjust; dpkg keeps their changes over an upgrade."""
+    assert sorted((control / "conffiles").read_text().split()) == sorted(
+        [CONFIG, *(f"{PROFILES}/{name}" for name in PROFILE_FILES)]
+    )
+
+
+def test_the_vm_import_templates_are_installed_as_in_the_checkout(deb_package, tree):
+    entries = contents(deb_package)
+    assert "winxp.xml" in PROFILE_FILES and "README" in PROFILE_FILES
+    for name in PROFILE_FILES:
+        path = f"{PROFILES}/{name}"
+        assert entries[path] == ("-rw-r--r--", "root/root"), path
+        assert (tree / path[1:]).read_text() == (REPO / "etc" / "vm-profiles" / name).read_text()
+    # Where the installed `vm import` looks first.
+    from vmcontroller.vmimport import SYSTEM_TEMPLATES
+
+    assert str(SYSTEM_TEMPLATES) == PROFILES
 
 
 def test_the_package_depends_on_debians_python_libraries_and_libvirt(deb_package):

@@ -24,14 +24,16 @@ import re
 import sys
 from collections.abc import Callable
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
-from . import __version__
+from . import __version__, vmimport
 from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for, check_base_url
 from .config import ConfigError, as_dict, load_config
+from .errors import LibvirtFailure
 
 
 class ExitStatus(IntEnum):
@@ -356,6 +358,165 @@ def events(
 ) -> tuple[Any, Render]:
     """Show the history of recoveries and actions, newest first."""
     return client.events(limit, since, triggers), _render_events
+
+
+# ====================================================================== VMs in libvirt
+
+
+@main.group(cls=Group)
+def vm() -> None:
+    """Bring an artist's disk image into libvirt as a VM (no controller needed)."""
+
+
+@vm.command("import")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, metavar="NAME", help="The new domain's name.")
+@click.option(
+    "--profile",
+    metavar="PROFILE",
+    help="The guest's hardware: winxp, win98, win2000, win7 or linux (a template of "
+    "/etc/exhibition-vm-controller/vm-profiles/, or etc/vm-profiles/ in a checkout).",
+)
+@click.option(
+    "--network",
+    type=click.Choice(vmimport.NETWORKS),
+    default="user",
+    show_default=True,
+    help="user: QEMU's user-mode networking (the guest reaches the controller at "
+    "10.0.2.2); default: libvirt's 'default' network.",
+)
+@click.option(
+    "--domain-type",
+    type=click.Choice(vmimport.DOMAIN_TYPES),
+    default="auto",
+    show_default=True,
+    help="kvm, qemu (software emulation), or kvm when libvirt can use it.",
+)
+@click.option(
+    "--memory",
+    type=click.IntRange(16, 1024 * 1024),
+    metavar="MIB",
+    help="Memory in MiB (default: the profile's).",
+)
+@click.option(
+    "--images-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=vmimport.DEFAULT_IMAGES_DIR,
+    show_default=True,
+    help="Where the qcow2 disk NAME.qcow2 is written.",
+)
+@click.option(
+    "--template",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A domain template of your own instead of the profile's.",
+)
+@click.option("--kernel", metavar="FILE", help="Boot this kernel (a Linux guest's, on the host).")
+@click.option("--initrd", metavar="FILE", help="With --kernel: its initial ramdisk.")
+@click.option("--cmdline", metavar="TEXT", help="With --kernel: its command line.")
+@click.option(
+    "--connect",
+    "uri",
+    metavar="URI",
+    default="qemu:///system",
+    show_default=True,
+    help="The libvirt connection.",
+)
+@click.option(
+    "--print-xml",
+    is_flag=True,
+    help="Print the domain XML the import would define, and do nothing.",
+)
+def vm_import(
+    image: Path,
+    name: str,
+    profile: str | None,
+    network: str,
+    domain_type: str,
+    memory: int | None,
+    images_dir: Path,
+    template: Path | None,
+    kernel: str | None,
+    initrd: str | None,
+    cmdline: str | None,
+    uri: str,
+    print_xml: bool,
+) -> None:
+    """Convert IMAGE (vmdk, vdi, vhd, vhdx, raw or qcow2) to a qcow2 and define a VM for it.
+
+    The VM gets the hardware the profile's guest has drivers for, VNC on
+    127.0.0.1 and autostart. Nothing is left behind when a step fails.
+    """
+    from .virsh import VirshRunner
+
+    if not profile and not template:
+        raise click.UsageError("give --profile (or --template)")
+    request = vmimport.ImportRequest(
+        image=image,
+        name=name,
+        profile=profile or "",
+        images_dir=images_dir,
+        network=network,
+        domain_type=domain_type,
+        memory_mib=memory,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        template=template,
+    )
+    runner = VirshRunner(uri)
+    progress = _Progress(image.name)
+    try:
+        if print_xml:
+            _, _, domain = vmimport.plan(request, domain_type)
+            if domain_type == "auto":
+                chosen = vmimport.choose_domain_type("auto", runner.virt_types())
+                domain.set("type", chosen)
+            click.echo(vmimport.to_xml(domain), nl=False)
+            return
+        done = vmimport.import_image(
+            request,
+            runner,
+            on_progress=progress,
+            on_note=lambda text: click.echo(f"vmcontroller: {text}", err=True),
+        )
+    except vmimport.ImportRefused as exc:
+        _fail(str(exc), ExitStatus.USAGE)
+    except LibvirtFailure as exc:
+        progress.end()
+        _fail(f"import failed, nothing kept: {exc.message}", ExitStatus.FAILED)
+    progress.end()
+    click.echo(
+        f"Imported {done.name}: {done.source_format} image converted to {done.disk}, "
+        f"domain defined from {done.template}, autostart on."
+    )
+    width = max(len(k) for k in done.hardware) + 2
+    for key, value in done.hardware.items():
+        click.echo(f"  {key + ':':<{width}}{value}")
+    click.echo(vmimport.next_steps(done.name, network))
+
+
+class _Progress:
+    """qemu-img's percentage as one line on stderr: rewritten in place on a terminal,
+    else a line per tenth (a log or a pipe gets no carriage returns)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.shown = -1.0
+        self.open = False
+
+    def __call__(self, percent: float) -> None:
+        if self.tty:
+            click.echo(f"\rconverting {self.label}: {percent:5.1f} %", nl=False, err=True)
+            self.open = True
+        elif percent >= 100 or int(percent // 10) > int(self.shown // 10) or self.shown < 0:
+            click.echo(f"converting {self.label}: {percent:.0f} %", err=True)
+        self.shown = percent
+
+    def end(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
 
 
 # ====================================================================== text for people

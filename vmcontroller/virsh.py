@@ -10,13 +10,16 @@ a positional name starting with '-' would be read by virsh as an option.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -180,6 +183,22 @@ def parse_event_line(line: str) -> LifecycleEvent | None:
     )
 
 
+def parse_virt_types(capabilities: str, arch: str = "x86_64") -> set[str]:
+    """The ``<domain type=...>`` of each hvm ``<guest>`` for ``arch`` in ``virsh capabilities``."""
+    try:
+        root = ET.fromstring(capabilities)
+    except ET.ParseError as exc:
+        raise VirshError(f"virsh capabilities printed no readable XML: {exc}") from None
+    types: set[str] = set()
+    for guest in root.iter("guest"):
+        arch_el = guest.find("arch")
+        if guest.findtext("os_type") != "hvm" or arch_el is None or arch_el.get("name") != arch:
+            continue
+        types.update(d.get("type", "") for d in arch_el.iter("domain"))
+    types.discard("")
+    return types
+
+
 # ---------------------------------------------------------------- runner
 
 #: Commands that copy or restore the guest's memory and disk state: they may
@@ -299,6 +318,43 @@ class VirshRunner:
             *(("--force",) if force else ()),
         )
 
+    def domain_exists(self, domain: str) -> bool:
+        """Whether libvirt knows a domain of that name (running or not)."""
+        try:
+            self.run("domstate", "--domain", domain)
+        except DomainNotFound:
+            return False
+        return True
+
+    def define(self, xml: str) -> None:
+        """Define (or redefine) a domain from its XML.
+
+        virsh reads the file itself and sends its text to libvirtd, so a private
+        temporary file is enough, whoever libvirtd runs as.
+        """
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="vmctl-define-") as f:
+            f.write(xml)
+            f.flush()
+            self.run("define", "--file", f.name)
+
+    def autostart(self, domain: str) -> None:
+        self.run("autostart", "--domain", domain)
+
+    def undefine(self, domain: str) -> None:
+        """Forget a domain's definition, its snapshots' metadata and any managed save."""
+        self.run("undefine", "--domain", domain, "--snapshots-metadata", "--managed-save")
+
+    def dumpxml(self, domain: str, inactive: bool = True) -> str:
+        return self.run("dumpxml", "--domain", domain, *(("--inactive",) if inactive else ()))
+
+    def virt_types(self, arch: str = "x86_64") -> set[str]:
+        """The domain types (qemu, kvm) libvirt can run for hvm guests of ``arch``.
+
+        'kvm' is listed only when libvirtd can open /dev/kvm, which is the
+        question: the user running this may not be allowed to, libvirtd may.
+        """
+        return parse_virt_types(self.run("capabilities"), arch)
+
     def event_argv(self) -> list[str]:
         return self._argv(["event", "--loop", "--timestamp", "--event", "lifecycle"])
 
@@ -358,6 +414,144 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _text(out: bytes | None) -> str:
     """The command's output as text (it runs without text=True: a hook may print anything)."""
     return (out or b"").decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------- qemu-img
+# Disk images are read and converted by qemu-img, a process like virsh: it lives here.
+
+
+class QemuImgError(LibvirtFailure):
+    """qemu-img failed; ``message`` is its own text."""
+
+
+class ImageUnreadable(QemuImgError):
+    """qemu-img cannot open the image: missing, not permitted, damaged, or an extent missing."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``qemu-img info --output=json`` says of an image."""
+
+    format: str  # qemu-img's name: raw, qcow2, vmdk, vdi, vpc (VHD), vhdx, ...
+    virtual_size: int  # bytes the guest sees
+    actual_size: int | None  # bytes the file takes on the host's disk
+    backing_file: str | None
+
+
+def parse_image_info(output: str) -> ImageInfo:
+    """Parse ``qemu-img info --output=json``."""
+    try:
+        data = json.loads(output)
+        return ImageInfo(
+            format=str(data["format"]),
+            virtual_size=int(data["virtual-size"]),
+            actual_size=int(data["actual-size"]) if "actual-size" in data else None,
+            backing_file=data.get("full-backing-filename") or data.get("backing-filename"),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QemuImgError(f"qemu-img info printed no readable JSON: {exc}") from None
+
+
+_PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def parse_progress(chunk: bytes) -> float | None:
+    """The last percentage in a piece of ``qemu-img convert -p`` output ("    (42.00/100%)\\r")."""
+    found = _PROGRESS_RE.findall(chunk)
+    return float(found[-1]) if found else None
+
+
+def _qemu_img_message(stderr: str, returncode: int | None) -> str:
+    lines = [re.sub(r"^qemu-img:\s*", "", ln.strip()) for ln in stderr.splitlines() if ln.strip()]
+    return "; ".join(lines) or f"qemu-img exited with status {returncode} and no message"
+
+
+def image_info(path: str, timeout: float = 60.0, binary: str = "qemu-img") -> ImageInfo:
+    """The format and sizes of a disk image, as qemu-img detects them (it reads the headers)."""
+    argv = [binary, "info", "--output=json", "--", path]
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=VirshRunner._env(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ImageUnreadable(f"qemu-img info did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise QemuImgError(f"cannot run {binary!r}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        raise ImageUnreadable(_qemu_img_message(proc.stderr, proc.returncode))
+    return parse_image_info(proc.stdout)
+
+
+#: A conversion copies the whole disk: hours for a large image on a USB 2 stick.
+CONVERT_TIMEOUT = 6 * 3600.0
+
+
+def convert_image(
+    source: str,
+    source_format: str,
+    target: str,
+    on_progress: Callable[[float], None] | None = None,
+    timeout: float = CONVERT_TIMEOUT,
+    binary: str = "qemu-img",
+) -> None:
+    """Convert ``source`` to a new qcow2 ``target``, reporting the percentage done.
+
+    The format is given (-f) rather than probed again: qemu-img refuses to
+    write sector 0 of an image it only guessed was raw. On a timeout, an
+    interrupt or any failure qemu-img is killed; removing the partial target
+    is the caller's job (it knows whether the file was its own).
+    """
+    argv = [binary, "convert", "-p", "-f", source_format, "-O", "qcow2", "--", source, target]
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=VirshRunner._env(),
+        )
+    except OSError as exc:
+        raise QemuImgError(f"cannot run {binary!r}: {exc.strerror}") from None
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        last: float | None = None
+        # -p rewrites one line with '\r'; read what comes, as it comes.
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            percent = parse_progress(chunk)
+            if percent is not None and percent != last and on_progress is not None:
+                last = percent
+                on_progress(percent)
+        stderr = proc.stderr.read().decode(errors="replace")
+        returncode = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    if returncode != 0:
+        if timed_out.is_set():
+            raise QemuImgError(f"qemu-img convert did not finish within {timeout:g} s")
+        raise QemuImgError(_qemu_img_message(stderr, returncode))
 
 
 class EventStream:
