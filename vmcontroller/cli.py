@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
@@ -358,6 +359,190 @@ def events(
 ) -> tuple[Any, Render]:
     """Show the history of recoveries and actions, newest first."""
     return client.events(limit, since, triggers), _render_events
+
+
+# ====================================================================== ready: the reference snapshot
+
+READY_GUIDE = "scripts/guest/PREPARING-WINDOWS.md"
+
+
+class ReadyStopped(Exception):
+    """A step of `ready` whose condition was not met (exit 1) or whose call failed."""
+
+    def __init__(self, reason: str, status: ExitStatus = ExitStatus.FAILED):
+        super().__init__(reason)
+        self.status = status
+
+
+class ReadyRun:
+    """One run of `ready`: the steps in order, and maintenance put back as it was on any exit.
+
+    Composed of the API's own calls (status, revert disable/enable, snapshot
+    create), so an older controller serves it and nothing new is exposed to
+    the guest. The heartbeat check compares the controller's own
+    ``last_heartbeat`` values, never this machine's clock with the server's.
+    """
+
+    POLL = 0.5  # seconds between looks at the heartbeat while waiting
+
+    def __init__(self, client: Client, say: Callable[[str], None]):
+        self.client = client
+        self.say = say
+        self.step = "status"
+        self.was_on: bool | None = None  # maintenance before ready; None: not known yet
+        self.touched = False  # ready asked for maintenance: it must be set back
+        self.summary: dict[str, Any] = {"ok": False, "steps": []}
+
+    def done(self, step: str, text: str) -> None:
+        self.summary["steps"].append({"step": step, "result": text})
+        self.say(f"{len(self.summary['steps'])}/5 {step}: {text}")
+
+    def run(self, wait: float) -> dict[str, Any]:
+        try:
+            self._steps(wait)
+        except (ReadyStopped, ApiError, Unreachable, KeyboardInterrupt) as exc:
+            status = ExitStatus.UNREACHABLE if isinstance(exc, Unreachable) else ExitStatus.FAILED
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            self.summary.update(step=self.step, reason=reason)
+            raise ReadyStopped(
+                f"ready stopped at step '{self.step}': {reason}; {self._restore()}", status
+            ) from None
+        self.summary["ok"] = True
+        return self.summary
+
+    def _steps(self, wait: float) -> None:
+        status = self.client.status()
+        name = str(status.get("snapshot_name"))
+        self.summary.update(vm_name=status.get("vm_name"), snapshot_name=name)
+        self.was_on = not status.get("auto_revert_enabled", True)
+        self.summary["maintenance_before"] = self.was_on
+
+        self.step = "maintenance"
+        if self.was_on:
+            self.done(self.step, "already on (automatic revert disabled); it stays on afterwards")
+        else:
+            self.touched = True
+            self.client.set_auto_revert(False)
+            self.done(self.step, "on: the controller will not revert the VM until ready ends")
+
+        self.step = "VM running"
+        status = self.client.status()
+        if not status.get("vm_is_running"):
+            raise ReadyStopped(_not_running(status))
+        self.done(self.step, f"{status.get('vm_name')} is running")
+
+        self.step = "heartbeats"
+        beat = self._await_heartbeat(status, wait)
+        self.summary["last_heartbeat"] = beat
+        self.done(self.step, f"arriving (the last one at {beat})")
+
+        self.step = "snapshot"
+        verb = "replacing" if status.get("snapshot_exists") else "taking"
+        self.say(f"    {verb} '{name}' (the guest pauses while its memory is saved) ...")
+        self.summary["snapshot"] = "replaced" if status.get("snapshot_exists") else "created"
+        self.done(self.step, _message(self.client.create_snapshot(name)))
+
+        self.step = "maintenance"
+        if self.was_on:
+            text = "left on, as it was before ready (`vmcontroller revert enable` ends it)"
+        else:
+            self.client.set_auto_revert(True)
+            self.touched = False
+            text = "off again: automatic revert is back on"
+        self.summary["maintenance_after"] = self.was_on
+        self.done(self.step, text)
+
+    def _await_heartbeat(self, status: dict[str, Any], wait: float) -> str:
+        """The controller's time of a heartbeat that came after maintenance went on."""
+        before = (status.get("heartbeat") or {}).get("last_heartbeat")
+        deadline = time.monotonic() + wait
+        while True:
+            heartbeat = status.get("heartbeat") or {}
+            last = heartbeat.get("last_heartbeat")
+            if last and last != before:
+                return str(last)
+            if not status.get("vm_is_running"):
+                raise ReadyStopped(_not_running(status))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self.POLL, left))
+            status = self.client.status()
+        if last:
+            when = (
+                f"the last one came at {last} ({_seconds(heartbeat.get('seconds_since_last'))} ago)"
+            )
+        else:
+            when = "none has come since the controller started"
+        raise ReadyStopped(
+            f"no heartbeat from the guest within {wait:g} s ({when}); check in the guest that "
+            "the heartbeat script runs (started at logon), that it calls this controller's "
+            "address with the guest token, and that no dialog or firewall stops it "
+            f"(see {READY_GUIDE})"
+        )
+
+    def _restore(self) -> str:
+        """Maintenance back to what it was; the words that say so."""
+        if self.was_on is None:
+            return "nothing was changed"
+        if self.was_on:
+            self.summary["maintenance_after"] = True
+            return "maintenance stays on, as it was before"
+        if not self.touched:
+            self.summary["maintenance_after"] = False
+            return "maintenance is off, as it was before"
+        try:
+            self.client.set_auto_revert(True)
+        except (ApiError, Unreachable) as exc:
+            self.summary["maintenance_after"] = None
+            return (
+                f"maintenance may still be ON: turning it off failed ({exc}); "
+                "run `vmcontroller revert enable`"
+            )
+        self.summary["maintenance_after"] = False
+        return "maintenance is off again, as it was before"
+
+
+def _not_running(status: dict[str, Any]) -> str:
+    state = status.get("vm_state")
+    if state == "paused":
+        return (
+            "the VM is not running (paused: it sends no heartbeats); resume or start it and "
+            "wait for the artwork, then run ready again"
+        )
+    return (
+        f"the VM is not running (state: {state}); start it and wait for the artwork, "
+        "then run ready again"
+    )
+
+
+@api_command(main, "ready")
+@click.option(
+    "--wait",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="How long to wait for a heartbeat from the guest.",
+)
+def ready(client: Client, wait: float) -> tuple[Any, Render]:
+    """Take or replace the reference snapshot the safe way.
+
+    Turns maintenance on, checks that the VM runs and that the guest's
+    heartbeats arrive, snapshots it under the configured name (e.g. 'ready'),
+    and turns maintenance off again (or leaves it on if it was on). A step
+    whose condition is not met stops it with the reason, and maintenance is
+    put back as it was.
+    """
+    as_json = bool(click.get_current_context().params.get("as_json"))
+    run = ReadyRun(client, lambda line: click.echo(line, err=as_json))
+    try:
+        summary = run.run(wait)
+    except ReadyStopped as exc:
+        if as_json:
+            _print_json(run.summary)
+        _fail(str(exc), exc.status)
+    return summary, lambda s: f"ready: '{s['snapshot_name']}' is the VM's reference snapshot now"
 
 
 # ====================================================================== VMs in libvirt
