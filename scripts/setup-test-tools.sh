@@ -5,6 +5,10 @@
 #                    a running systemd: containers and CI sandboxes have none)
 #   nginx            `nginx -t` on etc/nginx, and a TLS proxy run on loopback
 #   openssl          a throw-away certificate for that proxy
+#   Xvfb, virt-viewer, matchbox-window-manager, xwd, xwininfo, convert
+#                    the gallery screen's test (tests/test_display.py): an X
+#                    server without hardware, the kiosk session's programs, and
+#                    screenshots of the X screen turned into PNG
 set -euo pipefail
 
 SUDO=""
@@ -15,6 +19,12 @@ missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+command -v virt-viewer >/dev/null 2>&1 || missing+=(virt-viewer)
+command -v matchbox-window-manager >/dev/null 2>&1 || missing+=(matchbox-window-manager)
+command -v xwd >/dev/null 2>&1 || missing+=(x11-apps)
+command -v xwininfo >/dev/null 2>&1 || missing+=(x11-utils)
+[ -x /usr/bin/convert ] || missing+=(imagemagick)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 log "installing ${missing[*]}"

@@ -38,6 +38,19 @@ BEAT = re.compile(r"heartbeat: seq=(\d+) boot=(\S+) (ok|FAIL)")
 
 GUEST_XML = (REPO / "scripts" / "guest" / "domain.xml").read_text()  # shared with the demo
 
+#: A screen and a sound card for the guest, as a gallery PC's VM has them: SPICE
+#: (which also carries the sound to the viewer) on loopback only, a standard VGA.
+#: The guest's kernel then prints to the screen too (SCREEN_KERNEL_ARGS), while
+#: the serial console stays the last console=, the one init writes heartbeats to.
+SCREEN = """
+    <graphics type='spice' autoport='yes' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/>
+    </graphics>
+    <video><model type='vga'/></video>
+    <sound model='ich6'><audio id='1'/></sound>
+    <audio id='1' type='spice'/>"""
+SCREEN_KERNEL_ARGS = "console=tty0 console=ttyS0 loglevel=7 sysrq_always_enabled"
+
 
 @dataclass(frozen=True)
 class Build:
@@ -77,9 +90,16 @@ class GuestDomain:
     __test__ = False
 
     def __init__(
-        self, label: str, guest: Path, port: int, hb_timeout: float = 2, kernel_args: str = ""
+        self,
+        label: str,
+        guest: Path,
+        port: int,
+        hb_timeout: float = 2,
+        kernel_args: str = "",
+        devices: str = "",
     ):
         self.kernel_args = kernel_args  # appended to the guest's kernel command line
+        self.devices = devices  # libvirt device elements added to the domain (e.g. SCREEN)
         self.name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
         self.disk = IMAGES / f"{self.name}.qcow2"
         self.console = IMAGES / f"{self.name}.console.log"
@@ -104,6 +124,8 @@ class GuestDomain:
         )
         if self.kernel_args:
             text = text.replace("</cmdline>", f" {self.kernel_args}</cmdline>", 1)
+        if self.devices:
+            text = text.replace("</devices>", f"{self.devices}\n  </devices>", 1)
         xml.write_text(text)
         try:
             virsh("define", "--file", str(xml))

@@ -186,6 +186,33 @@ def test_the_vm_import_templates_are_installed_as_in_the_checkout(deb_package, t
     assert str(SYSTEM_TEMPLATES) == PROFILES
 
 
+def test_the_gallery_screens_launcher_session_and_setup_are_shipped(deb_package, tree):
+    """vmcontroller-kiosk on PATH for the kiosk session, the session itself where display
+    managers find it, and the set-up script with the files it installs (README: The
+    gallery screen); the viewer and the session's programs are only suggested."""
+    entries = contents(deb_package)
+    shipped = {
+        "/usr/bin/vmcontroller-kiosk": REPO / "scripts" / "vmcontroller-kiosk",
+        "/usr/sbin/vmcontroller-setup-display": REPO / "scripts" / "setup-display",
+        "/usr/share/xsessions/exhibition-kiosk.desktop": REPO
+        / "etc/display/exhibition-kiosk.desktop",
+    }
+    for name in (
+        "exhibition-kiosk.desktop",
+        "vmcontroller-kiosk.desktop",
+        "50-exhibition-kiosk.conf",
+    ):
+        shipped[f"/usr/share/{PACKAGE}/display/{name}"] = REPO / "etc" / "display" / name
+    for path, source in shipped.items():
+        mode = "-rwxr-xr-x" if "bin/" in path else "-rw-r--r--"
+        assert entries[path] == (mode, "root/root"), path
+        assert (tree / path[1:]).read_bytes() == source.read_bytes(), path
+    session = (tree / "usr/share/xsessions/exhibition-kiosk.desktop").read_text()
+    assert "Exec=vmcontroller-kiosk --session" in session.splitlines()
+    suggests = {d.strip() for d in deb_field(deb_package, "Suggests").split(",")}
+    assert suggests >= {"virt-viewer", "lightdm", "matchbox-window-manager"}, suggests
+
+
 def test_the_package_depends_on_debians_python_libraries_and_libvirt(deb_package):
     depends = [d.strip() for d in deb_field(deb_package, "Depends").split(",")]
     names = {re.split(r"[\s(:]", d, maxsplit=1)[0] for d in depends}
