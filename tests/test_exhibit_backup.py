@@ -29,11 +29,13 @@ TOKEN = "staff-token-0123456789abcdef0123"
 pytestmark = pytest.mark.libvirt
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, path_first: Path | None = None) -> subprocess.CompletedProcess:
     """An admin script as the admin runs it: PATH without this venv (the script finds
     the checkout's .venv/bin/vmcontroller), no VMCTL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    if path_first is not None:
+        env["PATH"] = f"{path_first}:{env['PATH']}"
     return subprocess.run(
         [str(ADMIN / script), *args], capture_output=True, text=True, timeout=600, env=env
     )
@@ -297,6 +299,24 @@ def test_export_wipe_restore_and_the_controller_recovers(exhibit, tmp_path):
     assert snapshot_view(exhibit.vm.name) == (tree, current)
     recovers_to_ready(exhibit)
     assert exhibit.vm.state() == "running"
+
+
+def test_a_failed_copy_leaves_no_export_and_gives_the_exhibit_back(exhibit, tmp_path):
+    controller = running_exhibit(exhibit)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    dd = broken / "dd"
+    dd.write_text("#!/bin/sh\necho 'dd: error writing: No space left on device' >&2\nexit 1\n")
+    dd.chmod(0o755)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    proc = run("export-exhibit.sh", "-C", str(exhibit.config), str(usb), path_first=broken)
+    assert proc.returncode == 1 and "copying" in proc.stderr and "failed" in proc.stderr
+    assert list(usb.iterdir()) == [], "nothing half-written left"
+    status = controller.get("/api/v1/status")
+    assert status["auto_revert_enabled"] and not status["stopped_by_staff"], status
+    assert exhibit.vm.state() == "running"
+    assert re.search(r"was down for \d+ s", proc.stderr), proc.stderr
 
 
 def test_export_refuses_a_running_vm_without_its_controller(exhibit, tmp_path):
