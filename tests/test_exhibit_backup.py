@@ -284,6 +284,16 @@ def test_export_wipe_restore_and_the_controller_recovers(exhibit, tmp_path):
     history = second.history()
     assert ("api", "disable_auto_revert", "succeeded") in history, "the history came along"
 
+    # Over an exhibit that ran on (its disk and state differ): --replace, service stopped.
+    second.stop()
+    replaced = run("restore-exhibit.sh", "--replace", str(out))
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"replacing the VM {exhibit.vm.name}" in replaced.stderr
+    assert f"{exhibit.config} already in place" in replaced.stderr
+    assert exhibit.vm.state() == "shut off"
+    assert not exhibit.state.with_name("state.db-wal").exists()
+    assert snapshot_view(exhibit.vm.name) == (tree, current)
+
     # The same export restored with the images in another folder.
     exhibit.wipe()
     moved = IMAGES / f"{exhibit.vm.name}-moved"
@@ -333,6 +343,8 @@ def test_export_refuses_a_running_vm_without_its_controller(exhibit, tmp_path):
 def test_usage_errors(tmp_path):
     assert run("export-exhibit.sh").returncode == 2
     assert run("export-exhibit.sh", str(tmp_path / "missing")).returncode == 2
+    assert run("export-exhibit.sh", "-I", "../etc", str(tmp_path)).returncode == 2
+    assert run("export-exhibit.sh", "-I", "x", "-C", "y", str(tmp_path)).returncode == 2
     assert run("restore-exhibit.sh").returncode == 2
     assert run("restore-exhibit.sh", "--bogus", str(tmp_path)).returncode == 2
     proc = run("restore-exhibit.sh", str(tmp_path))

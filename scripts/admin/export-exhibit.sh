@@ -3,10 +3,12 @@
 # another PC with restore-exhibit.sh: the VM's disk image(s) with their
 # internal snapshots, the domain XML, every snapshot's metadata, the
 # controller's config, the token files it names and its state file.
-#   export-exhibit.sh [-u URL] [-C CONFIG] DIR
+#   export-exhibit.sh [-u URL] [-C CONFIG | -I NAME] DIR
 #     -u URL     the controller (default: $VMCTL_URL, else the controller's config)
 #     -C CONFIG  the controller's config file (default: found as `vmcontroller` finds it:
 #                $VMCTL_CONFIG, else ./config.yaml, else /etc/exhibition-vm-controller/config.yaml)
+#     -I NAME    the instance exhibition-vm-controller@NAME: its config
+#                /etc/exhibition-vm-controller/NAME.yaml and the state file its unit sets
 #     DIR        where to write: DIR/<vm>-<timestamp>/ (written as a .partial folder first)
 # A running VM is stopped through the controller for the copy (maintenance on,
 # staff stop), then started again through it (a clean start from the snapshot)
@@ -17,19 +19,31 @@
 . "$(dirname "$0")/common.sh"
 
 me=export-exhibit.sh
-usage() { echo "usage: $me [-u URL] [-C CONFIG] DIR" >&2; exit 2; }
+usage() { echo "usage: $me [-u URL] [-C CONFIG | -I NAME] DIR" >&2; exit 2; }
 fail() { echo "$me: $1" >&2; exit "${2:-1}"; }
 url=""
 config=""
-while getopts u:C:h opt; do
+instance=""
+while getopts u:C:I:h opt; do
     case $opt in
         u) url=$OPTARG ;;
         C) config=$OPTARG ;;
+        I) instance=$OPTARG ;;
         *) usage ;;
     esac
 done
 shift $((OPTIND - 1))
 [ $# -eq 1 ] || usage
+if [ -n "$instance" ]; then
+    [ -z "$config" ] || usage
+    case $instance in
+        '' | [!A-Za-z0-9]* | *[!A-Za-z0-9._-]*) fail "NAME must be letters, digits, '.', '_' or '-'" 2 ;;
+    esac
+    config=/etc/exhibition-vm-controller/$instance.yaml
+    # As the unit exhibition-vm-controller@.service sets it for the instance.
+    VMCTL_STATE_PATH=/var/lib/exhibition-vm-controller/$instance/state.db
+    export VMCTL_STATE_PATH
+fi
 dest=$1
 [ -d "$dest" ] || fail "$dest is not a directory (mount the USB disk first)" 2
 [ -w "$dest" ] || fail "cannot write to $dest" 2
@@ -107,6 +121,7 @@ manifest="$partial/manifest.txt"
     echo "created=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host=$(hostname)"
     echo "vm=$vm"
+    [ -z "$instance" ] || echo "instance=$instance"
     echo "libvirt_uri=$uri"
     echo "vmcontroller=$("$vmctl" --version | awk '{ print $NF }')"
     echo "libvirt=$(v version --daemon 2>/dev/null | sed -n 's/^Running hypervisor: //p;s/^Running against daemon: /libvirtd /p' | paste -sd ';' -)"

@@ -162,6 +162,8 @@ current=$(value snapshot.current)
 [ -z "$current" ] || v snapshot-current --domain "$vm" --snapshotname "$current" >/dev/null \
     || fail "cannot make $current the current snapshot"
 
+service=exhibition-vm-controller
+[ -z "$(value instance)" ] || service="exhibition-vm-controller@$(value instance)"
 cat <<EOF
 Restored $vm from $export_dir (exported $(value created) on $(value host)).
   disks:     $(cut -f2,3 "$plan" | grep "${tab}disk\$" | cut -f1 | paste -sd ' ' -)
@@ -169,6 +171,6 @@ Restored $vm from $export_dir (exported $(value created) on $(value host)).
   config:    $(value config)
 Next:
   vmcontroller check-config --config $(value config)
-  sudo systemctl enable --now exhibition-vm-controller    # or exhibition-vm-controller@NAME
+  sudo systemctl enable --now $service
   vmcontroller status       # the controller reverts $vm to its snapshot and starts it
 EOF
