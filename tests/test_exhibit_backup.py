@@ -269,6 +269,7 @@ def test_export_wipe_restore_and_the_controller_recovers(exhibit, tmp_path):
     restore = run("restore-exhibit.sh", str(out))
     assert restore.returncode == 0, restore.stderr
     assert "systemctl enable --now exhibition-vm-controller" in restore.stdout
+    assert "warning" not in restore.stderr, "the guest's kernel and initrd are on this PC"
     assert all(p.exists() for p in exhibit.files())
     assert stat.S_IMODE(exhibit.token.stat().st_mode) == 0o640
     assert snapshot_view(exhibit.vm.name) == (tree, current), "same parents, same current"

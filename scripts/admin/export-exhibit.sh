@@ -67,7 +67,8 @@ api_token_file=${VMCTL_API_TOKEN_FILE:-$(config_value api_token_file <"$source_f
 guest_token_file=${VMCTL_GUEST_TOKEN_FILE:-$(config_value guest_token_file <"$source_file")}
 v() { LC_ALL=C virsh -q -c "$uri" "$@"; }
 
-v dominfo --domain "$vm" >/dev/null || fail "libvirt ($uri) does not know the VM $vm" 3
+v version >/dev/null || fail "libvirt ($uri) does not answer" 3
+v dominfo --domain "$vm" >/dev/null || fail "libvirt ($uri) does not know the VM $vm (vm_name of $source_file)"
 work=$(mktemp -d) || fail "cannot make a temporary folder"
 partial=""
 cleanup() {

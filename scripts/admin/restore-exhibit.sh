@@ -150,6 +150,20 @@ for name in sys.argv[2:]:
     tree.write(name, encoding="unicode")
 PY
 fi
+# Files the VM needs that an export does not carry: said, not fatal (an ISO
+# can come later; a kernel for direct boot must be put back before a start).
+python3 - "$work/domain.xml" <<'PY' >&2
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+named = [e.text for e in root.iterfind("./os/*") if e.tag in ("kernel", "initrd", "loader")]
+named += [s.get("file") for s in root.iterfind("./devices/disk/source")]
+for path in named:
+    if path and not os.path.exists(path):
+        print(f"restore-exhibit.sh: warning: the VM names {path}, which is not on this PC")
+PY
 v define --file "$work/domain.xml" >/dev/null || fail "libvirt refused the domain XML"
 for index in $(keys snapshot | grep -v '^current$'); do
     name=$(value "snapshot.$index")
