@@ -224,9 +224,13 @@ else
     echo "$me: no state file at $state (the controller starts a new one)" >&2
 fi
 
+# The restore comes along, for a new PC that has only the package.
 here=$(cd "$(dirname "$0")" && pwd)
-cp "$here/restore-README.txt" "$partial/README.txt" 2>/dev/null \
-    || echo "Restore with restore-exhibit.sh from the controller's scripts/admin." >"$partial/README.txt"
+mkdir -p "$partial/tools" || fail "cannot write to $partial"
+for f in restore-exhibit.sh common.sh; do
+    cp "$here/$f" "$partial/tools/$f" || fail "cannot copy $here/$f"
+done
+cp "$here/restore-README.txt" "$partial/README.txt" || fail "cannot copy $here/restore-README.txt"
 (cd "$partial" && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | sed 's|^\./||' \
     | while IFS= read -r f; do sha256sum -- "$f"; done >SHA256SUMS) || fail "cannot write checksums"
 sync
