@@ -17,3 +17,23 @@ find_vmcontroller() {
     done
     return 1
 }
+
+# The value of a top-level key of a YAML config (a file, or `vmcontroller
+# check-config`'s output) read from stdin: a plain, single- or double-quoted
+# scalar on the key's line, a trailing comment dropped; empty for null.
+config_value() {
+    sed -n "s/^$1:[[:space:]]*//p" | head -n1 | sed -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//' \
+        -e "s/^'\\(.*\\)'\$/\\1/" -e "s/''/'/g" -e 's/^"\(.*\)"$/\1/' -e 's/^null$//' -e 's/^~$//'
+}
+
+# Copy a large file with progress on stderr, holes kept where the target's
+# file system allows: to TARGET.partial first, renamed once complete, so an
+# interrupted copy never looks like a finished one.
+copy_large() {
+    rm -f "$2.partial"
+    dd if="$1" of="$2.partial" bs=4M conv=sparse,fsync status=progress || {
+        rm -f "$2.partial"
+        return 1
+    }
+    mv -f "$2.partial" "$2"
+}
