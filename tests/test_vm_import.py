@@ -370,6 +370,10 @@ def test_an_image_is_imported_as_a_domain_with_the_profiles_hardware(
     assert domain.find("devices/video/model").get("type") == video
     assert domain.find("devices/sound").get("model") == sound
     assert domain.find("devices/graphics").get("listen") == "127.0.0.1"
+    # The sound reaches the gallery screen's viewer through SPICE (VNC carries none).
+    assert domain.find("devices/graphics").get("type") == "spice"
+    audio = domain.find("devices/sound/audio").get("id")
+    assert domain.find(f"devices/audio[@id='{audio}']").get("type") == "spice"
     assert "Autostart:      enable" in virsh("dominfo", "--domain", name)
     # QEMU takes this hardware: the domain starts (no OS on the disk: the BIOS idles).
     virsh("start", "--domain", name)
