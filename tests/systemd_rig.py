@@ -59,10 +59,22 @@ def build_rootfs() -> Path:
     return ROOTFS / "root"
 
 
-def offline_bundle(deb: Path) -> Path:
-    """The USB bundle for this .deb, kept in the cache: a refresh downloads only what is new."""
-    _script("offline-bundle", str(BUNDLE), str(deb), timeout=1200)
-    return BUNDLE
+def offline_bundle(deb: Path, into: Path) -> Path:
+    """The USB bundle for this .deb and the gallery screen's packages, in ``into``.
+
+    The packages downloaded are kept in the cache (BUNDLE) between runs; each
+    bundle starts as hard links to them, so that a refresh downloads only what is
+    new and two test runs never write into each other's bundle (offline-bundle
+    replaces files rather than writing into them).
+    """
+    if BUNDLE.is_dir():
+        subprocess.run(["cp", "-al", str(BUNDLE), str(into)], check=True)
+    _script("offline-bundle", "--with-display", str(into), str(deb), timeout=1200)
+    BUNDLE.mkdir(parents=True, exist_ok=True)
+    fresh = [str(p) for p in into.glob("*.deb") if not (BUNDLE / p.name).exists()]
+    if fresh:
+        subprocess.run(["cp", "-l", *fresh, str(BUNDLE)], check=True)
+    return into
 
 
 class Machine:
@@ -86,8 +98,6 @@ class Machine:
         subprocess.run(
             ["cp", "-a", "--reflink=auto", str(build_rootfs()), str(self.root)], check=True
         )
-        for _, inside in self.binds:
-            (self.root / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
         return self
 
     # -- power ------------------------------------------------------------------
@@ -107,6 +117,8 @@ class Machine:
         ]
         if self.private_network:
             cmd.append("--private-network")
+        for _, inside in self.binds:
+            (self.root / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
         cmd += [f"--bind-ro={outside}:{inside}" for outside, inside in self.binds]
         self.started_at = time.monotonic()
         with self.console.open("ab") as log:

@@ -201,6 +201,7 @@ def test_the_gallery_screens_launcher_session_and_setup_are_shipped(deb_package,
         "exhibition-kiosk.desktop",
         "vmcontroller-kiosk.desktop",
         "50-exhibition-kiosk.conf",
+        "packages",
     ):
         shipped[f"/usr/share/{PACKAGE}/display/{name}"] = REPO / "etc" / "display" / name
     for path, source in shipped.items():

@@ -88,12 +88,10 @@ def run_all(pc: Machine, steps: list[str], timeout: float = 600) -> None:
 
 @pytest.fixture(scope="module")
 def pc(deb_package: Path) -> Iterator[Machine]:
-    bundle = offline_bundle(deb_package)
-    guest = build_guest().path
-    machine = Machine(
-        "pc", binds=[(bundle, USB), (guest, GUEST), (REPO / "scripts", SCRIPTS)]
-    ).create()
+    machine = Machine("pc").create()
     try:
+        bundle = offline_bundle(deb_package, machine.home / "usb")
+        machine.binds += [(bundle, USB), (build_guest().path, GUEST), (REPO / "scripts", SCRIPTS)]
         machine.boot()
         run_all(machine, [step.replace("apt install", "apt install -y") for step in INSTALL])
         machine.sh(
@@ -450,6 +448,24 @@ def _first(lines: list[str], text: str) -> float | None:
         if text in line:
             return float(line.split("]", 1)[0].strip("[ "))
     return None
+
+
+def test_the_gallery_screen_is_set_up_from_the_usb_stick(pc: Machine) -> None:
+    """README's "The gallery screen" on the PC without internet: the packaged set-up
+    script takes the display's packages from the stick that offline-bundle made."""
+    out = pc.sh(
+        "sudo vmcontroller-setup-display",
+        check=False,
+        timeout=900,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("setup-display: changed: installed virt-viewer"), last
+    pc.sh("command -v virt-viewer matchbox-window-manager Xorg vmcontroller-kiosk")
+    assert {"libvirt", "audio", "video"} <= set(pc.sh("id -nG exhibition").stdout.split())
+    assert pc.sh("systemctl get-default").stdout.strip() == "graphical.target"
+    wait_healthy(pc)
 
 
 def test_the_hardening_is_in_force(pc: Machine) -> None:
