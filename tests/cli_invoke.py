@@ -9,7 +9,9 @@ argument and always keeps the streams apart, and there ``output`` is both.
 from __future__ import annotations
 
 import inspect
+import os
 
+import pytest
 from click.testing import CliRunner, Result
 
 from vmcontroller.cli import main
@@ -30,3 +32,13 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def shown(result: Result) -> str:
     """All the command wrote, for a failure message or a search of both streams."""
     return result.stdout + result.stderr
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No VMCTL_* variable, proxy setting or ./config.yaml of the person running the tests.
+    Autouse in every test module that imports it."""
+    for name in list(os.environ):
+        if name.startswith("VMCTL_") or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from cli_invoke import invoke, shown
+from cli_invoke import invoke, isolated, shown  # noqa: F401 (isolated: an autouse fixture)
 from libvirt_env import free_port, wait_until
 
 from vmcontroller import __version__
@@ -57,15 +57,6 @@ def clean_environ(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
     env.update(extra)
     return env
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No VMCTL_* variable and no ./config.yaml leak into a test."""
-    for name in list(os.environ):
-        if name.startswith("VMCTL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 def write_config(path: Path, values: dict[str, Any]) -> Path:

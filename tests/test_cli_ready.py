@@ -11,7 +11,6 @@ libvirt and the real heartbeat guest is in test_ready.py.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from cli_invoke import invoke, shown
+from cli_invoke import invoke, isolated, shown  # noqa: F401 (isolated: an autouse fixture)
 from libvirt_env import free_port
 from werkzeug.serving import make_server
 
@@ -29,15 +28,6 @@ from vmcontroller.controls import Controls
 from vmcontroller.errors import LibvirtFailure
 
 START = datetime(2026, 11, 25, 10, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No VMCTL_* variable, proxy setting or ./config.yaml of the person running the tests."""
-    for name in list(os.environ):
-        if name.startswith("VMCTL_") or name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 @dataclass

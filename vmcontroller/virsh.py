@@ -206,6 +206,21 @@ def parse_virt_types(capabilities: str, arch: str = "x86_64") -> set[str]:
 LONG_COMMANDS = frozenset({"snapshot-create-as", "snapshot-revert", "snapshot-delete"})
 
 
+def _capture(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end with no input, its output as text in the C locale (the
+    parsers read English messages). Raises subprocess.TimeoutExpired or OSError."""
+    return subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        env=VirshRunner._env(),
+        check=False,
+    )
+
+
 class VirshRunner:
     """Runs virsh for one libvirt URI. Thread-safe: it holds no per-call state."""
 
@@ -237,16 +252,7 @@ class VirshRunner:
         limit = self.long_timeout if args[0] in LONG_COMMANDS else self.timeout
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=limit,
-                env=self._env(),
-                check=False,
-            )
+            proc = _capture(argv, limit)
         except subprocess.TimeoutExpired:
             raise VirshTimeout(
                 f"virsh {args[0].split()[0]} did not answer within {limit:g} s (is libvirtd hung?)",
@@ -470,16 +476,7 @@ def image_info(path: str, timeout: float = 60.0, binary: str = "qemu-img") -> Im
     """The format and sizes of a disk image, as qemu-img detects them (it reads the headers)."""
     argv = [binary, "info", "--output=json", "--", path]
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=VirshRunner._env(),
-            check=False,
-        )
+        proc = _capture(argv, timeout)
     except subprocess.TimeoutExpired:
         raise ImageUnreadable(f"qemu-img info did not answer within {timeout:g} s") from None
     except OSError as exc:
