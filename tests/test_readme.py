@@ -19,7 +19,8 @@ def test_readme_renders_without_warnings():
 
 
 def test_readme_setup_is_the_two_scripts_ci_runs():
-    block = README.split("Set-up\n======\n", 1)[1].split("\nConfiguration\n=====", 1)[0]
+    after = README.split("Set-up\n======\n", 1)[1]
+    block = re.split(r"\n[^\n]+\n=+\n", after, maxsplit=1)[0]  # up to the next section
     commands = re.findall(r"^   (scripts/\S+)", block, re.M)
     assert commands == ["scripts/demo", "scripts/test"]
     assert "exec scripts/test" in (REPO / ".ci" / "run").read_text()
