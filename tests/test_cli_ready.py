@@ -48,6 +48,8 @@ class ReadyControls:
     fail: dict[str, Exception] = field(default_factory=dict)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     beats: int = 0
+    stops_at_look: int | None = None  # the VM shuts off at this look at the status
+    looks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _call(self, name: str, *args: Any) -> None:
@@ -70,6 +72,9 @@ class ReadyControls:
 
     def status(self) -> dict[str, Any]:
         self._call("status")
+        self.looks += 1
+        if self.looks == self.stops_at_look:
+            self.vm_state = "shut off"
         return {
             "vm_name": self.vm_name,
             "vm_state": self.vm_state,
@@ -239,6 +244,20 @@ def test_a_guest_without_heartbeats_is_refused_after_the_wait(controller):
     assert controls.auto_revert is True
     looks = [n for n, _ in controls.calls if n == "status"]
     assert len(looks) >= 3, "it looked again while waiting"
+
+
+def test_a_vm_that_stops_while_ready_waits_for_a_heartbeat_is_refused_at_once(controller):
+    """Waiting out --wait for a VM that is gone would only delay the reason."""
+    controls, url = controller
+    controls.beating = False
+    controls.stops_at_look = 3  # running at the first two looks (status, VM running)
+    result = ready(url, "--wait", "600")
+    assert result.exit_code == 1, shown(result)
+    line = one_error_line(result)
+    assert "step 'heartbeats'" in line and "the VM is not running (state: shut off)" in line
+    assert "maintenance is off again, as it was before" in line, line
+    assert controls.names() == ["set_auto_revert", "set_auto_revert"], "no snapshot"
+    assert controls.auto_revert is True
 
 
 def test_a_guest_that_never_heartbeat_is_named_so(controller):

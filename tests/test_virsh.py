@@ -372,3 +372,89 @@ def test_run_command_that_cannot_be_started_says_why_with_status_127(tmp_path):
         result.output
         == f"cannot run {str(tmp_path / 'no-such-program')!r}: No such file or directory"
     )
+
+
+# ---------------------------------------------------------------- vm import's calls
+
+
+def test_unreadable_capabilities_are_an_error_not_an_empty_set():
+    """An empty set would read as 'libvirt can run nothing here'."""
+    with pytest.raises(VirshError, match="virsh capabilities printed no readable XML"):
+        virsh_module.parse_virt_types("<capabilities><guest>")
+
+
+def test_undefine_forgets_a_domain_with_snapshots(domain):
+    """A plain undefine refuses a domain that has snapshots; an import's undo must not."""
+    from libvirt_env import virsh
+
+    assert domain.snapshots() == ["ready"]
+    virsh("destroy", "--domain", domain.name)
+    VirshRunner(timeout=60).undefine(domain.name)
+    assert domain.name not in virsh("list", "--all", "--name").split()
+
+
+@pytest.fixture
+def qemu_img(tmp_path):
+    """A stand-in qemu-img: prints a percentage, notes its pid, then hangs until killed."""
+    script = tmp_path / "qemu-img"
+    script.write_text(
+        textwrap.dedent(f"""\
+        #!/bin/sh
+        echo $$ > {tmp_path}/pid
+        printf '    (10.00/100%%)\\r'
+        exec sleep 30
+        """)
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return tmp_path
+
+
+def test_qemu_img_info_that_hangs_or_is_missing_says_so(qemu_img, tmp_path):
+    with pytest.raises(virsh_module.ImageUnreadable, match="qemu-img info did not answer within"):
+        virsh_module.image_info("disk.img", timeout=0.5, binary=str(qemu_img / "qemu-img"))
+    with pytest.raises(virsh_module.QemuImgError, match="cannot run .*no-qemu-img"):
+        virsh_module.image_info("disk.img", binary=str(tmp_path / "no-qemu-img"))
+
+
+def test_a_conversion_that_cannot_start_or_fails_gives_qemu_imgs_reason(tmp_path):
+    with pytest.raises(virsh_module.QemuImgError, match="cannot run .*no-qemu-img"):
+        virsh_module.convert_image(
+            "a.img", "raw", str(tmp_path / "b.qcow2"), binary=str(tmp_path / "no-qemu-img")
+        )
+    missing = tmp_path / "missing.img"
+    with pytest.raises(virsh_module.QemuImgError) as info:
+        virsh_module.convert_image(str(missing), "raw", str(tmp_path / "b.qcow2"))
+    assert f"Could not open '{missing}'" in info.value.message
+    assert not info.value.message.startswith("qemu-img:")
+
+
+def test_a_conversion_past_its_timeout_is_killed_and_says_so(qemu_img, tmp_path):
+    seen: list[float] = []
+    with pytest.raises(virsh_module.QemuImgError, match="did not finish within 0.5 s"):
+        virsh_module.convert_image(
+            "a.img",
+            "raw",
+            str(tmp_path / "b.qcow2"),
+            on_progress=seen.append,
+            timeout=0.5,
+            binary=str(qemu_img / "qemu-img"),
+        )
+    assert seen == [10.0]
+    assert not pid_alive(int((qemu_img / "pid").read_text()))
+
+
+def test_an_interrupted_conversion_kills_qemu_img(qemu_img, tmp_path):
+    """Ctrl-C (here raised where the progress is shown) must not leave qemu-img writing."""
+
+    def interrupt(percent: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        virsh_module.convert_image(
+            "a.img",
+            "raw",
+            str(tmp_path / "b.qcow2"),
+            on_progress=interrupt,
+            binary=str(qemu_img / "qemu-img"),
+        )
+    assert not pid_alive(int((qemu_img / "pid").read_text()))

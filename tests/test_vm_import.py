@@ -283,6 +283,135 @@ def test_an_existing_domain_is_refused_before_anything_is_converted(tmp_path):
     assert not (tmp_path / "artwork.qcow2").exists()
 
 
+def test_an_undefine_that_fails_while_undoing_is_said_and_the_first_error_kept(tmp_path):
+    """The user learns that a domain may be left over, and why the import failed first."""
+    runner = FakeRunner(fail="autostart")
+    runner.undefine = lambda domain: (_ for _ in ()).throw(VirshError("libvirtd went away"))
+    notes: list[str] = []
+    image = tmp_path / "source.img"
+    image.write_bytes(b"\0" * 510 + b"\x55\xaa")
+    request = vmimport.ImportRequest(
+        image=image,
+        name="artwork",
+        profile="winxp",
+        images_dir=tmp_path,
+        template_dirs=[PROFILES_DIR],
+    )
+    with pytest.raises(VirshError, match="autostart failed on purpose"):
+        vmimport.import_image(
+            request,
+            runner,
+            on_note=notes.append,
+            inspect=lambda path: ImageInfo("raw", 512, 512, None),
+            convert=lambda source, fmt, target, on_progress: Path(target).write_bytes(b"x"),
+        )
+    assert notes == ["could not undefine 'artwork' again: libvirtd went away"]
+    assert not (tmp_path / "artwork.qcow2").exists()
+
+
+def test_an_unknown_network_or_domain_type_is_refused_before_anything_is_done(tmp_path):
+    """The CLI offers only the known ones; the module refuses others itself, naming the known."""
+    with pytest.raises(
+        vmimport.ImportRefused, match=r"unknown network 'bridge' \(known: user, default\)"
+    ):
+        vmimport.fill_template(
+            vmimport.load_template(PROFILES_DIR / "winxp.xml"), spec(network="bridge")
+        )
+    runner = FakeRunner()
+    request = vmimport.ImportRequest(
+        image=tmp_path / "a.img",
+        name="artwork",
+        profile="winxp",
+        images_dir=tmp_path,
+        domain_type="xen",
+        template_dirs=[PROFILES_DIR],
+    )
+    with pytest.raises(
+        vmimport.ImportRefused, match=r"unknown domain type 'xen' \(known: auto, kvm, qemu\)"
+    ):
+        vmimport.import_image(request, runner)
+    assert runner.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_uuid_in_a_template_is_dropped_so_that_each_import_gets_its_own():
+    """A template made from `virsh dumpxml` carries that domain's uuid: libvirt would
+    redefine that domain instead of defining a new one."""
+    template = vmimport.load_template(PROFILES_DIR / "winxp.xml")
+    ET.SubElement(template, "uuid").text = "0d4c0f5e-1b59-4c39-a3a4-6c1f0e1a2b3c"
+    domain = vmimport.fill_template(template, spec())
+    assert domain.find("uuid") is None
+    assert template.find("uuid") is not None  # the template itself is left as it was
+
+
+def test_a_raw_image_named_the_qemu_img_way_is_imported_without_a_false_warning(tmp_path):
+    """qemu-img takes 'file:PATH'; the first sector cannot be read as a path then, and
+    what cannot be read must not be reported as a disk without a partition table."""
+    image = tmp_path / "disk.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(image), "1M"], check=True)
+    with image.open("r+b") as f:
+        f.seek(510)
+        f.write(b"\x55\xaa")
+    images = tmp_path / "images"
+    images.mkdir()
+    notes: list[str] = []
+    request = vmimport.ImportRequest(
+        image=Path(f"file:{image}"),
+        name="artwork",
+        profile="winxp",
+        images_dir=images,
+        template_dirs=[PROFILES_DIR],
+    )
+    done = vmimport.import_image(request, FakeRunner(), on_note=notes.append)
+    assert notes == []
+    assert done.source_format == "raw"
+    assert vmimport.virsh.image_info(str(images / "artwork.qcow2")).format == "qcow2"
+
+
+def cli_refused(result, message: str) -> None:
+    assert result.exit_code == 2, shown(result)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[-1], result.stderr
+    assert "Traceback" not in shown(result)
+
+
+def test_a_template_that_is_missing_malformed_or_no_domain_is_refused_with_its_path(tmp_path):
+    image = tmp_path / "a.img"
+    image.write_bytes(b"\0" * 1024)
+    images = tmp_path / "images"
+    images.mkdir()
+    malformed = tmp_path / "malformed.xml"
+    malformed.write_text("<domain><devices></domain>")
+    network = tmp_path / "network.xml"
+    network.write_text("<network><name>lan</name></network>")
+    for template, message in [
+        (
+            tmp_path / "missing.xml",
+            f"cannot read template {tmp_path / 'missing.xml'}: No such file",
+        ),
+        (malformed, f"template {malformed} is not well-formed XML: mismatched tag"),
+        (network, f"template {network} is not a libvirt <domain> (root <network>)"),
+    ]:
+        result = vm_import(image, "artwork", images, "--template", str(template))
+        cli_refused(result, message)
+    assert list(images.iterdir()) == []
+
+
+def test_an_import_without_profile_or_template_is_a_usage_error(tmp_path):
+    result = vm_import(tmp_path / "a.img", "artwork", tmp_path)
+    assert result.exit_code == 2, shown(result)
+    assert "give --profile (or --template)" in result.stderr
+
+
+def test_a_missing_images_folder_is_refused_not_created(tmp_path):
+    image = tmp_path / "a.img"
+    image.write_bytes(b"\0" * 1024)
+    missing = tmp_path / "no-such-folder"
+    result = vm_import(image, "artwork", missing, "--profile", "winxp")
+    cli_refused(result, f"images folder {missing} does not exist")
+    assert not missing.exists()
+
+
 # ---------------------------------------------------------------- real libvirt and qemu-img
 
 
@@ -544,3 +673,75 @@ def test_print_xml_shows_the_domain_and_does_nothing(names, guest_disk, tmp_path
     assert domain.find("devices/disk/source").get("file") == str(tmp_path / f"{name}.qcow2")
     assert not defined(name)
     assert not (tmp_path / f"{name}.qcow2").exists()
+
+
+def test_print_xml_with_the_automatic_type_shows_what_libvirt_can_run(names, guest_disk, tmp_path):
+    name = new_name(names, "auto")
+    result = vm_import(guest_disk, name, tmp_path, "--profile", "linux", "--print-xml")
+    assert result.exit_code == 0, shown(result)
+    kvm = "<domain type='kvm'" in virsh("capabilities")
+    assert ET.fromstring(result.stdout).get("type") == ("kvm" if kvm else "qemu")
+    assert not defined(name) and list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_name_taken_by_a_dangling_link_is_refused_and_the_link_kept(
+    names, guest_disk, tmp_path
+):
+    """A symbolic link to nowhere does not exist for a path check, but the claim of the
+    name must not follow it: that would create (then convert into) the file it points to."""
+    images = tmp_path / "images"
+    images.mkdir()
+    name = new_name(names, "link")
+    link = images / f"{name}.qcow2"
+    pointed = tmp_path / "elsewhere.qcow2"
+    link.symlink_to(pointed)
+    result = vm_import(guest_disk, name, images, "--profile", "linux", "--domain-type", "qemu")
+    cli_refused(result, f"{link} exists: choose another --name or remove it")
+    assert link.is_symlink() and not pointed.exists()
+    assert not defined(name)
+
+
+def test_an_images_folder_that_cannot_be_written_is_refused_with_the_reason(names, guest_disk):
+    """/sys/kernel refuses new files even to root (the tests may run as root, for whom
+    permission bits are no obstacle)."""
+    name = new_name(names, "unwritable")
+    result = vm_import(
+        guest_disk, name, Path("/sys/kernel"), "--profile", "linux", "--domain-type", "qemu"
+    )
+    cli_refused(result, f"cannot write to /sys/kernel/{name}.qcow2: Permission denied")
+    assert not defined(name)
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_in_place(monkeypatch):
+    """On a terminal the percentage overwrites itself, and the line is ended once."""
+    import os
+    import pty
+    import sys
+
+    from vmcontroller.cli import _Progress
+
+    master, slave = pty.openpty()
+    with open(slave, "w", closefd=True) as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        progress = _Progress("artwork.vmdk")
+        for percent in (0.0, 42.5, 100.0):
+            progress(percent)
+        progress.end()
+        progress.end()  # a second end (the failure path's, then the normal one) adds nothing
+        terminal.flush()
+    chunks = []
+    while True:  # until the closed terminal's end (EIO on Linux)
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    shown_text = b"".join(chunks).decode()
+    assert shown_text.replace("\r\n", "\n") == (
+        "\rconverting artwork.vmdk:   0.0 %"
+        "\rconverting artwork.vmdk:  42.5 %"
+        "\rconverting artwork.vmdk: 100.0 %\n"
+    )

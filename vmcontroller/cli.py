@@ -390,7 +390,6 @@ class ReadyRun:
         self.say = say
         self.step = "status"
         self.was_on: bool | None = None  # maintenance before ready; None: not known yet
-        self.touched = False  # ready asked for maintenance: it must be set back
         self.summary: dict[str, Any] = {"ok": False, "steps": []}
 
     def done(self, step: str, text: str) -> None:
@@ -421,7 +420,6 @@ class ReadyRun:
         if self.was_on:
             self.done(self.step, "already on (automatic revert disabled); it stays on afterwards")
         else:
-            self.touched = True
             self.client.set_auto_revert(False)
             self.done(self.step, "on: the controller will not revert the VM until ready ends")
 
@@ -447,7 +445,6 @@ class ReadyRun:
             text = "left on, as it was before ready (`vmcontroller revert enable` ends it)"
         else:
             self.client.set_auto_revert(True)
-            self.touched = False
             text = "off again: automatic revert is back on"
         self.summary["maintenance_after"] = self.was_on
         self.done(self.step, text)
@@ -482,15 +479,17 @@ class ReadyRun:
         )
 
     def _restore(self) -> str:
-        """Maintenance back to what it was; the words that say so."""
+        """Maintenance back to what it was; the words that say so.
+
+        Once the status was read, a stop finds maintenance asked for or about to be
+        (a refused or unanswered request may still have reached the controller):
+        turning it off again is right whenever it was off before.
+        """
         if self.was_on is None:
             return "nothing was changed"
         if self.was_on:
             self.summary["maintenance_after"] = True
             return "maintenance stays on, as it was before"
-        if not self.touched:
-            self.summary["maintenance_after"] = False
-            return "maintenance is off, as it was before"
         try:
             self.client.set_auto_revert(True)
         except (ApiError, Unreachable) as exc:

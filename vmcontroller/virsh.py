@@ -350,9 +350,6 @@ class VirshRunner:
         """Forget a domain's definition, its snapshots' metadata and any managed save."""
         self.run("undefine", "--domain", domain, "--snapshots-metadata", "--managed-save")
 
-    def dumpxml(self, domain: str, inactive: bool = True) -> str:
-        return self.run("dumpxml", "--domain", domain, *(("--inactive",) if inactive else ()))
-
     def virt_types(self, arch: str = "x86_64") -> set[str]:
         """The domain types (qemu, kvm) libvirt can run for hvm guests of ``arch``.
 

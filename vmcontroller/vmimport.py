@@ -187,9 +187,7 @@ def fill_template(template: ET.Element, spec: DomainSpec, source: str = "templat
 
 def summary(domain: ET.Element) -> dict[str, str]:
     """The hardware a person wants to see after an import, read from the domain XML."""
-    devices = domain.find("devices")
-    if devices is None:
-        return {}
+    devices = _one(domain, "devices", "<devices>", "domain")  # fill_template made sure of one
 
     def attr(path: str, name: str) -> str:
         element = devices.find(path)
@@ -398,8 +396,10 @@ def import_image(
 
 
 def _raw_looks_like_a_disk(image: Path) -> bool:
+    """False only when the first sector was read and has no boot signature: a name that
+    qemu-img reads but the file system does not (``file:PATH``) is no evidence of either."""
     try:
         with image.open("rb") as f:
             return has_boot_signature(f.read(512))
     except OSError:
-        return False
+        return True
