@@ -9,6 +9,10 @@
 #                    the gallery screen's test (tests/test_display.py): an X
 #                    server without hardware, the kiosk session's programs, and
 #                    screenshots of the X screen turned into PNG
+#   prometheus, promtool
+#                    tests/test_metrics.py: `promtool test rules` on the alert
+#                    rules in etc/prometheus, and a real Prometheus (started by
+#                    the test on loopback) scraping a controller's /metrics
 set -euo pipefail
 
 SUDO=""
@@ -25,11 +29,13 @@ command -v matchbox-window-manager >/dev/null 2>&1 || missing+=(matchbox-window-
 command -v xwd >/dev/null 2>&1 || missing+=(x11-apps)
 command -v xwininfo >/dev/null 2>&1 || missing+=(x11-utils)
 [ -x /usr/bin/convert ] || missing+=(imagemagick)
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing+=(prometheus)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 log "installing ${missing[*]}"
 $SUDO apt-get update -q
-# policy-rc.d keeps the nginx package from starting its own server on port 80.
+# policy-rc.d keeps the nginx and prometheus packages from starting their own
+# servers (nginx on port 80, prometheus on 9090): the tests start their own.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then

@@ -39,6 +39,7 @@ REQUIRED_DEPENDS = {
     "python3-flasgger",
     "python3-yaml",
     "python3-click",
+    "python3-prometheus-client",  # /metrics (vmcontroller/metrics.py)
     "libvirt-daemon-system",
     "libvirt-clients",
     "qemu-system-x86",

@@ -57,6 +57,8 @@ CONTRACT = {
     ("/api/v1/idle/reset", "get"),
     ("/api/v1/idle/reset", "post"),
     ("/api/v1/events", "get"),
+    # Prometheus' scrape target (issue 14).
+    ("/metrics", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 TAGS = {
@@ -318,7 +320,11 @@ def test_every_response_has_a_json_example(spec):
             if "$ref" in response:
                 name = response["$ref"].rsplit("/", 1)[1]
                 response = spec["components"]["responses"][name]
-            media = response["content"]["application/json"]
+            content = response["content"]
+            if path == "/metrics" and status == "200":  # Prometheus' text format, not JSON
+                assert set(content) == {"text/plain; version=0.0.4"}
+                content = {"application/json": content["text/plain; version=0.0.4"]}
+            media = content["application/json"]
             assert "example" in media or "examples" in media, (
                 f"{method.upper()} {path} {status} has no example"
             )
@@ -347,6 +353,7 @@ def test_documented_errors_per_operation(spec):
     assert statuses("/api/v1/revert/disable", "get") == {"200", "503"} | changes
     assert statuses("/api/v1/heartbeat", "get") == {"200", "503"} | changes
     assert statuses("/", "get") == {"200", "400"}  # a foreign Host is refused there too
+    assert statuses("/metrics", "get") == {"200"} | gate  # outside /api, guarded like status
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             if method not in HTTP_METHODS:

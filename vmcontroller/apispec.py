@@ -24,6 +24,7 @@ from .vocab import (
     MAX_BODY,
     MAX_HEADER_BLOCK,
     MAX_QUERY,
+    METRICS_PATH,
     OUTCOMES,
     READ_ONLY_PATHS,
     REPEAT_INTERVAL,
@@ -125,6 +126,22 @@ def _libvirt_error(action: str, detail: str) -> dict[str, Any]:
         "carries virsh's own message.",
         detail,
     )
+
+
+#: What /metrics answers in (prometheus_client's CONTENT_TYPE_LATEST, less its charset).
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+_METRICS_EXAMPLE = """\
+# HELP vmcontroller_heartbeat_age_seconds Seconds since the last heartbeat from the guest \
+(absent until the first).
+# TYPE vmcontroller_heartbeat_age_seconds gauge
+vmcontroller_heartbeat_age_seconds 0.412
+# HELP vmcontroller_vm_up 1 if the VM is running.
+# TYPE vmcontroller_vm_up gauge
+vmcontroller_vm_up 1.0
+# HELP vmcontroller_recoveries_total Reverts and starts of the VM, by trigger and outcome.
+# TYPE vmcontroller_recoveries_total counter
+vmcontroller_recoveries_total{outcome="succeeded",trigger="heartbeat_timeout"} 3.0
+"""
 
 
 # ---------------------------------------------------------------- components
@@ -782,6 +799,32 @@ def _paths() -> dict[str, Any]:
                 },
             ),
         },
+        METRICS_PATH: {
+            "get": _operation(
+                "Status",
+                "getMetrics",
+                "Prometheus metrics",
+                "The controller's state and history in Prometheus' text exposition "
+                "format (version 0.0.4), for a Prometheus server to scrape: heartbeats "
+                "received, seconds since the last one, the VM's state, recoveries by "
+                "trigger and outcome with their durations, the guard's state, "
+                "maintenance and staff-stop flags, whether libvirt answers, and the "
+                "process' own figures. Names start with `vmcontroller_`; README.rst, "
+                "Metrics, lists them. Guarded like status: with `api_token` set, "
+                "Prometheus sends it as a bearer token.",
+                {
+                    "200": {
+                        "description": "The metrics, as text.",
+                        "content": {
+                            METRICS_MEDIA_TYPE: {
+                                "schema": {"type": "string"},
+                                "example": _METRICS_EXAMPLE,
+                            }
+                        },
+                    },
+                },
+            ),
+        },
         "/api/v1/heartbeat": _get_and_post(
             "Heartbeat",
             "sendHeartbeat",
@@ -1223,7 +1266,7 @@ def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
         for method, op in item.items():
             if method in ("get", "post", "delete"):
                 _add_bad_host(op["responses"], shared)
-        if not path.startswith("/api/"):
+        if not path.startswith("/api/") and path not in READ_ONLY_PATHS:
             item_ops = [op for m, op in item.items() if m in ("get", "post", "delete")]
             for op in item_ops:
                 op["security"] = [{}]  # open even with tokens configured

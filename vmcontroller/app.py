@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
 
@@ -31,7 +32,7 @@ from .loglines import printable
 from .names import InvalidName
 from .params import ApiError
 from .requestlog import RequestLog
-from .routes import AnyTextConverter, HotPath, api_blueprint, hot_answers
+from .routes import AnyTextConverter, HotPath, api_blueprint, hot_answers, metrics_blueprint
 from .security import SecuritySettings, init_security
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,22 @@ def _register_errors(app: Flask, controls: Controls) -> None:
     _answer_in_json(app)
 
 
-def create_app(controls: Controls, version: str, security: SecuritySettings | None = None) -> Flask:
-    """Build the Flask app around the controller (the Monitor, or a stub in tests)."""
+def create_app(
+    controls: Controls,
+    version: str,
+    security: SecuritySettings | None = None,
+    metrics: CollectorRegistry | None = None,
+) -> Flask:
+    """Build the Flask app around the controller (the Monitor, or a stub in tests);
+    with a registry of metrics (metrics.py), it serves /metrics too."""
     app = Flask(__name__, static_folder=None)
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False  # keep the field order of the API reference
     app.url_map.converters["anytext"] = AnyTextConverter
     _register_errors(app, controls)
     app.register_blueprint(api_blueprint(controls, version))
+    if metrics is not None:
+        app.register_blueprint(metrics_blueprint(metrics))
     app.wsgi_app = HotPath(app, hot_answers(controls))  # type: ignore[method-assign]
 
     def docs_app() -> Flask:

@@ -38,7 +38,7 @@ from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .errors import Busy, Conflict, NotInitialised
 from .guard import RecoveryGuard
 from .loglines import RepeatLimiter
-from .statewriter import StateWriter
+from .statewriter import Listener, StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
 from .vm import (
@@ -154,6 +154,8 @@ class Monitor:
         self._needs_staff = False  # libvirt refuses the revert until staff act
         self._reference_note: str | None = None  # what start-up found of the reference
         self._busy = 0  # operations of ours holding the VM's lock
+        #: Heartbeats received since this object was made; read without the lock (metrics).
+        self.heartbeats_received = 0
         self._stopping = False
         self._recovery = self._load_recovery_summary()
         self.last_progress = clock()
@@ -263,6 +265,7 @@ class Monitor:
                     now - w.last_hb,
                 )
             w.last_hb = now
+            self.heartbeats_received += 1
             self._last_hb_wall = self._wallclock()
             w.timeout_reported = False
             self._set_healthy_locked(True)
@@ -285,6 +288,10 @@ class Monitor:
             self._events_connected = connected
             self._w.state_dirty = True
             self._cond.notify_all()
+
+    def add_history_listener(self, listener: Listener) -> None:
+        """Hear of every change to the history (StateWriter.add_listener): metrics, streams."""
+        self.store.add_listener(listener)
 
     # ================================================================ reads (no virsh)
 

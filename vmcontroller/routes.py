@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.routing import BaseConverter
 
 from .controls import Controls
@@ -33,6 +34,7 @@ from .vocab import (
     HEARTBEAT_PATH,
     IDLE_DURATION_MAX,
     IDLE_RESET,
+    METRICS_PATH,
     REASON_MAX,
     STATUS_PATH,
     TRIGGERS,
@@ -251,6 +253,18 @@ def api_blueprint(controls: Controls, version: str) -> Blueprint:
             )
         found = controls.history(limit=limit, since=since, triggers=triggers)
         return jsonify({"vm_name": controls.vm_name, "events": [e.as_json() for e in found]})
+
+    return bp
+
+
+def metrics_blueprint(registry: CollectorRegistry) -> Blueprint:
+    """``/metrics``: the registry in Prometheus' text format (version 0.0.4), which every
+    Prometheus reads; the collectors read the controller when it is asked."""
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get(METRICS_PATH)
+    def metrics():
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return bp
 

@@ -4,7 +4,8 @@ The guest is untrusted: it runs decades-old software, often a browser
 showing old web pages, on the same network as the API. This module is the
 one gate every request passes, before any route runs:
 
-- tokens: ``api_token`` guards everything that changes or reveals state;
+- tokens: ``api_token`` guards everything that changes or reveals state
+  (the API and ``/metrics``);
   ``guest_token`` guards what the guest calls (heartbeat, revert request,
   idle reset), which also accept the staff token. A token is accepted as
   ``Authorization: Bearer ...`` or, for GET-only clients such as AutoIt, as
@@ -118,6 +119,12 @@ def host_is_ours(header: str, names: frozenset[str]) -> bool:
         return bool(host) and normal_host_name(host) in names
 
 
+def guarded(path: str) -> bool:
+    """Whether tokens and the cross-site rule apply: the API, and what reveals state
+    outside it (/metrics); the landing document and the docs stay open."""
+    return path.startswith("/api/") or path in READ_ONLY_PATHS
+
+
 def _matches(given: str | None, *tokens: str | None) -> bool:
     """Constant-time comparison against every configured token (no early exit)."""
     if not given:
@@ -229,7 +236,7 @@ class SecurityGate:
             return Refusal(413, f"Request body too large: at most {MAX_BODY} bytes (got {length})")
         if len(environ.get("QUERY_STRING", "")) > MAX_QUERY:
             return Refusal(414, f"Query string too long: at most {MAX_QUERY} bytes")
-        if path == "/" or path.startswith(OPEN_PREFIXES) or not path.startswith("/api/"):
+        if path == "/" or path.startswith(OPEN_PREFIXES) or not guarded(path):
             return None
         if method == "OPTIONS":
             return None  # CORS preflight: answered by Flask, changes nothing

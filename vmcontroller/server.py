@@ -26,6 +26,7 @@ from . import __version__
 from .app import create_app
 from .config import Config, as_dict, masked
 from .liveness import HttpProbe, probe_host
+from .metrics import ControllerMetrics
 from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
 from .security import SecuritySettings
@@ -111,6 +112,8 @@ class Controller:
             self.monitor.on_lifecycle_event,
             self.monitor.on_events_connection,
         )
+        self.metrics = ControllerMetrics(self.monitor, __version__)
+        self.monitor.add_history_listener(self.metrics.on_history)
         self.app = create_app(
             self.monitor,
             __version__,
@@ -121,6 +124,7 @@ class Controller:
                 # A name the controller is told to listen on is one of its own.
                 allowed_hosts=(*(config.allowed_hosts or ()), config.api_host),
             ),
+            metrics=self.metrics.registry,
         )
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app,

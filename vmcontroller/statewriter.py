@@ -13,6 +13,11 @@ disk allows it.
 
 Nothing here runs SQLite under the monitor's lock: callers may queue writes
 while holding it, since queuing only touches memory.
+
+Every change to the history passes here, so this is also where others hear of
+them (``add_listener``): the metrics count recoveries from it. Listeners are
+told on the caller's thread, outside this object's lock, and a listener that
+raises is logged, never felt by the monitor.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .store import Event, Store, StoreError
+from .vocab import STARTED
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,23 @@ RETRY_MAX = 30.0
 _WRITE_ERRORS = (sqlite3.Error, OSError, StoreError)
 
 Write = Callable[[Store], Any]
+
+
+@dataclass(frozen=True)
+class HistoryChange:
+    """One change to the history as a listener hears of it: an action begun (outcome
+    'started', no duration), finished, or recorded whole (a refusal, a repeat)."""
+
+    vm: str
+    trigger: str
+    action: str
+    outcome: str
+    duration: float | None
+    reason: str
+    error: str | None = None
+
+
+Listener = Callable[[HistoryChange], None]
 
 
 class StateWriter:
@@ -64,6 +88,9 @@ class StateWriter:
         self._problem: str | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._begun: dict[int, tuple[str, str, str, str]] = {}  # id -> vm, trigger, action, reason
+        # Replaced whole, never changed in place: read without the lock.
+        self._listeners: tuple[Listener, ...] = ()
         self._problem = store.unwritable
         try:
             self._next_id = store.max_event_id() + 1
@@ -147,6 +174,21 @@ class StateWriter:
             self._flag_queued.pop(key, None)  # a put from now on needs a write of its own
             return self._flags[key]
 
+    # ------------------------------------------------------------ listeners
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every change to the history from now on. It must be quick:
+        it runs on the thread that made the change (the monitor's, a request's)."""
+        with self._cond:
+            self._listeners = (*self._listeners, listener)
+
+    def _tell(self, change: HistoryChange) -> None:
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("a listener of the history failed on %s", change)
+
     # ------------------------------------------------------------ history
 
     def begin(self, vm: str, trigger: str, action: str, reason: str) -> int:
@@ -155,21 +197,28 @@ class StateWriter:
         with self._cond:
             event_id = self._next_id
             self._next_id += 1
+            self._begun[event_id] = (vm, trigger, action, reason)
             self._enqueue_locked(
                 None,
                 lambda store: store.begin(
                     vm, trigger, action, reason, when=when, event_id=event_id
                 ),
             )
+        self._tell(HistoryChange(vm, trigger, action, STARTED, None, reason))
         return event_id
 
     def finish(
         self, event_id: int, outcome: str, duration: float | None, error: str | None = None
     ) -> int:
         with self._cond:
-            return self._enqueue_locked(
+            begun = self._begun.pop(event_id, None)
+            ticket = self._enqueue_locked(
                 None, lambda store: store.finish(event_id, outcome, duration, error)
             )
+        if begun is not None:
+            vm, trigger, action, reason = begun
+            self._tell(HistoryChange(vm, trigger, action, outcome, duration, reason, error))
+        return ticket
 
     def record(
         self,
@@ -200,6 +249,7 @@ class StateWriter:
                     event_id=event_id,
                 ),
             )
+        self._tell(HistoryChange(vm, trigger, action, outcome, duration, reason, error))
         return event_id
 
     def record_coalesced(
@@ -220,6 +270,7 @@ class StateWriter:
                     vm, trigger, action, reason, outcome, error, now=when
                 ),
             )
+        self._tell(HistoryChange(vm, trigger, action, outcome, None, reason, error))
 
     def mark_interrupted(self) -> None:
         """Queue: actions a crash cut short get the outcome 'interrupted' (logged when done)."""

@@ -69,10 +69,14 @@ REPEAT_INTERVAL = 60.0
 
 #: Called by the guest: open to the guest token (and the staff token).
 GUEST_PATHS = frozenset(API_PREFIX + p for p in ("/heartbeat", "/revert/request", "/idle/reset"))
-#: Read-only API paths: they change nothing, a cross-site page cannot read their
-#: answers (no CORS), and polling them is routine (logged at DEBUG when they succeed).
+#: Prometheus' scrape target: outside the API prefix, where Prometheus looks by default.
+METRICS_PATH = "/metrics"
+#: Read-only paths: they change nothing, a cross-site page cannot read their answers
+#: (no CORS), and polling them is routine (logged at DEBUG when they succeed). They
+#: reveal state, so the staff token guards them, /metrics as much as the API's.
 READ_ONLY_PATHS = frozenset(
-    API_PREFIX + p for p in ("/status", "/heartbeat/status", "/snapshots", "/events")
+    [API_PREFIX + p for p in ("/status", "/heartbeat/status", "/snapshots", "/events")]
+    + [METRICS_PATH]
 )
 #: The guest's heartbeat: routine too, a few a second for months.
 HEARTBEAT_PATH = API_PREFIX + "/heartbeat"
