@@ -158,6 +158,10 @@ def test_the_units_config_and_docs_are_where_debian_puts_them(deb_package, tree)
     assert (tree / CONFIG[1:]).read_text() == (REPO / "etc" / "config.example.yaml").read_text()
     assert "/usr/share/man/man1/vmcontroller.1.gz" in entries
     assert "/usr/share/doc/exhibition-vm-controller/copyright" in entries
+    # The monitoring examples (README: Metrics), for the museum's Prometheus and Grafana.
+    examples = "/usr/share/doc/exhibition-vm-controller/examples"
+    for name in ("alerts.yml", "alerts.test.yml", "exhibition-vm-controller.json"):
+        assert f"{examples}/{name}" in entries or f"{examples}/{name}.gz" in entries, name
     # The state directory is the postinst's to make (owned by the user, who does not
     # exist when dpkg unpacks): nothing of it in the archive.
     assert not [p for p in entries if p.startswith("/var")]
