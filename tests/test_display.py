@@ -21,6 +21,7 @@ VMCTL_TEST_ARTEFACTS, else vmctl-test-artefacts in the temporary folder).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -75,10 +76,16 @@ def cells(png: Path, crop: tuple[int, int, int, int] | None = None) -> bytes:
         "pgm:-",
     ]
     pgm = subprocess.run(argv, capture_output=True, check=True, timeout=30).stdout
-    # Binary PGM: "P5", width, height, maxval, one whitespace, then the pixels.
-    fields = pgm.split(maxsplit=4)
-    assert fields[:4] == [b"P5", str(CELLS[0]).encode(), str(CELLS[1]).encode(), b"255"], fields[:4]
-    return fields[4][: CELLS[0] * CELLS[1]]
+    # Binary PGM: "P5", width, height, maxval, exactly one whitespace, then the pixels,
+    # whose first bytes may themselves be "whitespace" (a grey of 9 to 13, or 32): the
+    # header is matched, never split, or those pixels would be lost.
+    header = re.match(rb"P5\s+(\d+)\s+(\d+)\s+(\d+)\s", pgm)
+    assert header, pgm[:20]
+    size = (int(header.group(1)), int(header.group(2)))
+    assert size == CELLS and header.group(3) == b"255", header.group(0)
+    pixels = pgm[header.end() : header.end() + CELLS[0] * CELLS[1]]
+    assert len(pixels) == CELLS[0] * CELLS[1], len(pixels)
+    return pixels
 
 
 def png_size(png: Path) -> tuple[int, int]:
