@@ -225,7 +225,9 @@ class FakeRunner:
         return {"qemu"}
 
 
-def fake_import(tmp_path: Path, runner: FakeRunner, convert=None) -> vmimport.Imported:
+def fake_import(
+    tmp_path: Path, runner: FakeRunner, convert=None, on_note=None
+) -> vmimport.Imported:
     image = tmp_path / "source.img"
     image.write_bytes(b"\0" * 510 + b"\x55\xaa")
 
@@ -246,6 +248,7 @@ def fake_import(tmp_path: Path, runner: FakeRunner, convert=None) -> vmimport.Im
         on_progress=lambda p: None,
         inspect=lambda path: ImageInfo("raw", 512, 512, None),
         convert=convert or fake_convert,
+        **({"on_note": on_note} if on_note else {}),
     )
 
 
@@ -288,23 +291,8 @@ def test_an_undefine_that_fails_while_undoing_is_said_and_the_first_error_kept(t
     runner = FakeRunner(fail="autostart")
     runner.undefine = lambda domain: (_ for _ in ()).throw(VirshError("libvirtd went away"))
     notes: list[str] = []
-    image = tmp_path / "source.img"
-    image.write_bytes(b"\0" * 510 + b"\x55\xaa")
-    request = vmimport.ImportRequest(
-        image=image,
-        name="artwork",
-        profile="winxp",
-        images_dir=tmp_path,
-        template_dirs=[PROFILES_DIR],
-    )
     with pytest.raises(VirshError, match="autostart failed on purpose"):
-        vmimport.import_image(
-            request,
-            runner,
-            on_note=notes.append,
-            inspect=lambda path: ImageInfo("raw", 512, 512, None),
-            convert=lambda source, fmt, target, on_progress: Path(target).write_bytes(b"x"),
-        )
+        fake_import(tmp_path, runner, on_note=notes.append)
     assert notes == ["could not undefine 'artwork' again: libvirtd went away"]
     assert not (tmp_path / "artwork.qcow2").exists()
 
