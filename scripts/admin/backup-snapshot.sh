@@ -24,9 +24,10 @@ while getopts u:p:k:h opt; do
 done
 shift $((OPTIND - 1))
 [ $# -eq 0 ] || usage
-case $prefix in
-    '' | [!A-Za-z0-9]* | *[!A-Za-z0-9._-]*) echo "backup-snapshot.sh: PREFIX must be letters, digits, '.', '_' or '-', starting with a letter or digit" >&2; exit 2 ;;
-esac
+if ! is_name "$prefix"; then
+    echo "backup-snapshot.sh: PREFIX must be letters, digits, '.', '_' or '-', starting with a letter or digit" >&2
+    exit 2
+fi
 case $keep in
     '') ;;
     *[!0-9]* | 0) echo "backup-snapshot.sh: KEEP must be a whole number from 1" >&2; exit 2 ;;

@@ -1,6 +1,7 @@
 # Sourced by the admin scripts: finds the `vmcontroller` command.
-# $VMCTL if set, else `vmcontroller` on PATH, else the one installed in this
-# checkout's .venv, else the documented install path.
+# $VMCTL if set, else `vmcontroller` on PATH (the Debian package's), else the
+# one installed in this checkout's .venv, else /opt/exhibition-vm-controller
+# (where earlier versions of the README installed it).
 find_vmcontroller() {
     if [ -n "${VMCTL:-}" ]; then
         echo "$VMCTL"
@@ -16,6 +17,14 @@ find_vmcontroller() {
         fi
     done
     return 1
+}
+
+# Whether $1 is a name the admin scripts accept for a snapshot prefix or an
+# instance: letters, digits, '.', '_' or '-', starting with a letter or digit.
+is_name() {
+    case $1 in
+        '' | [!A-Za-z0-9]* | *[!A-Za-z0-9._-]*) return 1 ;;
+    esac
 }
 
 # The value of a top-level key of a YAML config (a file, or `vmcontroller

@@ -36,9 +36,7 @@ shift $((OPTIND - 1))
 [ $# -eq 1 ] || usage
 if [ -n "$instance" ]; then
     [ -z "$config" ] || usage
-    case $instance in
-        '' | [!A-Za-z0-9]* | *[!A-Za-z0-9._-]*) fail "NAME must be letters, digits, '.', '_' or '-'" 2 ;;
-    esac
+    is_name "$instance" || fail "NAME must be letters, digits, '.', '_' or '-'" 2
     config=/etc/exhibition-vm-controller/$instance.yaml
     # As the unit exhibition-vm-controller@.service sets it for the instance.
     VMCTL_STATE_PATH=/var/lib/exhibition-vm-controller/$instance/state.db
