@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -432,8 +433,6 @@ def test_a_configuration_the_service_cannot_read_stops_it_with_one_line_and_no_r
 
 
 def _journal(directory: Path) -> list[str]:
-    import subprocess
-
     out = subprocess.run(
         ["journalctl", "-D", str(directory), "-o", "short-monotonic", "--no-pager"],
         capture_output=True,
