@@ -13,6 +13,9 @@
 #                    tests/test_metrics.py: `promtool test rules` on the alert
 #                    rules in etc/prometheus, and a real Prometheus (started by
 #                    the test on loopback) scraping a controller's /metrics
+#   chromium         tests/test_dashboard.py: the dashboard in a real headless
+#                    browser, driven by playwright-python (setup.cfg's test
+#                    extra) through executable_path, never `playwright install`
 set -euo pipefail
 
 SUDO=""
@@ -30,6 +33,7 @@ command -v xwd >/dev/null 2>&1 || missing+=(x11-apps)
 command -v xwininfo >/dev/null 2>&1 || missing+=(x11-utils)
 [ -x /usr/bin/convert ] || missing+=(imagemagick)
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 log "installing ${missing[*]}"

@@ -39,8 +39,8 @@ QUIET = {"heartbeat_timeout": 60, "vm_startup_heartbeat_delay": 60}
 VIRSH_MESSAGE = "internal error: qemu unexpectedly closed the monitor"
 NOT_INITIALISED = {"detail": "VM manager not initialized"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Endpoints of the docs blueprints and Flask's static files: not API operations.
-DOCS_ENDPOINTS = ("static", "docs.", "flasgger.")
+# Endpoints of the docs blueprints, the dashboard and Flask's static files: not API operations.
+DOCS_ENDPOINTS = ("static", "docs.", "flasgger.", "dashboard.")
 DOCS_PREFIXES = (
     "/static/",
     "/docs",
@@ -49,6 +49,7 @@ DOCS_PREFIXES = (
     "/flasgger_static/",
     "/oauth2-redirect.html",
     "/apidocs/",
+    "/ui/",
 )
 
 

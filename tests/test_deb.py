@@ -134,12 +134,16 @@ def test_the_controller_is_in_the_system_python_and_on_path(deb_package):
     modules = sorted(p.name for p in (REPO / "vmcontroller").glob("*.py"))
     for module in modules:
         assert entries[f"/{SITE}/vmcontroller/{module}"] == ("-rw-r--r--", "root/root"), module
-    # Package data: the offline docs need their templates and ReDoc's bundle.
+    # Package data: the offline docs need their templates and ReDoc's bundle, the
+    # dashboard its page, script and style sheet.
     for data in (
         "templates/redoc.html",
         "templates/offline_csp.html",
         "templates/flasgger/head.html",
         "static/redoc/redoc.standalone.js",
+        "static/ui/index.html",
+        "static/ui/dashboard.js",
+        "static/ui/dashboard.css",
     ):
         assert f"/{SITE}/vmcontroller/{data}" in entries, data
     # Only the package: no tests, benchmarks or scripts of the repository.

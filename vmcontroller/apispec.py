@@ -64,7 +64,8 @@ cannot be read from the state file: try again later (busy answers carry \
 `guest_token` set, the guest's endpoints (heartbeat, revert request, idle \
 reset) need it or the staff token. Send it as `Authorization: Bearer <token>` \
 or as a `token` query parameter (for GET-only clients). Missing or wrong: \
-**401**. With no token configured, no token is needed.
+**401**; the guest token on any other endpoint: **403**. With no token \
+configured, no token is needed.
 * **Cross-site requests**: a request a browser marks as coming from another \
 site (`Sec-Fetch-Site: cross-site`/`same-site`, or an `Origin` that is not \
 the controller's own and not in `cors_origins`) cannot change anything: \
@@ -567,9 +568,16 @@ def _responses() -> dict[str, Any]:
                 }
             },
         },
+        "GuestTokenRefused": _error(
+            "The request presented the guest token: it only sends heartbeats "
+            "and revert requests; this endpoint needs the staff token.",
+            "Forbidden: this is the guest's token, it only sends heartbeats "
+            "and revert requests; this endpoint needs the staff token",
+        ),
         "CrossSiteRefused": _error(
             "A browser marked the request as coming from another site: it "
-            "may not change anything, token or not.",
+            "may not change anything, token or not. Also the answer to the "
+            "guest token, which only sends heartbeats and revert requests.",
             "Cross-site request refused: the browser marked it Sec-Fetch-Site: "
             "cross-site. Staff tools must call the API directly, not from "
             "another site's page.",
@@ -1278,6 +1286,8 @@ def _add_gate_responses(paths: dict[str, Any], shared: dict[str, Any]) -> None:
             responses.setdefault("401", _ref("responses", "Unauthorized"))
             if path not in READ_ONLY_PATHS:
                 responses.setdefault("403", _ref("responses", "CrossSiteRefused"))
+            elif path not in GUEST_PATHS:
+                responses.setdefault("403", _ref("responses", "GuestTokenRefused"))
             responses.setdefault("413", _ref("responses", "TooLarge"))
             responses.setdefault("414", _ref("responses", "UriTooLong"))
             responses.setdefault("431", _ref("responses", "HeadersTooLarge"))

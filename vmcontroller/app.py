@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
 
 from .controls import Controls
+from .dashboard import dashboard_blueprint
 from .docs import LazyDocs, init_docs
 from .errors import (
     Busy,
@@ -126,6 +127,7 @@ def create_app(
     app.url_map.converters["anytext"] = AnyTextConverter
     _register_errors(app, controls)
     app.register_blueprint(api_blueprint(controls, version))
+    app.register_blueprint(dashboard_blueprint())
     if metrics is not None:
         app.register_blueprint(metrics_blueprint(metrics))
     app.wsgi_app = HotPath(app, hot_answers(controls))  # type: ignore[method-assign]

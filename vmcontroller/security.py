@@ -7,7 +7,8 @@ one gate every request passes, before any route runs:
 - tokens: ``api_token`` guards everything that changes or reveals state
   (the API and ``/metrics``);
   ``guest_token`` guards what the guest calls (heartbeat, revert request,
-  idle reset), which also accept the staff token. A token is accepted as
+  idle reset), which also accept the staff token; the guest token elsewhere
+  is answered 403 (known, not enough), any other token 401. A token is accepted as
   ``Authorization: Bearer ...`` or, for GET-only clients such as AutoIt, as
   a ``token`` query parameter. Comparison is constant-time.
 - cross-site requests: a request a browser marks as coming from another site
@@ -20,7 +21,8 @@ one gate every request passes, before any route runs:
   name at this machine, and then the attacker's page is same-origin to the
   browser, so only the Host header still tells the request apart.
 - limits: bodies over 64 KiB, over-long query strings (413/414).
-- headers: nosniff everywhere; the docs pages may not be framed.
+- headers: nosniff everywhere; the docs pages and the dashboard may not be
+  framed, and the dashboard may load and call nothing but this controller.
 With no token configured the API behaves as the API reference says.
 """
 
@@ -39,9 +41,10 @@ from urllib.parse import parse_qsl
 
 from flask import Flask
 
+from .dashboard import UI_CSP
 from .docs import DOCS_CSP
 from .loglines import printable
-from .vocab import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS
+from .vocab import GUEST_PATHS, MAX_BODY, MAX_QUERY, READ_ONLY_PATHS, UI_PREFIX
 from .wsgi import (
     Environ,
     StartResponse,
@@ -260,7 +263,16 @@ class SecurityGate:
             needed = (settings.guest_token, settings.api_token) if settings.guest_token else ()
         else:
             needed = (settings.api_token,) if settings.api_token else ()
-        if needed and not _matches(_presented_token(environ), *needed):
+        presented = _presented_token(environ)
+        if needed and not _matches(presented, *needed):
+            if path not in GUEST_PATHS and _matches(presented, settings.guest_token):
+                # A valid token, not the staff's: the dashboard tells its user why
+                # nothing is shown rather than asking again for a token.
+                return Refusal(
+                    403,
+                    "Forbidden: this is the guest's token, it only sends heartbeats "
+                    "and revert requests; this endpoint needs the staff token",
+                )
             which = "guest or staff token" if path in GUEST_PATHS else "staff token"
             return Refusal(
                 401,
@@ -278,6 +290,8 @@ class SecurityGate:
                 ("Content-Security-Policy", DOCS_CSP + "; frame-ancestors 'none'"),
                 ("X-Frame-Options", "DENY"),
             ]
+        elif path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+            headers += [("Content-Security-Policy", UI_CSP), ("X-Frame-Options", "DENY")]
         origin = environ.get("HTTP_ORIGIN")
         if origin and origin in self._cors:
             headers += [

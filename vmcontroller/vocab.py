@@ -8,6 +8,8 @@ from __future__ import annotations
 
 #: Every REST route lives under this prefix.
 API_PREFIX = "/api/v1"
+#: The staff's dashboard (a page, not the API: open like the docs, it calls the API).
+UI_PREFIX = "/ui"
 
 # ------------------------------------------------------------------ triggers
 # Why something happened: the words used in logs, history, status and the API.
