@@ -152,10 +152,19 @@ class Browser:
     def __init__(self, context: Any):
         self.context = context
         self.requests: list[Any] = []
+        #: Script errors and what the Content-Security-Policy blocked: none expected.
+        self.errors: list[str] = []
         context.on("request", lambda request: self.requests.append(request))
 
     def open(self, url: str, viewport: dict[str, int] = DESKTOP) -> Any:
         page = self.context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on(
+            "console",
+            lambda message: (
+                "Content Security Policy" in message.text and self.errors.append(message.text)
+            ),
+        )
         page.set_viewport_size(viewport)
         page.goto(url)
         return page
@@ -241,6 +250,7 @@ def test_the_dashboard_shows_a_real_exhibit_and_its_stop_button_stops_it(
         assert virsh("domstate", "--domain", vm.name).strip() == "shut off"
         screenshot(page, "desktop-stopped")
         assert browser.hosts() == {"127.0.0.1"}, [r.url for r in browser.requests]
+        assert browser.errors == []
     finally:
         if controller is not None:
             controller.stop()
@@ -398,3 +408,4 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     assert page.locator("#history-table tbody tr[data-id]").count() == 0
     screenshot(page, "desktop-report")
     assert browser.hosts() == {"127.0.0.1"}
+    assert browser.errors == []
