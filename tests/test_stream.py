@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from libvirt_env import free_port, virsh, wait_until
 from vmcontroller import __version__
 from vmcontroller.app import create_app
 from vmcontroller.config import build_config
+from vmcontroller.errors import NotInitialised
 from vmcontroller.monitor import Monitor
 from vmcontroller.routes import stream_blueprint
 from vmcontroller.store import Event, Store
@@ -145,6 +147,48 @@ def test_a_client_whose_queue_fills_is_cut_off_and_the_hub_never_waits():
     assert client.take(0) == []
 
 
+class StartingSource:
+    """A monitor that is still starting, then answers; or one whose reads fail."""
+
+    def __init__(self, failure: Exception):
+        self.failure: Exception | None = failure
+        self.heartbeats_received = 0
+        self.refused = 0
+
+    def status(self) -> dict[str, Any]:
+        if self.failure is not None:
+            self.refused += 1
+            raise self.failure
+        return json.loads(json.dumps(STATUS))
+
+    def heartbeat_status(self) -> dict[str, Any]:
+        return self.status()["heartbeat"]
+
+    def history(self, limit: int = 100, since: Any = None, triggers: Any = ()) -> list[Event]:
+        if self.failure is not None:
+            raise self.failure
+        return [row(1)]
+
+
+@pytest.mark.parametrize("failure", [NotInitialised("starting"), RuntimeError("bug")])
+def test_the_hub_waits_for_a_starting_monitor_and_outlives_a_failing_read(failure, caplog):
+    source = StartingSource(failure)
+    hub = Hub(source, 1, tick=0.01)
+    client = hub.subscribe()
+    hub.start()
+    hub.start()  # already running: nothing more
+    try:
+        wait_until(lambda: source.refused >= 2, 5, message="the hub to ask in vain")
+        if isinstance(failure, RuntimeError):
+            assert "failed to read the controller" in caplog.text
+        source.failure = None
+        wait_until(lambda: client.take(0.05) != [], 5, message="the status once it answers")
+    finally:
+        hub.stop()
+    client.offer(b"late")  # a stream that has ended takes nothing more
+    assert client.take(0) == []
+
+
 # ------------------------------------------------------------------ the route, fake virsh
 
 
@@ -196,6 +240,19 @@ def test_past_the_bound_a_stream_is_refused_with_a_json_503(make_stream_app):
     for response in held:
         response.close()
     assert client.get(EVENTS_STREAM_PATH, buffered=False).status_code == 200
+
+
+def test_a_stopped_hub_ends_its_streams_and_lets_no_new_one_in(make_stream_app):
+    client, hub, _ = make_stream_app()
+    response = client.get(EVENTS_STREAM_PATH, buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    stopper = threading.Timer(0.1, hub.stop)  # while the stream waits for its next event
+    stopper.start()
+    assert list(chunks) == [], "the stream ends: its thread is free for the shutdown"
+    stopper.join()
+    refused = client.get(EVENTS_STREAM_PATH)
+    assert refused.status_code == 503 and "stopping" in refused.get_json()["detail"]
 
 
 def test_a_head_takes_no_place_and_a_bad_last_event_id_is_a_400(make_stream_app):

@@ -265,8 +265,10 @@ class Hub:
     # ------------------------------------------------------------ clients
 
     def subscribe(self) -> Subscription:
-        """A queue for one more client; StreamFull past ``max_clients``."""
+        """A queue for one more client; StreamFull past ``max_clients`` or once stopping."""
         with self._lock:
+            if self._stop.is_set():  # its threads are needed back to shut down
+                raise StreamFull("The controller is stopping: try again later")
             if len(self._clients) >= self.max_clients:
                 raise StreamFull(
                     f"Too many event streams: at most {self.max_clients} at once "
@@ -319,18 +321,23 @@ class Hub:
     def _run(self) -> None:
         next_look = 0.0
         while not self._stop.is_set():
-            try:
-                if self._history_rang.is_set() or self._top_id is None:
-                    self._history_rang.clear()
-                    self._read_history()
-                    # A burst of changes (a guest's repeated requests) is read once a pause.
-                    self._stop.wait(min(self.tick, 0.2))
-                if time.monotonic() >= next_look:
-                    next_look = time.monotonic() + self.tick
-                    self._look()
-            except Exception:  # a bug here must not end the streams' only source
-                log.exception("the event stream hub failed to read the controller")
+            if self._history_rang.is_set() or self._top_id is None:
+                self._history_rang.clear()
+                self._guarded(self._read_history)
+                # A burst of changes (a guest's repeated requests) is read once a pause.
+                self._stop.wait(min(self.tick, 0.2))
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + self.tick
+                self._guarded(self._look)
             self._history_rang.wait(max(0.0, next_look - time.monotonic()))
+
+    @staticmethod
+    def _guarded(read: Callable[[], None]) -> None:
+        """A bug in one kind of read must stop neither the other nor the streams' only source."""
+        try:
+            read()
+        except Exception:
+            log.exception("the event stream hub failed to read the controller")
 
     def _look(self) -> None:
         """Read the monitor once and tell every client what changed."""
