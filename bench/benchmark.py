@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ class Plan:
     restart_every: float = 10.0
     concurrent_requests: int = 20
     throughput_clients: tuple[int, ...] = stats.LIMIT_LEVELS
+    stream_clients: int = 200  # event streams that never read, in i.
+    streams_s: float = 20.0  # heartbeats timed with them, and without them before
 
 
 # The idle window spans three of the controller's 60 s safety polls in a full run, so that
@@ -88,6 +91,7 @@ QUICK = Plan(
     mixed_s=13,
     concurrent_rounds=2,
     idle_s=15,
+    streams_s=5,
 )
 
 
@@ -321,6 +325,8 @@ class Benchmark:
             # guard must not stop it (its own cost is the same either way).
             "max_recoveries": 1000,
             "recovery_window": 60,
+            # i. opens this many event streams; each has a thread of its own.
+            "api_stream_clients": max(32, self.plan.stream_clients),
         }
         config = self.work / "config.yaml"
         config.write_text(json.dumps(self.settings, indent=2))  # JSON is YAML
@@ -1369,6 +1375,59 @@ class Benchmark:
 
     # ============================================================ the run
 
+    # ============================================================ i. event streams
+
+    def streams(self) -> None:
+        """Heartbeat p99 with event streams that never read, next to the same without them:
+        each stream holds a thread of its own and the hub writes to every one each second,
+        and none of that may reach the heartbeat."""
+        assert self.guest is not None
+        plan = self.plan
+        self.wait_quiet()
+        self.guest.pause()  # the paced heartbeat client plays the guest meanwhile
+        try:
+            without = self._paced_heartbeats(plan.streams_s)
+            streams = open_idle_streams(self.port, plan.stream_clients)
+            try:
+                with_streams = self._paced_heartbeats(plan.streams_s)
+            finally:
+                for sock in streams:
+                    sock.close()
+        finally:
+            self.guest.resume()
+        how = (
+            f"one heartbeat client at {plan.mixed_heartbeat_hz:g} Hz (send to answer) for "
+            f"{plan.streams_s:g} s"
+        )
+        for name, beats, what in (
+            ("streams_none_heartbeat", without, "no event stream open"),
+            (
+                "streams_idle_heartbeat",
+                with_streams,
+                f"{plan.stream_clients} event streams open whose clients never read "
+                f"(api_stream_clients {self.settings['api_stream_clients']})",
+            ),
+        ):
+            self.fig(
+                name,
+                stats.sampled(
+                    "i",
+                    f"GET /api/v1/heartbeat, {what}",
+                    "ms",
+                    beats.latencies,
+                    f"{how}, {what}; the two runs one after the other",
+                    keep_samples=False,
+                    errors=beats.errors,
+                ),
+            )
+
+    def _paced_heartbeats(self, duration: float) -> Paced:
+        beats = Paced(self.port, HEARTBEAT, self.plan.mixed_heartbeat_hz)
+        beats.start()
+        time.sleep(duration)
+        beats.stop()
+        return beats
+
     def run(self) -> dict[str, Any]:
         started_wall = datetime.now(timezone.utc)
         started = time.monotonic()
@@ -1389,6 +1448,7 @@ class Benchmark:
         self.phase("f. mixed load", self.mixed)
         self.phase("g. concurrent restarts", self.concurrency)
         self.phase("h. idle cost", self.idle)
+        self.phase("i. heartbeats with idle event streams", self.streams)
         say("cleaning up")
         self.stack.close()
         self.figures = dict(sorted(self.figures.items(), key=lambda kv: kv[1].get("section", "z")))
@@ -1420,6 +1480,28 @@ class Benchmark:
             "summary": summary,
             "targets": stats.evaluate_targets(summary),
         }
+
+
+STREAM = "/api/v1/events/stream"
+
+
+def open_idle_streams(port: int, count: int) -> list[socket.socket]:
+    """``count`` event streams whose clients read the status line (to know they were let
+    in) and then nothing more, as a dashboard left open in a frozen tab would."""
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            opened.append(sock)
+            sock.sendall(f"GET {STREAM} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            head = sock.recv(12)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"event stream {len(opened)} refused: {head!r}")
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
 
 
 def free_port() -> int:

@@ -29,7 +29,9 @@ from vmcontroller.app import create_app
 from vmcontroller.config import build_config
 from vmcontroller.metrics import ControllerMetrics
 from vmcontroller.monitor import Monitor
+from vmcontroller.routes import stream_blueprint
 from vmcontroller.store import Store
+from vmcontroller.stream import Hub
 from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
 
@@ -128,6 +130,7 @@ def make_api(check_response, openapi):
         # As server.Controller builds it: with the metrics, so that /metrics is served too.
         metrics = ControllerMetrics(monitor, __version__)
         app = create_app(monitor, __version__, metrics=metrics.registry)
+        app.register_blueprint(stream_blueprint(Hub(monitor, 4)))
         return Api(app, check_response, openapi, monitor, runner)
 
     yield make
@@ -176,6 +179,7 @@ NEEDS_MONITOR = [
     ("GET", "/api/v1/idle/reset"),
     ("POST", "/api/v1/idle/reset"),
     ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/events/stream"),
 ]
 
 
@@ -220,7 +224,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists(make_ap
     documented = documented_operations(openapi)
     assert not served - documented, f"undocumented routes: {sorted(served - documented)}"
     assert not documented - served, f"documented but not served: {sorted(documented - served)}"
-    assert len(served) == 26
+    assert len(served) == 27
 
 
 # ------------------------------------------------------------------ every route, happy path

@@ -18,10 +18,12 @@ REVERTED = "Started Snapshot"
 GUEST_TOKEN = "guest-token-from-a-file-0123456789"
 
 
-def test_api_threads_sizes_the_http_worker_pool(start_controller):
-    controller, api = start_controller(api_threads=5)
+def test_api_threads_and_api_stream_clients_size_the_http_worker_pool(start_controller):
+    controller, api = start_controller(api_threads=5, api_stream_clients=3)
     api.get("/api/v1/status")
-    assert len(controller.http.task_dispatcher.threads) == 5
+    # Each event stream holds a thread of its own: api_threads stay free for the rest.
+    assert len(controller.http.task_dispatcher.threads) == 5 + 3
+    assert controller.hub.max_clients == 3
 
 
 def test_history_max_events_and_age_from_the_config_prune_the_history(start_controller):

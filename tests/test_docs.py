@@ -59,6 +59,8 @@ CONTRACT = {
     ("/api/v1/events", "get"),
     # Prometheus' scrape target (issue 14).
     ("/metrics", "get"),
+    # Server-Sent Events for dashboards (issue 14).
+    ("/api/v1/events/stream", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 TAGS = {
@@ -324,6 +326,9 @@ def test_every_response_has_a_json_example(spec):
             if path == "/metrics" and status == "200":  # Prometheus' text format, not JSON
                 assert set(content) == {"text/plain; version=0.0.4"}
                 content = {"application/json": content["text/plain; version=0.0.4"]}
+            if path == "/api/v1/events/stream" and status == "200":  # Server-Sent Events
+                assert set(content) == {"text/event-stream"}
+                content = {"application/json": content["text/event-stream"]}
             media = content["application/json"]
             assert "example" in media or "examples" in media, (
                 f"{method.upper()} {path} {status} has no example"
@@ -355,6 +360,7 @@ def test_documented_errors_per_operation(spec):
     assert statuses("/api/v1/heartbeat", "get") == {"200", "503"} | changes
     assert statuses("/", "get") == {"200", "400"}  # a foreign Host is refused there too
     assert statuses("/metrics", "get") == {"200"} | reads  # outside /api, guarded like status
+    assert statuses("/api/v1/events/stream", "get") == {"200", "400", "503"} | reads
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             if method not in HTTP_METHODS:

@@ -3,7 +3,8 @@
 Two layers. A property test (hypothesis) over the Flask test client and a
 Monitor on the fake virsh, so libvirt always succeeds and any 5xx is the
 controller's own fault: every route of ``app.url_map`` (a new route is
-covered without touching this file), every query parameter the OpenAPI
+covered without touching this file; the event stream, which server.py adds and which
+never ends, is left out: tests/test_stream.py covers its refusals), every query parameter the OpenAPI
 document gives it plus made-up ones, every method, arbitrary unicode values
 and bodies. A table sweep first sends each awkward value that once broke a
 parser ('²' passes ``str.isdigit``, '１' and '٣' pass ``float``...) to each
@@ -288,6 +289,9 @@ def test_no_input_makes_a_server_error():
 
 # ------------------------------------------------------------------ schemathesis, real libvirt
 
+#: The event stream, left out: it answers only when it ends (tests/test_stream.py).
+STREAM = "/api/v1/events/stream"
+
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -334,6 +338,9 @@ def test_schemathesis_finds_nothing(start_controller, domain, tmp_path):
             "--report-junit-path",
             str(report),
             "--no-color",
+            # A stream that stays open cannot be read to its end: tests/test_stream.py.
+            "--exclude-path",
+            STREAM,
         ],
         capture_output=True,
         text=True,
@@ -345,7 +352,9 @@ def test_schemathesis_finds_nothing(start_controller, domain, tmp_path):
     # Every operation the document describes was tested, not some of them.
     methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
     operations = sum(
-        len(methods & set(item)) for item in build_openapi(__version__)["paths"].values()
+        len(methods & set(item))
+        for path, item in build_openapi(__version__)["paths"].items()
+        if path != STREAM
     )
     assert f"{operations}/{operations}" in output or f"Tested: {operations}" in output, output[
         -3000:

@@ -17,7 +17,9 @@ import copy
 from typing import Any
 
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
+from .stream import REPLAY_MAX
 from .vocab import (
+    EVENTS_STREAM_PATH,
     GUARD_STATES,
     GUEST_PATHS,
     IDLE_DURATION_MAX,
@@ -35,6 +37,19 @@ OPENAPI_VERSION = "3.0.3"
 TITLE = "Exhibition VM Controller API"
 
 JSON = "application/json"
+EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
+_STREAM_EXAMPLE = (
+    "retry: 3000\n\n"
+    'event: status\ndata: {"vm_name":"eden-garden-vm","vm_state":"running",...}\n\n'
+    'event: heartbeat\ndata: {"enabled":true,"last_heartbeat":'
+    '"2025-12-09T09:12:03.501+01:00","seconds_since_last":0.2,"is_healthy":true,'
+    '"timeout":10.0}\n\n'
+    'id: 42\nevent: history\ndata: {"id":42,"time":"2025-12-09T09:12:03.501+01:00",'
+    '"vm":"eden-garden-vm","trigger":"heartbeat_timeout","action":"revert",'
+    '"reason":"no heartbeat for 10.0 s (timeout 10 s)","outcome":"started",'
+    '"duration":null,"error":null,"count":1}\n\n'
+    ": keep-alive\n\n"
+)
 
 _DESCRIPTION = """\
 Keeps a digital artwork that runs inside a libvirt/QEMU virtual machine alive \
@@ -47,7 +62,8 @@ for maintenance.
 
 **Conventions**
 
-* Every response body is JSON. Every error body is `{"detail": "..."}` saying \
+* Every response body is JSON (but `/metrics`, Prometheus' text, and the \
+event stream, `text/event-stream`). Every error body is `{"detail": "..."}` saying \
 what was wrong (and, for a bad input, what is allowed).
 * An unknown path answers **404** (`{"detail": "Not Found"}`) and a known path \
 called with a method it does not support answers **405** \
@@ -1202,6 +1218,63 @@ def _paths() -> dict[str, Any]:
                             "items": {"type": "string", "enum": list(TRIGGERS)},
                         },
                     },
+                ],
+            ),
+        },
+        EVENTS_STREAM_PATH: {
+            "get": _operation(
+                "History",
+                "streamEvents",
+                "Live events: status, heartbeats, history (Server-Sent Events)",
+                "A `text/event-stream` that stays open, for dashboards. It starts with "
+                "`retry: 3000` and one `status` event, replays history when resuming, then "
+                "sends, as they happen: `status` (data: exactly the body of "
+                "`GET /api/v1/status`) whenever anything in it changes but the heartbeat's "
+                "age, at most a second late; `heartbeat` (data: the body of "
+                "`GET /api/v1/heartbeat/status`) at most once a second, when heartbeats "
+                "arrived; `history` (data: one row exactly as an item of "
+                "`GET /api/v1/events`) when a row begins and again when it changes (a row "
+                "that changes twice within a second may be sent once, as it ended up). "
+                "Keep rows by their `id` field. A `history` event's SSE `id:` is a resume "
+                "cursor: send the last one back as `Last-Event-ID` after a reconnect and "
+                f"every row that may have changed since is replayed (at most the newest "
+                f"{REPLAY_MAX}; a row may come twice: replace it). A comment "
+                "`: keep-alive` is sent after 15 s of silence. A client that stops "
+                "reading (more than 256 KiB unread) is cut off and may reconnect. Guarded "
+                "like status.",
+                {
+                    "200": {
+                        "description": "The stream; it ends only when the client leaves, "
+                        "is cut off, or the controller stops.",
+                        "content": {
+                            EVENT_STREAM_MEDIA_TYPE: {
+                                "schema": {"type": "string"},
+                                "example": _STREAM_EXAMPLE,
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "The Last-Event-ID header is not an id this stream sends.",
+                        "Invalid header: Last-Event-ID must be the id of an event of this "
+                        "stream, a whole number (got 'abc')",
+                    ),
+                    "503": _error(
+                        "As many streams as `api_stream_clients` are open already (or the "
+                        "controller is still starting): try again later.",
+                        "Too many event streams: at most 32 at once (api_stream_clients); "
+                        "try again later",
+                    ),
+                },
+                parameters=[
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The `id:` of the last `history` event received, "
+                        "to resume after a reconnect (an EventSource sends it by itself).",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "example": "42",
+                    }
                 ],
             ),
         },

@@ -66,6 +66,7 @@ class Config:
     cors_origins: tuple[str, ...] | None = None
     allowed_hosts: tuple[str, ...] | None = None
     api_channel_timeout: float = 30.0
+    api_stream_clients: int = 32
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,9 @@ _RULES: dict[str, _Rule] = {
         "IP addresses, localhost and the machine's own names are always accepted)",
     ),
     "api_channel_timeout": _Rule(float, _between(1, 3600), "a number of seconds from 1 to 3600"),
+    "api_stream_clients": _Rule(
+        int, _between(0, 1000), "a whole number of event streams from 0 to 1000 (0: none)"
+    ),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))

@@ -28,8 +28,10 @@ from .params import (
     text_param,
     time_param,
 )
+from .stream import Hub, StreamFull
 from .vocab import API_PREFIX as API
 from .vocab import (
+    EVENTS_STREAM_PATH,
     GUEST_REQUEST,
     HEARTBEAT_PATH,
     IDLE_DURATION_MAX,
@@ -38,6 +40,7 @@ from .vocab import (
     REASON_MAX,
     STATUS_PATH,
     TRIGGERS,
+    UNSENT_KEY,
 )
 from .wsgi import Environ, StartResponse
 
@@ -265,6 +268,48 @@ def metrics_blueprint(registry: CollectorRegistry) -> Blueprint:
     @bp.get(METRICS_PATH)
     def metrics():
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    return bp
+
+
+def _last_event_id() -> int | None:
+    """The resume cursor an EventSource sends back after a reconnect (absent or empty: none)."""
+    value = request.headers.get("Last-Event-ID", "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise ApiError(
+            400,
+            f"Invalid header: Last-Event-ID must be the id of an event of this stream, "
+            f"a whole number (got {value[:40]!r})",
+        )
+    return int(value)
+
+
+def stream_blueprint(hub: Hub) -> Blueprint:
+    """``/api/v1/events/stream``: Server-Sent Events from the controller's hub (stream.py)."""
+    bp = Blueprint("stream", __name__)
+
+    @bp.get(EVENTS_STREAM_PATH)
+    def events_stream():
+        resume = _last_event_id()
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # headers only: no place taken, nothing held
+            hub.source.status()  # answers as GET would before the monitor has started
+            return Response(b"", content_type="text/event-stream", headers=headers)
+        try:
+            client = hub.subscribe()
+        except StreamFull as exc:
+            raise ApiError(503, str(exc)) from None
+        try:
+            # After subscribing: what changes while the opening is read is sent live too.
+            opening = hub.opening(resume)
+        except BaseException:
+            hub.unsubscribe(client)
+            raise
+        unsent = request.environ.get(UNSENT_KEY) or (lambda: 0)
+        body = hub.events(client, opening, unsent)
+        return Response(body, content_type="text/event-stream", headers=headers)
 
     return bp
 

@@ -7,15 +7,19 @@ first look at the VM so no lifecycle event falls between the two.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
 import os
 import signal
+import struct
 import sys
+import termios
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
@@ -29,13 +33,18 @@ from .liveness import HttpProbe, probe_host
 from .metrics import ControllerMetrics
 from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
+from .routes import stream_blueprint
 from .security import SecuritySettings
 from .store import Store
+from .stream import Hub
 from .virsh import EventStream, VirshRunner
 from .vm import Domain
-from .vocab import MAX_BODY, MAX_HEADER_BLOCK
+from .vocab import MAX_BODY, MAX_HEADER_BLOCK, UNSENT_KEY
 
 log = logging.getLogger(__name__)
+
+#: Connections waitress accepts beyond the event streams (its own default).
+CONNECTION_LIMIT = 100
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -70,13 +79,35 @@ class _JsonErrorTask(ErrorTask):
 class _HeadClosesTask(WSGITask):
     """A HEAD answer says ``Connection: close`` and closes. waitress 2.1.2 (Debian 12's)
     hangs up after every HEAD answer without saying so (no body was sent for its
-    Content-Length), and a client that reuses the connection meets a reset."""
+    Content-Length), and a client that reuses the connection meets a reset.
+
+    It also tells the app how many bytes of its answer the client has not taken yet
+    (``UNSENT_KEY``), so that an event stream ends when its client stops reading, long
+    before waitress's own limit (a write blocks the thread at 16 MB unsent)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        channel = self.channel
+        environ[UNSENT_KEY] = lambda: unsent_bytes(channel)
+        return environ
 
     def execute(self) -> None:
         if self.request.command == "HEAD":
             self.response_headers.append(("Connection", "close"))
             self.close_on_finish = True
         super().execute()
+
+
+def unsent_bytes(channel: HTTPChannel) -> int:
+    """What waitress holds for the client plus what the kernel holds (sent but not
+    acknowledged, or not sent yet): on loopback the kernel's send buffer grows to
+    megabytes, and a client that never reads would fill it long before waitress's."""
+    held = int(channel.total_outbufs_len)
+    try:
+        raw = fcntl.ioctl(channel.socket.fileno(), termios.TIOCOUTQ, bytes(4))
+    except (OSError, ValueError):  # closed meanwhile: the next write says so
+        return held
+    return held + int(struct.unpack("i", raw)[0])
 
 
 class _JsonErrorChannel(HTTPChannel):
@@ -114,6 +145,8 @@ class Controller:
         )
         self.metrics = ControllerMetrics(self.monitor, __version__)
         self.monitor.add_history_listener(self.metrics.on_history)
+        self.hub = Hub(self.monitor, config.api_stream_clients)
+        self.monitor.add_history_listener(self.hub.on_history)
         self.app = create_app(
             self.monitor,
             __version__,
@@ -126,11 +159,15 @@ class Controller:
             ),
             metrics=self.metrics.registry,
         )
+        self.app.register_blueprint(stream_blueprint(self.hub))
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app,
             host=config.api_host,
             port=config.api_port,
-            threads=config.api_threads,
+            # Each event stream holds a worker thread for its life: they get threads of
+            # their own, so that api_threads stay free for heartbeats and staff.
+            threads=config.api_threads + config.api_stream_clients,
+            connection_limit=CONNECTION_LIMIT + config.api_stream_clients,
             ident="",
             channel_timeout=int(max(1, config.api_channel_timeout)),
             # waitress looks for idle channels only this often (default 30 s)
@@ -202,6 +239,7 @@ class Controller:
         self._http_thread.start()
         self.events.start()
         self.monitor.start()
+        self.hub.start()
         if self.probe is not None:
             self.probe.start()
         self.notifier.start(
@@ -217,6 +255,7 @@ class Controller:
         self.notifier.stopping()
         if self.probe is not None:
             self.probe.stop()
+        self.hub.stop()  # the streams give their threads back before waitress waits for them
         self._close_http()
         self.monitor.stop(timeout)
         self.events.stop()
@@ -228,6 +267,7 @@ class Controller:
         """Restart a thread that died; called every few seconds from the main thread."""
         self.monitor.ensure_thread()
         self.events.ensure_thread()
+        self.hub.start()
 
     def _close_http(self) -> None:
         """Stop accepting, let the workers finish the requests they hold (waitress

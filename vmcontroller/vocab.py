@@ -77,9 +77,17 @@ METRICS_PATH = "/metrics"
 #: (no CORS), and polling them is routine (logged at DEBUG when they succeed). They
 #: reveal state, so the staff token guards them, /metrics as much as the API's.
 READ_ONLY_PATHS = frozenset(
-    [API_PREFIX + p for p in ("/status", "/heartbeat/status", "/snapshots", "/events")]
+    [
+        API_PREFIX + p
+        for p in ("/status", "/heartbeat/status", "/snapshots", "/events", "/events/stream")
+    ]
     + [METRICS_PATH]
 )
 #: The guest's heartbeat: routine too, a few a second for months.
 HEARTBEAT_PATH = API_PREFIX + "/heartbeat"
 STATUS_PATH = API_PREFIX + "/status"
+#: Server-Sent Events of the controller's changes (stream.py).
+EVENTS_STREAM_PATH = API_PREFIX + "/events/stream"
+#: The WSGI environ key under which the server hands a stream the bytes its client has
+#: not read yet (a callable; server.py), so that a client that never reads is cut off.
+UNSENT_KEY = "vmcontroller.unsent"
