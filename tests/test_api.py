@@ -180,6 +180,7 @@ NEEDS_MONITOR = [
     ("POST", "/api/v1/idle/reset"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/events/stream"),
+    ("GET", "/api/v1/report"),
 ]
 
 
@@ -224,7 +225,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists(make_ap
     documented = documented_operations(openapi)
     assert not served - documented, f"undocumented routes: {sorted(served - documented)}"
     assert not documented - served, f"documented but not served: {sorted(documented - served)}"
-    assert len(served) == 27
+    assert len(served) == 28
 
 
 # ------------------------------------------------------------------ every route, happy path
@@ -526,6 +527,42 @@ def test_since_accepts_iso_8601_and_epoch_seconds(api):
         "0",
     ):
         api.get("/api/v1/events", query_string={"since": value})
+
+
+@pytest.mark.parametrize(
+    "query, detail",
+    [
+        ({"since": "2026-02-30"}, "since must be a date written YYYY-MM-DD (got '2026-02-30')"),
+        ({"until": "tomorrow"}, "until must be a date written YYYY-MM-DD (got 'tomorrow')"),
+        ({"since": "1764000000"}, "since must be a date written YYYY-MM-DD (got '1764000000')"),
+        ({"since": ""}, "since must be a date written YYYY-MM-DD (got '')"),
+        # Found by test_fuzz: year 1 minus 29 days, or its midnight, overflowed (a 500).
+        (
+            {"until": "0001-01-01"},
+            "until must be a day from 1971-01-01 to 9998-12-31 (got '0001-01-01')",
+        ),
+        (
+            {"since": "2026-06-02", "until": "2026-06-01"},
+            "since (2026-06-02) must not be after until (2026-06-01)",
+        ),
+        (
+            {"since": "2025-01-01", "until": "2026-01-02"},
+            "a report covers at most 366 days (asked for 367)",
+        ),
+    ],
+)
+def test_the_report_refuses_bad_dates_and_ranges(api, query, detail):
+    body = api.get("/api/v1/report", 400, query_string=query)
+    assert body == {"detail": f"Invalid parameter: {detail}"}
+
+
+def test_the_report_covers_the_days_asked_for(api):
+    body = api.get("/api/v1/report", query_string={"since": "2025-01-01", "until": "2025-12-31"})
+    assert len(body["days"]) == 365 and body["days"][0]["date"] == "2025-01-01"
+    assert body["total"]["unmonitored_seconds"] == sum(
+        day["unmonitored_seconds"] for day in body["days"]
+    )
+    assert len(api.get("/api/v1/report")["days"]) == 30
 
 
 # ------------------------------------------------------------------ unexpected errors

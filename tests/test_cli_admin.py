@@ -8,6 +8,8 @@ against a real controller on a real VM, through click's CliRunner and as real pr
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -138,6 +140,58 @@ STATUS = {
     },
 }
 
+
+def report_day(day: str | None, **figures: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {} if day is None else {"date": day}
+    body.update(
+        {
+            "healthy_seconds": 86321.5,
+            "unhealthy_seconds": 78.5,
+            "staff_seconds": 0.0,
+            "unmonitored_seconds": 0.0,
+            "healthy_share": 0.999092,
+            "recoveries": {"heartbeat_timeout": 1},
+            "recoveries_total": 1,
+            "longest_outage_seconds": 78.5,
+            **figures,
+        }
+    )
+    return body
+
+
+REPORT = {
+    "vm": "eden",
+    "since": "2026-11-01",
+    "until": "2026-11-03",
+    "days": [
+        report_day("2026-11-01"),
+        report_day(
+            "2026-11-02",
+            healthy_seconds=0.0,
+            unhealthy_seconds=0.0,
+            staff_seconds=7200.0,
+            unmonitored_seconds=79200.0,
+            healthy_share=None,
+            recoveries={},
+            recoveries_total=0,
+            longest_outage_seconds=0.0,
+        ),
+        report_day("2026-11-03", recoveries={"heartbeat_timeout": 2, "vm_crashed": 1}),
+    ],
+    "total": report_day(
+        None,
+        healthy_seconds=2 * 86321.5,
+        unhealthy_seconds=157.0,
+        staff_seconds=7200.0,
+        unmonitored_seconds=79200.0,
+        healthy_share=0.999092,
+        recoveries={"heartbeat_timeout": 3, "vm_crashed": 1},
+        recoveries_total=4,
+        # A long range's totals: days and hours.
+        longest_outage_seconds=400 * 3600.0,
+    ),
+}
+
 # verb arguments -> (method, path, query)
 REQUESTS = {
     "status": (["status"], "GET", "/api/v1/status", []),
@@ -178,6 +232,13 @@ REQUESTS = {
         "/api/v1/events",
         [("limit", "5"), ("since", "2026-11-01"), ("trigger", "api"), ("trigger", "vm_paused")],
     ),
+    "report": (["report"], "GET", "/api/v1/report", []),
+    "report of a month": (
+        ["report", "--since", "2026-11-01", "--until", "2026-11-30", "--format", "csv"],
+        "GET",
+        "/api/v1/report",
+        [("since", "2026-11-01"), ("until", "2026-11-30")],
+    ),
 }
 
 
@@ -186,6 +247,7 @@ def test_each_verb_sends_its_request(stand_in, args, method, path, query):
     stand_in.answer("GET", "/api/v1/status", 200, STATUS)
     stand_in.answer("GET", "/api/v1/snapshots", 200, {"vm_name": "eden", "snapshots": ["ready"]})
     stand_in.answer("GET", "/api/v1/events", 200, {"vm_name": "eden", "events": []})
+    stand_in.answer("GET", "/api/v1/report", 200, REPORT)
     stand_in.answer(
         "POST",
         "/api/v1/heartbeat",
@@ -483,12 +545,100 @@ def test_a_host_name_that_does_not_resolve_exits_3_naming_it():
     )
 
 
+def test_the_report_as_a_table_fits_80_columns(stand_in):
+    stand_in.answer("GET", "/api/v1/report", 200, REPORT)
+    result = invoke("report", "--url", stand_in.url)
+    assert result.exit_code == 0, shown(result)
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0] == "VM eden: 2026-11-01 to 2026-11-03 (local days)"
+    assert lines[1].split() == [
+        "date",
+        "share",
+        "healthy",
+        "unhealthy",
+        "staff",
+        "unmonitored",
+        "longest",
+        "recoveries",
+    ]
+    assert lines[2].split() == [
+        "2026-11-01",
+        "99.9%",
+        "23:58:42",
+        "0:01:19",
+        "0:00:00",
+        "0:00:00",
+        "0:01:19",
+        "1",
+    ]
+    assert lines[3].split()[:2] == ["2026-11-02", "-"], "no share without healthy or unhealthy time"
+    assert lines[5].split() == [
+        "total",
+        "99.9%",
+        "47:57:23",
+        "0:02:37",
+        "2:00:00",
+        "22:00:00",
+        "16d",
+        "16h",
+        "4",
+    ]
+    assert lines[6].startswith("share = healthy / (healthy + unhealthy)")
+    assert lines[7] == "recoveries by trigger: heartbeat_timeout 3, vm_crashed 1"
+
+
+def test_the_report_as_csv_has_a_header_and_a_line_per_day(stand_in):
+    stand_in.answer("GET", "/api/v1/report", 200, REPORT)
+    result = invoke("report", "--format", "csv", "--url", stand_in.url)
+    assert result.exit_code == 0, shown(result)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["date"] for row in rows] == ["2026-11-01", "2026-11-02", "2026-11-03", "total"]
+    assert rows[0]["healthy_seconds"] == "86321.5" and rows[0]["healthy_share"] == "0.999092"
+    assert rows[1]["healthy_share"] == "", "null is an empty cell"
+    assert rows[2]["recoveries_heartbeat_timeout"] == "2"
+    assert rows[2]["recoveries_vm_crashed"] == "1" and rows[2]["recoveries_api"] == "0"
+    assert rows[3]["recoveries_total"] == "4"
+
+
+@pytest.mark.parametrize("args", [["--format", "json"], ["--json"]])
+def test_the_report_as_json_is_the_apis_answer(stand_in, args):
+    stand_in.answer("GET", "/api/v1/report", 200, REPORT)
+    result = invoke("report", *args, "--url", stand_in.url)
+    assert result.exit_code == 0, shown(result)
+    assert json.loads(result.stdout) == REPORT
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--since", "2026-13-01"), ("--until", "yesterday"), ("--since", "0001-01-01")],
+)
+def test_a_bad_report_date_is_a_one_line_usage_error_before_any_request(stand_in, option, value):
+    result = invoke("report", option, value, "--url", stand_in.url)
+    assert result.exit_code == 2, shown(result)
+    assert result.stdout == "" and stand_in.requests == []
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"vmcontroller: {option} must be"), result.stderr
+    assert repr(value) in result.stderr
+
+
+def test_a_report_range_the_api_refuses_exits_1_with_its_detail(stand_in):
+    detail = "Invalid parameter: since (2026-12-01) must not be after until (2026-11-01)"
+    stand_in.answer("GET", "/api/v1/report", 400, {"detail": detail})
+    result = invoke(
+        "report", "--since", "2026-12-01", "--until", "2026-11-01", "--url", stand_in.url
+    )
+    assert result.exit_code == 1, shown(result)
+    assert detail in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 USAGE = {
     "bad url": ["status", "--url", "ftp://example"],
     "url with a query": ["status", "--url", "http://127.0.0.1:8000/?x=1"],
     "unknown option": ["status", "--verbose"],
     "delete without a name": ["snapshot", "delete"],
     "limit out of range": ["events", "--limit", "0"],
+    "report in another format": ["report", "--format", "xml"],
     "bad timeout": ["status", "--timeout", "0"],
     "unknown verb": ["reboot"],
     "revert without enable/disable": ["revert", "maybe"],

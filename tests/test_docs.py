@@ -57,6 +57,8 @@ CONTRACT = {
     ("/api/v1/idle/reset", "get"),
     ("/api/v1/idle/reset", "post"),
     ("/api/v1/events", "get"),
+    # The availability report (issue 14).
+    ("/api/v1/report", "get"),
     # Prometheus' scrape target (issue 14).
     ("/metrics", "get"),
     # Server-Sent Events for dashboards (issue 14).

@@ -27,6 +27,7 @@ from vmcontroller.errors import (
     SnapshotUnknown,
     StateFileError,
 )
+from vmcontroller.report import ReportRangeError
 
 
 def example(spec: dict, path: str, method: str = "get", status: str = "200") -> Any:
@@ -111,6 +112,12 @@ class StubControls:
     def history(self, limit: int = 100, since: float | None = None, triggers: Any = ()) -> Any:
         self._call("history", limit, since, tuple(triggers))
         return [Row(e) for e in example(self.spec, "/api/v1/events")["events"]]
+
+    def report(self, since: str | None, until: str | None) -> dict[str, Any]:
+        self._call("report", since, until)
+        if since == "bad":
+            raise ReportRangeError("since must be a date written YYYY-MM-DD (got 'bad')")
+        return example(self.spec, "/api/v1/report")
 
 
 @pytest.fixture
@@ -290,3 +297,20 @@ def test_a_failing_hot_route_is_answered_by_flasks_error_handlers(routes):
     client, _ = routes()
     assert client.put("/api/v1/heartbeat").status_code == 405
     assert client.head("/api/v1/status").data == b""
+
+
+def test_the_report_passes_its_dates_and_answers_the_documented_shape(routes, openapi):
+    client, controls = routes()
+    answer = client.get("/api/v1/report?since=2025-12-01&until=2025-12-31")
+    assert answer.get_json() == example(openapi, "/api/v1/report")
+    assert client.get("/api/v1/report").status_code == 200
+    assert controls.calls == [("report", ("2025-12-01", "2025-12-31")), ("report", (None, None))]
+
+
+def test_a_bad_report_range_is_a_400_with_the_reason(routes):
+    client, _ = routes()
+    answer = client.get("/api/v1/report?since=bad")
+    assert (answer.status_code, answer.get_json()) == (
+        400,
+        {"detail": "Invalid parameter: since must be a date written YYYY-MM-DD (got 'bad')"},
+    )

@@ -30,6 +30,7 @@ from .vocab import (
     OUTCOMES,
     READ_ONLY_PATHS,
     REPEAT_INTERVAL,
+    REPORT_MAX_DAYS,
     TRIGGERS,
 )
 
@@ -171,6 +172,81 @@ def _heartbeat_example() -> dict[str, Any]:
         "seconds_since_last": 2.5,
         "is_healthy": True,
         "timeout": 10,
+    }
+
+
+_REPORT_FIELDS = (
+    "healthy_seconds",
+    "unhealthy_seconds",
+    "staff_seconds",
+    "unmonitored_seconds",
+    "healthy_share",
+    "recoveries",
+    "recoveries_total",
+    "longest_outage_seconds",
+)
+
+
+def _report_fields() -> dict[str, Any]:
+    """The figures of a report's day, and of its totals."""
+    seconds = {"type": "number", "minimum": 0}
+    return {
+        "healthy_seconds": {
+            **seconds,
+            "description": "The VM ran and heartbeated within the timeout.",
+        },
+        "unhealthy_seconds": {
+            **seconds,
+            "description": "Down, silent past the timeout, or being brought back (from "
+            "a start of the controller to the first heartbeat too).",
+        },
+        "staff_seconds": {
+            **seconds,
+            "description": "Maintenance on, or stopped by staff: planned, not an outage.",
+        },
+        "unmonitored_seconds": {
+            **seconds,
+            "description": "The controller was not running (or the time is still to come).",
+        },
+        "healthy_share": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "nullable": True,
+            "description": "healthy / (healthy + unhealthy); null when both are 0.",
+        },
+        "recoveries": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1},
+            "description": "Starts and reverts carried out, by trigger (refused or "
+            "skipped ones are not counted).",
+        },
+        "recoveries_total": {"type": "integer", "minimum": 0},
+        "longest_outage_seconds": {
+            **seconds,
+            "description": "The longest unhealthy span overlapping the day, clipped to it "
+            "(for the totals: to the range).",
+        },
+    }
+
+
+def _report_example() -> dict[str, Any]:
+    day = {
+        "healthy_seconds": 86321.5,
+        "unhealthy_seconds": 78.5,
+        "staff_seconds": 0.0,
+        "unmonitored_seconds": 0.0,
+        "healthy_share": 0.999092,
+        "recoveries": {"heartbeat_timeout": 1},
+        "recoveries_total": 1,
+        "longest_outage_seconds": 78.5,
+    }
+    return {
+        "vm": "eden-garden-vm",
+        "since": "2025-12-09",
+        "until": "2025-12-09",
+        "days": [{"date": "2025-12-09", **day}],
+        "total": day,
     }
 
 
@@ -470,6 +546,34 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "vm_name": {"type": "string"},
                 "events": {"type": "array", "items": _schema("HistoryEvent")},
+            },
+        },
+        "ReportTotals": {
+            "type": "object",
+            "required": list(_REPORT_FIELDS),
+            "properties": _report_fields(),
+        },
+        "ReportDay": {
+            "type": "object",
+            "required": ["date", *_REPORT_FIELDS],
+            "properties": {
+                "date": {"type": "string", "format": "date", "description": "A local day."},
+                **_report_fields(),
+            },
+        },
+        "Report": {
+            "type": "object",
+            "required": ["vm", "since", "until", "days", "total"],
+            "properties": {
+                "vm": {"type": "string"},
+                "since": {"type": "string", "format": "date"},
+                "until": {"type": "string", "format": "date"},
+                "days": {
+                    "type": "array",
+                    "items": _schema("ReportDay"),
+                    "description": "One per day from since to until, oldest first.",
+                },
+                "total": _schema("ReportTotals"),
             },
         },
         "GuestRequestAck": {
@@ -1275,6 +1379,50 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                         "example": "42",
                     }
+                ],
+            ),
+        },
+        "/api/v1/report": {
+            "get": _operation(
+                "History",
+                "getReport",
+                "How well the artwork ran, per day",
+                "For each day in the PC's local time zone (a day of a daylight saving "
+                "change has 23 or 25 hours): how long the artwork was healthy, "
+                "unhealthy, stopped by staff or in maintenance, and not watched; the "
+                "recoveries by trigger; the longest outage. Healthy time is recorded "
+                "as changes in the state file and pruned with the history "
+                "(history_max_age_days). Opening hours are not taken into account.",
+                {
+                    "200": {
+                        "description": "One entry per day, oldest first, and the totals.",
+                        "content": _json(_schema("Report"), _report_example()),
+                    },
+                    "400": _error(
+                        "A date is malformed or outside 1971-01-01 to 9998-12-31, since "
+                        f"is after until, or the range is longer than {REPORT_MAX_DAYS} days.",
+                        "Invalid parameter: since must be a date written YYYY-MM-DD "
+                        "(got '2025-13-01')",
+                    ),
+                    "503": _503(),
+                },
+                parameters=[
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "The first day (default: 29 days before until).",
+                        "schema": {"type": "string", "format": "date"},
+                        "example": "2025-12-01",
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "required": False,
+                        "description": "The last day, included (default: today).",
+                        "schema": {"type": "string", "format": "date"},
+                        "example": "2025-12-31",
+                    },
                 ],
             ),
         },

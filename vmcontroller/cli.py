@@ -17,7 +17,9 @@ the one line that matters, so every error is one line on stderr.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 import os
 import re
@@ -35,6 +37,8 @@ from . import __version__, vmimport
 from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for, check_base_url
 from .config import ConfigError, as_dict, load_config
 from .errors import LibvirtFailure
+from .report import ReportRangeError, parse_day
+from .vocab import TRIGGERS
 
 
 class ExitStatus(IntEnum):
@@ -359,6 +363,44 @@ def events(
 ) -> tuple[Any, Render]:
     """Show the history of recoveries and actions, newest first."""
     return client.events(limit, since, triggers), _render_events
+
+
+def _day_option(name: str, default: str) -> Callable[[Callable[..., Any]], Any]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_day(value, f"--{name}")
+            except ReportRangeError as exc:
+                _fail(str(exc), ExitStatus.USAGE)
+        return value
+
+    return click.option(
+        f"--{name}",
+        metavar="DATE",
+        callback=check,
+        help=f"{default} (YYYY-MM-DD, a day in the controller's local time zone).",
+    )
+
+
+@api_command(main, "report")
+@_day_option("since", "The first day (default: 29 days before --until)")
+@_day_option("until", "The last day, included (default: today)")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="A table for people, CSV with a header line for a spreadsheet, or the API's JSON.",
+)
+def report(client: Client, since: str | None, until: str | None, form: str) -> tuple[Any, Render]:
+    """Per day: how long the artwork was healthy, its recoveries, its longest outage."""
+    renders: dict[str, Render] = {
+        "table": render_report_table,
+        "csv": render_report_csv,
+        "json": lambda data: json.dumps(data, indent=2, ensure_ascii=False),
+    }
+    return client.report(since, until), renders[form]
 
 
 # ====================================================================== ready: the reference snapshot
@@ -791,3 +833,82 @@ def _render_events(data: dict) -> str:
             line += f" [error: {e['error']}]"
         lines.append(line)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the report
+
+#: The report's columns in the CSV, after the date; one recoveries column per trigger
+#: follows, so that a spreadsheet gets the same columns every month.
+REPORT_CSV_FIELDS = (
+    "healthy_seconds",
+    "unhealthy_seconds",
+    "staff_seconds",
+    "unmonitored_seconds",
+    "healthy_share",
+    "recoveries_total",
+    "longest_outage_seconds",
+)
+_TABLE = "{:<10} {:>6} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}"
+
+
+def _duration(seconds: float) -> str:
+    """H:MM:SS, or days and hours beyond 99 hours (a long range's totals)."""
+    whole = int(seconds + 0.5)
+    if whole >= 100 * 3600:
+        return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _share(value: Any) -> str:
+    """Rounded down, so that a day with an outage never shows 100.0 %."""
+    if value is None:
+        return "-"
+    return f"{int(value * 1000) / 10:.1f}%"
+
+
+def _table_row(label: str, day: dict) -> str:
+    return _TABLE.format(
+        label,
+        _share(day.get("healthy_share")),
+        _duration(day.get("healthy_seconds", 0)),
+        _duration(day.get("unhealthy_seconds", 0)),
+        _duration(day.get("staff_seconds", 0)),
+        _duration(day.get("unmonitored_seconds", 0)),
+        _duration(day.get("longest_outage_seconds", 0)),
+        day.get("recoveries_total", 0),
+    ).rstrip()
+
+
+def render_report_table(data: dict) -> str:
+    """Fits 80 columns: the conservator's monthly report, as read in a terminal."""
+    total = data.get("total") or {}
+    lines = [
+        f"VM {data.get('vm')}: {data.get('since')} to {data.get('until')} (local days)",
+        _TABLE.format(
+            "date", "share", "healthy", "unhealthy", "staff", "unmonitored", "longest", "recoveries"
+        ),
+    ]
+    lines += [_table_row(str(day.get("date")), day) for day in data.get("days") or []]
+    lines.append(_table_row("total", total))
+    lines.append("share = healthy / (healthy + unhealthy); staff: maintenance or stopped by staff")
+    by_trigger = total.get("recoveries") or {}
+    if by_trigger:
+        lines.append(
+            "recoveries by trigger: "
+            + ", ".join(f"{trigger} {count}" for trigger, count in by_trigger.items())
+        )
+    return "\n".join(lines)
+
+
+def render_report_csv(data: dict) -> str:
+    """One header line, one line per day, then the totals (date 'total')."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["date", *REPORT_CSV_FIELDS, *(f"recoveries_{t}" for t in TRIGGERS)])
+    rows = [(str(day.get("date")), day) for day in data.get("days") or []]
+    rows.append(("total", data.get("total") or {}))
+    for label, day in rows:
+        recoveries = day.get("recoveries") or {}
+        values = ["" if day.get(name) is None else day.get(name) for name in REPORT_CSV_FIELDS]
+        writer.writerow([label, *values, *(recoveries.get(t, 0) for t in TRIGGERS)])
+    return out.getvalue().rstrip("\n")

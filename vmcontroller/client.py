@@ -173,6 +173,9 @@ class Client:
         params += [("trigger", t) for t in triggers]
         return self.request("GET", f"{API}/events", params)
 
+    def report(self, since: str | None = None, until: str | None = None) -> dict:
+        return self.request("GET", f"{API}/report", [("since", since), ("until", until)])
+
 
 def _detail(status: int, body: bytes) -> str:
     """The API's ``detail`` from an error body, or what the body says if it is not ours."""

@@ -55,3 +55,6 @@ class Controls(Protocol):
     def history(
         self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
     ) -> Sequence[HistoryRow]: ...
+
+    def report(self, since: str | None, until: str | None) -> dict[str, Any]:
+        """The availability report (report.py); raises report.ReportRangeError."""

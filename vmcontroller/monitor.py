@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 from . import decide as rules
+from . import report as reports
 from .config import Config
 from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .errors import Busy, Conflict, NotInitialised
@@ -57,7 +58,13 @@ from .vocab import (
     AUTOMATIC_TRIGGERS,
     FAILED,
     GUARD_FAILED,
+    HEALTH_HEALTHY,
+    HEALTH_STAFF,
+    HEALTH_START,
+    HEALTH_STOP,
+    HEALTH_UNHEALTHY,
     HEARTBEAT_TIMEOUT,
+    RECOVERY_ACTIONS,
     REFUSED,
     SKIPPED,
     STARTUP,
@@ -76,6 +83,9 @@ MAX_SLEEP = 5.0
 #: answers; a disk that refuses writes is not waited for at all.
 FLUSH_WAIT = 2.0
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+#: How often the thread notes that it is alive (a flag in the state file): after a crash,
+#: the availability report dates the controller's end at the last of these.
+ALIVE_EVERY = 60.0
 
 
 def _wallclock() -> datetime:
@@ -131,6 +141,13 @@ class Monitor:
         self._auto_revert: bool = bool(saved)
         self._manual_stop: bool = bool(self.store.get("manual_stop", False))
         self._healthy_saved: bool = bool(self.store.get("vm_healthy", False))
+        # The artwork's health as the report counts it: not healthy until a heartbeat of
+        # this run; _health is the last change queued for the health table (None before
+        # start(), when nothing is recorded), _health_at its wall-clock time.
+        self._healthy_now = False
+        self._health: str | None = None
+        self._health_at = 0.0
+        self._next_alive = 0.0
         self.guard = RecoveryGuard(
             self.store,
             config.max_recoveries,
@@ -184,6 +201,7 @@ class Monitor:
     def start(self) -> None:
         """Start the state writer and the monitor thread; it first looks at the VM."""
         self.store.start()
+        self._open_health_record()
         self._thread = threading.Thread(
             target=self._run, args=(True,), name=f"monitor-{self.domain.name}", daemon=True
         )
@@ -209,6 +227,9 @@ class Monitor:
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
+            if self._health not in (None, HEALTH_STOP):
+                self._health = HEALTH_STOP
+                self.store.record_health(HEALTH_STOP, self._wall_of_locked(None))
             self._cond.notify_all()
         thread = self._thread
         if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
@@ -340,6 +361,26 @@ class Monitor:
         self.require_initialised()
         return self.store.events(limit=limit, since=since, triggers=triggers)
 
+    def report(
+        self, since: str | None, until: str | None, tz: tzinfo | None = None
+    ) -> dict[str, Any]:
+        """The availability report (report.py) of the days from ``since`` to ``until``
+        (YYYY-MM-DD, local days); raises report.ReportRangeError for a bad range."""
+        self.require_initialised()
+        now = self._wallclock().timestamp()
+        first, last = reports.date_range(since, until, now, tz)
+        begin, end = reports.bounds(first, last, tz)
+        transitions = self.store.health(begin, end)
+        recoveries = [
+            reports.Recovery(when, trigger)
+            for when, trigger, action, outcome in self.store.actions_between(
+                begin, end, RECOVERY_ACTIONS
+            )
+            if reports.counts_as_recovery(action, outcome)
+        ]
+        days, total = reports.build(first, last, transitions, recoveries, now, tz)
+        return reports.as_json(self.domain.name, first, last, days, total)
+
     # ================================================================ staff actions
 
     def set_auto_revert(self, enabled: bool) -> None:
@@ -348,6 +389,7 @@ class Monitor:
             changed = enabled != self._auto_revert
             self._auto_revert = enabled
             self.store.put("auto_revert_enabled", enabled)
+            self._note_health_locked()
             if enabled and changed:
                 # A guest that went quiet during maintenance gets one full
                 # timeout before it is reverted, rather than being reverted
@@ -407,6 +449,7 @@ class Monitor:
                 self._manual_stop = True
                 self.store.put("manual_stop", True)
                 self._set_healthy_locked(False)
+                self._note_health_locked()
                 self._w.enabled = False
                 self._w.grace_until = None
                 self._set_pending_locked(None)
@@ -690,6 +733,7 @@ class Monitor:
             if self._manual_stop:
                 self.store.put("manual_stop", False)
             self._manual_stop = False
+            self._note_health_locked()
             self._started_at = now
             self._vm_state = RUNNING
             self._state_detail = None
@@ -777,12 +821,64 @@ class Monitor:
         self._w.armed_at = now
         self._w.grace_until = None
 
-    def _set_healthy_locked(self, healthy: bool) -> None:
+    def _set_healthy_locked(self, healthy: bool, at: float | None = None) -> None:
         """Remember, across restarts of the controller, whether the guest was healthy when
-        last seen (decide.startup_plan adopts a healthy running VM). Queued, not written."""
+        last seen (decide.startup_plan adopts a healthy running VM), and record a change
+        of health for the report, dated ``at`` (the monotonic clock; None: now). Queued,
+        not written; a heartbeat while healthy changes nothing here."""
+        if healthy != self._healthy_now:
+            self._healthy_now = healthy
+            self._note_health_locked(at)
         if healthy != self._healthy_saved:
             self._healthy_saved = healthy
             self.store.put("vm_healthy", healthy)
+
+    def _note_health_locked(self, at: float | None = None) -> None:
+        """Queue a row of the health table if the health as the report counts it changed:
+        staff's flags first (planned, not an outage), then the heartbeats' verdict."""
+        if self._health is None or self._stopping:
+            return  # not started, or stopped: the table's last word is start or stop
+        if self._manual_stop or not self._auto_revert:
+            state = HEALTH_STAFF
+        else:
+            state = HEALTH_HEALTHY if self._healthy_now else HEALTH_UNHEALTHY
+        if state != self._health:
+            self._health = state
+            self.store.record_health(state, self._wall_of_locked(at))
+
+    def _wall_of_locked(self, at: float | None) -> float:
+        """A monotonic time as wall-clock seconds, never before the last recorded change
+        (the table's order is the order of the changes)."""
+        wall = self._wallclock().timestamp()
+        if at is not None:
+            wall -= max(0.0, self._clock() - at)
+        wall = max(wall, self._health_at)
+        self._health_at = wall
+        return wall
+
+    def _open_health_record(self) -> None:
+        """At start: close the previous run's record (a crash left it open: its end is dated
+        at its last sign of life) and open this run's, unhealthy until a heartbeat."""
+        try:
+            last = self.store.store.last_health()
+            alive = self.store.get("alive_at")
+        except Exception as exc:  # an unreadable file must not keep the watchdog down
+            log.error("cannot read the health record at start: %s", exc)
+            last, alive = None, None
+        with self._cond:
+            self._health_at = 0.0
+            if last is not None and last[1] != HEALTH_STOP:
+                ended = max(last[0], float(alive) if isinstance(alive, (int, float)) else 0.0)
+                self.store.record_health(HEALTH_STOP, ended)
+                self._health_at = ended
+            self._health = HEALTH_START
+            self.store.record_health(HEALTH_START, self._wall_of_locked(None))
+            self._note_health_locked()
+
+    def _note_alive_locked(self, now: float) -> None:
+        if now >= self._next_alive:
+            self._next_alive = now + ALIVE_EVERY
+            self.store.put("alive_at", self._wallclock().timestamp())
 
     def _run_post_revert_command(self) -> None:
         """The site's own command after a revert (e.g. flush conntrack), off the hot path."""
@@ -1000,6 +1096,7 @@ class Monitor:
                 self.last_progress = now
                 if self._stopping:
                     return False
+                self._note_alive_locked(now)
                 decision = rules.decide(self._w, now)
                 if decision.action is not None:
                     break
@@ -1069,7 +1166,8 @@ class Monitor:
             w = self._w
             silent = self._clock() - (w.last_hb if w.last_hb is not None else w.armed_at)
             may_recover = self._may_recover_locked()
-            self._set_healthy_locked(False)
+            # It became late at the deadline, not when this thread woke to see it.
+            self._set_healthy_locked(False, at=rules.heartbeat_deadline(w))
         if not may_recover:
             # Reported once per silence; the next heartbeat clears it.
             self._mark_timeout_reported()

@@ -28,6 +28,7 @@ from .params import (
     text_param,
     time_param,
 )
+from .report import ReportRangeError
 from .stream import Hub, StreamFull
 from .vocab import API_PREFIX as API
 from .vocab import (
@@ -256,6 +257,13 @@ def api_blueprint(controls: Controls, version: str) -> Blueprint:
             )
         found = controls.history(limit=limit, since=since, triggers=triggers)
         return jsonify({"vm_name": controls.vm_name, "events": [e.as_json() for e in found]})
+
+    @bp.get(f"{API}/report")
+    def report():
+        try:
+            return jsonify(controls.report(request.args.get("since"), request.args.get("until")))
+        except ReportRangeError as exc:
+            raise ApiError(400, f"Invalid parameter: {exc}") from None
 
     return bp
 

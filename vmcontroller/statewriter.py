@@ -287,6 +287,35 @@ class StateWriter:
         with self._cond:
             self._enqueue_locked(None, write)
 
+    def record_health(self, state: str, when: float) -> None:
+        """Queue a change of the artwork's health (the monitor calls it under its own lock:
+        it only appends to the queue)."""
+        with self._cond:
+            self._enqueue_locked(None, lambda store: store.record_health(when, state))
+
+    def health(self, since: float, until: float, wait: float = 1.0) -> list[tuple[float, str]]:
+        """Health changes for a report (Store.health), including those queued before the
+        call when the disk allows it within ``wait``. Raises StoreError if unreadable."""
+        self.flush(wait)
+        try:
+            return self.store.health(since, until)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot read the health record from {str(self.store.path)!r}: {exc}"
+            ) from None
+
+    def actions_between(
+        self, since: float, until: float, actions: Iterable[str], wait: float = 1.0
+    ) -> list[tuple[float, str, str, str]]:
+        """History rows of some actions in a time range (Store.actions_between)."""
+        self.flush(wait)
+        try:
+            return self.store.actions_between(since, until, actions)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot read the history from {str(self.store.path)!r}: {exc}"
+            ) from None
+
     def prune(self) -> None:
         with self._cond:
             self._enqueue_locked(None, lambda store: store.prune())

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS events (
     count     INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE TABLE IF NOT EXISTS health (
+    time   REAL NOT NULL,
+    state  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_time ON health (time);
 """
 # Added after the first release: state files from before lack it.
 MIGRATIONS = {
@@ -388,8 +393,55 @@ class Store:
             rows = self._db.execute(query, args).fetchall()
         return [Event(*row) for row in rows]
 
+    # ------------------------------------------------------------ health
+
+    def record_health(self, when: float, state: str) -> None:
+        """A change of the artwork's health (vocab.HEALTH_STATES), one row per change."""
+        with self._lock:
+            self._db.execute("INSERT INTO health (time, state) VALUES (?, ?)", (when, state))
+
+    def health(self, since: float, until: float) -> list[tuple[float, str]]:
+        """The changes from ``since`` to ``until``, oldest first, after the one in force
+        at ``since`` (if any): what a report of that range needs."""
+        with self._lock:
+            before = self._db.execute(
+                "SELECT time, state FROM health WHERE time < ? "
+                "ORDER BY time DESC, rowid DESC LIMIT 1",
+                (since,),
+            ).fetchall()
+            rows = self._db.execute(
+                "SELECT time, state FROM health WHERE time >= ? AND time < ? ORDER BY time, rowid",
+                (since, until),
+            ).fetchall()
+        return [(float(t), str(s)) for t, s in before + rows]
+
+    def actions_between(
+        self, since: float, until: float, actions: Iterable[str]
+    ) -> list[tuple[float, str, str, str]]:
+        """(time, trigger, action, outcome) of the history rows with one of ``actions``
+        from ``since`` to ``until``, oldest first: a report's recoveries."""
+        wanted = list(actions)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, trigger, action, outcome FROM events WHERE time >= ? AND time < ? "
+                f"AND action IN ({', '.join('?' * len(wanted))}) ORDER BY time, id",
+                (since, until, *wanted),
+            ).fetchall()
+        return [(float(t), str(tr), str(a), str(o)) for t, tr, a, o in rows]
+
+    def last_health(self) -> tuple[float, str] | None:
+        """The latest change recorded (the previous run's last word at start)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT time, state FROM health ORDER BY time DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
+
     def prune(self, now: float | None = None) -> int:
-        """Drop history older than max_age or beyond max_rows, and give the space back."""
+        """Drop history older than max_age or beyond max_rows, and give the space back.
+
+        Health changes older than max_age go too, but the last of them, which says
+        what the health was when the kept ones begin."""
         now = time.time() if now is None else now
         with self._lock:
             removed = self._db.execute(
@@ -399,6 +451,11 @@ class Store:
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC "
                 "LIMIT 1 OFFSET ?)",
                 (self.max_rows,),
+            ).rowcount
+            removed += self._db.execute(
+                "DELETE FROM health WHERE time < ? AND rowid != (SELECT rowid FROM health "
+                "WHERE time < ? ORDER BY time DESC, rowid DESC LIMIT 1)",
+                (now - self.max_age, now - self.max_age),
             ).rowcount
             if removed:
                 self._compact()

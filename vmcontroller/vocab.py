@@ -45,6 +45,21 @@ REFUSED = "refused"
 INTERRUPTED = "interrupted"
 OUTCOMES = (STARTED, SUCCEEDED, FAILED, SKIPPED, REFUSED, INTERRUPTED)
 
+# ------------------------------------------------------------------ recoveries
+#: The actions that bring the VM back (counted as recoveries by metrics and the report).
+RECOVERY_ACTIONS = frozenset({"revert", "start"})
+
+# ------------------------------------------------------------------ the artwork's health
+# What the state file's health table records, one row per change (never per heartbeat).
+HEALTH_HEALTHY = "healthy"  # running and heartbeating within the timeout
+HEALTH_UNHEALTHY = "unhealthy"  # down, silent, or being brought back
+HEALTH_STAFF = "staff"  # maintenance on, or stopped by staff: planned, not an outage
+HEALTH_START = "start"  # the controller started (health not known yet)
+HEALTH_STOP = "stop"  # the controller stopped (or, dated at its last sign of life, crashed)
+HEALTH_STATES = (HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_STAFF, HEALTH_START, HEALTH_STOP)
+#: The longest availability report, in days.
+REPORT_MAX_DAYS = 366
+
 # ------------------------------------------------------------------ guard states
 GUARD_OK = "ok"
 GUARD_BACKOFF = "backoff"
@@ -79,7 +94,14 @@ METRICS_PATH = "/metrics"
 READ_ONLY_PATHS = frozenset(
     [
         API_PREFIX + p
-        for p in ("/status", "/heartbeat/status", "/snapshots", "/events", "/events/stream")
+        for p in (
+            "/status",
+            "/heartbeat/status",
+            "/snapshots",
+            "/events",
+            "/events/stream",
+            "/report",
+        )
     ]
     + [METRICS_PATH]
 )
