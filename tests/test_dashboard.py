@@ -31,7 +31,7 @@ from vmcontroller.monitor import Monitor
 from vmcontroller.security import SecuritySettings
 from vmcontroller.store import Store
 from vmcontroller.vm import Domain
-from vmcontroller.vocab import OUTCOMES, TRIGGERS
+from vmcontroller.vocab import OUTCOMES, SUCCEEDED, TRIGGERS, VM_CRASHED, VM_STOPPED
 
 ARTEFACTS = (
     Path(
@@ -236,6 +236,31 @@ def test_the_dashboard_shows_a_real_exhibit_and_its_stop_button_stops_it(
         assert overflow <= 0, "no horizontal scroll on a phone"
         screenshot(phone, "phone")
         phone.close()
+
+        # Live: the stream is read, and the report drawn.
+        wait_until(lambda: page.text_content("#live") == "live", 30, 0.1, "the stream")
+        wait_until(lambda: page.locator("#plot svg").count() == 1, 30, 0.1, "the plot")
+        assert page.locator("#plot rect.avail").count() >= 1, "today was monitored"
+
+        # The VM destroyed behind the controller's back: the revert shows up in the
+        # table without a reload, first started, then succeeded.
+        page.evaluate("window.__samePage = true")
+        virsh("destroy", "--domain", vm.name)
+        revert = page.locator(
+            "#history-table tbody tr", has_text=re.compile(f"({VM_STOPPED}|{VM_CRASHED})")
+        ).filter(has_text="revert")
+        wait_until(
+            lambda: revert.count() >= 1 and SUCCEEDED in (revert.first.text_content() or ""),
+            120,
+            0.2,
+            "the revert in the history table",
+        )
+        assert page.evaluate("window.__samePage === true"), "no reload"
+        wait_until(lambda: vm.state() == "running", 60, 0.2, "the VM back")
+        # Status events bring the rest: the VM running again, the last recovery.
+        wait_until(lambda: page.text_content("#vm-state") == "running", 30, 0.1, "running")
+        wait_until(lambda: VM_STOPPED in page.text_content("#last-recovery"), 30, 0.1, "recovery")
+        screenshot(page, "desktop-after-revert")
 
         # Stop asks first; cancelled, nothing happens.
         page.click("[data-action=stop]")

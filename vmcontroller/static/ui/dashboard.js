@@ -181,7 +181,8 @@
         const age = b.age + (performance.now() - b.at) / 1000;
         const share = Math.min(1, age / b.timeout);
         fill.style.width = (share * 100).toFixed(2) + "%";
-        fill.className = "fill " + (share >= 1 ? "late" : share > 0.6 ? "slow" : "fresh");
+        // Grey while the timeout is not armed: no revert will follow, whatever the age.
+        fill.className = "fill " + (!b.enabled ? "idle" : share >= 1 ? "late" : share > 0.6 ? "slow" : "fresh");
         text("hb-text", age.toFixed(1) + " s ago of " + b.timeout + " s timeout" +
           (b.enabled ? "" : " (timeout not armed: start-up grace or VM off)"));
       }
