@@ -29,7 +29,6 @@ from vmcontroller.app import create_app
 from vmcontroller.config import build_config
 from vmcontroller.metrics import ControllerMetrics
 from vmcontroller.monitor import Monitor
-from vmcontroller.routes import stream_blueprint
 from vmcontroller.store import Store
 from vmcontroller.stream import Hub
 from vmcontroller.virsh import VirshError
@@ -129,8 +128,7 @@ def make_api(check_response, openapi):
             assert monitor.wait_initialised(5), "monitor did not initialise"
         # As server.Controller builds it: with the metrics, so that /metrics is served too.
         metrics = ControllerMetrics(monitor, __version__)
-        app = create_app(monitor, __version__, metrics=metrics.registry)
-        app.register_blueprint(stream_blueprint(Hub(monitor, 4)))
+        app = create_app(monitor, __version__, metrics=metrics.registry, stream=Hub(monitor, 4))
         return Api(app, check_response, openapi, monitor, runner)
 
     yield make

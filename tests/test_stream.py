@@ -31,7 +31,6 @@ from vmcontroller.app import create_app
 from vmcontroller.config import build_config
 from vmcontroller.errors import NotInitialised
 from vmcontroller.monitor import Monitor
-from vmcontroller.routes import stream_blueprint
 from vmcontroller.store import Event, Store
 from vmcontroller.stream import (
     CHANGEABLE_FOR,
@@ -208,8 +207,7 @@ def make_stream_app():
             assert monitor.wait_initialised(5)
         hub = Hub(monitor, **{"max_clients": 2, **hub_options})
         monitor.add_history_listener(hub.on_history)  # as server.Controller wires it
-        app = create_app(monitor, __version__)
-        app.register_blueprint(stream_blueprint(hub))
+        app = create_app(monitor, __version__, stream=hub)
         return app.test_client(), hub, monitor
 
     yield make

@@ -33,8 +33,16 @@ from .loglines import printable
 from .names import InvalidName
 from .params import ApiError
 from .requestlog import RequestLog
-from .routes import AnyTextConverter, HotPath, api_blueprint, hot_answers, metrics_blueprint
+from .routes import (
+    AnyTextConverter,
+    HotPath,
+    api_blueprint,
+    hot_answers,
+    metrics_blueprint,
+    stream_blueprint,
+)
 from .security import SecuritySettings, init_security
+from .stream import Hub
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +126,11 @@ def create_app(
     version: str,
     security: SecuritySettings | None = None,
     metrics: CollectorRegistry | None = None,
+    stream: Hub | None = None,
 ) -> Flask:
     """Build the Flask app around the controller (the Monitor, or a stub in tests);
-    with a registry of metrics (metrics.py), it serves /metrics too."""
+    with a registry of metrics (metrics.py), it serves /metrics too, and with an
+    event hub (stream.py), the event stream."""
     app = Flask(__name__, static_folder=None)
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False  # keep the field order of the API reference
@@ -130,6 +140,8 @@ def create_app(
     app.register_blueprint(dashboard_blueprint())
     if metrics is not None:
         app.register_blueprint(metrics_blueprint(metrics))
+    if stream is not None:
+        app.register_blueprint(stream_blueprint(stream))
     app.wsgi_app = HotPath(app, hot_answers(controls))  # type: ignore[method-assign]
 
     def docs_app() -> Flask:

@@ -42,14 +42,12 @@ from .decide import UNKNOWN
 from .errors import NotInitialised
 from .statewriter import HistoryChange
 from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF
-from .vocab import GUARD_STATES, OUTCOMES, STARTED, TRIGGERS
+from .vocab import GUARD_STATES, OUTCOMES, RECOVERY_ACTIONS, STARTED, TRIGGERS
 
 PREFIX = "vmcontroller"
 #: The VM's states always exported (0 or 1), so that a query sees each one from the start;
 #: a state libvirt reports beyond these ("in shutdown", "pmsuspended") is added when seen.
 VM_STATES = (RUNNING, PAUSED, SHUT_OFF, CRASHED, NOT_FOUND, UNKNOWN)
-#: The actions that bring the VM back: a revert to the reference snapshot, or a start.
-RECOVERY_ACTIONS = frozenset({"revert", "start"})
 #: From half a second (a revert of a small guest) to five minutes (a large disk on a slow one).
 DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0)
 

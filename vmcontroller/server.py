@@ -33,7 +33,6 @@ from .liveness import HttpProbe, probe_host
 from .metrics import ControllerMetrics
 from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
-from .routes import stream_blueprint
 from .security import SecuritySettings
 from .store import Store
 from .stream import Hub
@@ -158,8 +157,8 @@ class Controller:
                 allowed_hosts=(*(config.allowed_hosts or ()), config.api_host),
             ),
             metrics=self.metrics.registry,
+            stream=self.hub,
         )
-        self.app.register_blueprint(stream_blueprint(self.hub))
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app,
             host=config.api_host,
