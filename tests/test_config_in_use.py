@@ -8,6 +8,8 @@ the part of the controller that uses them, against the real libvirtd.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from libvirt_env import wait_until
 from waits import pid_alive
@@ -21,9 +23,27 @@ GUEST_TOKEN = "guest-token-from-a-file-0123456789"
 def test_api_threads_and_api_stream_clients_size_the_http_worker_pool(start_controller):
     controller, api = start_controller(api_threads=5, api_stream_clients=3)
     api.get("/api/v1/status")
-    # Each event stream holds a thread of its own: api_threads stay free for the rest.
-    assert len(controller.http.task_dispatcher.threads) == 5 + 3
+    dispatcher = controller.http.task_dispatcher
+    assert len(dispatcher.threads) == 5, "no stream: api_threads alone"
     assert controller.hub.max_clients == 3
+    # Each event stream holds a thread of its own, added while it lasts, so that
+    # api_threads stay free for the rest.
+    streams = [
+        socket.create_connection(("127.0.0.1", controller.port), timeout=5) for _ in range(2)
+    ]
+    for conn in streams:
+        conn.sendall(b"GET /api/v1/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+    wait_until(lambda: len(dispatcher.threads) - dispatcher.stop_count == 7, 5, message="two more")
+    for conn in streams:
+        conn.close()
+    # A stream learns that its client left at its next write: a heartbeat event.
+    wait_until(
+        lambda: api.post("/api/v1/heartbeat") and controller.hub.clients == 0,
+        10,
+        message="streams end",
+    )
+    wait_until(lambda: len(dispatcher.threads) == 5, 10, message="the pool shrinks back")
 
 
 def test_history_max_events_and_age_from_the_config_prune_the_history(start_controller):

@@ -38,6 +38,7 @@ from vmcontroller.stream import (
     Snapshot,
     Subscription,
     cursor,
+    fan_out_gap,
     history_events,
     resume_floor,
     sse,
@@ -144,6 +145,49 @@ def test_a_client_whose_queue_fills_is_cut_off_and_the_hub_never_waits():
         client.offer(b"%d" % n)
     assert client.ended is not None and "2 events" in client.ended
     assert client.take(0) == []
+
+
+def test_a_fan_out_to_many_clients_wakes_them_one_after_another_within_the_spread():
+    assert fan_out_gap(0) == fan_out_gap(1) == 0.0
+    assert fan_out_gap(200, spread=0.25) == pytest.approx(0.25 / 200)
+    assert fan_out_gap(3, spread=0.25) == 0.002, "a few clients: at most 2 ms apart"
+
+
+class CountingSource:
+    """A monitor that counts how often the hub reads it."""
+
+    heartbeats_received = 0
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def status(self) -> dict[str, Any]:
+        self.looks += 1
+        return json.loads(json.dumps(STATUS))
+
+    def heartbeat_status(self) -> dict[str, Any]:
+        return self.status()["heartbeat"]
+
+    def history(self, limit: int = 100, since: Any = None, triggers: Any = ()) -> list[Event]:
+        return [row(1)]
+
+
+def test_a_hub_without_clients_does_not_read_the_monitor_and_tells_the_pool_its_clients():
+    source, sizes = CountingSource(), []
+    hub = Hub(source, 2, tick=0.01, on_clients=sizes.append)
+    hub.start()
+    try:
+        wait_until(lambda: hub._top_id is not None, 5, message="the hub primes its history")
+        time.sleep(0.1)  # ten ticks with nobody listening (a negative check: no deadline)
+        assert source.looks == 0, "no client, no look at the monitor"
+        client = hub.subscribe()
+        assert sizes == [1]
+        wait_until(lambda: client.take(0.05), 5, message="the first look's status event")
+        hub.unsubscribe(client)
+        hub.unsubscribe(client)  # twice: told once
+        assert sizes == [1, 0]
+    finally:
+        hub.stop()
 
 
 class StartingSource:

@@ -144,7 +144,16 @@ class Controller:
         )
         self.metrics = ControllerMetrics(self.monitor, __version__)
         self.monitor.add_history_listener(self.metrics.on_history)
-        self.hub = Hub(self.monitor, config.api_stream_clients)
+        self.hub = Hub(
+            self.monitor,
+            config.api_stream_clients,
+            # Each event stream holds a waitress worker for its life: the pool grows by
+            # one per open stream, so that api_threads stay free for heartbeats and
+            # staff, and threads (memory) are spent only on streams that exist.
+            on_clients=lambda streams: self.http.task_dispatcher.set_thread_count(
+                config.api_threads + streams
+            ),
+        )
         self.monitor.add_history_listener(self.hub.on_history)
         self.app = create_app(
             self.monitor,
@@ -163,9 +172,7 @@ class Controller:
             self.app,
             host=config.api_host,
             port=config.api_port,
-            # Each event stream holds a worker thread for its life: they get threads of
-            # their own, so that api_threads stay free for heartbeats and staff.
-            threads=config.api_threads + config.api_stream_clients,
+            threads=config.api_threads,  # and one more per event stream (the hub's on_clients)
             connection_limit=CONNECTION_LIMIT + config.api_stream_clients,
             ident="",
             channel_timeout=int(max(1, config.api_channel_timeout)),

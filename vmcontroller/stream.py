@@ -44,6 +44,12 @@ UNSENT_MAX = 256 * 1024
 REPLAY_MAX = 1000
 #: How often the hub reads the monitor: status and heartbeats are at most this late.
 TICK = 1.0
+#: One look's events reach the clients spread over up to this many seconds, a client's
+#: thread woken after another's: 200 stream threads woken at once fight over the GIL
+#: and held a heartbeat's answer up by 30 ms at p99 (scripts/bench, phase i.).
+FAN_OUT_SPREAD = 0.25
+#: ... but never slower than this between two clients, so a few clients hear at once.
+FAN_OUT_GAP_MAX = 0.002
 #: A row this young may still count repeats (Store.record_coalesced); a margin for the
 #: time between the row's creation and its write.
 CHANGEABLE_FOR = REPEAT_INTERVAL + 5.0
@@ -123,6 +129,13 @@ def cursor(row_id: int, floor: int | None) -> int:
     """The ``id:`` of a history event: replaying from it brings back every row that may
     have changed since, this one included."""
     return row_id if floor is None else min(row_id, floor)
+
+
+def fan_out_gap(clients: int, spread: float = FAN_OUT_SPREAD) -> float:
+    """Seconds between waking one client's thread and the next's."""
+    if clients <= 1:
+        return 0.0
+    return min(spread / clients, FAN_OUT_GAP_MAX)
 
 
 def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -215,7 +228,10 @@ class Hub:
         unsent_max: int = UNSENT_MAX,
         tick: float = TICK,
         clock: Callable[[], float] = time.time,
+        on_clients: Callable[[int], None] | None = None,
     ):
+        """``on_clients`` hears the number of open streams after each change: the server
+        sizes waitress's worker pool with it, since each stream holds a worker."""
         self.source = source
         self.max_clients = max_clients
         self.keep_alive = keep_alive
@@ -223,6 +239,7 @@ class Hub:
         self.unsent_max = unsent_max
         self.tick = tick
         self._clock = clock
+        self._on_clients = on_clients
         self._lock = threading.Lock()
         self._clients: set[Subscription] = set()
         self._history_rang = threading.Event()
@@ -276,16 +293,31 @@ class Hub:
                 )
             client = Subscription(self.queue_size)
             self._clients.add(client)
-            return client
+            self._tell_clients()
+        self._history_rang.set()  # a hub idle for want of clients looks again
+        return client
 
     def unsubscribe(self, client: Subscription) -> None:
         with self._lock:
-            self._clients.discard(client)
+            if client in self._clients:
+                self._clients.discard(client)
+                self._tell_clients()
 
-    def publish(self, chunk: bytes) -> None:
+    def _tell_clients(self) -> None:
+        if self._on_clients is not None:
+            self._on_clients(len(self._clients))
+
+    def publish(self, chunks: list[bytes]) -> None:
+        """Hand every client these events, one client after another (``fan_out_gap``)."""
+        if not chunks:
+            return
+        chunk = b"".join(chunks)
         with self._lock:
             clients = list(self._clients)
-        for client in clients:
+        gap = fan_out_gap(len(clients))
+        for i, client in enumerate(clients):
+            if i and gap:
+                self._stop.wait(gap)
             client.offer(chunk)
 
     def opening(self, last_event_id: int | None) -> bytes:
@@ -321,26 +353,35 @@ class Hub:
     def _run(self) -> None:
         next_look = 0.0
         while not self._stop.is_set():
+            chunks: list[bytes] = []
             if self._history_rang.is_set() or self._top_id is None:
                 self._history_rang.clear()
-                self._guarded(self._read_history)
+                chunks += self._guarded(self._read_history)
                 # A burst of changes (a guest's repeated requests) is read once a pause.
                 self._stop.wait(min(self.tick, 0.2))
+            if not self.clients:
+                # Nobody listens: no look at the monitor (idle CPU); the history is still
+                # followed on each ring, so that a resume cursor stays exact.
+                self._previous = None
+                self._history_rang.wait()
+                continue
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + self.tick
-                self._guarded(self._look)
+                chunks += self._guarded(self._look)
+            self.publish(chunks)
             self._history_rang.wait(max(0.0, next_look - time.monotonic()))
 
     @staticmethod
-    def _guarded(read: Callable[[], None]) -> None:
+    def _guarded(read: Callable[[], list[bytes]]) -> list[bytes]:
         """A bug in one kind of read must stop neither the other nor the streams' only source."""
         try:
-            read()
+            return read()
         except Exception:
             log.exception("the event stream hub failed to read the controller")
+            return []
 
-    def _look(self) -> None:
-        """Read the monitor once and tell every client what changed."""
+    def _look(self) -> list[bytes]:
+        """Read the monitor once: the events for what changed."""
         try:
             current = Snapshot(
                 self.source.status(),
@@ -348,16 +389,17 @@ class Hub:
                 self.source.heartbeats_received,
             )
         except _NOT_YET:  # still starting, or the status cannot be read: next tick
-            return
-        for name in what_to_send(self._previous, current):
-            self.publish(sse(name, current.status if name == "status" else current.heartbeat))
+            return []
+        names = what_to_send(self._previous, current)
         self._previous = current
+        return [sse(n, current.status if n == "status" else current.heartbeat) for n in names]
 
-    def _read_history(self) -> None:
+    def _read_history(self) -> list[bytes]:
+        """The history events for rows new or changed since the last read."""
         try:
             rows = self.source.history(limit=REPLAY_MAX)
         except _NOT_YET:  # still starting, or the file unreadable: at the next ring
-            return
+            return []
         now = self._clock()
         first = self._top_id is None
         top = self._top_id or 0
@@ -374,5 +416,4 @@ class Hub:
             sent = [sse("history", shown, cursor(row.id, floor)) for row, shown in changed]
         self._watched = watched
         self._top_id = max([top, *(row.id for row in rows)])
-        for chunk in sent:
-            self.publish(chunk)
+        return sent
