@@ -7,11 +7,13 @@ those are March 28 and October 31, both Sundays on which the example museum open
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cli_invoke import invoke, isolated, shown  # noqa: F401 (isolated: an autouse fixture)
 
-from vmcontroller.config import ConfigError, build_config
+from vmcontroller.config import ConfigError, build_config, load_config
 from vmcontroller.schedule import Schedule, parse_schedule
 
 VIENNA = ZoneInfo("Europe/Vienna")
@@ -170,3 +172,80 @@ def test_yaml_dates_and_timestamps_are_accepted_as_written():
     assert s is not None
     assert s.at(vienna(2027, 3, 2, 12, 0)).state == "closed"
     assert s.at(vienna(2027, 3, 9, 11, 0)).state == "maintenance"
+
+
+# ------------------------------------------------------------------ the example and the CLI
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "etc" / "examples" / "museum-schedule.yaml"
+
+
+def test_the_example_museum_is_open_tuesday_to_sunday_and_closed_on_holidays():
+    config, _ = load_config(EXAMPLE, env={})
+    s = config.schedule
+    assert s is not None and s.timezone == "Europe/Vienna"
+    assert s.weekly[0] == () and all(len(day) == 1 for day in s.weekly[1:])
+    assert len(s.closed_dates) == 13  # Austria's public holidays of 2027
+    assert s.at(vienna(2027, 12, 8, 12, 0)).state == "closed"  # a Wednesday, a holiday
+    assert s.at(vienna(2027, 12, 9, 12, 0)).state == "open"
+    text = EXAMPLE.read_text()
+    assert "per year" in text
+
+
+def test_the_schedule_command_lists_the_week_from_the_config_alone(tmp_path):
+    result = invoke("schedule", "--config", str(EXAMPLE), "--from", "2027-03-27")
+    assert result.exit_code == 0, shown(result)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("time zone: Europe/Vienna; at opening: revert; at closing: stop")
+    assert lines[1].startswith("Sat 2027-03-27 00:00  closed")
+    # Easter Sunday is the night the clocks change; Easter Monday is a holiday (and a Monday).
+    assert "Sun 2027-03-28 10:00  open         opening hours 10:00-18:00 (sunday)" in lines
+    assert "Sun 2027-03-28 18:00  closed       outside opening hours" in lines
+    after_sunday = lines.index("Sun 2027-03-28 18:00  closed       outside opening hours") + 1
+    assert lines[after_sunday].startswith("Tue 2027-03-30 10:00  open")
+    assert len([line for line in lines if " open " in line]) == 6  # Sat, Sun, Tue..Fri
+
+
+def test_the_schedule_command_without_a_schedule_and_with_a_bad_start(tmp_path):
+    plain = tmp_path / "c.yaml"
+    plain.write_text("vm_name: art\n")
+    result = invoke("schedule", "--config", str(plain))
+    assert result.exit_code == 0 and "always open" in result.stdout
+    result = invoke("schedule", "--config", str(EXAMPLE), "--from", "next tuesday")
+    assert result.exit_code == 2 and "--from 'next tuesday' is invalid" in result.stderr
+
+
+def test_status_shows_the_schedule_and_actions_show_their_note():
+    from vmcontroller.cli import _message, _render_status
+
+    text = _render_status(
+        {
+            "vm_name": "art",
+            "vm_state": "shut off",
+            "schedule": {
+                "state": "closed",
+                "why": "outside opening hours",
+                "enforcing": False,
+                "next_state": "open",
+                "next_change": "2027-03-30T10:00:00+02:00",
+            },
+        }
+    )
+    assert (
+        "Schedule     closed (outside opening hours): not watched; "
+        "open at 2027-03-30T10:00:00+02:00"
+    ) in text
+    answer = {"message": "VM 'art' started successfully", "details": {"note": "closed"}}
+    assert _message(answer) == "VM 'art' started successfully\nnote: closed"
+
+
+def test_open_spans_leave_out_closed_days_and_maintenance_windows():
+    s = museum()
+    spans = s.open_spans(vienna(2027, 3, 1, 0, 0), vienna(2027, 3, 4, 0, 0))
+    local = [(a.astimezone(VIENNA), b.astimezone(VIENNA)) for a, b in spans]
+    assert local == [
+        (vienna(2027, 3, 2, 10, 0), vienna(2027, 3, 2, 18, 0)),  # Monday closed, Tuesday
+        (vienna(2027, 3, 3, 11, 0), vienna(2027, 3, 3, 18, 0)),  # after the window
+    ]
+    clipped = s.open_spans(vienna(2027, 3, 2, 12, 0), vienna(2027, 3, 2, 13, 0))
+    assert [(b - a) for a, b in clipped] == [timedelta(hours=1)]

@@ -187,6 +187,8 @@ _REPORT_FIELDS = (
     "recoveries",
     "recoveries_total",
     "longest_outage_seconds",
+    "open_seconds",
+    "healthy_open_share",
 )
 
 
@@ -230,6 +232,20 @@ def _report_fields() -> dict[str, Any]:
             "description": "The longest unhealthy span overlapping the day, clipped to it "
             "(for the totals: to the range).",
         },
+        "open_seconds": {
+            **seconds,
+            "nullable": True,
+            "description": "Opening time of the day (config key schedule; maintenance "
+            "windows not counted) up to now; null without a schedule.",
+        },
+        "healthy_open_share": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "nullable": True,
+            "description": "The share of the opening time in which the artwork was "
+            "healthy; null without a schedule or without opening time.",
+        },
     }
 
 
@@ -243,6 +259,8 @@ def _report_example() -> dict[str, Any]:
         "recoveries": {"heartbeat_timeout": 1},
         "recoveries_total": 1,
         "longest_outage_seconds": 78.5,
+        "open_seconds": None,
+        "healthy_open_share": None,
     }
     return {
         "vm": "eden-garden-vm",

@@ -444,7 +444,16 @@ class Monitor:
             )
             if reports.counts_as_recovery(action, outcome) and trigger not in SCHEDULE_TRIGGERS
         ]
-        days, total = reports.build(first, last, transitions, recoveries, now, tz)
+        open_spans = None
+        if self.schedule is not None:
+            open_spans = [
+                (a.timestamp(), b.timestamp())
+                for a, b in self.schedule.open_spans(
+                    datetime.fromtimestamp(begin).astimezone(),
+                    datetime.fromtimestamp(end).astimezone(),
+                )
+            ]
+        days, total = reports.build(first, last, transitions, recoveries, now, tz, open_spans)
         return reports.as_json(self.domain.name, first, last, days, total)
 
     # ================================================================ staff actions

@@ -123,6 +123,14 @@ class Schedule:
             return instant.astimezone().replace(tzinfo=None)
         return instant.astimezone(self._zone).replace(tzinfo=None)
 
+    def local_instant(self, text: str) -> datetime:
+        """A date (midnight) or date and time written in the museum's zone, as an instant;
+        raises ValueError."""
+        local = datetime.fromisoformat(text.strip())
+        if local.tzinfo is not None:
+            return local
+        return self._shown(self._aware(local))
+
     # ------------------------------------------------------------ what is planned
 
     def periods_on(self, day: date) -> tuple[tuple[Period, ...], str]:
@@ -203,6 +211,35 @@ class Schedule:
             moment = self.at(moment.next_change)
             found.append((moment.since, moment.state, moment.why))
         return found
+
+    def open_spans(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """The opening time between two instants (maintenance windows cut out), oldest
+        first: what the availability report counts a day's opening time from."""
+        first = self._local(start).date() - timedelta(days=1)
+        last = self._local(end).date() + timedelta(days=1)
+        windows = [(self._aware(w.start), self._aware(w.end)) for w in self.maintenance]
+        spans: list[tuple[datetime, datetime]] = []
+        day = first
+        while day <= last:
+            for p in self.periods_on(day)[0]:
+                pieces = [
+                    (
+                        self._aware(datetime.combine(day, p.opens)),
+                        self._aware(datetime.combine(day, p.closes)),
+                    )
+                ]
+                for w_start, w_end in windows:
+                    pieces = [
+                        part
+                        for a, b in pieces
+                        for part in ((a, min(b, w_start)), (max(a, w_end), b))
+                        if part[1] > part[0]
+                    ]
+                spans.extend(
+                    (max(a, start), min(b, end)) for a, b in pieces if b > start and a < end
+                )
+            day += timedelta(days=1)
+        return sorted(spans)
 
     def enforcing(self, state: str) -> bool:
         """Whether heartbeats are enforced (and failures recovered) in this state."""
