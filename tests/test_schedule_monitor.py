@@ -19,6 +19,7 @@ from libvirt_env import wait_until
 from waits import enforcement_period, stays_false
 
 from vmcontroller.config import Config, build_config
+from vmcontroller.errors import Conflict
 from vmcontroller.monitor import Monitor
 from vmcontroller.store import Store
 from vmcontroller.vm import Domain
@@ -295,3 +296,29 @@ def test_the_report_does_not_count_scheduled_reverts_as_recoveries(make_monitor)
     today = datetime.now().date().isoformat()
     report = monitor.report(today, today)
     assert SCHEDULE_OPEN not in report["total"]["recoveries"]
+
+
+def test_a_guests_revert_request_in_closed_hours_is_refused_with_the_reason(make_monitor):
+    clock = WallClock(vienna(2027, 3, 2, 20, 0))
+    monitor, _ = make_monitor(clock, schedule={**DAILY, "at_closing": "keep_running"})
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing at start-up")
+    with pytest.raises(Conflict) as refused:
+        monitor.request_revert("guest_request", "frozen")
+    assert "the schedule says closed" in str(refused.value)
+
+
+@pytest.mark.parametrize("day", [28, 31])
+def test_on_the_days_the_clocks_change_the_opening_happens_once_at_ten(make_monitor, day):
+    month = 3 if day == 28 else 10
+    clock = WallClock(vienna(2027, month, day, 1, 30))
+    monitor, runner = make_monitor(clock)
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing at start-up")
+    for hour, minute in ((2, 30), (3, 30), (9, 59)):  # through the hour that is skipped/repeated
+        clock.set(vienna(2027, month, day, hour, minute))
+        wait_until(lambda: monitor.status()["schedule"]["state"] == "closed", 5, message="a look")
+    assert rows(monitor, SCHEDULE_OPEN) == []
+    clock.set(vienna(2027, month, day, 10, 0))
+    wait_until(lambda: rows(monitor, SCHEDULE_OPEN), 5, message="the opening")
+    clock.set(vienna(2027, month, day, 11, 0))
+    stays_false(lambda: len(rows(monitor, SCHEDULE_OPEN)) > 1, 0.5, "a second opening")
+    assert monitor.status()["schedule"]["since"] == vienna(2027, month, day, 10, 0).isoformat()
