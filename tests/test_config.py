@@ -18,6 +18,7 @@ from vmcontroller.config import (
     find_config_file,
     load_config,
 )
+from vmcontroller.schedule import parse_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,10 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
         "allowed_hosts": ("[pc.museum.example]", ("pc.museum.example",)),
         "virsh_long_timeout": ("300", 300.0),
         "recovery_backoff_max": ("600", 600.0),
+        "schedule": (
+            "{hours: {monday: '10:00-18:00'}}",
+            parse_schedule({"hours": {"monday": "10:00-18:00"}}),
+        ),
     }
     if name in special:
         return special[name]

@@ -164,7 +164,9 @@ def test_the_units_config_and_docs_are_where_debian_puts_them(deb_package, tree)
     assert "/usr/share/doc/exhibition-vm-controller/copyright" in entries
     # The monitoring examples (README: Metrics), for the museum's Prometheus and Grafana.
     examples = "/usr/share/doc/exhibition-vm-controller/examples"
-    for name in ("alerts.yml", "alerts.test.yml", "exhibition-vm-controller.json"):
+    # And the opening hours of a museum (README: Opening hours).
+    names = ("alerts.yml", "alerts.test.yml", "exhibition-vm-controller.json")
+    for name in (*names, "museum-schedule.yaml"):
         assert f"{examples}/{name}" in entries or f"{examples}/{name}.gz" in entries, name
     # The state directory is the postinst's to make (owned by the user, who does not
     # exist when dpkg unpacks): nothing of it in the archive.

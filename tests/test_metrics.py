@@ -108,6 +108,7 @@ def test_the_collector_reads_the_monitor_at_scrape_time_with_types_and_labels():
     assert values[("vmcontroller_libvirt_up", ())] == 1
     assert values[("vmcontroller_maintenance", ())] == 0
     assert values[("vmcontroller_stopped_by_staff", ())] == 0
+    assert values[("vmcontroller_open", ())] == 1  # no schedule: always open
     info = (("snapshot_name", "ready"), ("version", "9.9.9"), ("vm_name", "eden-garden-vm"))
     assert values[("vmcontroller_info", info)] == 1
     states = {k[1][0][1]: v for k, v in values.items() if k[0] == "vmcontroller_vm_state"}
@@ -129,6 +130,7 @@ def test_the_collector_reads_the_monitor_at_scrape_time_with_types_and_labels():
         auto_revert_enabled=False,
         stopped_by_staff=True,
         recovery={"guard": {"state": "failed"}},
+        schedule={"state": "closed"},
     )
     values = samples(scrape_stub(source))
     assert values[("vmcontroller_heartbeats_received_total", ())] == 42
@@ -137,6 +139,7 @@ def test_the_collector_reads_the_monitor_at_scrape_time_with_types_and_labels():
     assert values[("vmcontroller_vm_state", (("state", "running"),))] == 0
     assert values[("vmcontroller_maintenance", ())] == 1
     assert values[("vmcontroller_stopped_by_staff", ())] == 1
+    assert values[("vmcontroller_open", ())] == 0
     assert values[("vmcontroller_guard_state", (("state", "failed"),))] == 1
     assert values[("vmcontroller_guard_state", (("state", "ok"),))] == 0
 

@@ -420,3 +420,29 @@ def test_the_monitor_answers_the_report_of_today(make_monitor):
     assert answer["vm"] == monitor.vm_name
     with pytest.raises(ReportRangeError):
         monitor.report("2026-01-02", "2026-01-01")
+
+
+# ------------------------------------------------------------------ the share of opening time
+
+
+def test_with_opening_hours_each_day_has_its_open_time_and_the_healthy_share_of_it():
+    """Open 10:00-18:00; an outage from 17:00 to 19:00 costs one of the 8 open hours, the
+    hour after closing none; today counts only up to now; without a schedule: null."""
+    changes = [
+        *run_from("2026-06-01"),
+        (at("2026-06-01", 17), HEALTH_UNHEALTHY),
+        (at("2026-06-01", 19), HEALTH_HEALTHY),
+    ]
+    spans = [(at(d, 10), at(d, 18)) for d in ("2026-06-01", "2026-06-02")]
+    now = at("2026-06-02", 12)
+    days, total = build(
+        date(2026, 6, 1), date(2026, 6, 2), changes, (), now, VIENNA, open_spans=spans
+    )
+    first, second = (day.as_json() for day in days)
+    assert first["open_seconds"] == 8 * HOUR
+    assert first["healthy_open_share"] == round(7 / 8, 6)
+    assert second["open_seconds"] == 2 * HOUR and second["healthy_open_share"] == 1.0
+    assert total.as_json()["open_seconds"] == 10 * HOUR
+    assert total.as_json()["healthy_open_share"] == round(9 / 10, 6)
+    plain = report("2026-06-01", "2026-06-01", changes, now)["days"][0]
+    assert plain["open_seconds"] is None and plain["healthy_open_share"] is None

@@ -62,6 +62,10 @@ class StubControls:
     reverted: bool = True
     was_running: bool = True
     replaced: bool = False
+    note: str | None = None  # the schedule's word outside opening hours
+
+    def schedule_note(self) -> str | None:
+        return self.note
 
     def _call(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -182,6 +186,16 @@ def test_start_and_stop_say_what_they_found(routes):
     assert client.post("/api/v1/snapshot/create").get_json()["message"] == (
         "Snapshot 'ready' replaced successfully for VM 'eden-garden-vm'"
     )
+
+
+def test_staff_actions_outside_opening_hours_are_done_and_say_so(routes):
+    client, controls = routes(note="the museum is closed (outside opening hours)")
+    for path in ("/api/v1/vm/start", "/api/v1/vm/stop", "/api/v1/vm/restart"):
+        answer = client.post(path)
+        assert answer.status_code == 200
+        assert answer.get_json()["details"] == {"note": controls.note}
+    client, _ = routes()
+    assert client.post("/api/v1/vm/start").get_json()["details"] is None
 
 
 @pytest.mark.parametrize(

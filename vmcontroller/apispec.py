@@ -19,6 +19,8 @@ from typing import Any
 from .names import NAME_MAX_LENGTH, NAME_PATTERN
 from .stream import REPLAY_MAX
 from .vocab import (
+    AT_CLOSING_CHOICES,
+    AT_OPENING_CHOICES,
     EVENTS_STREAM_PATH,
     GUARD_STATES,
     GUEST_PATHS,
@@ -31,6 +33,7 @@ from .vocab import (
     READ_ONLY_PATHS,
     REPEAT_INTERVAL,
     REPORT_MAX_DAYS,
+    SCHEDULE_STATES,
     TRIGGERS,
 )
 
@@ -184,6 +187,8 @@ _REPORT_FIELDS = (
     "recoveries",
     "recoveries_total",
     "longest_outage_seconds",
+    "open_seconds",
+    "healthy_open_share",
 )
 
 
@@ -227,6 +232,20 @@ def _report_fields() -> dict[str, Any]:
             "description": "The longest unhealthy span overlapping the day, clipped to it "
             "(for the totals: to the range).",
         },
+        "open_seconds": {
+            **seconds,
+            "nullable": True,
+            "description": "Opening time of the day (config key schedule; maintenance "
+            "windows not counted) up to now; null without a schedule.",
+        },
+        "healthy_open_share": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "nullable": True,
+            "description": "The share of the opening time in which the artwork was "
+            "healthy; null without a schedule or without opening time.",
+        },
     }
 
 
@@ -240,6 +259,8 @@ def _report_example() -> dict[str, Any]:
         "recoveries": {"heartbeat_timeout": 1},
         "recoveries_total": 1,
         "longest_outage_seconds": 78.5,
+        "open_seconds": None,
+        "healthy_open_share": None,
     }
     return {
         "vm": "eden-garden-vm",
@@ -289,7 +310,9 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "nullable": True,
                     "additionalProperties": True,
-                    "description": "Extra facts about the result, or null.",
+                    "description": "Extra facts about the result, or null. A start, "
+                    "stop or restart outside opening hours is carried out and says "
+                    "so in `note` (the VM is not watched until opening).",
                 },
             },
         },
@@ -440,6 +463,7 @@ def _schemas() -> dict[str, Any]:
                         "detail": {"type": "string", "nullable": True, "example": None},
                     },
                 },
+                "schedule": _schedule_status(),
             },
         },
         "RecoveryStatus": {
@@ -1542,5 +1566,53 @@ def build_openapi(version: str) -> dict[str, Any]:
             "parameters": _parameters(),
             "requestBodies": _request_bodies(),
             "responses": responses,
+        },
+    }
+
+
+def _schedule_status() -> dict[str, Any]:
+    """The status' schedule object: nullable inline (a $ref cannot be null in OpenAPI 3.0)."""
+    return {
+        "type": "object",
+        "nullable": True,
+        "description": "What the opening hours (config key schedule) say now; null "
+        "without a schedule (always open). Additive. Outside "
+        "opening hours and in maintenance windows heartbeats are not enforced and "
+        "nothing is reverted (unless watch_when_closed).",
+        "required": [
+            "state",
+            "why",
+            "since",
+            "next_state",
+            "next_change",
+            "enforcing",
+            "at_opening",
+            "at_closing",
+        ],
+        "properties": {
+            "state": {"type": "string", "enum": list(SCHEDULE_STATES)},
+            "why": {
+                "type": "string",
+                "example": "opening hours 10:00-18:00 (tuesday)",
+            },
+            "since": {"type": "string", "format": "date-time"},
+            "next_state": {
+                "type": "string",
+                "enum": list(SCHEDULE_STATES),
+                "nullable": True,
+            },
+            "next_change": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "When the state changes next (in the museum's time "
+                "zone); null if not within the next 15 days.",
+            },
+            "enforcing": {
+                "type": "boolean",
+                "description": "Whether heartbeats are enforced and failures recovered.",
+            },
+            "at_opening": {"type": "string", "enum": list(AT_OPENING_CHOICES)},
+            "at_closing": {"type": "string", "enum": list(AT_CLOSING_CHOICES)},
         },
     }

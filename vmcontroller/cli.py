@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for
 from .config import ConfigError, as_dict, load_config
 from .errors import LibvirtFailure
 from .report import ReportRangeError, parse_day
-from .vocab import TRIGGERS
+from .schedule import Schedule
+from .vocab import SCHEDULE_TRIGGERS, TRIGGERS
 
 
 class ExitStatus(IntEnum):
@@ -145,6 +147,52 @@ def check_config(config_path: str | None) -> None:
     click.echo(yaml.safe_dump(mask_secrets(as_dict(config)), sort_keys=False).rstrip())
 
 
+@main.command("schedule")
+@config_option
+@click.option(
+    "--days",
+    type=click.IntRange(1, 14),
+    default=7,
+    show_default=True,
+    help="How many days to list.",
+)
+@click.option(
+    "--from",
+    "start",
+    default=None,
+    metavar="WHEN",
+    help="Start the list at this date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM) in the "
+    "museum's zone instead of now.",
+)
+def schedule(config_path: str | None, days: int, start: str | None) -> None:
+    """List the coming openings, closings and maintenance windows, from the config alone
+    (no controller needed)."""
+    config, _ = _load(config_path)
+    if config.schedule is None:
+        click.echo("no schedule in the configuration: always open, always watched")
+        return
+    try:
+        begin = config.schedule.local_instant(start) if start else datetime.now().astimezone()
+    except ValueError as exc:
+        click.echo(f"vmcontroller: --from {start!r} is invalid: {exc}", err=True)
+        sys.exit(ExitStatus.USAGE)
+    click.echo(render_schedule(config.schedule, begin, days, "now" if start is None else "from"))
+
+
+def render_schedule(plan: Schedule, begin: datetime, days: int, label: str = "now") -> str:
+    """The schedule's state at ``begin`` and its changes over the following days."""
+    now = plan.at(begin)
+    zone = plan.timezone or "the PC's local time zone"
+    lines = [
+        f"time zone: {zone}; at opening: {plan.at_opening}; at closing: {plan.at_closing}"
+        + ("; watched when closed" if plan.watch_when_closed else ""),
+        f"{begin:%a %Y-%m-%d %H:%M}  {now.state:<12} {now.why} ({label})",
+    ]
+    for when, state, why in plan.changes(begin, begin + timedelta(days=days)):
+        lines.append(f"{when:%a %Y-%m-%d %H:%M}  {state:<12} {why}")
+    return "\n".join(lines)
+
+
 # ====================================================================== verbs over the API
 
 
@@ -246,7 +294,11 @@ def api_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]],
 
 
 def _message(data: Any) -> str:
-    return str(data.get("message", "")) if isinstance(data, dict) else str(data)
+    if not isinstance(data, dict):
+        return str(data)
+    details = data.get("details")
+    note = details.get("note") if isinstance(details, dict) else None
+    return str(data.get("message", "")) + (f"\nnote: {note}" if note else "")
 
 
 @api_command(main, "status")
@@ -794,6 +846,14 @@ def _render_status(data: dict) -> str:
     )
     if data.get("stopped_by_staff"):
         rows.append(("Stopped", "by staff: stays stopped until start or restart"))
+    plan = data.get("schedule")
+    if isinstance(plan, dict):
+        text = f"{plan.get('state')} ({plan.get('why')})"
+        if not plan.get("enforcing"):
+            text += ": not watched"
+        if plan.get("next_change"):
+            text += f"; {plan.get('next_state')} at {plan['next_change']}"
+        rows.append(("Schedule", text))
     recovery = data.get("recovery")
     if isinstance(recovery, dict):
         text = f"{recovery.get('count', 0)} automatic"
@@ -847,7 +907,11 @@ REPORT_CSV_FIELDS = (
     "healthy_share",
     "recoveries_total",
     "longest_outage_seconds",
+    "open_seconds",
+    "healthy_open_share",
 )
+#: Triggers that can appear among a report's recoveries (the schedule's never do).
+REPORT_TRIGGERS = tuple(t for t in TRIGGERS if t not in SCHEDULE_TRIGGERS)
 _TABLE = "{:<10} {:>6} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}"
 
 
@@ -904,11 +968,11 @@ def render_report_csv(data: dict) -> str:
     """One header line, one line per day, then the totals (date 'total')."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["date", *REPORT_CSV_FIELDS, *(f"recoveries_{t}" for t in TRIGGERS)])
+    writer.writerow(["date", *REPORT_CSV_FIELDS, *(f"recoveries_{t}" for t in REPORT_TRIGGERS)])
     rows = [(str(day.get("date")), day) for day in data.get("days") or []]
     rows.append(("total", data.get("total") or {}))
     for label, day in rows:
         recoveries = day.get("recoveries") or {}
         values = ["" if day.get(name) is None else day.get(name) for name in REPORT_CSV_FIELDS]
-        writer.writerow([label, *values, *(recoveries.get(t, 0) for t in TRIGGERS)])
+        writer.writerow([label, *values, *(recoveries.get(t, 0) for t in REPORT_TRIGGERS)])
     return out.getvalue().rstrip("\n")

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .names import NAME_RE
+from .schedule import Schedule, ScheduleError, parse_schedule
 
 ENV_PREFIX = "VMCTL_"
 CONFIG_ENV = "VMCTL_CONFIG"
@@ -67,6 +68,7 @@ class Config:
     allowed_hosts: tuple[str, ...] | None = None
     api_channel_timeout: float = 30.0
     api_stream_clients: int = 32
+    schedule: Schedule | None = None  # opening hours (schedule.py); None: always open
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ _RULES: dict[str, _Rule] = {
     "api_stream_clients": _Rule(
         int, _between(0, 1000), "a whole number of event streams from 0 to 1000 (0: none)"
     ),
+    # Checked key by key by schedule.parse_schedule, whose errors name the nested key.
+    "schedule": _Rule(dict, lambda v: True, "null, or a mapping of opening hours (see the README)"),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -282,6 +286,13 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any) -> Any:
     rule = _RULES[key]
+    if rule.kind is dict:
+        if isinstance(value, Schedule):
+            return value
+        try:
+            return parse_schedule(value)
+        except ScheduleError as exc:
+            raise ConfigError(str(exc)) from None
     shown = (
         f"{key}=<hidden, {len(value)} characters>"
         if key in SECRET_KEYS and isinstance(value, str)
@@ -381,8 +392,10 @@ def masked(values: dict[str, Any]) -> dict[str, Any]:
 
 def as_dict(config: Config) -> dict[str, Any]:
     """The configuration as plain data, for check-config and the logs."""
-    data = dataclasses.asdict(config)
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for key in ("post_revert_command", "cors_origins", "allowed_hosts"):
         if data[key] is not None:
             data[key] = list(data[key])
+    if config.schedule is not None:
+        data["schedule"] = config.schedule.as_config()
     return data

@@ -56,5 +56,8 @@ class Controls(Protocol):
         self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
     ) -> Sequence[HistoryRow]: ...
 
+    def schedule_note(self) -> str | None:
+        """Outside opening hours: what a staff action's answer adds; else None."""
+
     def report(self, since: str | None, until: str | None) -> dict[str, Any]:
         """The availability report (report.py); raises report.ReportRangeError."""

@@ -22,6 +22,7 @@ PRUNE = "prune"  # trim the history
 GRACE_OVER = "grace_over"  # start enforcing the heartbeat timeout
 HEARTBEAT_SILENT = "heartbeat_silent"  # the heartbeat deadline has passed
 PAUSED_TOO_LONG = "paused_too_long"  # the VM has been paused longer than the timeout
+SCHEDULE = "schedule"  # look at the opening hours (schedule.py): a change may be due
 
 PRUNE_EVERY = 3600.0
 
@@ -44,6 +45,7 @@ class Watch:
     timeout_reported: bool = False  # this silence was acted on (or refused) already
     paused_since: float | None = None
     paused_reported: bool = False
+    schedule_due: float = float("inf")  # when to look at the opening hours (inf: none set)
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,13 @@ def decide(watch: Watch, now: float) -> Decision:
     """
     if watch.state_dirty:
         return Decision(CHECK_STATE, now)
+    if now >= watch.schedule_due:
+        return Decision(SCHEDULE, now)
     if watch.pending and not watch.busy and now >= watch.hold_until:
         return Decision(RUN_PENDING, now)
     if now >= watch.next_prune:
         return Decision(PRUNE, now)
-    wakes = [watch.next_poll, watch.next_prune]
+    wakes = [watch.next_poll, watch.next_prune, watch.schedule_due]
     if watch.grace_until is not None:
         if now >= watch.grace_until:
             return Decision(GRACE_OVER, now)

@@ -42,7 +42,14 @@ from .decide import UNKNOWN
 from .errors import NotInitialised
 from .statewriter import HistoryChange
 from .vm import CRASHED, NOT_FOUND, PAUSED, RUNNING, SHUT_OFF
-from .vocab import GUARD_STATES, OUTCOMES, RECOVERY_ACTIONS, STARTED, TRIGGERS
+from .vocab import (
+    GUARD_STATES,
+    OUTCOMES,
+    RECOVERY_ACTIONS,
+    SCHEDULE_OPEN_STATE,
+    STARTED,
+    TRIGGERS,
+)
 
 PREFIX = "vmcontroller"
 #: The VM's states always exported (0 or 1), so that a query sees each one from the start;
@@ -154,6 +161,12 @@ class StateCollector(Collector):
             "stopped_by_staff",
             "1 if staff stopped the VM; it stays stopped until started again.",
             status["stopped_by_staff"],
+        )
+        plan = status.get("schedule")
+        yield _flag(
+            "open",
+            "1 while the museum is open by its schedule (always 1 without one).",
+            plan is None or plan["state"] == SCHEDULE_OPEN_STATE,
         )
 
 

@@ -39,6 +39,7 @@ from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .errors import Busy, Conflict, NotInitialised
 from .guard import RecoveryGuard
 from .loglines import RepeatLimiter
+from .schedule import Moment
 from .statewriter import Listener, StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
@@ -66,6 +67,12 @@ from .vocab import (
     HEARTBEAT_TIMEOUT,
     RECOVERY_ACTIONS,
     REFUSED,
+    SCHEDULE_CLOSE,
+    SCHEDULE_CLOSED_STATE,
+    SCHEDULE_MAINTENANCE,
+    SCHEDULE_OPEN,
+    SCHEDULE_OPEN_STATE,
+    SCHEDULE_TRIGGERS,
     SKIPPED,
     STARTUP,
     SUCCEEDED,
@@ -86,6 +93,9 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 #: How often the thread notes that it is alive (a flag in the state file): after a crash,
 #: the availability report dates the controller's end at the last of these.
 ALIVE_EVERY = 60.0
+#: The opening hours are looked at again at least this often, so that a wall clock that
+#: jumps (NTP after a dead CMOS battery, an admin's date -s) is noticed within it.
+SCHEDULE_RECHECK = 30.0
 
 
 def _wallclock() -> datetime:
@@ -117,6 +127,7 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = _wallclock,
         boot_id: Callable[[], str | None] = host_boot_id,
+        schedule_recheck: float = SCHEDULE_RECHECK,
     ):
         self.domain = domain
         self.store = StateWriter(store)
@@ -182,6 +193,24 @@ class Monitor:
         self._job_trigger: str | None = None  # who started the job under way
         self._initialised = threading.Event()
         self._thread: threading.Thread | None = None
+        # Opening hours (schedule.py). _enforcing: heartbeats are enforced and failures
+        # recovered (always, without a schedule); _moment: the schedule's last answer;
+        # _applied: the (state, since) whose action was carried out last, kept in the state
+        # file so that a restart, or a clock set back, does not repeat an opening.
+        self.schedule = config.schedule
+        self._schedule_recheck = schedule_recheck
+        self._enforcing = True
+        self._moment: Moment | None = None
+        applied = self.store.get("schedule_applied")
+        self._applied: tuple[str, float] | None = (
+            (str(applied[0]), float(applied[1]))
+            if isinstance(applied, list) and len(applied) == 2
+            else None
+        )
+        if self.schedule is not None:
+            self._w.schedule_due = 0.0
+            if self._applied is not None:
+                self._enforcing = self.schedule.enforcing(self._applied[0])
 
     def _load_recovery_summary(self) -> dict[str, Any]:
         try:
@@ -352,7 +381,44 @@ class Monitor:
                 "recovery": {**self._recovery, "guard": self.guard.as_json()},
                 "state_file": {"saving": problem is None, "detail": problem},
                 "snapshot_detail": self._reference_note,
+                "schedule": self._schedule_json_locked(),
             }
+
+    def _schedule_json_locked(self) -> dict[str, Any] | None:
+        if self.schedule is None or self._moment is None:
+            return None
+        return {
+            **self._moment.as_json(),
+            "enforcing": self._enforcing,
+            "at_opening": self.schedule.at_opening,
+            "at_closing": self.schedule.at_closing,
+        }
+
+    def is_open(self, now: datetime | None = None) -> bool:
+        """Whether the museum is open at ``now`` (default: the monitor's wall clock): True
+        without a schedule, False in closed hours and maintenance windows. For whoever must
+        count opening time or keep quiet while the museum is closed (alerts)."""
+        if self.schedule is None:
+            return True
+        moment = self.schedule.at(now if now is not None else self._wallclock())
+        return moment.state == SCHEDULE_OPEN_STATE
+
+    def schedule_note(self) -> str | None:
+        """What a staff action's answer should add while the schedule does not enforce
+        (closed hours, a maintenance window): the action is carried out, not watched."""
+        with self._cond:
+            moment, enforcing = self._moment, self._enforcing
+        if self.schedule is None or moment is None or enforcing:
+            return None
+        nxt = (
+            f"; next change: {moment.next_state} at {moment.next_change.isoformat()}"
+            if moment.next_change
+            else ""
+        )
+        return (
+            f"the museum is {moment.state} ({moment.why}): the VM is not watched and "
+            f"nothing is reverted until opening{nxt}"
+        )
 
     def history(
         self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
@@ -376,9 +442,18 @@ class Monitor:
             for when, trigger, action, outcome in self.store.actions_between(
                 begin, end, RECOVERY_ACTIONS
             )
-            if reports.counts_as_recovery(action, outcome)
+            if reports.counts_as_recovery(action, outcome) and trigger not in SCHEDULE_TRIGGERS
         ]
-        days, total = reports.build(first, last, transitions, recoveries, now, tz)
+        open_spans = None
+        if self.schedule is not None:
+            open_spans = [
+                (a.timestamp(), b.timestamp())
+                for a, b in self.schedule.open_spans(
+                    datetime.fromtimestamp(begin).astimezone(),
+                    datetime.fromtimestamp(end).astimezone(),
+                )
+            ]
+        days, total = reports.build(first, last, transitions, recoveries, now, tz, open_spans)
         return reports.as_json(self.domain.name, first, last, days, total)
 
     # ================================================================ staff actions
@@ -510,6 +585,8 @@ class Monitor:
                 refusal = "the VM was stopped by staff; it stays stopped until started again"
             elif not self._auto_revert:
                 refusal = "automatic revert is disabled (maintenance)"
+            elif not self._enforcing:
+                refusal = self._not_enforcing_locked()
             elif self.guard.state == GUARD_FAILED:
                 refusal = "the recovery guard tripped; staff must start or restart the VM"
             if refusal is None:
@@ -838,8 +915,8 @@ class Monitor:
         staff's flags first (planned, not an outage), then the heartbeats' verdict."""
         if self._health is None or self._stopping:
             return  # not started, or stopped: the table's last word is start or stop
-        if self._manual_stop or not self._auto_revert:
-            state = HEALTH_STAFF
+        if self._manual_stop or not self._auto_revert or not self._enforcing:
+            state = HEALTH_STAFF  # closed hours are planned too
         else:
             state = HEALTH_HEALTHY if self._healthy_now else HEALTH_UNHEALTHY
         if state != self._health:
@@ -970,6 +1047,26 @@ class Monitor:
             )
         self.store.put("boot_id", boot)
         plan = startup_plan(facts)
+        if self.schedule is not None and plan != rules.WAIT:
+            # A PC that was off at opening time catches up now; one that restarts within
+            # the same opening period does not open again (the state file says it did).
+            moment, new = self._look_at_schedule()
+            if new:
+                self._apply_schedule(moment)
+                if moment.state == SCHEDULE_OPEN_STATE and moment.opening:
+                    return  # the opening action was this start (or staff's flags won)
+            with self._cond:
+                enforcing = self._enforcing
+            if not enforcing:
+                log.info(
+                    "the schedule says %s: VM %r left as it is (%s), not watched",
+                    moment.state,
+                    name,
+                    state,
+                )
+                with self._cond:
+                    self._w.enabled = False
+                return
         if plan == rules.WAIT:
             if state == UNKNOWN:
                 log.error(
@@ -1030,6 +1127,160 @@ class Monitor:
         with self._cond:
             self._started_at = self._clock()
             self._arm_locked(self._clock())
+
+    # ================================================================ opening hours
+
+    def _look_at_schedule(self) -> tuple[Moment, bool]:
+        """The schedule's answer now (noted for status), and whether it is a change not
+        carried out yet: one that began later than the last one applied. A clock set back
+        into an earlier period therefore repeats nothing, and a clock that jumps forward
+        carries out only the change it lands in (an opening it skipped is over)."""
+        assert self.schedule is not None
+        wall = self._wallclock()
+        moment = self.schedule.at(wall)
+        now = self._clock()
+        with self._cond:
+            self._moment = moment
+            wait = self._schedule_recheck
+            if moment.next_change is not None:
+                wait = min(wait, max(0.0, (moment.next_change - wall).total_seconds()))
+            self._w.schedule_due = now + wait
+            applied = self._applied
+        return moment, applied is None or moment.since.timestamp() > applied[1]
+
+    def _check_schedule(self) -> None:
+        moment, new = self._look_at_schedule()
+        if new:
+            self._apply_schedule(moment)
+
+    def _apply_schedule(self, moment: Moment) -> None:
+        """Carry out a change of the schedule. It is noted as done before the action, so a
+        crash in the middle does not repeat it at the next start (the history shows the
+        action interrupted, and the watchdog brings the VM back as after any failure)."""
+        assert self.schedule is not None
+        enforcing = self.schedule.enforcing(moment.state)
+        since = moment.since.timestamp()
+        with self._cond:
+            self._applied = (moment.state, since)
+            self.store.put("schedule_applied", [moment.state, since])
+            was_enforcing = self._enforcing
+            self._enforcing = enforcing
+            if not enforcing:
+                self._w.enabled = False
+                self._w.grace_until = None
+                self._set_pending_locked(None)
+            self._note_health_locked()
+            self._cond.notify_all()
+        log.info(
+            "schedule: %s since %s (%s); heartbeats %s",
+            moment.state,
+            moment.since.isoformat(),
+            moment.why,
+            "enforced" if enforcing else "not enforced",
+        )
+        if moment.state == SCHEDULE_OPEN_STATE:
+            if moment.opening:
+                self._at_opening(moment)
+            elif not was_enforcing:
+                self._resume_enforcing(moment)
+        elif moment.state == SCHEDULE_CLOSED_STATE:
+            self._at_closing(moment)
+        else:
+            self.store.record(
+                self.domain.name,
+                SCHEDULE_MAINTENANCE,
+                "maintenance_window",
+                f"{moment.why}: the VM is left as it is and not watched",
+                SUCCEEDED,
+                0.0,
+            )
+
+    def _at_opening(self, moment: Moment) -> None:
+        """A fresh start for the day through the recovery path (the VM's lock, the history),
+        not counted by the restart-loop guard. Staff's stop and maintenance win."""
+        assert self.schedule is not None
+        revert = self.schedule.at_opening == "revert"
+        action_name = "revert" if revert else "start"
+        reason = f"opening time: {moment.why}"
+        with self._cond:
+            manual, auto = self._manual_stop, self._auto_revert
+        if manual or not auto:
+            why = (
+                "the VM was stopped by staff: it stays stopped until started through the API"
+                if manual
+                else "automatic revert is disabled (maintenance): the VM is left as it is"
+            )
+            log.warning("VM %r: %s; not done: %s", self.domain.name, reason, why)
+            self.store.record(
+                self.domain.name, SCHEDULE_OPEN, action_name, reason, SKIPPED, error=why
+            )
+            return
+        action = self.domain.revert_and_start if revert else self.domain.keep_running
+        try:
+            self._run_exclusive(SCHEDULE_OPEN, action_name, reason, action)
+        except Exception as exc:
+            # Recorded by _perform; the VM is now watched, so the watchdog takes over.
+            log.error("VM %r: %s: %s failed: %s", self.domain.name, reason, action_name, exc)
+            with self._cond:
+                self._w.state_dirty = True
+                self._cond.notify_all()
+
+    def _resume_enforcing(self, moment: Moment) -> None:
+        """A maintenance window ended within opening hours: the guest gets the grace period,
+        then its heartbeats count again (as when staff end maintenance)."""
+        now = self._clock()
+        with self._cond:
+            w = self._w
+            w.enabled = False
+            w.grace_until = now + self.grace
+            w.armed_at = now
+            w.timeout_reported = False
+            w.paused_since = None
+            w.paused_reported = False
+            w.state_dirty = True
+            self._failure_reported = None
+            self._cond.notify_all()
+        self.store.record(
+            self.domain.name,
+            SCHEDULE_OPEN,
+            "enforce",
+            f"{moment.why}: heartbeats enforced again in {self.grace:g} s",
+            SUCCEEDED,
+            0.0,
+        )
+
+    def _at_closing(self, moment: Moment) -> None:
+        """Stop the VM, or leave it running unwatched (``at_closing``)."""
+        assert self.schedule is not None
+        reason = f"closing time: {moment.why}"
+        if self.schedule.at_closing == "keep_running":
+            self.store.record(
+                self.domain.name,
+                SCHEDULE_CLOSE,
+                "unwatch",
+                f"{reason}: the VM keeps running, not watched",
+                SUCCEEDED,
+                0.0,
+            )
+            return
+        with self._cond:
+            auto = self._auto_revert
+        if not auto:
+            why = "automatic revert is disabled (maintenance): the VM is left as it is"
+            log.warning("VM %r: %s; not stopped: %s", self.domain.name, reason, why)
+            self.store.record(self.domain.name, SCHEDULE_CLOSE, "stop", reason, SKIPPED, error=why)
+            return
+        try:
+            with self._operation(SCHEDULE_CLOSE, "stop", reason):
+                self.domain.stop()
+                with self._cond:
+                    self._vm_state = SHUT_OFF
+                    self._state_detail = None
+                    self._set_healthy_locked(False)
+        except Exception as exc:  # recorded by _operation; the next closing tries again
+            log.error("VM %r: %s: stop failed: %s", self.domain.name, reason, exc)
+            return
+        log.info("VM %r stopped at closing time; it starts again at opening", self.domain.name)
 
     def _repair_reference(self) -> None:
         """Before the clean start: finish a replacement of the reference snapshot that a crash
@@ -1121,7 +1372,13 @@ class Monitor:
             w.next_prune = now + rules.PRUNE_EVERY
             self.store.prune()
             return None
+        if what == rules.SCHEDULE:
+            w.schedule_due = float("inf")  # set again by the check
+            return self._check_schedule
         if what == rules.GRACE_OVER:
+            if not self._enforcing:
+                w.grace_until = None  # started in closed hours: nothing to enforce
+                return None
             self._arm_locked(w.grace_until if w.grace_until is not None else now)
             log.info(
                 "grace period over: heartbeat timeout of %g s enforced for VM %r",
@@ -1141,7 +1398,17 @@ class Monitor:
         return rules.timed_out(self._w, self._clock())
 
     def _may_recover_locked(self) -> bool:
-        return self._auto_revert and not self._manual_stop and not self._stopping
+        return (
+            self._auto_revert and self._enforcing and not self._manual_stop and not self._stopping
+        )
+
+    def _not_enforcing_locked(self) -> str:
+        """Why failures are not acted on, in words for logs and answers."""
+        if not self._auto_revert:
+            return "automatic revert is disabled (maintenance)"
+        moment = self._moment
+        what = f"{moment.state} ({moment.why})" if moment else "closed"
+        return f"the schedule says {what}: nothing is reverted until opening"
 
     # ---------------------------------------------------------------- actions
 
@@ -1171,12 +1438,14 @@ class Monitor:
         if not may_recover:
             # Reported once per silence; the next heartbeat clears it.
             self._mark_timeout_reported()
+            with self._cond:
+                why = self._not_enforcing_locked()
             log.warning(
-                "no heartbeat from VM %r for %.1f s (timeout %g s); automatic revert is "
-                "disabled (maintenance): no action",
+                "no heartbeat from VM %r for %.1f s (timeout %g s); %s: no action",
                 self.domain.name,
                 silent,
                 self.timeout,
+                why,
             )
             return
 
@@ -1294,12 +1563,9 @@ class Monitor:
                 on_refused()
             if manual:
                 return  # staff stopped the VM: whatever it does now is theirs
-            self._report_once(
-                trigger,
-                "VM %r: %s; automatic revert is disabled (maintenance): no action",
-                self.domain.name,
-                reason,
-            )
+            with self._cond:
+                why = self._not_enforcing_locked()
+            self._report_once(trigger, "VM %r: %s; %s: no action", self.domain.name, reason, why)
             return
         if held:
             return  # a failed recovery holds off the next; the poll comes back at hold_until

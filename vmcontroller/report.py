@@ -74,6 +74,9 @@ class Day:
     unmonitored: float = 0.0
     recoveries: dict[str, int] = field(default_factory=dict)
     longest_outage: float = 0.0
+    #: Opening time (None: no schedule) and the healthy part of it.
+    open: float | None = None
+    healthy_open: float = 0.0
 
     def add(self, bucket: str, seconds: float) -> None:
         setattr(self, bucket, getattr(self, bucket) + seconds)
@@ -91,6 +94,10 @@ class Day:
                 "recoveries": dict(sorted(self.recoveries.items())),
                 "recoveries_total": sum(self.recoveries.values()),
                 "longest_outage_seconds": round(self.longest_outage, 3),
+                "open_seconds": None if self.open is None else round(self.open, 3),
+                "healthy_open_share": (
+                    round(min(1.0, self.healthy_open / self.open), 6) if self.open else None
+                ),
             }
         )
         return body
@@ -155,21 +162,36 @@ def build(
     recoveries: Iterable[Recovery],
     now: float,
     tz: tzinfo | None = None,
+    open_spans: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[list[Day], Day]:
     """The days from ``first`` to ``last`` and their totals.
 
     ``transitions`` are (time, state) oldest first, the one in force when the range
     begins included; before the first, and after a stop, nothing watched the artwork
-    (unmonitored), nor after ``now`` (the future).
+    (unmonitored), nor after ``now`` (the future). ``open_spans``: the opening hours
+    (schedule.py) as (begin, end) times, None without a schedule; a day's opening time
+    counts up to ``now``, and its healthy share is the healthy part of it.
     """
     days = [Day(first + timedelta(n)) for n in range((last - first).days + 1)]
     starts = [midnight(d.date, tz) for d in days if d.date is not None]
     ends = starts[1:] + [midnight(last + timedelta(1), tz)]
-    for begin, end, bucket in _spans(transitions, starts[0], ends[-1], now):
+    pieces = _spans(transitions, starts[0], ends[-1], now)
+    for begin, end, bucket in pieces:
         for day, day_start, day_end in zip(days, starts, ends):
             overlap = min(end, day_end) - max(begin, day_start)
             if overlap > 0:
                 day.add(bucket, overlap)
+    if open_spans is not None:
+        healthy = [(b, e) for b, e, bucket in pieces if bucket == "healthy"]
+        for day, day_start, day_end in zip(days, starts, ends):
+            day.open = 0.0
+            for begin, end in open_spans:
+                lo, hi = max(begin, day_start), min(end, day_end, now)
+                if hi <= lo:
+                    continue
+                day.open += hi - lo
+                for h_begin, h_end in healthy:
+                    day.healthy_open += max(0.0, min(hi, h_end) - max(lo, h_begin))
     longest = 0.0
     for begin, end in _outages(transitions, now):
         longest = max(longest, min(end, ends[-1]) - max(begin, starts[0]))
@@ -232,6 +254,9 @@ def _total(days: Sequence[Day]) -> Day:
         total.unhealthy += day.unhealthy
         total.staff += day.staff
         total.unmonitored += day.unmonitored
+        if day.open is not None:
+            total.open = (total.open or 0.0) + day.open
+            total.healthy_open += day.healthy_open
         for trigger, count in day.recoveries.items():
             total.recoveries[trigger] = total.recoveries.get(trigger, 0) + count
     return total

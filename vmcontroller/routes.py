@@ -80,6 +80,12 @@ def _message(message: str, details: Any = None) -> Response:
     return jsonify({"message": message, "details": details})
 
 
+def _closed(controls: Controls) -> dict[str, str] | None:
+    """Staff may act outside opening hours; the answer says the VM is not watched then."""
+    note = controls.schedule_note()
+    return {"note": note} if note else None
+
+
 #: The answers asked for most (the guest's heartbeat, a few a second for months; status,
 #: which monitoring polls): (methods, what to answer). The Blueprint serves them like
 #: every route, and HotPath serves the same answers without Flask's request machinery.
@@ -163,20 +169,20 @@ def api_blueprint(controls: Controls, version: str) -> Blueprint:
             if result.reverted
             else f" (snapshot '{controls.snapshot_name}' not found: booted without a revert)"
         )
-        return _message(f"VM '{controls.vm_name}' started successfully{note}")
+        return _message(f"VM '{controls.vm_name}' started successfully{note}", _closed(controls))
 
     @bp.route(f"{API}/vm/stop", methods=["GET", "POST"])
     @when_failing("stopping VM")
     def vm_stop():
         was_running = controls.stop_vm()
         note = "" if was_running else " (it was not running)"
-        return _message(f"VM '{controls.vm_name}' stopped successfully{note}")
+        return _message(f"VM '{controls.vm_name}' stopped successfully{note}", _closed(controls))
 
     @bp.route(f"{API}/vm/restart", methods=["GET", "POST"])
     @when_failing("restarting VM")
     def vm_restart():
         controls.restart_vm()
-        return _message(f"VM '{controls.vm_name}' restarted successfully")
+        return _message(f"VM '{controls.vm_name}' restarted successfully", _closed(controls))
 
     @bp.get(f"{API}/snapshots")
     @when_failing("listing snapshots")

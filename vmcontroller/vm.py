@@ -264,6 +264,12 @@ class Domain:
                 self._ensure_running()
             return StartResult(reverted=False, was_running=was_running)
 
+    def keep_running(self) -> None:
+        """Start the VM as it is, without a revert, if it is not running (the schedule's
+        ``at_opening: start``: a VM that ran all night is kept)."""
+        with self.operation("start"):
+            self._ensure_running()
+
     def stop(self) -> bool:
         """Pull the plug. Returns False if the VM was not running (which is no error)."""
         with self.operation("stop"):

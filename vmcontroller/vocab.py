@@ -21,6 +21,11 @@ GUEST_REQUEST = "guest_request"
 IDLE_RESET = "idle_reset"
 API = "api"  # staff, through the REST API
 STARTUP = "startup"  # the controller itself, when it starts
+SCHEDULE_OPEN = "schedule_open"  # opening time (schedule.py): the fresh start of the day
+SCHEDULE_CLOSE = "schedule_close"  # closing time: stop the VM or only stop enforcing
+SCHEDULE_MAINTENANCE = "schedule_maintenance"  # a maintenance window of the schedule began
+#: The schedule's triggers: planned, so never counted against the restart-loop guard.
+SCHEDULE_TRIGGERS = (SCHEDULE_OPEN, SCHEDULE_CLOSE, SCHEDULE_MAINTENANCE)
 TRIGGERS = (
     HEARTBEAT_TIMEOUT,
     VM_STOPPED,
@@ -30,9 +35,22 @@ TRIGGERS = (
     IDLE_RESET,
     API,
     STARTUP,
+    *SCHEDULE_TRIGGERS,
 )
 #: Triggers of automatic recovery (they count against the restart-loop guard).
-AUTOMATIC_TRIGGERS = tuple(t for t in TRIGGERS if t not in (API, STARTUP))
+AUTOMATIC_TRIGGERS = tuple(t for t in TRIGGERS if t not in (API, STARTUP, *SCHEDULE_TRIGGERS))
+
+# ------------------------------------------------------------------ opening hours
+# The schedule's states (schedule.py), in status, the CLI and the history.
+SCHEDULE_OPEN_STATE = "open"
+SCHEDULE_CLOSED_STATE = "closed"
+SCHEDULE_MAINTENANCE_STATE = "maintenance"
+SCHEDULE_STATES = (SCHEDULE_OPEN_STATE, SCHEDULE_CLOSED_STATE, SCHEDULE_MAINTENANCE_STATE)
+#: What opening time does: a fresh revert to the reference snapshot (the default), or a
+#: plain start that keeps a VM already running.
+AT_OPENING_CHOICES = ("revert", "start")
+#: What closing time does: stop the VM (the default), or keep it running unwatched.
+AT_CLOSING_CHOICES = ("stop", "keep_running")
 
 # ------------------------------------------------------------------ outcomes
 # An action's outcome in the history. 'started' is rewritten when the action
