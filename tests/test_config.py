@@ -64,6 +64,19 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
         "allowed_hosts": ("[pc.museum.example]", ("pc.museum.example",)),
         "virsh_long_timeout": ("300", 300.0),
         "recovery_backoff_max": ("600", 600.0),
+        "notify_webhook_url": (
+            "https://hooks.museum.example/vm",
+            "https://hooks.museum.example/vm",
+        ),
+        "notify_webhook_secret": ("hook secret", "hook secret"),
+        "notify_webhook_secret_file": None,
+        "notify_email_to": ("[tech@museum.example]", ("tech@museum.example",)),
+        "notify_email_from": ("vm@museum.example", "vm@museum.example"),
+        "notify_smtp_host": ("mail.museum.example", "mail.museum.example"),
+        "notify_smtp_user": ("technician", "technician"),
+        "notify_smtp_password": ("pass word", "pass word"),
+        "notify_smtp_password_file": None,  # tested with a real file in test_senders
+        "ping_url": ("https://hc.museum.example/ping/1", "https://hc.museum.example/ping/1"),
     }
     if name in special:
         return special[name]
@@ -92,7 +105,12 @@ def test_environment_overrides_every_key(tmp_path):
     config, _ = load_config(path, env=env)
     for key, value in expected.items():
         assert getattr(config, key) == value, (key, getattr(config, key), value)
-    assert set(expected) == set(KEYS) - {"api_token_file", "guest_token_file"}
+    assert set(expected) == set(KEYS) - {
+        "api_token_file",
+        "guest_token_file",
+        "notify_webhook_secret_file",
+        "notify_smtp_password_file",
+    }
 
 
 @pytest.mark.parametrize("key", ["api_token", "guest_token"])

@@ -349,6 +349,7 @@ class Monitor:
         """The whole picture, from what the monitor already knows."""
         self.require_initialised()
         problem = self.store.problem
+        notifications = self._notification_status()  # the courier's lock, not ours
         with self._cond:
             return {
                 "vm_name": self.domain.name,
@@ -364,7 +365,7 @@ class Monitor:
                 "recovery": {**self._recovery, "guard": self.guard.as_json()},
                 "state_file": {"saving": problem is None, "detail": problem},
                 "snapshot_detail": self._reference_note,
-                "notifications": self._notification_status(),
+                "notifications": notifications,
             }
 
     # ---------------------------------------------------------------- notifications
