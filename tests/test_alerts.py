@@ -194,3 +194,37 @@ def test_a_channel_no_longer_configured_drops_its_waiting_messages(tmp_path, cap
     assert len(Outbox(writer, {"webhook": lambda m: None})) == 0
     assert "no longer configured" in caplog.text
     writer.close()
+
+
+def test_the_monitor_tells_a_start_after_a_crash_and_libvirt_not_answering_in_one_message(
+    tmp_path,
+):
+    """The monitor's part, on the fake virsh: a state file whose last run did not end
+    (its health record stops at 'healthy') and a libvirt that does not answer at start."""
+    from fake_virsh import FakeRunner
+    from libvirt_env import wait_until
+
+    from vmcontroller.config import build_config
+    from vmcontroller.monitor import Monitor
+    from vmcontroller.virsh import VirshError
+    from vmcontroller.vm import Domain
+    from vmcontroller.vocab import ALERT_CRASH_RESTART, HEALTH_HEALTHY, HEALTH_START
+
+    store = Store(tmp_path / "state.db")
+    store.record_health(1000.0, HEALTH_START)
+    store.record_health(1001.0, HEALTH_HEALTHY)  # then a power cut: no 'stop'
+    runner = FakeRunner()
+    runner.fail("domstate+snapshot-list", VirshError("failed to connect to the hypervisor"))
+    config = build_config({"vm_name": runner.domain, "heartbeat_check_interval": 0.05})
+    monitor = Monitor(Domain(runner, runner.domain, "ready"), config, store)
+    monitor.start()
+    try:
+        assert monitor.wait_initialised(5)
+        found: list[Message] = []
+        wait_until(lambda: found.extend(monitor.take_alerts()) or found, 15, 0.1, "a message")
+        [message] = found
+        assert message.kinds == (ALERT_CRASH_RESTART, ALERT_LIBVIRT_UNREACHABLE)
+        assert "failed to connect to the hypervisor" in message.lines[1]
+        assert monitor.take_alerts() == []
+    finally:
+        monitor.close()
