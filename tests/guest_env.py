@@ -167,10 +167,18 @@ class GuestDomain:
         ]
 
 
-def start_exhibit(vm: GuestDomain, state_path: Path, timeout: float, grace: float, beats: int = 2):
+def start_exhibit(
+    vm: GuestDomain,
+    state_path: Path,
+    timeout: float,
+    grace: float,
+    beats: int = 2,
+    extra: dict | None = None,
+):
     """The staff's order of work with a real guest: a controller in maintenance, the guest
     started and heartbeating, ``ready`` taken while it runs, then automatic revert on.
-    Returns the running in-process Controller (the caller stops it)."""
+    ``extra``: more configuration (notifications, the guard). Returns the running
+    in-process Controller (the caller stops it)."""
     import requests
     from libvirt_env import wait_until
 
@@ -188,6 +196,7 @@ def start_exhibit(vm: GuestDomain, state_path: Path, timeout: float, grace: floa
                 "heartbeat_check_interval": 0.5,
                 "auto_revert_enabled": False,
                 "state_path": str(state_path),
+                **(extra or {}),
             }
         )
     )

@@ -69,6 +69,19 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
             "{hours: {monday: '10:00-18:00'}}",
             parse_schedule({"hours": {"monday": "10:00-18:00"}}),
         ),
+        "notify_webhook_url": (
+            "https://hooks.museum.example/vm",
+            "https://hooks.museum.example/vm",
+        ),
+        "notify_webhook_secret": ("hook secret", "hook secret"),
+        "notify_webhook_secret_file": None,
+        "notify_email_to": ("[tech@museum.example]", ("tech@museum.example",)),
+        "notify_email_from": ("vm@museum.example", "vm@museum.example"),
+        "notify_smtp_host": ("mail.museum.example", "mail.museum.example"),
+        "notify_smtp_user": ("technician", "technician"),
+        "notify_smtp_password": ("pass word", "pass word"),
+        "notify_smtp_password_file": None,  # tested with a real file in test_senders
+        "ping_url": ("https://hc.museum.example/ping/1", "https://hc.museum.example/ping/1"),
     }
     if name in special:
         return special[name]
@@ -97,7 +110,12 @@ def test_environment_overrides_every_key(tmp_path):
     config, _ = load_config(path, env=env)
     for key, value in expected.items():
         assert getattr(config, key) == value, (key, getattr(config, key), value)
-    assert set(expected) == set(KEYS) - {"api_token_file", "guest_token_file"}
+    assert set(expected) == set(KEYS) - {
+        "api_token_file",
+        "guest_token_file",
+        "notify_webhook_secret_file",
+        "notify_smtp_password_file",
+    }
 
 
 @pytest.mark.parametrize("key", ["api_token", "guest_token"])

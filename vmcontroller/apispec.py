@@ -464,6 +464,57 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "schedule": _schedule_status(),
+                "notifications": _schema("NotificationStatus"),
+            },
+        },
+        "NotificationStatus": {
+            "type": "object",
+            "nullable": True,
+            "description": "Notifications (webhook, e-mail) and the dead man's switch "
+            "(additive; see README, Notifications). Null when the controller runs "
+            "without its delivery thread.",
+            "required": ["channels", "queued", "ping"],
+            "properties": {
+                "channels": {
+                    "type": "object",
+                    "description": "Each configured channel (webhook, email) by name; "
+                    "empty when none is configured.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["last_delivery", "last_error", "queued"],
+                        "properties": {
+                            "last_delivery": {
+                                "type": "string",
+                                "format": "date-time",
+                                "nullable": True,
+                            },
+                            "last_error": {
+                                "type": "string",
+                                "nullable": True,
+                                "description": "Why the last attempt failed; null "
+                                "once one succeeds. Failed messages are retried "
+                                "with back-off and kept in the state file.",
+                            },
+                            "queued": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
+                "queued": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Messages waiting for delivery, one per channel.",
+                },
+                "ping": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "The ping to ping_url (null when not configured).",
+                    "required": ["interval", "last_ping", "last_error"],
+                    "properties": {
+                        "interval": {"type": "number"},
+                        "last_ping": {"type": "string", "format": "date-time", "nullable": True},
+                        "last_error": {"type": "string", "nullable": True},
+                    },
+                },
             },
         },
         "RecoveryStatus": {
@@ -940,6 +991,21 @@ def _paths() -> dict[str, Any]:
                                 },
                                 "state_file": {"saving": True, "detail": None},
                                 "snapshot_detail": None,
+                                "notifications": {
+                                    "channels": {
+                                        "email": {
+                                            "last_delivery": "2025-12-09T09:12:10+01:00",
+                                            "last_error": None,
+                                            "queued": 0,
+                                        }
+                                    },
+                                    "queued": 0,
+                                    "ping": {
+                                        "interval": 60.0,
+                                        "last_ping": "2025-12-09T10:01:00+01:00",
+                                        "last_error": None,
+                                    },
+                                },
                             },
                         ),
                     },

@@ -1,6 +1,7 @@
 """The command line: ``vmcontroller serve``, ``check-config`` and verbs for admin scripts.
 
-``serve`` runs the controller; ``check-config`` validates a configuration.
+``serve`` runs the controller; ``check-config`` validates a configuration;
+``notify test`` sends a test notification straight from it.
 The other verbs call a running controller's REST API (through
 ``client.py``) and print readable text, or the API's JSON with ``--json``.
 
@@ -23,6 +24,7 @@ import io
 import json
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +57,7 @@ class ExitStatus(IntEnum):
 MASK = "********"
 # Keys whose values are secrets: a token, tokens, or the file that holds them
 # (api_token, guest_tokens, token_file, ...), wherever they appear.
-SECRET_KEY_RE = re.compile(r"(^|_)tokens?(_files?)?$")
+SECRET_KEY_RE = re.compile(r"(^|_)(tokens?|secret|password)(_files?)?$")
 
 config_option = click.option(
     "--config",
@@ -191,6 +193,55 @@ def render_schedule(plan: Schedule, begin: datetime, days: int, label: str = "no
     for when, state, why in plan.changes(begin, begin + timedelta(days=days)):
         lines.append(f"{when:%a %Y-%m-%d %H:%M}  {state:<12} {why}")
     return "\n".join(lines)
+
+
+@main.group(cls=Group)
+def notify() -> None:
+    """Notifications (webhook, e-mail) and the dead man's switch's ping."""
+
+
+@notify.command("test")
+@config_option
+def notify_test(config_path: str | None) -> None:
+    """Send a test message now through every configured channel, and ping.
+
+    Straight from the configuration: no running controller is needed. Says
+    per channel what happened; exit status 1 if one of them failed.
+    """
+    config, _ = _load(config_path)
+    # Imported here, as serve's server stack: --help stays fast.
+    from .alerts import compose
+    from .senders import DeliveryError, channels, ping
+    from .vocab import ALERT_TEST
+
+    now = datetime.now().astimezone()
+    message = compose(
+        config.vm_name,
+        [(ALERT_TEST, f"sent by `vmcontroller notify test` on {socket.gethostname()}", now)],
+        now,
+    )
+    attempts: dict[str, Callable[[], None]] = {
+        name: functools.partial(send, message) for name, send in channels(config).items()
+    }
+    pinger = ping(config)
+    if pinger is not None:
+        attempts["ping"] = pinger
+    if not attempts:
+        _fail(
+            "no notification channel is configured (notify_webhook_url, notify_email_to, ping_url)",
+            ExitStatus.USAGE,
+        )
+    failed = False
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+        except DeliveryError as exc:
+            failed = True
+            click.echo(f"{name}: FAILED: {exc}")
+        else:
+            click.echo(f"{name}: sent")
+    if failed:
+        sys.exit(ExitStatus.FAILED)
 
 
 # ====================================================================== verbs over the API

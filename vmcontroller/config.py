@@ -69,6 +69,21 @@ class Config:
     api_channel_timeout: float = 30.0
     api_stream_clients: int = 32
     schedule: Schedule | None = None  # opening hours (schedule.py); None: always open
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = None
+    notify_webhook_secret_file: str | None = None
+    notify_email_to: tuple[str, ...] | None = None
+    notify_email_from: str | None = None
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = 587
+    notify_smtp_starttls: bool = True
+    notify_smtp_user: str | None = None
+    notify_smtp_password: str | None = None
+    notify_smtp_password_file: str | None = None
+    notify_unhealthy_minutes: float = 10.0
+    notify_min_interval: float = 300.0
+    ping_url: str | None = None
+    ping_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,20 @@ _TOKEN_RULE = (
     "null, or a token of 16 to 256 printable ASCII characters without spaces "
     "(e.g. from: openssl rand -hex 24)"
 )
-SECRET_KEYS = ("api_token", "guest_token")
+SECRET_KEYS = ("api_token", "guest_token", "notify_webhook_secret", "notify_smtp_password")
+_SECRET_RULE = "a non-empty string of printable characters, at most 1024"
+
+
+def _good_secret(value: str) -> bool:
+    return 0 < len(value) <= 1024 and value.isprintable()
+
+
+def _good_url(value: str) -> bool:
+    return bool(re.fullmatch(r"https?://[^/\s]+(/\S*)?", value))
+
+
+#: An e-mail address as a mail server takes it (local part, '@', a domain), no name.
+_ADDRESS = re.compile(r"[^@\s<>,]+@[^@\s<>,]+")
 
 
 def _good_token(value: str) -> bool:
@@ -192,6 +220,42 @@ _RULES: dict[str, _Rule] = {
     ),
     # Checked key by key by schedule.parse_schedule, whose errors name the nested key.
     "schedule": _Rule(dict, lambda v: True, "null, or a mapping of opening hours (see the README)"),
+    "notify_webhook_url": _Rule(
+        str, _good_url, "null or an http:// or https:// URL to POST notifications to"
+    ),
+    "notify_webhook_secret": _Rule(str, _good_secret, _SECRET_RULE),
+    "notify_webhook_secret_file": _Rule(
+        str, lambda v: bool(v.strip()), "the path of a file holding the secret"
+    ),
+    "notify_email_to": _Rule(
+        tuple,
+        lambda v: (
+            v is None
+            or (len(v) > 0 and all(isinstance(a, str) and _ADDRESS.fullmatch(a) for a in v))
+        ),
+        "null or a non-empty list of e-mail addresses such as technician@museum.example",
+    ),
+    "notify_email_from": _Rule(
+        str, lambda v: bool(_ADDRESS.fullmatch(v)), "an e-mail address such as vm@museum.example"
+    ),
+    "notify_smtp_host": _Rule(
+        str,
+        lambda v: bool(v.strip()) and not any(c.isspace() for c in v),
+        "the host name or IP address of the SMTP server",
+    ),
+    "notify_smtp_port": _Rule(int, _between(1, 65535), "a TCP port from 1 to 65535"),
+    "notify_smtp_starttls": _Rule(bool, lambda v: True, "true or false"),
+    "notify_smtp_user": _Rule(str, lambda v: bool(v), "the SMTP login name"),
+    "notify_smtp_password": _Rule(str, _good_secret, _SECRET_RULE),
+    "notify_smtp_password_file": _Rule(
+        str, lambda v: bool(v.strip()), "the path of a file holding the password"
+    ),
+    "notify_unhealthy_minutes": _Rule(
+        float, _between(0.01, 10080), "a number of minutes from 0.01 to 10080"
+    ),
+    "notify_min_interval": _Rule(float, _between(0, 86400), "a number of seconds from 0 to 86400"),
+    "ping_url": _Rule(str, _good_url, "null or an http:// or https:// URL to ping"),
+    "ping_interval": _Rule(float, _between(1, 86400), "a number of seconds from 1 to 86400"),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -342,6 +406,7 @@ def build_config(values: Mapping[str, Any]) -> Config:
             f"virsh_long_timeout={config.virsh_long_timeout:g} is invalid: "
             f"expected at least virsh_timeout ({config.virsh_timeout:g})"
         )
+    _check_notify(config)
     if config.recovery_backoff_max < config.recovery_backoff_initial:
         raise ConfigError(
             f"recovery_backoff_max={config.recovery_backoff_max:g} is invalid: "
@@ -349,6 +414,21 @@ def build_config(values: Mapping[str, Any]) -> Config:
             f"({config.recovery_backoff_initial:g})"
         )
     return config
+
+
+def _check_notify(config: Config) -> None:
+    """E-mail needs a server and a sender; a password needs a login."""
+    if config.notify_email_to is not None:
+        for key in ("notify_email_from", "notify_smtp_host"):
+            if getattr(config, key) is None:
+                raise ConfigError(
+                    f"{key} is missing: expected it when notify_email_to is set "
+                    f"(e-mail needs a sender and an SMTP server)"
+                )
+    if config.notify_smtp_password is not None and config.notify_smtp_user is None:
+        raise ConfigError(
+            "notify_smtp_user is missing: expected the login that notify_smtp_password is for"
+        )
 
 
 def _token_from_file(key: str, merged: dict[str, Any]) -> Any:
@@ -366,8 +446,10 @@ def _token_from_file(key: str, merged: dict[str, Any]) -> Any:
         raise ConfigError(
             f"{key}_file={path!r} is invalid: cannot read it ({_unreadable(exc)})"
         ) from None
-    if not _good_token(text):
-        raise ConfigError(f"{key}_file={path!r} is invalid: the file must hold {_TOKEN_RULE}")
+    if not _RULES[key].check(text):
+        raise ConfigError(
+            f"{key}_file={path!r} is invalid: the file must hold {_RULES[key].expected}"
+        )
     return text
 
 
@@ -393,7 +475,7 @@ def masked(values: dict[str, Any]) -> dict[str, Any]:
 def as_dict(config: Config) -> dict[str, Any]:
     """The configuration as plain data, for check-config and the logs."""
     data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    for key in ("post_revert_command", "cors_origins", "allowed_hosts"):
+    for key in ("post_revert_command", "cors_origins", "allowed_hosts", "notify_email_to"):
         if data[key] is not None:
             data[key] = list(data[key])
     if config.schedule is not None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from . import decide as rules
 from . import report as reports
+from .alerts import Alerts, Message
 from .config import Config
 from .decide import UNKNOWN, StartupFacts, Watch, startup_plan
 from .errors import Busy, Conflict, NotInitialised
@@ -55,6 +56,10 @@ from .vm import (
     StartResult,
 )
 from .vocab import (
+    ALERT_CRASH_RESTART,
+    ALERT_GUARD_TRIPPED,
+    ALERT_LIBVIRT_UNREACHABLE,
+    ALERT_RECOVERY_FAILED,
     API,
     AUTOMATIC_TRIGGERS,
     FAILED,
@@ -169,6 +174,13 @@ class Monitor:
             wallclock=lambda: wallclock().timestamp(),
         )
         self._refusal_log = RepeatLimiter(clock=clock)
+        # What to tell people (alerts.py); the courier (outbox.py) takes its messages.
+        self._alerts = Alerts(
+            vm=domain.name,
+            min_interval=config.notify_min_interval,
+            unhealthy_after=config.notify_unhealthy_minutes * 60,
+        )
+        self._notification_status: Callable[[], dict[str, Any] | None] = lambda: None
         self._w = Watch(timeout=self.timeout, armed_at=clock())
         self._started_at = clock()  # last (re)start: is_healthy needs a heartbeat after it
         self._last_hb_wall: datetime | None = None
@@ -366,6 +378,7 @@ class Monitor:
         """The whole picture, from what the monitor already knows."""
         self.require_initialised()
         problem = self.store.problem
+        notifications = self._notification_status()  # the courier's lock, not ours
         with self._cond:
             return {
                 "vm_name": self.domain.name,
@@ -382,6 +395,7 @@ class Monitor:
                 "state_file": {"saving": problem is None, "detail": problem},
                 "snapshot_detail": self._reference_note,
                 "schedule": self._schedule_json_locked(),
+                "notifications": notifications,
             }
 
     def _schedule_json_locked(self) -> dict[str, Any] | None:
@@ -419,6 +433,38 @@ class Monitor:
             f"the museum is {moment.state} ({moment.why}): the VM is not watched and "
             f"nothing is reverted until opening{nxt}"
         )
+
+    # ---------------------------------------------------------------- notifications
+
+    def take_alerts(self) -> list[Message]:
+        """The notification due now, if any (alerts.Alerts): called by the courier every
+        second, it also tells the rules the artwork's health and whether the museum is open."""
+        wall = self._wallclock()
+        is_open = self.is_open(wall)
+        with self._cond:
+            now = self._clock()
+            healthy: bool | None = self._healthy_now
+            if self._manual_stop or not self._auto_revert or self._health is None:
+                healthy = None  # staff's time, or not started: neither an outage nor health
+            self._alerts.observe(now, healthy, is_open, wall)
+            message = self._alerts.due(now, wall)
+        return [] if message is None else [message]
+
+    def ping_wanted(self) -> bool:
+        """Whether the dead man's switch should ping: the artwork is healthy, or the museum
+        is closed (nothing is expected of it then); silence means someone should look."""
+        wall = self._wallclock()
+        if not self.is_open(wall):
+            return True
+        with self._cond:
+            return self._healthy_now and not self._stopping
+
+    def set_notification_status(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        """Where status finds the notifications' state (the courier's)."""
+        self._notification_status = status
+
+    def _alert_locked(self, kind: str, detail: str) -> None:
+        self._alerts.problem(kind, detail, self._clock(), self._wallclock())
 
     def history(
         self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
@@ -850,6 +896,13 @@ class Monitor:
             self._hold_until_locked(now + delay)
             if automatic:
                 self._note_recovery_locked(trigger, FAILED)
+                self._alert_locked(ALERT_RECOVERY_FAILED, f"{trigger}: {exc}")
+            if needs_staff:
+                self._alert_locked(
+                    ALERT_GUARD_TRIPPED,
+                    f"{exc}; staff must start or restart the VM or take the reference "
+                    f"snapshot again",
+                )
             if not needs_staff:
                 self._w.timeout_reported = False  # time out again once the backoff is over
             self._w.state_dirty = not automatic
@@ -948,6 +1001,11 @@ class Monitor:
                 ended = max(last[0], float(alive) if isinstance(alive, (int, float)) else 0.0)
                 self.store.record_health(HEALTH_STOP, ended)
                 self._health_at = ended
+                when = datetime.fromtimestamp(ended).astimezone().isoformat(timespec="seconds")
+                self._alert_locked(
+                    ALERT_CRASH_RESTART,
+                    f"the previous run ended without shutting down (last sign of life {when})",
+                )
             self._health = HEALTH_START
             self.store.record_health(HEALTH_START, self._wall_of_locked(None))
             self._note_health_locked()
@@ -1335,6 +1393,8 @@ class Monitor:
             state, detail, exists = UNKNOWN, f"libvirt did not answer: {exc.message}", None
         with self._cond:
             self._vm_state, self._state_detail = state, detail
+            if state == UNKNOWN and detail is not None:
+                self._alert_locked(ALERT_LIBVIRT_UNREACHABLE, detail)
             if exists is not None:
                 self._snapshot_exists = exists
         return state
@@ -1588,6 +1648,10 @@ class Monitor:
                 )
                 with self._cond:
                     self._note_recovery_locked(trigger, "guard_tripped", attempted=False)
+                    self._alert_locked(
+                        ALERT_GUARD_TRIPPED,
+                        f"{reason}; {verdict.reason}; staff must start or restart the VM",
+                    )
             return
         log.warning(
             "VM %r: %s: reverting to snapshot %r",

@@ -33,7 +33,9 @@ from .liveness import HttpProbe, probe_host
 from .metrics import ControllerMetrics
 from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
+from .outbox import Courier, Outbox
 from .security import SecuritySettings
+from .senders import channels, ping
 from .store import Store
 from .stream import Hub
 from .virsh import EventStream, VirshRunner
@@ -142,6 +144,15 @@ class Controller:
             self.monitor.on_lifecycle_event,
             self.monitor.on_events_connection,
         )
+        # Notifications and the dead man's switch (alerts.py, outbox.py, senders.py).
+        self.courier = Courier(
+            Outbox(self.monitor.store, channels(config)),
+            self.monitor.take_alerts,
+            ping=ping(config),
+            ping_interval=config.ping_interval,
+            ping_wanted=self.monitor.ping_wanted,
+        )
+        self.monitor.set_notification_status(self.courier.status)
         self.metrics = ControllerMetrics(self.monitor, __version__)
         self.monitor.add_history_listener(self.metrics.on_history)
         self.hub = Hub(
@@ -245,6 +256,7 @@ class Controller:
         self._http_thread.start()
         self.events.start()
         self.monitor.start()
+        self.courier.start()
         self.hub.start()
         if self.probe is not None:
             self.probe.start()
@@ -261,6 +273,7 @@ class Controller:
         self.notifier.stopping()
         if self.probe is not None:
             self.probe.stop()
+        self.courier.stop()
         self.hub.stop()  # the streams give their threads back before waitress waits for them
         self._close_http()
         self.monitor.stop(timeout)
@@ -273,6 +286,7 @@ class Controller:
         """Restart a thread that died; called every few seconds from the main thread."""
         self.monitor.ensure_thread()
         self.events.ensure_thread()
+        self.courier.start()
         self.hub.start()
 
     def _close_http(self) -> None:

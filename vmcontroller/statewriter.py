@@ -316,6 +316,26 @@ class StateWriter:
                 f"cannot read the history from {str(self.store.path)!r}: {exc}"
             ) from None
 
+    def outbox_add(self, key: str, channel: str, created: float, message: dict[str, Any]) -> int:
+        """Queue a notification's row in the outbox (Store.outbox_add). Returns a ticket."""
+        with self._cond:
+            return self._enqueue_locked(
+                f"outbox:{key}", lambda store: store.outbox_add(key, channel, created, message)
+            )
+
+    def outbox_remove(self, key: str) -> int:
+        """Queue the removal of a delivered (or dropped) notification. Returns a ticket."""
+        with self._cond:
+            return self._enqueue_locked(f"outbox:{key}", lambda store: store.outbox_remove(key))
+
+    def outbox(self) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """What the outbox held at start (read once, before anything is queued)."""
+        try:
+            return self.store.outbox()
+        except _WRITE_ERRORS as exc:
+            self._note_failure(exc)
+            return []
+
     def prune(self) -> None:
         with self._cond:
             self._enqueue_locked(None, lambda store: store.prune())

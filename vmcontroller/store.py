@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS health (
     state  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS health_time ON health (time);
+CREATE TABLE IF NOT EXISTS outbox (
+    key      TEXT PRIMARY KEY,
+    channel  TEXT NOT NULL,
+    created  REAL NOT NULL,
+    message  TEXT NOT NULL
+);
 """
 # Added after the first release: state files from before lack it.
 MIGRATIONS = {
@@ -436,6 +442,28 @@ class Store:
                 "SELECT time, state FROM health ORDER BY time DESC, rowid DESC LIMIT 1"
             ).fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
+
+    # ------------------------------------------------------------ outbox
+
+    def outbox_add(self, key: str, channel: str, created: float, message: dict[str, Any]) -> None:
+        """A notification waiting for delivery by ``channel``; kept until removed."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (key, channel, created, message) VALUES (?, ?, ?, ?)",
+                (key, channel, created, json.dumps(message)),
+            )
+
+    def outbox_remove(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE key = ?", (key,))
+
+    def outbox(self) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """(key, channel, created, message) of every waiting notification, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, channel, created, message FROM outbox ORDER BY created, rowid"
+            ).fetchall()
+        return [(str(k), str(c), float(t), json.loads(m)) for k, c, t, m in rows]
 
     def prune(self, now: float | None = None) -> int:
         """Drop history older than max_age or beyond max_rows, and give the space back.

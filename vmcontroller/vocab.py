@@ -131,3 +131,38 @@ EVENTS_STREAM_PATH = API_PREFIX + "/events/stream"
 #: The WSGI environ key under which the server hands a stream the bytes its client has
 #: not read yet (a callable; server.py), so that a client that never reads is cut off.
 UNSENT_KEY = "vmcontroller.unsent"
+
+# ------------------------------------------------------------------ notifications
+# What a notification tells (alerts.py); the words of the webhook's JSON and the e-mail.
+ALERT_GUARD_TRIPPED = "guard_tripped"
+ALERT_RECOVERY_FAILED = "recovery_failed"
+ALERT_UNHEALTHY = "unhealthy"  # not healthy for notify_unhealthy_minutes of opening time
+ALERT_LIBVIRT_UNREACHABLE = "libvirt_unreachable"
+ALERT_CRASH_RESTART = "controller_crashed"  # started after an unclean end
+ALERT_RESOLVED = "resolved"
+ALERT_TEST = "test"  # `vmcontroller notify test`
+ALERT_KINDS = (
+    ALERT_GUARD_TRIPPED,
+    ALERT_RECOVERY_FAILED,
+    ALERT_UNHEALTHY,
+    ALERT_LIBVIRT_UNREACHABLE,
+    ALERT_CRASH_RESTART,
+    ALERT_RESOLVED,
+    ALERT_TEST,
+)
+#: The channels a notification goes out by (the dead man's switch is no channel: it
+#: carries no message, its silence is the message).
+CHANNEL_WEBHOOK = "webhook"
+CHANNEL_EMAIL = "email"
+CHANNELS = (CHANNEL_WEBHOOK, CHANNEL_EMAIL)
+#: The webhook's signature header: hex HMAC-SHA256 of the body with notify_webhook_secret.
+SIGNATURE_HEADER = "X-Vmcontroller-Signature"
+#: A first problem waits this long for the rest of its storm before it is sent.
+ALERT_GATHER = 5.0
+#: Delivery retries: the wait doubles from the first to the cap.
+DELIVERY_RETRY_INITIAL = 5.0
+DELIVERY_RETRY_MAX = 600.0
+#: Messages kept undelivered per channel; past this the oldest are dropped (logged).
+OUTBOX_MAX = 1000
+#: How long one delivery attempt (an HTTP request, an SMTP session) may take.
+DELIVERY_TIMEOUT = 20.0
