@@ -219,6 +219,8 @@ def test_the_dashboard_shows_a_real_exhibit_and_its_stop_button_stops_it(
         page.wait_for_selector("#board", state="visible")
         assert page.text_content("#vm-name") == vm.name
         assert page.text_content("#vm-state") == "running"
+        assert "always open" in page.text_content("#schedule"), "no schedule configured"
+        assert page.text_content("#notifications") == "none configured"
         wait_until(lambda: "present" in page.text_content("#snapshot"), 30, 0.1, "the snapshot")
         wait_until(lambda: "ready" in page.text_content("#snapshot-list"), 30, 0.1, "the list")
         # The bar moves by itself between heartbeats: two reads of its width differ.
@@ -376,6 +378,27 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
         "error": None,
         "count": 1,
     }
+    # After the reconnection: the museum closed, and the e-mail channel failing.
+    closed = {
+        **status,
+        "schedule": {
+            "state": "closed",
+            "why": "outside opening hours",
+            "since": "2026-05-30T18:00:00+02:00",
+            "next_state": "open",
+            "next_change": "2026-06-02T10:00:00+02:00",
+            "enforcing": False,
+            "at_opening": "revert",
+            "at_closing": "stop",
+        },
+        "notifications": {
+            "channels": {
+                "email": {"last_delivery": None, "last_error": "connection refused", "queued": 1}
+            },
+            "queued": 1,
+            "ping": None,
+        },
+    }
     streams: list[dict[str, str]] = []
 
     def stream(route: Any) -> None:
@@ -384,7 +407,7 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
             body = "retry: 200\n\n" + sse("status", status) + sse("heartbeat", beat)
             body += ": keep-alive\n\n" + sse("history", row, 7)
         else:
-            body = sse("status", status) + sse(
+            body = sse("status", closed) + sse(
                 "history", {**row, "outcome": "succeeded", "duration": 4.2}, 8
             )
         route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
@@ -417,6 +440,13 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     wait_until(lambda: "succeeded" in (crash.text_content() or ""), 30, 0.1, "the row's update")
     assert crash.count() == 1, "one row per id, replaced"
     assert "4.2 s" in crash.text_content()
+    # The status after the reconnection: the schedule and the notifications, both warned.
+    wait_until(lambda: "closed" in page.text_content("#schedule"), 30, 0.1, "the schedule")
+    assert "not watched" in page.text_content("#schedule")
+    assert page.get_attribute("#schedule", "class") == "warn"
+    notes = page.text_content("#notifications")
+    assert "email: failing (connection refused)" in notes and "1 waiting" in notes, notes
+    assert page.get_attribute("#notifications", "class") == "warn"
 
     wait_until(lambda: page.locator("#plot svg").count() == 1, 30, 0.1, "the plot")
     assert page.locator("#plot rect.avail").count() == 29

@@ -86,6 +86,8 @@ STATUS_EXTRA = {
     "recovery": dict,
     "state_file": dict,
     "snapshot_detail": (str, type(None)),
+    "schedule": (dict, type(None)),  # null: no opening hours configured
+    "notifications": (dict, type(None)),
 }
 HEARTBEAT_FIELDS = {
     "enabled": bool,

@@ -126,6 +126,8 @@
     $("maintenance").className = s.auto_revert_enabled ? "" : "warn";
     text("staff-stop", s.stopped_by_staff ? "yes: stays stopped until started" : "no");
     renderGuard(s.recovery || {});
+    renderSchedule(s.schedule);
+    renderNotifications(s.notifications);
     const sf = s.state_file || {};
     text("state-file", sf.saving === false ? "not saving: " + (sf.detail || "") : "saving");
     $("state-file").className = sf.saving === false ? "warn" : "";
@@ -152,6 +154,43 @@
       rec.last_time ? when(rec.last_time) + ", " + rec.last_trigger + ", " + rec.last_outcome +
         " (" + rec.count + " in all)" : "none"
     );
+  }
+
+  function renderSchedule(sc) {
+    if (!sc) {
+      text("schedule", "none: always open, always watched");
+      $("schedule").className = "";
+      return;
+    }
+    let line = sc.state + " (" + sc.why + ")";
+    if (!sc.enforcing) line += ", not watched";
+    if (sc.next_change) line += "; " + sc.next_state + " at " + when(sc.next_change);
+    text("schedule", line);
+    $("schedule").className = sc.enforcing ? "" : "warn";
+  }
+
+  function renderNotifications(n) {
+    if (!n) {
+      text("notifications", "not running");
+      $("notifications").className = "";
+      return;
+    }
+    const parts = [];
+    let failing = false;
+    Object.keys(n.channels || {}).forEach((name) => {
+      const c = n.channels[name];
+      if (c.last_error) failing = true;
+      parts.push(name + ": " + (c.last_error ? "failing (" + c.last_error + ")" :
+        "last sent " + when(c.last_delivery)));
+    });
+    if (n.ping) {
+      if (n.ping.last_error) failing = true;
+      parts.push("ping every " + n.ping.interval + " s: " + (n.ping.last_error ?
+        "failing (" + n.ping.last_error + ")" : "last " + when(n.ping.last_ping)));
+    }
+    if (n.queued) parts.push(n.queued + " waiting");
+    text("notifications", parts.length ? parts.join("; ") : "none configured");
+    $("notifications").className = failing ? "warn" : "";
   }
 
   // ------------------------------------------------------------ heartbeat bar
