@@ -151,6 +151,18 @@ def test_the_config_round_trips_and_defaults():
         ({"watch_when_closed": "yes"}, "schedule.watch_when_closed='yes'"),
         ({"watch_when_closed": True}, "false while at_closing is stop"),
         ({"opening": "10:00"}, "schedule.opening='10:00' is invalid: expected one of the keys"),
+        ({"hours": {"tuesday": "10:00-24:00"}}, "schedule.hours.tuesday='10:00-24:00' is invalid"),
+        (
+            {"closed_dates": "2027-12-25"},
+            "schedule.closed_dates='2027-12-25' is invalid: expected a list",
+        ),
+        ({"extra_days": ["2027-04-05"]}, "schedule.extra_days=['2027-04-05'] is invalid"),
+        ({"maintenance": {"start": "2027-03-03 09:00"}}, "schedule.maintenance={'start'"),
+        ({"maintenance": [{"start": "2027-03-03 09:00"}]}, "schedule.maintenance[0]={'start'"),
+        (
+            {"maintenance": [{"start": "2027-02-30 09:00", "end": "2027-03-01 09:00"}]},
+            "schedule.maintenance[0].start='2027-02-30 09:00' is invalid",
+        ),
     ],
 )
 def test_a_bad_schedule_is_one_line_naming_the_key_and_value(change, named):
@@ -158,6 +170,24 @@ def test_a_bad_schedule_is_one_line_naming_the_key_and_value(change, named):
         build_config({"vm_name": "art", "schedule": {**MUSEUM, **change}})
     message = str(caught.value)
     assert named in message and "\n" not in message
+
+
+def test_a_schedule_that_is_not_a_mapping_is_named_without_a_stray_dot():
+    with pytest.raises(ConfigError) as caught:
+        build_config({"vm_name": "art", "schedule": "9-5"})
+    assert str(caught.value).startswith("schedule='9-5' is invalid: expected a mapping")
+
+
+def test_no_schedule_is_none_and_always_open():
+    assert parse_schedule(None) is None
+
+
+def test_a_start_written_with_an_offset_is_taken_as_written():
+    s = museum()
+    assert s.local_instant("2027-03-02T10:00+00:00") == datetime(
+        2027, 3, 2, 10, 0, tzinfo=timezone.utc
+    )
+    assert s.local_instant("2027-03-02") == vienna(2027, 3, 2, 0, 0)
 
 
 def test_yaml_dates_and_timestamps_are_accepted_as_written():

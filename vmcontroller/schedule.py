@@ -40,7 +40,8 @@ class ScheduleError(ValueError):
     the value and what is expected (config.py turns it into its one-line error)."""
 
     def __init__(self, key: str, value: Any, expected: str):
-        super().__init__(f"schedule.{key}={value!r} is invalid: expected {expected}")
+        where = f"schedule.{key}" if key else "schedule"  # "" is the mapping itself
+        super().__init__(f"{where}={value!r} is invalid: expected {expected}")
         self.key = key
 
 
