@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from libvirt_env import wait_until
 
 from vmcontroller.alerts import Alerts, Message
-from vmcontroller.outbox import Outbox, retry_delay
+from vmcontroller.outbox import Courier, Outbox, retry_delay
 from vmcontroller.senders import DeliveryError
 from vmcontroller.statewriter import StateWriter
 from vmcontroller.store import Store
@@ -194,6 +195,49 @@ def test_a_channel_no_longer_configured_drops_its_waiting_messages(tmp_path, cap
     assert len(Outbox(writer, {"webhook": lambda m: None})) == 0
     assert "no longer configured" in caplog.text
     writer.close()
+
+
+def test_a_sender_with_a_bug_counts_as_a_failure_and_does_not_stop_the_others(tmp_path, caplog):
+    clock = Clock()
+    got: list[str] = []
+
+    def buggy(message: Message) -> None:
+        raise KeyError("subject")
+
+    writer = started_writer(tmp_path)
+    outbox = Outbox(writer, {"webhook": buggy, "email": lambda m: got.append(m.id)}, clock=clock)
+    outbox.add(make_message(1))
+    outbox.add(make_message(2))
+    assert outbox.deliver_due() == clock.now + 5.0  # backs off like any failure
+    assert got == ["id-1", "id-2"]
+    assert outbox.failures() == {"webhook": 1, "email": 0}  # tried once this round, not twice
+    assert outbox.status()["channels"]["webhook"]["last_error"] == "KeyError: 'subject'"
+    assert "sending notification id-1/webhook failed unexpectedly" in caplog.text
+    assert len(outbox) == 2  # both still wait for the webhook
+    writer.close()
+
+
+def test_the_courier_outlives_a_surprise_and_delivers_what_comes_next(tmp_path, caplog):
+    got: list[str] = []
+    asked: list[int] = []
+
+    def take_alerts() -> list[Message]:
+        asked.append(1)
+        if len(asked) == 1:
+            raise RuntimeError("surprise")
+        return [make_message(1)] if len(asked) == 2 else []
+
+    writer = started_writer(tmp_path)
+    outbox = Outbox(writer, {"webhook": lambda m: got.append(m.id)})
+    courier = Courier(outbox, take_alerts)
+    courier.start()
+    try:
+        wait_until(lambda: got == ["id-1"], timeout=20, message="delivery after the surprise")
+    finally:
+        courier.stop()
+        writer.close()
+    assert "notification round failed; continuing" in caplog.text
+    assert "RuntimeError: surprise" in caplog.text
 
 
 def test_the_monitor_tells_a_start_after_a_crash_and_libvirt_not_answering_in_one_message(

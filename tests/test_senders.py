@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -120,6 +122,32 @@ def test_a_certificate_not_trusted_is_refused(smtp_server):
 def test_without_starttls_the_server_refuses_the_mail(smtp_server):
     with pytest.raises(DeliveryError, match="530"):
         email_to(smtp_server, starttls=False, user=None)(MESSAGE)
+
+
+def test_a_login_without_starttls_is_said_with_the_setting_to_look_at(smtp_server):
+    # The server offers AUTH only after STARTTLS: a login over plain text is not possible.
+    with pytest.raises(DeliveryError, match=r"AUTH .*not supported.*\(see notify_smtp_starttls\)"):
+        email_to(smtp_server, starttls=False)(MESSAGE)
+    assert smtp_server.mailbox.messages == []
+
+
+def test_a_receiver_that_hangs_up_without_answering_is_a_delivery_error():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)  # the request, then no answer
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DeliveryError, match=f"cannot reach http://127.0.0.1:{port}/hook: "):
+            Webhook(f"http://127.0.0.1:{port}/hook", timeout=10)(MESSAGE)
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def write_config(tmp_path: Path, **values) -> Path:
