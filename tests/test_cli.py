@@ -377,3 +377,13 @@ def test_serve_runs_until_a_signal_and_exits_cleanly(
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, "the port is closed after exit"
     wait_until(lambda: domain.state() == "running", 10, message="VM still running")
+
+
+def test_an_answer_that_is_not_an_object_is_printed_as_it_came():
+    """A proxy in front of the controller may answer with a bare string: shown, not a crash."""
+    from vmcontroller.cli import _message
+
+    assert _message("Bad Gateway") == "Bad Gateway"
+    assert _message({"message": "VM started", "details": {"note": "closed"}}) == (
+        "VM started\nnote: closed"
+    )

@@ -399,3 +399,34 @@ def test_a_config_path_the_system_refuses_to_look_at_is_a_config_error(tmp_path,
     monkeypatch.setattr(Path, "is_file", refused)
     with pytest.raises(ConfigError, match=r"cannot read config file .*: Permission denied"):
         find_config_file(tmp_path / "config.yaml", {})
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (
+            {"notify_email_to": ["tech@museum.example"], "notify_smtp_host": "mail.example"},
+            ["notify_email_from is missing", "when notify_email_to is set"],
+        ),
+        (
+            {"notify_email_to": ["tech@museum.example"], "notify_email_from": "vm@example"},
+            ["notify_smtp_host is missing", "when notify_email_to is set"],
+        ),
+        (
+            {"notify_smtp_password": "pass word"},
+            ["notify_smtp_user is missing", "the login that notify_smtp_password is for"],
+        ),
+    ],
+)
+def test_incomplete_email_settings_are_a_config_error_naming_the_missing_key(values, words):
+    with pytest.raises(ConfigError) as info:
+        build_config({"vm_name": "eden", **values})
+    assert "\n" not in str(info.value)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_schedule_already_parsed_is_taken_as_it_is():
+    """A caller that already holds a parsed Schedule passes it through unchanged."""
+    schedule = parse_schedule({"hours": {"monday": "10:00-18:00"}})
+    assert build_config({"vm_name": "eden", "schedule": schedule}).schedule is schedule

@@ -8,6 +8,7 @@ libvirt in test_integration.py.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -964,3 +965,25 @@ def test_a_staff_start_joining_an_automatic_recovery_that_fails_does_its_own_sta
     assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
     assert runner.state == "running"
     assert runner.count("snapshot-revert") == 3, runner.calls  # start-up, failed, staff's
+
+
+def test_an_unreadable_health_record_at_start_is_logged_and_the_watchdog_starts(caplog):
+    """The previous run's record cannot be closed; the new run's is opened all the same."""
+    runner = FakeRunner()
+    config = build_config({"vm_name": runner.domain, "vm_startup_heartbeat_delay": 0.1})
+    store = Store(":memory:")
+
+    def unreadable() -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    store.last_health = unreadable  # type: ignore[method-assign]
+    monitor = Monitor(Domain(runner, runner.domain, "ready"), config, store)
+    with caplog.at_level(logging.ERROR, logger="vmcontroller.monitor"):
+        monitor.start()
+        try:
+            assert monitor.wait_initialised(5)
+            assert "cannot read the health record at start: database disk image" in caplog.text
+            monitor.store.flush(5)
+            assert [state for _, state in store.health(0, 1e12)][:1] == ["start"]
+        finally:
+            monitor.close()

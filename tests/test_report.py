@@ -446,3 +446,18 @@ def test_with_opening_hours_each_day_has_its_open_time_and_the_healthy_share_of_
     assert total.as_json()["healthy_open_share"] == round(9 / 10, 6)
     plain = report("2026-06-01", "2026-06-01", changes, now)["days"][0]
     assert plain["open_seconds"] is None and plain["healthy_open_share"] is None
+
+
+def test_changes_after_the_range_leave_its_days_as_they_were():
+    """build() may be given a longer history than the range: what came after its last
+    day neither shortens nor recolours it."""
+    day = "2026-06-01"
+    changes = [
+        *run_from(day),
+        (at("2026-06-03", 9), HEALTH_UNHEALTHY),
+        (at("2026-06-03", 10), HEALTH_HEALTHY),
+    ]
+    (only,) = report(day, day, changes, now=at("2026-06-05"))["days"]
+    assert only["healthy_seconds"] == DAY
+    assert only["unhealthy_seconds"] == only["longest_outage_seconds"] == 0
+    assert only["unmonitored_seconds"] == 0

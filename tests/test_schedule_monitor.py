@@ -22,6 +22,7 @@ from vmcontroller.config import Config, build_config
 from vmcontroller.errors import Conflict
 from vmcontroller.monitor import Monitor
 from vmcontroller.store import Store
+from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
 from vmcontroller.vocab import SCHEDULE_CLOSE, SCHEDULE_MAINTENANCE, SCHEDULE_OPEN
 
@@ -322,3 +323,58 @@ def test_on_the_days_the_clocks_change_the_opening_happens_once_at_ten(make_moni
     clock.set(vienna(2027, month, day, 11, 0))
     stays_false(lambda: len(rows(monitor, SCHEDULE_OPEN)) > 1, 0.5, "a second opening")
     assert monitor.status()["schedule"]["since"] == vienna(2027, month, day, 10, 0).isoformat()
+
+
+def test_the_switch_is_pinged_in_closed_hours_and_in_opening_hours_only_while_healthy(
+    make_monitor,
+):
+    """Closed, nothing is expected of the artwork: silence from the switch would be a false
+    alarm. Open, a guest that has not heartbeated yet is not healthy: no ping."""
+    clock = WallClock(vienna(2027, 3, 2, 20, 0))
+    monitor, _ = make_monitor(clock)
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing at start-up")
+    assert monitor.ping_wanted() is True
+    clock.set(vienna(2027, 3, 3, 10, 0))
+    wait_until(lambda: rows(monitor, SCHEDULE_OPEN), 5, message="the opening")
+    assert monitor.ping_wanted() is False
+
+
+def test_a_failed_opening_revert_is_recorded_and_the_watchdog_brings_the_vm_up(make_monitor):
+    clock = WallClock(vienna(2027, 3, 2, 20, 0))
+    monitor, runner = make_monitor(clock)
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing at start-up")
+    runner.fail("snapshot-revert", VirshError("internal error: qemu unexpectedly closed"))
+    clock.set(vienna(2027, 3, 3, 10, 0))
+    wait_until(lambda: rows(monitor, SCHEDULE_OPEN), 5, message="the opening")
+    (row,) = rows(monitor, SCHEDULE_OPEN)
+    assert (row.action, row.outcome) == ("revert", "failed")
+    assert "qemu unexpectedly closed" in (row.error or "")
+    wait_until(lambda: runner.state == "running", 10, message="the watchdog's revert")
+    assert runner.count("snapshot-revert") >= 2
+
+
+def test_closing_in_maintenance_leaves_the_vm_running_and_says_why(make_monitor):
+    clock = WallClock(vienna(2027, 3, 2, 11, 0))
+    monitor, runner = make_monitor(clock)
+    wait_until(lambda: rows(monitor, SCHEDULE_OPEN), 5, message="the opening revert")
+    monitor.set_auto_revert(False)
+    clock.set(vienna(2027, 3, 2, 18, 0))
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing")
+    (row,) = rows(monitor, SCHEDULE_CLOSE)
+    assert (row.action, row.outcome) == ("stop", "skipped")
+    assert "automatic revert is disabled (maintenance)" in (row.error or "")
+    assert runner.state == "running" and runner.count("destroy") == 0
+
+
+def test_a_stop_at_closing_that_fails_is_recorded_and_the_vm_is_left_running(make_monitor):
+    clock = WallClock(vienna(2027, 3, 2, 11, 0))
+    monitor, runner = make_monitor(clock)
+    wait_until(lambda: rows(monitor, SCHEDULE_OPEN), 5, message="the opening revert")
+    runner.fail("destroy", VirshError("internal error: cannot acquire state change lock"))
+    clock.set(vienna(2027, 3, 2, 18, 0))
+    wait_until(lambda: rows(monitor, SCHEDULE_CLOSE), 5, message="the closing")
+    (row,) = rows(monitor, SCHEDULE_CLOSE)
+    assert (row.action, row.outcome) == ("stop", "failed")
+    assert "cannot acquire state change lock" in (row.error or "")
+    assert runner.state == "running"
+    assert monitor.status()["schedule"]["state"] == "closed"

@@ -176,3 +176,35 @@ def test_a_write_that_fails_for_a_bug_is_logged_and_skipped_and_later_writes_go_
     on_disk = Store(tmp_path / "state.db")
     assert [e.reason for e in on_disk.events()] == ["after the bad write"]
     assert on_disk.get("bad", "never written") == "never written"
+
+
+def test_an_unreadable_health_record_or_history_range_raises_store_error_for_the_report(
+    tmp_path,
+):
+    """A report over a damaged file gets a StoreError naming the file (its 503), not an
+    sqlite3 traceback."""
+    path = tmp_path / "health.db"
+    w = StateWriter(damaged(path, "health_time"))  # an empty table is read through its index
+    with pytest.raises(StoreError) as caught:
+        w.health(0.0, 1e12, wait=0)
+    assert str(caught.value) == (
+        f"cannot read the health record from {str(path)!r}: database disk image is malformed"
+    )
+    w.close(1)
+    path = tmp_path / "events.db"
+    w = StateWriter(damaged(path, "events"))
+    with pytest.raises(StoreError) as caught:
+        w.actions_between(0.0, 1e12, ["revert"], wait=0)
+    assert str(caught.value) == (
+        f"cannot read the history from {str(path)!r}: database disk image is malformed"
+    )
+    w.close(1)
+
+
+def test_an_unreadable_outbox_at_start_reads_as_empty_and_is_reported(tmp_path):
+    """Notifications that cannot be read back are lost, but the watchdog starts and says so."""
+    w = StateWriter(damaged(tmp_path / "state.db", "outbox"))
+    assert w.outbox() == []
+    assert w.problem is not None and "malformed" in w.problem
+    assert w.get("manual_stop") is True, "the other tables still answer"
+    w.close(1)

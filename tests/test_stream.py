@@ -553,3 +553,15 @@ def test_the_stream_is_guarded_like_status(start_controller):
         assert controller.hub.clients == 1
     finally:
         reader.close()
+
+
+def test_unsent_bytes_of_a_closed_socket_is_what_waitress_holds():
+    """A client gone between two writes: its socket answers no more, waitress's buffer counts."""
+    from types import SimpleNamespace
+
+    from vmcontroller.server import unsent_bytes
+
+    closed = socket.socket()
+    closed.close()
+    channel = SimpleNamespace(total_outbufs_len=1234, socket=closed)
+    assert unsent_bytes(channel) == 1234  # type: ignore[arg-type]
