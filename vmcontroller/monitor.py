@@ -515,13 +515,7 @@ class Monitor:
                 # A guest that went quiet during maintenance gets one full
                 # timeout before it is reverted, rather than being reverted
                 # the instant staff press "enable".
-                w = self._w
-                w.armed_at = self._clock()
-                w.timeout_reported = False
-                w.paused_since = None
-                w.paused_reported = False
-                w.state_dirty = True
-                self._failure_reported = None
+                self._enforce_afresh_locked(self._clock())
             self._cond.notify_all()
         if changed:
             action = "enable_auto_revert" if enabled else "disable_auto_revert"
@@ -946,6 +940,17 @@ class Monitor:
         self._pending = request
         self._w.pending = request is not None
 
+    def _enforce_afresh_locked(self, now: float) -> None:
+        """Heartbeats count again after a time they did not (maintenance, a maintenance
+        window): silence and pauses from before are forgotten, and the VM is looked at anew."""
+        w = self._w
+        w.armed_at = now
+        w.timeout_reported = False
+        w.paused_since = None
+        w.paused_reported = False
+        w.state_dirty = True
+        self._failure_reported = None
+
     def _arm_locked(self, now: float) -> None:
         self._w.enabled = True
         self._w.armed_at = now
@@ -1288,15 +1293,9 @@ class Monitor:
         then its heartbeats count again (as when staff end maintenance)."""
         now = self._clock()
         with self._cond:
-            w = self._w
-            w.enabled = False
-            w.grace_until = now + self.grace
-            w.armed_at = now
-            w.timeout_reported = False
-            w.paused_since = None
-            w.paused_reported = False
-            w.state_dirty = True
-            self._failure_reported = None
+            self._w.enabled = False
+            self._w.grace_until = now + self.grace
+            self._enforce_afresh_locked(now)
             self._cond.notify_all()
         self.store.record(
             self.domain.name,
