@@ -8,7 +8,6 @@ test_schedule_real.py.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,6 +16,7 @@ import pytest
 from fake_virsh import FakeRunner
 from libvirt_env import wait_until
 from waits import enforcement_period, stays_false
+from wallclock import WallClock
 
 from vmcontroller.config import Config, build_config
 from vmcontroller.errors import Conflict
@@ -34,22 +34,6 @@ DAILY = {
         for d in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
     },
 }
-
-
-class WallClock:
-    """The time the monitor believes it is; tests move it."""
-
-    def __init__(self, when: datetime):
-        self._when = when
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._when
-
-    def set(self, when: datetime) -> None:
-        with self._lock:
-            self._when = when
 
 
 def vienna(*args: int) -> datetime:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -19,6 +18,7 @@ import pytest
 import requests
 from libvirt_env import free_port, wait_until
 from waits import stays_false
+from wallclock import WallClock
 
 from vmcontroller import server
 from vmcontroller.config import build_config
@@ -27,20 +27,6 @@ from vmcontroller.monitor import Monitor
 VIENNA = ZoneInfo("Europe/Vienna")
 TIMEOUT = 4.0
 GRACE = 10.0
-
-
-class WallClock:
-    def __init__(self, when: datetime):
-        self._when = when
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._when
-
-    def set(self, when: datetime) -> None:
-        with self._lock:
-            self._when = when
 
 
 def history(base: str, trigger: str) -> list[dict]:
