@@ -14,6 +14,7 @@ from vmcontroller.senders import DeliveryError
 from vmcontroller.statewriter import StateWriter
 from vmcontroller.store import Store
 from vmcontroller.vocab import (
+    ALERT_CRASH_RESTART,
     ALERT_GUARD_TRIPPED,
     ALERT_LIBVIRT_UNREACHABLE,
     ALERT_RECOVERY_FAILED,
@@ -104,6 +105,47 @@ def test_health_in_between_restarts_the_unhealthy_count():
     alerts.observe(502.0, False, True, WALL)
     alerts.observe(1000.0, False, True, WALL)
     assert alerts.due(1000.0, WALL) is None
+
+
+def test_problems_while_not_watched_wait_for_opening_and_only_those_still_true_are_told():
+    """Closed hours (or a maintenance window) tell nothing: a start after a crash is told
+    at opening, libvirt not answering only if it still does not answer then."""
+    night = datetime(2027, 3, 2, 3, 0, tzinfo=timezone.utc)
+    alerts = rules(gather=0.0, min_interval=0.0)
+    alerts.problem(ALERT_CRASH_RESTART, "power cut", 0.0, night, watched=False)
+    alerts.problem(ALERT_LIBVIRT_UNREACHABLE, "no socket", 1.0, night, watched=False)
+    alerts.observe(2.0, False, False, night, watched=False)
+    assert alerts.due(3600.0, night) is None
+    alerts.ended(ALERT_LIBVIRT_UNREACHABLE)  # libvirt answers again before opening
+    alerts.problem(ALERT_LIBVIRT_UNREACHABLE, "again", 3700.0, night, watched=False)
+    alerts.problem(ALERT_LIBVIRT_UNREACHABLE, "and again", 3800.0, night, watched=False)
+    alerts.observe(3900.0, False, False, night, watched=False)
+    assert alerts.due(3900.0, night) is None
+    alerts.observe(25199.0, False, False, night, watched=False)
+    alerts.observe(25200.0, False, True, WALL)  # opening, still not answering
+    message = alerts.due(25200.0, WALL)
+    assert message is not None
+    assert message.kinds == (ALERT_CRASH_RESTART, ALERT_LIBVIRT_UNREACHABLE)
+    assert message.lines[0].startswith("2027-03-02 03:00:00") and "power cut" in message.lines[0]
+    assert "again" in message.lines[1] and "and again" not in message.lines[1]
+    assert all("museum was closed" in line for line in message.lines)
+    alerts.observe(25201.0, False, True, WALL)
+    assert alerts.due(25201.0, WALL) is None  # told once
+
+
+def test_a_condition_over_before_opening_is_not_told_and_the_watch_when_closed_tells_at_once():
+    alerts = rules(gather=0.0, min_interval=0.0)
+    alerts.problem(ALERT_LIBVIRT_UNREACHABLE, "no socket", 0.0, WALL, watched=False)
+    alerts.ended(ALERT_LIBVIRT_UNREACHABLE)
+    alerts.observe(10.0, False, True, WALL)
+    assert alerts.due(10.0, WALL) is None
+    alerts.problem(ALERT_LIBVIRT_UNREACHABLE, "watched at night", 20.0, WALL, watched=True)
+    message = alerts.due(20.0, WALL)
+    assert message is not None and message.kinds == (ALERT_LIBVIRT_UNREACHABLE,)
+    alerts.ended(ALERT_LIBVIRT_UNREACHABLE)  # a told problem waits for health, as before
+    alerts.observe(30.0, True, True, WALL)
+    resolved = alerts.due(30.0, WALL)
+    assert resolved is not None and resolved.kinds == (ALERT_RESOLVED,)
 
 
 def test_a_message_survives_json():

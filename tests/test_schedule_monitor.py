@@ -24,7 +24,16 @@ from vmcontroller.monitor import Monitor
 from vmcontroller.store import Store
 from vmcontroller.virsh import VirshError
 from vmcontroller.vm import Domain
-from vmcontroller.vocab import SCHEDULE_CLOSE, SCHEDULE_MAINTENANCE, SCHEDULE_OPEN
+from vmcontroller.vocab import (
+    ALERT_CRASH_RESTART,
+    ALERT_GATHER,
+    ALERT_LIBVIRT_UNREACHABLE,
+    HEALTH_HEALTHY,
+    HEALTH_START,
+    SCHEDULE_CLOSE,
+    SCHEDULE_MAINTENANCE,
+    SCHEDULE_OPEN,
+)
 
 VIENNA = ZoneInfo("Europe/Vienna")
 DAILY = {
@@ -362,3 +371,36 @@ def test_a_stop_at_closing_that_fails_is_recorded_and_the_vm_is_left_running(mak
     assert "cannot acquire state change lock" in (row.error or "")
     assert runner.state == "running"
     assert monitor.status()["schedule"]["state"] == "closed"
+
+
+def test_closed_hours_tell_nothing_and_opening_tells_what_happened_in_the_night(
+    make_monitor, tmp_path
+):
+    """A power cut at night and libvirt not answering at the controller's start: nothing is
+    sent while closed; at opening the crash is told, libvirt (answering again) is not."""
+    state = tmp_path / "night.db"
+    store = Store(str(state))
+    store.record_health(1000.0, HEALTH_START)
+    store.record_health(1001.0, HEALTH_HEALTHY)  # then a power cut: no 'stop'
+    runner = FakeRunner()
+    runner.fail("domstate+snapshot-list", VirshError("failed to connect to the hypervisor"))
+    clock = WallClock(vienna(2027, 3, 2, 3, 0))
+    monitor, _ = make_monitor(clock, runner=runner, state=state)
+    wait_until(lambda: runner.count("domstate+snapshot-list") >= 2, 5, message="libvirt again")
+    found: list = []
+    stays_false(
+        lambda: bool(found.extend(monitor.take_alerts()) or found),
+        ALERT_GATHER + 1.0,
+        "a notification in closed hours",
+    )
+    clock.set(vienna(2027, 3, 2, 10, 0))
+    wait_until(
+        lambda: found.extend(monitor.take_alerts()) or found,
+        ALERT_GATHER + 10,
+        0.1,
+        "the night's message at opening",
+    )
+    [message] = found  # no heartbeats after opening either: the guard's trip may join it
+    assert message.kinds[0] == ALERT_CRASH_RESTART
+    assert ALERT_LIBVIRT_UNREACHABLE not in message.kinds
+    assert "03:00:00" in message.lines[0] and "museum was closed" in message.lines[0]

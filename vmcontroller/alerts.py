@@ -6,6 +6,11 @@ gathered: the first waits ``gather`` seconds for the rest of its storm, and
 after a message the next waits at least ``min_interval``; what happened
 meanwhile goes out together. "Resolved" follows only a problem that was told.
 
+While the museum is closed (or in a maintenance window) and not watched, nothing
+is told: problems are held, and at opening those still true are told (an event
+such as a start after a crash stays true; a condition such as libvirt not
+answering is dropped by ``ended`` when it ends before).
+
 Pure: every method takes the time (monotonic seconds) from its caller, so the
 rules are tested with a made-up clock; the monitor calls it under its lock,
 and a message it returns is queued for delivery elsewhere (outbox.py).
@@ -110,20 +115,43 @@ class Alerts:
     _active: set[str] = field(default_factory=set)  # kinds told once per incident
     _unhealthy_for: float = 0.0  # opening time spent unhealthy so far
     _observed_at: float | None = None
+    _held: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # while not watched
 
-    def problem(self, kind: str, detail: str, now: float, wall: datetime) -> None:
+    def problem(
+        self, kind: str, detail: str, now: float, wall: datetime, watched: bool = True
+    ) -> None:
         """Something went wrong. A kind already told in this incident is not told again
-        until the artwork has been healthy in between."""
+        until the artwork has been healthy in between. Not ``watched`` (closed hours):
+        held, the first of each kind, until opening."""
+        if not watched:
+            self._held.setdefault(kind, (detail, wall))
+            return
         if kind in self._active:
             return
         self._active.add(kind)
         self._told = True
         self._add(kind, detail, now, wall)
 
-    def observe(self, now: float, healthy: bool | None, is_open: bool, wall: datetime) -> None:
+    def ended(self, kind: str) -> None:
+        """A condition held while not watched is over: it is not told at opening."""
+        self._held.pop(kind, None)
+
+    def observe(
+        self,
+        now: float,
+        healthy: bool | None,
+        is_open: bool,
+        wall: datetime,
+        watched: bool = True,
+    ) -> None:
         """The artwork's health now (None: neither, e.g. stopped by staff or in maintenance:
         time that counts for nothing). Unhealthy opening time adds up to an alert;
-        health after a told problem is a "resolved"."""
+        health after a told problem is a "resolved". Watched again (opening): what was
+        held is told, dated when it happened."""
+        if watched and self._held:
+            held, self._held = self._held, {}
+            for kind, (detail, at) in held.items():
+                self.problem(kind, f"{detail} (held: the museum was closed)", now, at)
         since = self._observed_at
         self._observed_at = now
         if healthy:

@@ -440,13 +440,13 @@ class Monitor:
         """The notification due now, if any (alerts.Alerts): called by the courier every
         second, it also tells the rules the artwork's health and whether the museum is open."""
         wall = self._wallclock()
-        is_open = self.is_open(wall)
+        is_open, watched = self.is_open(wall), self._watched(wall)
         with self._cond:
             now = self._clock()
             healthy: bool | None = self._healthy_now
             if self._manual_stop or not self._auto_revert or self._health is None:
                 healthy = None  # staff's time, or not started: neither an outage nor health
-            self._alerts.observe(now, healthy, is_open, wall)
+            self._alerts.observe(now, healthy, is_open, wall, watched)
             message = self._alerts.due(now, wall)
         return [] if message is None else [message]
 
@@ -464,7 +464,13 @@ class Monitor:
         self._notification_status = status
 
     def _alert_locked(self, kind: str, detail: str) -> None:
-        self._alerts.problem(kind, detail, self._clock(), self._wallclock())
+        wall = self._wallclock()
+        self._alerts.problem(kind, detail, self._clock(), wall, self._watched(wall))
+
+    def _watched(self, wall: datetime) -> bool:
+        """Whether problems are told now or held until opening: closed hours and
+        maintenance windows tell nothing, unless the schedule watches when closed."""
+        return self.schedule is None or self.schedule.enforcing(self.schedule.at(wall).state)
 
     def history(
         self, limit: int = 100, since: float | None = None, triggers: Iterable[str] = ()
@@ -1394,6 +1400,8 @@ class Monitor:
             self._vm_state, self._state_detail = state, detail
             if state == UNKNOWN and detail is not None:
                 self._alert_locked(ALERT_LIBVIRT_UNREACHABLE, detail)
+            elif detail is None:
+                self._alerts.ended(ALERT_LIBVIRT_UNREACHABLE)
             if exists is not None:
                 self._snapshot_exists = exists
         return state
