@@ -24,6 +24,8 @@ STARTUP = "startup"  # the controller itself, when it starts
 SCHEDULE_OPEN = "schedule_open"  # opening time (schedule.py): the fresh start of the day
 SCHEDULE_CLOSE = "schedule_close"  # closing time: stop the VM or only stop enforcing
 SCHEDULE_MAINTENANCE = "schedule_maintenance"  # a maintenance window of the schedule began
+SCREEN = "screen"  # a screen rule failed (screen.py): frozen, uniform or looks like a bad screen
+PROGRESS_STALLED = "progress_stalled"  # the heartbeats' progress value stopped changing
 #: The schedule's triggers: planned, so never counted against the restart-loop guard.
 SCHEDULE_TRIGGERS = (SCHEDULE_OPEN, SCHEDULE_CLOSE, SCHEDULE_MAINTENANCE)
 TRIGGERS = (
@@ -33,6 +35,8 @@ TRIGGERS = (
     VM_PAUSED,
     GUEST_REQUEST,
     IDLE_RESET,
+    SCREEN,
+    PROGRESS_STALLED,
     API,
     STARTUP,
     *SCHEDULE_TRIGGERS,
@@ -51,6 +55,16 @@ SCHEDULE_STATES = (SCHEDULE_OPEN_STATE, SCHEDULE_CLOSED_STATE, SCHEDULE_MAINTENA
 AT_OPENING_CHOICES = ("revert", "start")
 #: What closing time does: stop the VM (the default), or keep it running unwatched.
 AT_CLOSING_CHOICES = ("stop", "keep_running")
+
+# ------------------------------------------------------------------ screen liveness
+# The kinds of screen rule (screen.py), in the config, status and the CLI.
+RULE_FROZEN = "frozen"  # the watched regions (masks aside) have not changed for N seconds
+RULE_UNIFORM = "uniform"  # each region is one colour for N seconds
+RULE_BLACK = "black"  # each region is one dark colour for N seconds
+RULE_LOOKS_LIKE = "looks_like"  # a region matches (or no longer matches) a reference image
+RULE_KINDS = (RULE_FROZEN, RULE_UNIFORM, RULE_BLACK, RULE_LOOKS_LIKE)
+#: A heartbeat's progress value: at most this many characters.
+PROGRESS_MAX_LENGTH = 128
 
 # ------------------------------------------------------------------ outcomes
 # An action's outcome in the history. 'started' is rewritten when the action
