@@ -37,6 +37,7 @@ class FakeRunner:
         self.calls: list[tuple[str, ...]] = []
         self.failures: dict[str, list[VirshError]] = {}
         self.managed_save = False
+        self.screen: bytes | Callable[[], bytes] | None = None
         self.listener: Callable[[LifecycleEvent], None] | None = None
         self._lock = threading.Lock()
 
@@ -110,6 +111,16 @@ class FakeRunner:
     def state_and_snapshots(self, domain: str) -> tuple[str, list[str]]:
         self._call("domstate+snapshot-list", domain)
         return self.state, list(self.snapshots)
+
+    def screenshot(self, domain: str) -> bytes:
+        """The screen a test set (``screen``: PNG bytes, or a callable giving them)."""
+        self._call("screenshot", domain)
+        if self.state != "running" and self.screen is not None:
+            raise VirshError("Requested operation is not valid: domain is not running")
+        screen = self.screen() if callable(self.screen) else self.screen
+        if screen is None:
+            raise VirshError("unsupported configuration: no screens to take screenshot from")
+        return screen
 
     def snapshot_list(self, domain: str) -> list[str]:
         self._call("snapshot-list", domain)

@@ -675,3 +675,18 @@ def test_control_characters_in_a_path_cannot_forge_a_log_line(make_api, caplog):
         "/api/v1/x\\n2026-01-01 00:00:00 INFO vmcontroller.requests: forged\\x1b[2K -> 404"
         in lines[0]
     ), lines
+
+
+def test_a_heartbeat_carries_a_progress_value_on_both_paths_and_a_bad_one_is_refused(api):
+    """The fast path (query string) and Flask's (form field) record the same value; a
+    value too long or with a control character is a 400 and no heartbeat."""
+    answer = api.get("/api/v1/heartbeat?seq=3&progress=frame%2012%20%26%20more")
+    assert answer["details"]["progress"]["value"] == "frame 12 & more"
+    api.post("/api/v1/heartbeat", data={"progress": "Flash: scene 2"})
+    assert api.monitor.heartbeat_status()["progress"]["value"] == "Flash: scene 2"
+    before = api.monitor.heartbeats_received
+    for bad in ("x" * 129, "line%0Abreak"):
+        refused = api.get(f"/api/v1/heartbeat?progress={bad}", expect=400)
+        assert "progress must be at most 128 printable characters" in refused["detail"]
+    assert api.monitor.heartbeats_received == before
+    assert api.monitor.heartbeat_status()["progress"]["value"] == "Flash: scene 2"

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -75,13 +75,17 @@ def keep_alive(monitor: Monitor, seconds: float, every: float = 0.05) -> None:
 
 
 @contextmanager
-def beating(monitor: Monitor, every: float = 0.05) -> Iterator[None]:
-    """A guest sending heartbeats in the background while the block runs."""
+def beating(
+    monitor: Monitor, every: float = 0.05, beat: Callable[[], object] | None = None
+) -> Iterator[None]:
+    """A guest sending heartbeats in the background while the block runs (``beat``: how
+    it sends one, e.g. with a progress value)."""
     stop = threading.Event()
+    send = beat or monitor.heartbeat
 
     def run() -> None:
         while not stop.wait(every):
-            monitor.heartbeat()
+            send()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -76,7 +76,7 @@ class StubControls:
         self._call("status")
         return example(self.spec, "/api/v1/status")
 
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self, progress: str | None = None) -> dict[str, Any]:
         self._call("heartbeat")
         return example(self.spec, "/api/v1/heartbeat")["details"]
 

@@ -30,6 +30,7 @@ from .vocab import (
     MAX_QUERY,
     METRICS_PATH,
     OUTCOMES,
+    PROGRESS_MAX_LENGTH,
     READ_ONLY_PATHS,
     REPEAT_INTERVAL,
     REPORT_MAX_DAYS,
@@ -381,6 +382,25 @@ def _schemas() -> dict[str, Any]:
                 "timeout": {
                     "type": "number",
                     "description": "Configured heartbeat timeout in seconds (heartbeat_timeout).",
+                },
+                "progress": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": (
+                        "The heartbeats' progress value; null while none was sent and "
+                        "the progress rule is off."
+                    ),
+                    "required": ["value", "changed_at", "seconds_unchanged", "timeout"],
+                    "properties": {
+                        "value": {"type": "string", "nullable": True},
+                        "changed_at": {"type": "string", "format": "date-time", "nullable": True},
+                        "seconds_unchanged": {"type": "number", "nullable": True},
+                        "timeout": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "heartbeat_progress_timeout, null when off.",
+                        },
+                    },
                 },
             },
             "example": _heartbeat_example(),
@@ -1049,14 +1069,37 @@ def _paths() -> dict[str, Any]:
             "Receive a heartbeat from the guest",
             "Called by the script in the guest, typically once a second. "
             "Each call pushes back the heartbeat deadline. GET and POST do "
-            "the same; query parameters other than `token` (guest scripts "
-            "add `seq=`, `boot=` and the like) and any body are ignored.",
+            "the same; query parameters other than `token` and `progress` (guest "
+            "scripts add `seq=`, `boot=` and the like) and any other body are ignored.",
             {
                 "200": {
                     "description": "Heartbeat recorded; the watchdog state after it.",
                     "content": _json(_schema("HeartbeatAck"), heartbeat_ack),
                 },
+                "400": _error(
+                    "A progress value too long or with control characters; the "
+                    "heartbeat is not recorded.",
+                    "Invalid parameter: progress must be at most "
+                    f"{PROGRESS_MAX_LENGTH} printable characters (got 300 characters)",
+                ),
                 "503": _503(),
+            },
+            path_extra={
+                "parameters": [
+                    {
+                        "name": "progress",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "What the guest script sees of the artwork (a frame counter, "
+                            "a window title), compared as text: with "
+                            "`heartbeat_progress_timeout`, a value that has not changed "
+                            "for that long is a failure (trigger `progress_stalled`). "
+                            "Also accepted as a POST form field or JSON member."
+                        ),
+                        "schema": {"type": "string", "maxLength": PROGRESS_MAX_LENGTH},
+                    }
+                ]
             },
         ),
         "/api/v1/heartbeat/status": {

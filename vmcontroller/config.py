@@ -38,6 +38,7 @@ class Config:
     snapshot_name: str = "ready"
     heartbeat_timeout: float = 10.0
     heartbeat_check_interval: float = 1.0
+    heartbeat_progress_timeout: float = 0.0  # the progress rule; 0: off
     vm_startup_heartbeat_delay: float = 30.0
     api_host: str = "0.0.0.0"
     api_port: int = 8000
@@ -144,6 +145,11 @@ _RULES: dict[str, _Rule] = {
     ),
     "heartbeat_timeout": _Rule(
         float, _between(0.1, 86400), "a number of seconds from 0.1 to 86400"
+    ),
+    "heartbeat_progress_timeout": _Rule(
+        float,
+        lambda v: v == 0 or 1 <= v <= 86400,
+        "0 (off), or a number of seconds from 1 to 86400",
     ),
     "heartbeat_check_interval": _Rule(
         float, _between(0.05, 3600), "a number of seconds from 0.05 to 3600"

@@ -23,6 +23,8 @@ GRACE_OVER = "grace_over"  # start enforcing the heartbeat timeout
 HEARTBEAT_SILENT = "heartbeat_silent"  # the heartbeat deadline has passed
 PAUSED_TOO_LONG = "paused_too_long"  # the VM has been paused longer than the timeout
 SCHEDULE = "schedule"  # look at the opening hours (schedule.py): a change may be due
+PROGRESS_STALLED = "progress_stalled"  # the heartbeats' progress value stopped changing
+SCREEN_FAILED = "screen_failed"  # a screen rule failed (the screen watcher said so)
 
 PRUNE_EVERY = 3600.0
 
@@ -46,6 +48,10 @@ class Watch:
     paused_since: float | None = None
     paused_reported: bool = False
     schedule_due: float = float("inf")  # when to look at the opening hours (inf: none set)
+    progress_timeout: float | None = None  # the progress rule (None: off)
+    last_progress: float | None = None  # when the heartbeats' progress value last changed
+    progress_reported: bool = False  # this stall was acted on (or refused) already
+    screen_failed: bool = False  # a screen rule failed and waits to be acted on
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,20 @@ def heartbeat_deadline(watch: Watch) -> float:
 
 def timed_out(watch: Watch, now: float) -> bool:
     return watch.enabled and now >= heartbeat_deadline(watch)
+
+
+def progress_deadline(watch: Watch) -> float:
+    """When an unchanged progress value becomes a failure (inf: the rule is off). Like
+    silence, it counts from the arming at the earliest: a value that stood still before
+    a revert is not held against the fresh start."""
+    if watch.progress_timeout is None:
+        return float("inf")
+    last = watch.last_progress if watch.last_progress is not None else watch.armed_at
+    return max(last, watch.armed_at) + watch.progress_timeout
+
+
+def progress_stalled(watch: Watch, now: float) -> bool:
+    return watch.enabled and now >= progress_deadline(watch)
 
 
 def decide(watch: Watch, now: float) -> Decision:
@@ -91,6 +111,15 @@ def decide(watch: Watch, now: float) -> Decision:
             deadline = max(heartbeat_deadline(watch), watch.hold_until)
             if now >= deadline:
                 return Decision(HEARTBEAT_SILENT, now)
+            wakes.append(deadline)
+        if watch.enabled and watch.screen_failed:
+            if now >= watch.hold_until:
+                return Decision(SCREEN_FAILED, now)
+            wakes.append(watch.hold_until)
+        if watch.enabled and watch.progress_timeout is not None and not watch.progress_reported:
+            deadline = max(progress_deadline(watch), watch.hold_until)
+            if now >= deadline:
+                return Decision(PROGRESS_STALLED, now)
             wakes.append(deadline)
         if watch.paused_since is not None and not watch.paused_reported:
             deadline = max(watch.paused_since + watch.timeout, watch.hold_until)

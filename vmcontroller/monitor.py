@@ -70,6 +70,7 @@ from .vocab import (
     HEALTH_STOP,
     HEALTH_UNHEALTHY,
     HEARTBEAT_TIMEOUT,
+    PROGRESS_STALLED,
     RECOVERY_ACTIONS,
     REFUSED,
     SCHEDULE_CLOSE,
@@ -78,6 +79,7 @@ from .vocab import (
     SCHEDULE_OPEN,
     SCHEDULE_OPEN_STATE,
     SCHEDULE_TRIGGERS,
+    SCREEN,
     SKIPPED,
     STARTUP,
     SUCCEEDED,
@@ -181,7 +183,18 @@ class Monitor:
             unhealthy_after=config.notify_unhealthy_minutes * 60,
         )
         self._notification_status: Callable[[], dict[str, Any] | None] = lambda: None
-        self._w = Watch(timeout=self.timeout, armed_at=clock())
+        self._w = Watch(
+            timeout=self.timeout,
+            armed_at=clock(),
+            progress_timeout=config.heartbeat_progress_timeout or None,
+        )
+        # The heartbeats' progress value (its last change is _w.last_progress), and the
+        # screen rule's failure waiting to be acted on: its words and the screenshot.
+        self._progress: str | None = None
+        self._progress_wall: datetime | None = None
+        self._screen_failure: tuple[str, bytes] | None = None
+        #: Where the screenshot that caused a recovery goes, with the history row's id.
+        self.keep_evidence: Callable[[int, bytes], None] = lambda event_id, png: None
         self._started_at = clock()  # last (re)start: is_healthy needs a heartbeat after it
         self._last_hb_wall: datetime | None = None
         self._failure_reported: str | None = None
@@ -303,8 +316,9 @@ class Monitor:
 
     # ================================================================ inputs
 
-    def heartbeat(self) -> dict[str, Any]:
-        """Record a heartbeat from the guest.
+    def heartbeat(self, progress: str | None = None) -> dict[str, Any]:
+        """Record a heartbeat from the guest, with the artwork's progress value if the
+        guest script can see one (a frame counter, a window title).
 
         Deliberately does not wake the monitor thread: a later heartbeat only
         moves the deadline later, and the thread re-reads it when it wakes, so
@@ -327,6 +341,11 @@ class Monitor:
                     now - w.last_hb,
                 )
             w.last_hb = now
+            if progress is not None and progress != self._progress:
+                self._progress = progress
+                self._progress_wall = self._wallclock()
+                w.last_progress = now
+                w.progress_reported = False
             self.heartbeats_received += 1
             self._last_hb_wall = self._wallclock()
             w.timeout_reported = False
@@ -372,6 +391,20 @@ class Monitor:
             "seconds_since_last": since,
             "is_healthy": healthy,
             "timeout": self.timeout,
+            "progress": self._progress_json_locked(now),
+        }
+
+    def _progress_json_locked(self, now: float) -> dict[str, Any] | None:
+        w = self._w
+        if w.progress_timeout is None and self._progress is None:
+            return None
+        changed = self._progress_wall.isoformat() if self._progress_wall else None
+        still = None if w.last_progress is None else round(max(0.0, now - w.last_progress), 3)
+        return {
+            "value": self._progress,
+            "changed_at": changed,
+            "seconds_unchanged": still,
+            "timeout": w.progress_timeout,
         }
 
     def status(self) -> dict[str, Any]:
@@ -714,6 +747,8 @@ class Monitor:
         """
         with self._locked(trigger):
             event_id = self.store.begin(self.domain.name, trigger, action, reason)
+            if trigger == SCREEN:
+                self._keep_screen_evidence(event_id)
             started = self._clock()
             notes: list[str] = []
             try:
@@ -728,6 +763,18 @@ class Monitor:
             finally:
                 if disturbs:
                     self._restart_deadline()
+
+    def _keep_screen_evidence(self, event_id: int) -> None:
+        """The screenshot that caused this recovery, kept under its history row's id (the
+        row points to it); a full disk costs the picture, never the recovery."""
+        with self._cond:
+            failure, self._screen_failure = self._screen_failure, None
+        if failure is None:
+            return
+        try:
+            self.keep_evidence(event_id, failure[1])
+        except Exception as exc:
+            log.error("cannot keep the screenshot of recovery %d: %s", event_id, exc)
 
     def _restart_deadline(self) -> None:
         """Our operation may have paused the guest: count its silence from now, after the grace
@@ -905,6 +952,8 @@ class Monitor:
                 )
             if not needs_staff:
                 self._w.timeout_reported = False  # time out again once the backoff is over
+            self._w.progress_reported = needs_staff
+            self._w.screen_failed = False  # the watcher tells again if it still fails
             self._w.state_dirty = not automatic
             self._cond.notify_all()
         retry = f"; next attempt in {delay:g} s at the earliest" if automatic else ""
@@ -961,6 +1010,9 @@ class Monitor:
         self._w.enabled = True
         self._w.armed_at = now
         self._w.grace_until = None
+        self._w.progress_reported = False
+        self._w.screen_failed = False  # the screen is judged afresh from the arming on
+        self._screen_failure = None
 
     def _set_healthy_locked(self, healthy: bool, at: float | None = None) -> None:
         """Remember, across restarts of the controller, whether the guest was healthy when
@@ -1457,6 +1509,10 @@ class Monitor:
             return self._on_heartbeat_timeout
         if what == rules.PAUSED_TOO_LONG:
             return self._on_paused_too_long
+        if what == rules.PROGRESS_STALLED:
+            return self._on_progress_stalled
+        if what == rules.SCREEN_FAILED:
+            return self._on_screen_failed
         # Reached only if decide.py gains an action this dispatcher lacks: kept so that
         # such a bug fails loudly (the loop logs it) instead of idling the watchdog.
         raise AssertionError(f"unknown decision {what!r}")  # pragma: no cover: a bug guard
@@ -1530,6 +1586,70 @@ class Monitor:
     def _mark_timeout_reported(self) -> None:
         with self._cond:
             self._w.timeout_reported = True
+
+    def _on_progress_stalled(self) -> None:
+        with self._cond:
+            w = self._w
+            since = w.last_progress if w.last_progress is not None else w.armed_at
+            still = self._clock() - max(since, w.armed_at)
+            value = self._progress
+
+        def still_needed() -> bool:
+            with self._cond:
+                return rules.progress_stalled(self._w, self._clock()) and (
+                    self._may_recover_locked()
+                )
+
+        def refused() -> None:
+            with self._cond:
+                self._w.progress_reported = True
+
+        shown = "no progress value yet" if value is None else f"progress {value!r}"
+        self._act_on_failure(
+            PROGRESS_STALLED,
+            f"{shown} unchanged for {still:.1f} s (limit {self._w.progress_timeout:g} s)",
+            still_needed,
+            on_refused=refused,
+        )
+
+    # ---------------------------------------------------------------- the screen
+
+    def screen_watch(self) -> tuple[bool, float]:
+        """What the screen watcher needs: whether the screen is judged now (the VM runs
+        and failures are acted on), and since when (its rules count from there)."""
+        with self._cond:
+            w = self._w
+            judged = w.enabled and not w.busy and self._vm_state == RUNNING
+            return judged and self._may_recover_locked(), w.armed_at
+
+    def screen_failed(self, reason: str, png: bytes) -> bool:
+        """A screen rule failed: act on it like a heartbeat timeout (same grace period,
+        maintenance, schedule and guard). Returns whether it was taken (False: one is
+        already waiting, or the screen is not judged now)."""
+        with self._cond:
+            w = self._w
+            if w.screen_failed or not w.enabled or w.busy or not self._may_recover_locked():
+                return False
+            w.screen_failed = True
+            self._screen_failure = (reason, png)
+            self._cond.notify_all()
+            return True
+
+    def _on_screen_failed(self) -> None:
+        with self._cond:
+            failure = self._screen_failure
+        reason = failure[0] if failure else "a screen rule failed"
+
+        def still_needed() -> bool:
+            with self._cond:
+                return self._w.screen_failed and self._may_recover_locked()
+
+        def refused() -> None:
+            with self._cond:
+                self._w.screen_failed = False
+                self._screen_failure = None
+
+        self._act_on_failure(SCREEN, reason, still_needed, on_refused=refused)
 
     def _on_paused_too_long(self) -> None:
         def still_needed() -> bool:

@@ -12,8 +12,11 @@ import math
 import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from flask import request
+
+from .vocab import PROGRESS_MAX_LENGTH
 
 
 class ApiError(Exception):
@@ -66,6 +69,32 @@ def text_param(name: str, required: bool, limit: int) -> str | None:
             400, f"Invalid parameter: {name} must be at most {limit} characters (got {len(value)})"
         )
     return "".join(c if c.isprintable() else "?" for c in value).strip() or "(blank)"
+
+
+def progress_value(raw: Any) -> str | None:
+    """A heartbeat's progress value (a frame counter, a window title): compared as text,
+    so it is refused, not cleaned, when it holds what no guest script should send."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ApiError(
+            400, f"Invalid parameter: progress must be a string (got {type(raw).__name__})"
+        )
+    if len(raw) > PROGRESS_MAX_LENGTH or not raw.isprintable():
+        raise ApiError(
+            400,
+            f"Invalid parameter: progress must be at most {PROGRESS_MAX_LENGTH} printable "
+            f"characters (got {len(raw)} characters{'' if raw.isprintable() else ', some not printable'})",
+        )
+    return raw
+
+
+def progress_in_query(query: str) -> str | None:
+    """The progress value of a raw query string (the heartbeat's fast path)."""
+    if "progress" not in query:
+        return None
+    values = parse_qs(query, keep_blank_values=True).get("progress")
+    return progress_value(values[0]) if values else None
 
 
 #: The numbers the API reads: ASCII digits only. Python's own tests are wider:

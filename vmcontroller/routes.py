@@ -23,7 +23,10 @@ from .params import (
     SEVERITIES,
     ApiError,
     int_param,
+    param,
     param_values,
+    progress_in_query,
+    progress_value,
     seconds_param,
     text_param,
     time_param,
@@ -89,23 +92,27 @@ def _closed(controls: Controls) -> dict[str, str] | None:
 #: The answers asked for most (the guest's heartbeat, a few a second for months; status,
 #: which monitoring polls): (methods, what to answer). The Blueprint serves them like
 #: every route, and HotPath serves the same answers without Flask's request machinery.
-HotAnswers = dict[str, tuple[frozenset[str], Callable[[], dict[str, Any]]]]
+#: The answer gets the raw query string (the heartbeat's progress value may be in it).
+HotAnswers = dict[str, tuple[frozenset[str], Callable[[str], dict[str, Any]]]]
 
 
 def hot_answers(controls: Controls) -> HotAnswers:
     return {
         HEARTBEAT_PATH: (
             frozenset({"GET", "POST"}),
-            lambda: {"message": "Heartbeat received", "details": controls.heartbeat()},
+            lambda query: {
+                "message": "Heartbeat received",
+                "details": controls.heartbeat(progress_in_query(query)),
+            },
         ),
-        STATUS_PATH: (frozenset({"GET"}), lambda: controls.status()),
+        STATUS_PATH: (frozenset({"GET"}), lambda query: controls.status()),
     }
 
 
 class HotPath:
     """WSGI: answers the hot routes' successful requests itself, byte for byte as Flask
     would (its JSON provider, compact, a final newline), in a fraction of Flask's time;
-    anything else (another method, a failure, a query it does not expect) goes to Flask,
+    anything else (another method, a body, a failure, a query it does not expect) goes to Flask,
     which answers it as for every route. It sits behind the security gate and the log."""
 
     def __init__(self, app: Flask, answers: HotAnswers):
@@ -115,10 +122,14 @@ class HotPath:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         hot = self._answers.get(environ.get("PATH_INFO", ""))
-        if hot is None or environ.get("REQUEST_METHOD") not in hot[0]:
+        if (
+            hot is None
+            or environ.get("REQUEST_METHOD") not in hot[0]
+            or environ.get("CONTENT_LENGTH", "0") not in ("", "0")  # a body: Flask reads it
+        ):
             return self._flask(environ, start_response)
         try:
-            answer = hot[1]()
+            answer = hot[1](environ.get("QUERY_STRING", ""))
         except Exception:  # every failure is answered by Flask's error handlers
             return self._flask(environ, start_response)
         body = (self._dumps(answer, separators=(",", ":")) + "\n").encode()
@@ -150,11 +161,12 @@ def api_blueprint(controls: Controls, version: str) -> Blueprint:
     @bp.get(f"{API}/status")
     @when_failing("retrieving status")
     def status():
-        return jsonify(hot[STATUS_PATH][1]())
+        return jsonify(hot[STATUS_PATH][1](""))
 
     @bp.route(HEARTBEAT_PATH, methods=["GET", "POST"])
     def heartbeat():
-        return jsonify(hot[HEARTBEAT_PATH][1]())
+        progress = progress_value(param("progress"))  # query, form field or JSON
+        return jsonify({"message": "Heartbeat received", "details": controls.heartbeat(progress)})
 
     @bp.get(f"{API}/heartbeat/status")
     def heartbeat_status():

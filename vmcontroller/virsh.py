@@ -201,6 +201,9 @@ def parse_virt_types(capabilities: str, arch: str = "x86_64") -> set[str]:
 
 # ---------------------------------------------------------------- runner
 
+#: Where screenshots pass through on their way from virsh to the controller (memory).
+SCRATCH_DIR = "/dev/shm"
+
 #: Commands that copy or restore the guest's memory and disk state: they may
 #: take minutes for a large VM on a slow disk, and get ``long_timeout``.
 LONG_COMMANDS = frozenset({"snapshot-create-as", "snapshot-revert", "snapshot-delete"})
@@ -323,6 +326,24 @@ class VirshRunner:
             "--paused" if paused else "--running",
             *(("--force",) if force else ()),
         )
+
+    def screenshot(self, domain: str) -> bytes:
+        """The domain's screen as libvirt hands it over (PNG with this QEMU, whatever the
+        file's name), through a private scratch file that is gone when this returns.
+
+        virsh writes the image itself; the scratch folder is in memory (/dev/shm) where
+        there is one, so that a screenshot every few seconds for months writes nothing
+        to the exhibition PC's disk.
+        """
+        scratch = SCRATCH_DIR if os.access(SCRATCH_DIR, os.W_OK) else None
+        with tempfile.TemporaryDirectory(prefix="vmctl-screen-", dir=scratch) as folder:
+            path = os.path.join(folder, "screen.png")
+            self.run("screenshot", "--domain", domain, "--file", path)
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:  # virsh said yes but wrote nothing: libvirt's fault
+                raise VirshError(f"virsh screenshot wrote no image: {exc.strerror}") from None
 
     def domain_exists(self, domain: str) -> bool:
         """Whether libvirt knows a domain of that name (running or not)."""

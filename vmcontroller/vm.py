@@ -152,6 +152,11 @@ class Domain:
     def snapshots(self) -> list[str]:
         return _visible(self.runner.snapshot_list(self.name))
 
+    def screenshot(self) -> bytes:
+        """The guest's screen now (PNG). Takes no lock: a look at the screen must neither
+        wait for a revert nor hold one up; during one it may fail, and the caller retries."""
+        return self.runner.screenshot(self.name)
+
     # -------------------------------------------------------------- changes
 
     def revert_and_start(self) -> RevertResult:
