@@ -16,6 +16,14 @@
 # the host's 127.0.0.1) and runs `heartbeat.sh -v -t TIMEOUT URL INTERVAL`, so
 # every heartbeat ("heartbeat: seq=N boot=ID ok") shows on the serial console.
 #
+# With hb_screen=1 on the command line (and a VGA device in the domain) init
+# also runs /usr/share/vmcontroller/screen.sh on the VGA text console
+# /dev/tty1, an "artwork" whose screen a screen check can judge while the
+# heartbeats go on: keys typed on the guest's keyboard (`virsh send-key
+# --domain D KEY_F`) switch it between m(oving, the mode at boot), f(rozen),
+# b(lack) and e(rror dialog); see the script below for the layout. Keep the
+# kernel off that screen: no console=tty0 then (consoleblank=0 keeps it lit).
+#
 # A second run with the same inputs (this script, the heartbeat script, the
 # package versions) does nothing; OUTDIR/build.stamp records them.
 set -euo pipefail
@@ -121,6 +129,81 @@ for module in $MODULES; do
     echo "$module" >>"$R/lib/modules/order"
 done
 
+# The screen of the "artwork" (hb_screen=1), on the 80 x 25 VGA text console.
+# Row 1: a status line (black on white) with the mode and, in columns 61-79,
+# the guest's uptime in seconds: it changes every second in every mode but
+# black. Rows 3-25: the artwork. moving: a frame counter on row 3 and on rows
+# 5-24 bars that shift at every tick; frozen: the artwork stays as it is, the
+# clock ticks on; black: the whole screen black, nothing written any more;
+# error: an "Application Error" box on rows 8-18, columns 6-75, over the
+# frozen artwork, then as frozen. Reading one key with a one-second timeout is
+# both the tick and the keyboard. The cursor is hidden, so a screen on which
+# nothing is written stays the same to the pixel.
+cat >"$R/usr/share/vmcontroller/screen.sh" <<'SCREEN'
+#!/bin/busybox sh
+# The test guest's screen; stdin and stdout are /dev/tty1 (see build-guest.sh).
+E=$(printf '\033')
+stty -icanon -echo -isig 2>/dev/null
+mode=moving
+n=0
+hashes=$(printf '%70s' '' | tr ' ' '#')
+
+status() {
+    printf '%s' "$E[0m$E[1;1H$E[30;47m heartbeat guest   mode: $mode   keys: m f b e$E[K$E[0m"
+}
+clock() {
+    printf '%s%19s%s' "$E[1;61H$E[30;47m" "uptime $(cut -d. -f1 /proc/uptime) s" "$E[0m"
+}
+artwork() {
+    s="$E[3;1H$E[1;33m frame $n$E[K$E[0m"
+    r=5
+    while [ $r -le 24 ]; do
+        s="$s$E[$r;1H$E[K$E[$r;$(((n * 3 + r * 5) % 72 + 1))H$E[1;3$((r % 6 + 1))m<=====>$E[0m"
+        r=$((r + 1))
+    done
+    printf '%s' "$s"
+}
+boxline() {  # row, text: one line of the box, framed and padded
+    printf '%s#%-68s#' "$E[$1;6H" "$2"
+}
+box() {
+    printf '%s' "$E[1;37;44m$E[8;6H$hashes"
+    boxline 9 "  Application Error"
+    printf '%s' "$E[10;6H$hashes$E[0;30;47m"
+    boxline 11 ""
+    boxline 12 "  The instruction at 0x0041f3a2 referenced memory at 0x00000000."
+    boxline 13 '  The memory could not be "read".'
+    boxline 14 ""
+    boxline 15 "  Click OK to terminate the program."
+    boxline 16 ""
+    boxline 17 "                              [  OK  ]"
+    printf '%s' "$E[18;6H$hashes$E[0m"
+}
+blank() {
+    printf '%s' "$E[0m$E[?25l$E[2J"
+}
+
+blank
+status
+artwork
+clock
+while :; do
+    key=""
+    read -t 1 -n 1 key
+    case $key in
+        # The status line last: once it shows the new mode, the screen is complete.
+        m) mode=moving; blank; artwork; status ;;
+        f) mode=frozen; status ;;
+        b) mode=black; blank ;;
+        e) mode=error; box; status ;;
+    esac
+    case $mode in
+        moving) n=$((n + 1)); artwork; clock ;;
+        frozen | error) clock ;;
+    esac
+done
+SCREEN
+
 cat >"$R/init" <<'INIT'
 #!/bin/busybox sh
 # init of the heartbeat guest built by exhibition-vm-controller's scripts/build-guest.sh
@@ -136,13 +219,23 @@ done
 url=http://10.0.2.2:8000
 interval=1
 limit=5
+screen=0
 for word in $(cat /proc/cmdline); do
     case $word in
         hb_url=*) url=${word#hb_url=} ;;
         hb_interval=*) interval=${word#hb_interval=} ;;
         hb_timeout=*) limit=${word#hb_timeout=} ;;
+        hb_screen=*) screen=${word#hb_screen=} ;;
     esac
 done
+if [ "$screen" = 1 ] && [ -e /dev/tty1 ]; then
+    echo "guest: the artwork's screen runs on tty1 (keys m f b e)"
+    while :; do
+        sh /usr/share/vmcontroller/screen.sh </dev/tty1 >/dev/tty1 2>&1
+        echo "guest: screen script exited with status $?; starting it again"
+        sleep 1
+    done &
+fi
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
 ip link set lo up

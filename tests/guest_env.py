@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +51,26 @@ SCREEN = """
     <sound model='ich6'><audio id='1'/></sound>
     <audio id='1' type='spice'/>"""
 SCREEN_KERNEL_ARGS = "console=tty0 console=ttyS0 loglevel=7 sysrq_always_enabled"
+
+#: The guest's "artwork" on its VGA text screen (with SCREEN as its devices): a status
+#: line with a ticking clock and a moving picture, switched at run time by
+#: GuestDomain.screen_key ("m" moving, "f" frozen, "b" black, "e" an error box) while
+#: the heartbeats go on. The kernel stays off that screen (no console=tty0) and never
+#: blanks it. Where things are, in the 720 x 400 screenshot (x, y, width, height; a
+#: text cell is 9 x 16 pixels): see the rectangles below.
+SCREEN_MODE_KERNEL_ARGS = "hb_screen=1 consoleblank=0"
+SCREEN_SIZE = (720, 400)
+SCREEN_CLOCK = (540, 0, 180, 16)  # row 1, columns 61-80: the uptime, every second
+SCREEN_ARTWORK = (0, 32, 720, 368)  # rows 3-25: moves in "moving" mode only
+SCREEN_ERROR_BOX = (45, 112, 630, 176)  # rows 8-18, columns 6-75: the "error" dialog
+
+
+def screenshot(domain: str) -> bytes:
+    """The guest's screen as libvirt writes it (a PNG here, whatever the file's name)."""
+    with tempfile.TemporaryDirectory(prefix="vmctl-shot-") as folder:
+        path = Path(folder) / "screen.png"
+        virsh("screenshot", "--domain", domain, "--file", str(path))
+        return path.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,11 @@ class GuestDomain:
 
     def state(self) -> str:
         return virsh("domstate", "--domain", self.name).strip()
+
+    def screen_key(self, key: str) -> None:
+        """Type one key on the guest's keyboard: "m", "f", "b" or "e" switch the
+        screen of a guest started with SCREEN_MODE_KERNEL_ARGS."""
+        virsh("send-key", "--domain", self.name, f"KEY_{key.upper()}")
 
     def console_size(self) -> int:
         try:
