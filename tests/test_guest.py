@@ -539,6 +539,133 @@ def test_the_windows_scripts_call_the_api_as_documented(openapi):
     assert '"&boot=" & Boot' in vbscript
 
 
+def code_lines(text: str, comment: str) -> list[str]:
+    """The lines of a script without string literals and comments (AutoIt: ';', VBScript: "'"),
+    continuation lines (" _" at the end) joined."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = re.sub(r'"[^"]*"', '""', raw)
+        if comment == ";":
+            line = re.sub(r"'[^']*'", "''", line)
+        line = line.split(comment, 1)[0].rstrip()
+        if lines and lines[-1].endswith(" _"):
+            lines[-1] = lines[-1][:-2] + " " + line.strip()
+        else:
+            lines.append(line)
+    return lines
+
+
+def block_balance(lines: list[str], pairs: dict[str, str]) -> None:
+    """Every block opened is closed by its own keyword, in order."""
+    stack: list[tuple[str, int]] = []
+    for number, line in enumerate(lines, 1):
+        for opener, pattern in pairs.items():
+            if re.match(pattern, line.strip(), re.IGNORECASE):
+                stack.append((opener, number))
+        for opener, closer in CLOSERS.items():
+            if re.match(closer, line.strip(), re.IGNORECASE):
+                assert stack and stack[-1][0] == opener, (number, line, stack[-3:])
+                stack.pop()
+    assert stack == [], stack
+
+
+CLOSERS = {
+    "func": r"EndFunc\b",
+    "if": r"(EndIf|End If)\b",
+    "for": r"Next\b",
+    "while": r"WEnd\b",
+    "do": r"Loop\b",
+    "function": r"End Function\b",
+    "sub": r"End Sub\b",
+}
+BLOCK_IF = r"(If|ElseIf) .* Then$"
+
+
+def test_the_windows_scripts_send_progress_as_heartbeat_sh_does():
+    """Point 2 of issue 16 on Windows: AutoIt reads the artwork's window, VBScript a file.
+    Neither runs here, so what can be checked without Windows is: the heartbeat carries
+    &progress= URL-encoded and cut to the controller's limit, the settings and the
+    examples for Flash and Director projectors are in the .ini, and the scripts are
+    well formed (blocks closed, every variable declared, every function defined)."""
+    from vmcontroller import vocab
+
+    autoit = (GUEST / "autoit" / "exhibition-guest.au3").read_text()
+    settings = (GUEST / "autoit" / "exhibition-guest.ini").read_text()
+    vbscript = (GUEST / "vbscript" / "heartbeat.vbs").read_text()
+    posix = HEARTBEAT_SH.read_text()
+    assert f"$PROGRESS_MAX_LENGTH = {vocab.PROGRESS_MAX_LENGTH} " in autoit
+    assert f"Const PROGRESS_MAX_LENGTH = {vocab.PROGRESS_MAX_LENGTH} " in vbscript
+    assert f"PROGRESS_MAX={vocab.PROGRESS_MAX_LENGTH} " in posix
+
+    assert '"&boot=" & $sBoot & _ProgressQuery(), $sWhy)' in autoit
+    assert "StringLeft(_Progress(), $PROGRESS_MAX_LENGTH)" in autoit
+    assert '"&progress=" & _UrlEncode($sValue)' in autoit
+    assert 'Return "gone"' in autoit, "a crashed projector: a value that no longer changes"
+    methods = re.search(r'StringRegExp\(\$sProgressMethod, "\^\(([\w|]+)\)\$"\)', autoit)
+    assert methods and set(methods.group(1).split("|")) == {"off", "title", "pixels", "both"}
+    assert "\nmethod=off\n" in settings, "opt-in"
+    assert "; method: off, pixels, title or both." in settings
+    assert "[CLASS:ShockwaveFlash]" in settings, "the Flash projector's window"
+    assert "[REGEXPCLASS:ImlWinCls]" in settings, "Director projectors: ImlWinCls(Sw10)"
+    assert "PixelChecksum(" in autoit and "ClientToScreen" in autoit
+
+    assert '"&boot=" & Boot & ProgressQuery())' in vbscript
+    assert 'ProgressQuery = "&progress=" & UrlEncode(line)' in vbscript
+    assert "line = Left(line, PROGRESS_MAX_LENGTH)" in vbscript
+    assert "ProgressFile = WScript.Arguments(3)" in vbscript
+
+    au3 = code_lines(autoit, ";")
+    block_balance(
+        au3,
+        {"func": r"Func ", "if": r"If .* Then$", "for": r"For ", "while": r"While "},
+    )
+    declared = set()
+    for line in au3:
+        head = re.match(r"\s*(Global|Local)( Const)? (.*)", line)
+        if head:
+            declared |= set(re.findall(r"\$(\w+)\s*(?:=|,|$)", head.group(3)))
+        func = re.match(r"Func \w+\((.*)\)", line)
+        if func:
+            declared |= set(re.findall(r"\$(\w+)", func.group(1)))
+        loop = re.match(r"\s*For \$(\w+)", line)
+        if loop:
+            declared.add(loop.group(1))
+    used = {name for line in au3 for name in re.findall(r"\$(\w+)", line)}
+    assert used <= declared, used - declared  # Opt("MustDeclareVars", 1)
+    defined = {m for line in au3 for m in re.findall(r"^Func (\w+)\(", line)}
+    called = {m for line in au3 for m in re.findall(r"\b(_\w+)\(", line)}
+    from_includes = {"_Singleton", "_Timer_GetIdleTime"}  # Misc.au3, Timers.au3
+    assert called - from_includes <= defined, called - from_includes - defined
+    assert all(name in called or name in {"_ComError"} for name in defined)
+
+    vbs = code_lines(vbscript, "'")
+    block_balance(
+        vbs,
+        {
+            "function": r"Function ",
+            "sub": r"Sub ",
+            "if": BLOCK_IF.replace("ElseIf", "ElseIf_never"),
+            "do": r"Do\b",
+        },
+    )
+    dims = set()
+    for line in vbs:
+        dim = re.match(r"\s*(?:Dim|Const) (.*)", line)
+        if dim:
+            dims |= set(re.findall(r"(\w+)\s*(?:=.*)?(?:,|$)", dim.group(1)))
+        proc = re.match(r"(?:Function|Sub) (\w+)\((.*)\)", line)
+        if proc:
+            dims.add(proc.group(1))
+            dims |= set(re.findall(r"\w+", proc.group(2)))
+    assigned = {
+        m.group(1)
+        for line in vbs
+        for m in [re.match(r"\s*(?:Set )?(\w+)\s*=", line.split(" Then ", 1)[-1])]
+        if m
+    }
+    assert assigned <= dims, assigned - dims  # Option Explicit
+
+
 # ------------------------------------------------------------------ the real guest, end to end
 
 TIMEOUT = 5.0  # heartbeat_timeout of the controller under test
