@@ -55,6 +55,7 @@ class Recorder:
                 recorder.hits.append(
                     {
                         "path": parts.path,
+                        "raw": parts.query,
                         "query": dict(urllib.parse.parse_qsl(parts.query)),
                         "auth": self.headers.get("Authorization"),
                     }
@@ -154,7 +155,21 @@ def busybox_env(guest_build, tmp_path: Path) -> tuple[dict[str, str], str]:
     bindir = tmp_path / "busybox-bin"
     bindir.mkdir(exist_ok=True)
     busybox = guest_build.path / "busybox"
-    for applet in ("sh", "wget", "timeout", "sleep", "cut", "sed", "date", "grep", "cat"):
+    applets = (
+        "sh",
+        "wget",
+        "timeout",
+        "sleep",
+        "cut",
+        "sed",
+        "date",
+        "grep",
+        "cat",
+        "od",
+        "mktemp",
+        "rm",
+    )
+    for applet in applets:
         link = bindir / applet
         if not link.exists():
             link.symlink_to(busybox)
@@ -221,6 +236,9 @@ def test_the_script_survives_a_controller_that_is_down_then_comes_back(
         assert {hit["query"]["boot"] for hit in recorder.hits} == {first["query"]["boot"]}
         assert all(hit["path"] == "/api/v1/heartbeat" for hit in recorder.hits)
         assert all(hit["auth"] == "Bearer guest-token-0123456789" for hit in recorder.hits)
+        assert all(set(hit["query"]) == {"seq", "boot"} for hit in recorder.hits), (
+            "without -p no progress"
+        )
     finally:
         recorder.close()
     assert script.alive()
@@ -253,12 +271,163 @@ def test_usage_errors_exit_2(tmp_path):
         ["-t", "x", "http://host"],
         ["-q", "http://host"],
         ["http://a", "1", "extra"],
+        ["-p", "", "http://host"],
+        ["-p"],
     ):
         proc = subprocess.run(
             ["sh", str(HEARTBEAT_SH), *args], capture_output=True, text=True, timeout=10
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "usage: heartbeat.sh" in proc.stderr
+
+
+# ------------------------------------------------------------------ progress (-p COMMAND)
+
+MAX_PROGRESS = 128  # vocab.PROGRESS_MAX_LENGTH: the script has its own copy (it runs in guests)
+
+
+def progress_script(scripts, client, guest_build, tmp_path, command: str, *options: str):
+    """heartbeat.sh -v -p COMMAND against a fresh Recorder, every 0.2 s."""
+    env, shell = script_env(client, guest_build, tmp_path)
+    recorder = Recorder()
+    script = scripts(
+        ["-v", *options, "-p", command, f"http://127.0.0.1:{recorder.port}", "0.2"], env, shell
+    )
+    return recorder, script
+
+
+def hit_with(recorder: Recorder, value: str) -> dict[str, Any] | None:
+    return next((h for h in recorder.hits if h["query"].get("progress") == value), None)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_the_progress_goes_percent_encoded_and_follows_the_command(
+    client, guest_build, tmp_path, scripts
+):
+    frame = tmp_path / "frame"
+    value = "frame 1 & 50% done/ü 日本 ~-._"
+    frame.write_bytes(f"{value}\r\nthe second line is not sent\n".encode())
+    recorder, script = progress_script(scripts, client, guest_build, tmp_path, f"cat '{frame}'")
+    try:
+        wait_until(lambda: hit_with(recorder, value), 15, message="a heartbeat with the progress")
+        hit = hit_with(recorder, value)
+        assert hit is not None
+        # Every byte but the unreserved ones (RFC 3986) percent-encoded, hex in capitals,
+        # UTF-8; the line's CR dropped.
+        assert hit["raw"].endswith(
+            "&progress=frame%201%20%26%2050%25%20done%2F%C3%BC%20%E6%97%A5%E6%9C%AC%20~-._"
+        ), hit["raw"]
+        assert hit["path"] == "/api/v1/heartbeat" and set(hit["query"]) == {
+            "seq",
+            "boot",
+            "progress",
+        }
+        assert f"ok progress={urllib.parse.quote(value, safe='~')}" in script.text()
+
+        frame.write_text("frame 2\n")  # the command runs before each heartbeat
+        wait_until(lambda: hit_with(recorder, "frame 2"), 15, message="the new progress value")
+    finally:
+        recorder.close()
+
+
+@pytest.mark.parametrize("client", ["curl", "busybox"])
+def test_a_long_or_broken_progress_is_cut_to_128_characters_as_the_controller_counts_them(
+    client, guest_build, tmp_path, scripts
+):
+    values = tmp_path / "value"
+    cases = [
+        ("x" * 300).encode(),
+        ("é" * 200).encode(),  # two bytes each: cut at characters, not at bytes
+        ("x" * 127 + "日本").encode(),  # the 128th character is three bytes long
+        b"ok\xff\xc3(\xe0\x80end\xed\xa0\x80\xf0\x9f\x98",  # not UTF-8 (overlong, surrogate, cut)
+        b"\xe2\x82\xac" * 127 + b"\xc3",  # 127 euros and a lone lead byte: 128 characters
+    ]
+    values.write_bytes(cases[0] + b"\n")
+    recorder, _ = progress_script(scripts, client, guest_build, tmp_path, f"cat '{values}'")
+    try:
+        for raw in cases:
+            values.write_bytes(raw + b"\n")
+            # What the controller will see: the value decoded as UTF-8, each broken
+            # sequence one replacement character, which the script sends as '?'.
+            expected = raw.decode("utf-8", "replace").replace("\ufffd", "?")[:MAX_PROGRESS]
+            wait_until(
+                lambda: hit_with(recorder, expected),  # noqa: B023 (waited on here)
+                15,
+                message=f"progress {expected!r}",
+            )
+        assert hit_with(recorder, "ok??(??end???" + "?")  # 0xE0 0x80: two; 0xED 0xA0 0x80: three
+        assert all(len(h["query"]["progress"]) <= MAX_PROGRESS for h in recorder.hits)
+        assert all(h["raw"].isascii() and " " not in h["raw"] for h in recorder.hits)
+    finally:
+        recorder.close()
+
+
+@pytest.mark.parametrize("client", ["curl", "busybox"])
+def test_no_progress_is_sent_when_the_command_fails_or_prints_nothing(
+    client, guest_build, tmp_path, scripts
+):
+    flag = tmp_path / "flag"
+    # Prints nothing while the flag is missing, fails with output while it says
+    # "fail", hangs while it says "hang", else prints its contents.
+    command = (
+        f"[ -e '{flag}' ] || exit 0; "
+        f"case $(cat '{flag}') in fail) echo partial; exit 3 ;; hang) sleep 30 ;; esac; "
+        f"cat '{flag}'"
+    )
+    recorder, script = progress_script(scripts, client, guest_build, tmp_path, command, "-t", "1")
+    try:
+
+        def after(mark: int, count: int) -> list[dict[str, Any]]:
+            wait_until(
+                lambda: len(recorder.hits) >= mark + count,
+                20,
+                message=f"{count} more heartbeats",
+            )
+            return recorder.hits[mark:]
+
+        assert all("progress" not in h["query"] for h in after(0, 3)), "empty output"
+        assert "progress: the command printed nothing" in script.text()
+
+        flag.write_text("fail\n")
+        wait_until(lambda: "the command failed (exit status 3)" in script.text(), 15)
+        assert all("progress" not in h["query"] for h in after(len(recorder.hits), 3))
+
+        flag.write_text("hang\n")
+        wait_until(lambda: "the command failed (no output within 1 s)" in script.text(), 15)
+        assert all("progress" not in h["query"] for h in after(len(recorder.hits), 2))
+
+        flag.write_text("\n")  # an empty first line is no value either
+        wait_until(lambda: script.text().count("the command printed nothing") == 2, 15)
+        assert all("progress" not in h["query"] for h in after(len(recorder.hits), 3))
+
+        flag.write_text("playing\n")
+        wait_until(lambda: hit_with(recorder, "playing"), 15, message="the progress back")
+        assert "progress: the command prints a value again" in script.text()
+        assert script.alive()
+        seqs = [int(h["query"]["seq"]) for h in recorder.hits]
+        assert seqs == list(range(1, len(seqs) + 1)), "no heartbeat was skipped meanwhile"
+    finally:
+        recorder.close()
+
+
+@pytest.mark.libvirt
+def test_a_real_controller_takes_heartbeats_with_the_longest_progress(
+    start_controller, guest_build, tmp_path, scripts
+):
+    _, api = start_controller(heartbeat_timeout=2, vm_startup_heartbeat_delay=0.5)
+    value = tmp_path / "value"
+    value.write_text("é & 日本/%" * 40 + "\n")  # far over the limit: cut to 128 characters
+    for client in ("curl", "busybox"):
+        env, shell = script_env(client, guest_build, tmp_path)
+        script = scripts(["-v", "-p", f"cat '{value}'", api.base, "0.2"], env, shell)
+        wait_until(
+            lambda: sum(ok for _, _, ok in script.beats()) >= 3,  # noqa: B023 (waited on here)
+            20,
+            message=f"heartbeats with progress answered through {client}",
+        )
+        script.stop()
+        assert "progress=" in script.text()
+        assert api.get("/api/v1/status")["heartbeat"]["is_healthy"] is True, client
 
 
 @pytest.mark.libvirt
@@ -368,6 +537,133 @@ def test_the_windows_scripts_call_the_api_as_documented(openapi):
     assert "http.abort" in vbscript
     assert '"Authorization", "Bearer " & Token' in vbscript
     assert '"&boot=" & Boot' in vbscript
+
+
+def code_lines(text: str, comment: str) -> list[str]:
+    """The lines of a script without string literals and comments (AutoIt: ';', VBScript: "'"),
+    continuation lines (" _" at the end) joined."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = re.sub(r'"[^"]*"', '""', raw)
+        if comment == ";":
+            line = re.sub(r"'[^']*'", "''", line)
+        line = line.split(comment, 1)[0].rstrip()
+        if lines and lines[-1].endswith(" _"):
+            lines[-1] = lines[-1][:-2] + " " + line.strip()
+        else:
+            lines.append(line)
+    return lines
+
+
+def block_balance(lines: list[str], pairs: dict[str, str]) -> None:
+    """Every block opened is closed by its own keyword, in order."""
+    stack: list[tuple[str, int]] = []
+    for number, line in enumerate(lines, 1):
+        for opener, pattern in pairs.items():
+            if re.match(pattern, line.strip(), re.IGNORECASE):
+                stack.append((opener, number))
+        for opener, closer in CLOSERS.items():
+            if re.match(closer, line.strip(), re.IGNORECASE):
+                assert stack and stack[-1][0] == opener, (number, line, stack[-3:])
+                stack.pop()
+    assert stack == [], stack
+
+
+CLOSERS = {
+    "func": r"EndFunc\b",
+    "if": r"(EndIf|End If)\b",
+    "for": r"Next\b",
+    "while": r"WEnd\b",
+    "do": r"Loop\b",
+    "function": r"End Function\b",
+    "sub": r"End Sub\b",
+}
+BLOCK_IF = r"(If|ElseIf) .* Then$"
+
+
+def test_the_windows_scripts_send_progress_as_heartbeat_sh_does():
+    """Point 2 of issue 16 on Windows: AutoIt reads the artwork's window, VBScript a file.
+    Neither runs here, so what can be checked without Windows is: the heartbeat carries
+    &progress= URL-encoded and cut to the controller's limit, the settings and the
+    examples for Flash and Director projectors are in the .ini, and the scripts are
+    well formed (blocks closed, every variable declared, every function defined)."""
+    from vmcontroller import vocab
+
+    autoit = (GUEST / "autoit" / "exhibition-guest.au3").read_text()
+    settings = (GUEST / "autoit" / "exhibition-guest.ini").read_text()
+    vbscript = (GUEST / "vbscript" / "heartbeat.vbs").read_text()
+    posix = HEARTBEAT_SH.read_text()
+    assert f"$PROGRESS_MAX_LENGTH = {vocab.PROGRESS_MAX_LENGTH} " in autoit
+    assert f"Const PROGRESS_MAX_LENGTH = {vocab.PROGRESS_MAX_LENGTH} " in vbscript
+    assert f"PROGRESS_MAX={vocab.PROGRESS_MAX_LENGTH} " in posix
+
+    assert '"&boot=" & $sBoot & _ProgressQuery(), $sWhy)' in autoit
+    assert "StringLeft(_Progress(), $PROGRESS_MAX_LENGTH)" in autoit
+    assert '"&progress=" & _UrlEncode($sValue)' in autoit
+    assert 'Return "gone"' in autoit, "a crashed projector: a value that no longer changes"
+    methods = re.search(r'StringRegExp\(\$sProgressMethod, "\^\(([\w|]+)\)\$"\)', autoit)
+    assert methods and set(methods.group(1).split("|")) == {"off", "title", "pixels", "both"}
+    assert "\nmethod=off\n" in settings, "opt-in"
+    assert "; method: off, pixels, title or both." in settings
+    assert "[CLASS:ShockwaveFlash]" in settings, "the Flash projector's window"
+    assert "[REGEXPCLASS:ImlWinCls]" in settings, "Director projectors: ImlWinCls(Sw10)"
+    assert "PixelChecksum(" in autoit and "ClientToScreen" in autoit
+
+    assert '"&boot=" & Boot & ProgressQuery())' in vbscript
+    assert 'ProgressQuery = "&progress=" & UrlEncode(line)' in vbscript
+    assert "line = Left(line, PROGRESS_MAX_LENGTH)" in vbscript
+    assert "ProgressFile = WScript.Arguments(3)" in vbscript
+
+    au3 = code_lines(autoit, ";")
+    block_balance(
+        au3,
+        {"func": r"Func ", "if": r"If .* Then$", "for": r"For ", "while": r"While "},
+    )
+    declared = set()
+    for line in au3:
+        head = re.match(r"\s*(Global|Local)( Const)? (.*)", line)
+        if head:
+            declared |= set(re.findall(r"\$(\w+)\s*(?:=|,|$)", head.group(3)))
+        func = re.match(r"Func \w+\((.*)\)", line)
+        if func:
+            declared |= set(re.findall(r"\$(\w+)", func.group(1)))
+        loop = re.match(r"\s*For \$(\w+)", line)
+        if loop:
+            declared.add(loop.group(1))
+    used = {name for line in au3 for name in re.findall(r"\$(\w+)", line)}
+    assert used <= declared, used - declared  # Opt("MustDeclareVars", 1)
+    defined = {m for line in au3 for m in re.findall(r"^Func (\w+)\(", line)}
+    called = {m for line in au3 for m in re.findall(r"\b(_\w+)\(", line)}
+    from_includes = {"_Singleton", "_Timer_GetIdleTime"}  # Misc.au3, Timers.au3
+    assert called - from_includes <= defined, called - from_includes - defined
+    assert all(name in called or name in {"_ComError"} for name in defined)
+
+    vbs = code_lines(vbscript, "'")
+    block_balance(
+        vbs,
+        {
+            "function": r"Function ",
+            "sub": r"Sub ",
+            "if": BLOCK_IF.replace("ElseIf", "ElseIf_never"),
+            "do": r"Do\b",
+        },
+    )
+    dims = set()
+    for line in vbs:
+        dim = re.match(r"\s*(?:Dim|Const) (.*)", line)
+        if dim:
+            dims |= set(re.findall(r"(\w+)\s*(?:=.*)?(?:,|$)", dim.group(1)))
+        proc = re.match(r"(?:Function|Sub) (\w+)\((.*)\)", line)
+        if proc:
+            dims.add(proc.group(1))
+            dims |= set(re.findall(r"\w+", proc.group(2)))
+    assigned = {
+        m.group(1)
+        for line in vbs
+        for m in [re.match(r"\s*(?:Set )?(\w+)\s*=", line.split(" Then ", 1)[-1])]
+        if m
+    }
+    assert assigned <= dims, assigned - dims  # Option Explicit
 
 
 # ------------------------------------------------------------------ the real guest, end to end

@@ -6,6 +6,9 @@
 ;   GET /api/v1/revert/request?reason=...&severity=...
 ; - an idle monitor: after N minutes without a visitor touching mouse or
 ;   keyboard, ask for a fresh start: GET /api/v1/idle/reset?idle_duration=SECONDS
+; - progress (optional): each heartbeat carries &progress=VALUE, read from the
+;   artwork's window (a checksum of pixels in its client area and/or its
+;   title), so that the controller can tell a frozen artwork from a playing one
 ;
 ; Settings live in exhibition-guest.ini next to this script (or the compiled
 ; .exe); see README.md. Every request is bounded (WinHttp timeouts), and a
@@ -34,9 +37,15 @@ Global $iHungLimit = Number(IniRead($INI, "watchdog", "hung_s", "30"))
 Global $iIdleMinutes = Number(IniRead($INI, "idle", "idle_minutes", "0"))
 Global $iCooldown = Number(IniRead($INI, "requests", "cooldown_s", "120"))
 Global $sLog = IniRead($INI, "log", "file", @ScriptDir & "\exhibition-guest.log")
+Global $sProgressMethod = StringLower(StringStripWS(IniRead($INI, "progress", "method", "off"), 3))
+Global $sProgressWindow = IniRead($INI, "progress", "window", "[CLASS:ShockwaveFlash]")
+Global $sProgressArea = IniRead($INI, "progress", "area", "")
+Global $iProgressStep = Number(IniRead($INI, "progress", "step", "2"))
 
 If $iInterval < 100 Then $iInterval = 1000
 If $iTimeout < 500 Then $iTimeout = 5000
+If $iProgressStep < 1 Then $iProgressStep = 1
+Global Const $PROGRESS_MAX_LENGTH = 128 ; characters: the controller's limit on a progress value
 
 ; A COM failure (host unreachable, connection reset) calls this instead of
 ; ending the script; the failing call then sets @error.
@@ -51,10 +60,20 @@ Global $hMissingSince = 0 ; TimerInit() when the program was first seen missing;
 Global $hHungSince = 0    ; TimerInit() when its window was first seen hung
 Global $hLastRequest = 0  ; TimerInit() of the last revert or idle request
 Global $hStarted = TimerInit()
+Global $bWindowGone = False ; the artwork's window was missing at the last heartbeat
+
+If Not StringRegExp($sProgressMethod, "^(off|title|pixels|both)$") Then
+	_Log("[progress] method=" & $sProgressMethod & " is not off, title, pixels or both: no progress is sent")
+	$sProgressMethod = "off"
+ElseIf $sProgressMethod <> "off" And StringStripWS($sProgressWindow, 8) = "" Then
+	_Log("[progress] window is empty (it would match every window): no progress is sent")
+	$sProgressMethod = "off"
+EndIf
 
 _Log("started: heartbeats to " & $sUrl & " every " & $iInterval & " ms (boot=" & $sBoot & ")" & _
 		($sProcess <> "" ? "; watching " & $sProcess : "") & _
-		($iIdleMinutes > 0 ? "; idle reset after " & $iIdleMinutes & " min" : ""))
+		($iIdleMinutes > 0 ? "; idle reset after " & $iIdleMinutes & " min" : "") & _
+		($sProgressMethod <> "off" ? "; progress: " & $sProgressMethod & " of " & $sProgressWindow : ""))
 
 Global $hLoop, $iLeft
 While 1
@@ -94,7 +113,7 @@ EndFunc   ;==>_Get
 Func _Heartbeat()
 	$iSeq += 1
 	Local $sWhy
-	Local $iStatus = _Get("/api/v1/heartbeat?seq=" & $iSeq & "&boot=" & $sBoot, $sWhy)
+	Local $iStatus = _Get("/api/v1/heartbeat?seq=" & $iSeq & "&boot=" & $sBoot & _ProgressQuery(), $sWhy)
 	If $iStatus >= 200 And $iStatus <= 299 Then
 		If $bFailing Then _Log("seq=" & $iSeq & " ok: the controller answers again after " & $iFailures & " failed heartbeat(s)")
 		$bFailing = False
@@ -105,6 +124,80 @@ Func _Heartbeat()
 		$bFailing = True
 	EndIf
 EndFunc   ;==>_Heartbeat
+
+; "&progress=VALUE" for this heartbeat, or "" (method off, or nothing to send).
+Func _ProgressQuery()
+	If $sProgressMethod = "off" Then Return ""
+	Local $sValue = StringLeft(_Progress(), $PROGRESS_MAX_LENGTH)
+	If $sValue = "" Then Return ""
+	Return "&progress=" & _UrlEncode($sValue)
+EndFunc   ;==>_ProgressQuery
+
+; What the artwork's window shows now: the checksum of the area ("pixels"),
+; its title ("title"), or both ("CHECKSUM TITLE"); "gone" without a window.
+; A crashed or closed projector gives "gone" at every heartbeat: the value
+; stops changing, which the controller's progress rule catches.
+Func _Progress()
+	Local $hWnd = _ArtworkWindow()
+	If Not IsHWnd($hWnd) Then
+		If Not $bWindowGone Then _Log("progress: no window " & $sProgressWindow & ": sending progress=gone")
+		$bWindowGone = True
+		Return "gone"
+	EndIf
+	If $bWindowGone Then _Log("progress: window " & $sProgressWindow & " is back")
+	$bWindowGone = False
+	Local $sValue = ""
+	If $sProgressMethod = "pixels" Or $sProgressMethod = "both" Then $sValue = _AreaChecksum($hWnd)
+	If $sProgressMethod = "title" Or $sProgressMethod = "both" Then
+		If $sValue <> "" Then $sValue &= " "
+		$sValue &= WinGetTitle($hWnd)
+	EndIf
+	Return $sValue
+EndFunc   ;==>_Progress
+
+; The visible window that matches [progress] window with the largest client
+; area (an old Director projector has several ImlWinCls windows; the stage is
+; the big one), or 0 if there is none.
+Func _ArtworkWindow()
+	Local $aWindows = WinList($sProgressWindow), $hBest = 0, $iBest = -1, $aSize
+	For $i = 1 To $aWindows[0][0]
+		If BitAND(WinGetState($aWindows[$i][1]), 2) Then
+			$aSize = WinGetClientSize($aWindows[$i][1])
+			If IsArray($aSize) Then
+				If $aSize[0] * $aSize[1] > $iBest Then
+					$iBest = $aSize[0] * $aSize[1]
+					$hBest = $aWindows[$i][1]
+				EndIf
+			EndIf
+		EndIf
+	Next
+	Return $hBest
+EndFunc   ;==>_ArtworkWindow
+
+; PixelChecksum of [progress] area (left,top,right,bottom inside the window's
+; client area; empty: all of it), read from the screen: it changes while the
+; artwork draws there and stays the same when the artwork is frozen or a
+; dialog covers the area. "" if the area cannot be read (e.g. minimized).
+Func _AreaChecksum($hWnd)
+	Local $aClient = WinGetClientSize($hWnd)
+	If Not IsArray($aClient) Then Return ""
+	Local $iLeft = 0, $iTop = 0, $iRight = $aClient[0] - 1, $iBottom = $aClient[1] - 1
+	Local $aArea = StringSplit(StringStripWS($sProgressArea, 8), ",")
+	If $aArea[0] = 4 Then
+		$iLeft = Number($aArea[1])
+		$iTop = Number($aArea[2])
+		$iRight = Number($aArea[3])
+		$iBottom = Number($aArea[4])
+	EndIf
+	If $iRight < $iLeft Or $iBottom < $iTop Then Return ""
+	; Where the client area's corner is on the screen (PixelChecksum takes screen coordinates).
+	Local $tPoint = DllStructCreate("long X;long Y")
+	Local $aCall = DllCall("user32.dll", "int", "ClientToScreen", "hwnd", $hWnd, "ptr", DllStructGetPtr($tPoint))
+	If Not IsArray($aCall) Then Return ""
+	If $aCall[0] = 0 Then Return ""
+	Local $iX = DllStructGetData($tPoint, "X"), $iY = DllStructGetData($tPoint, "Y")
+	Return String(PixelChecksum($iX + $iLeft, $iY + $iTop, $iX + $iRight, $iY + $iBottom, $iProgressStep))
+EndFunc   ;==>_AreaChecksum
 
 Func _WatchProcess()
 	If Not ProcessExists($sProcess) Then
