@@ -188,8 +188,19 @@ def test_the_503_list_covers_every_operation_but_the_root(openapi):
         for method, path in NEEDS_MONITOR
     }
     # The root and /metrics answer before the monitor has started (metrics then claim no
-    # state: tests/test_metrics.py).
-    assert listed == documented_operations(openapi) - {("/", "GET"), ("/metrics", "GET")}
+    # state: tests/test_metrics.py), and so do the screen's pictures (the screen watcher's).
+    assert listed == documented_operations(openapi) - {
+        ("/", "GET"),
+        ("/metrics", "GET"),
+        ("/api/v1/screen/latest", "GET"),
+        ("/api/v1/screen/{event_id}", "GET"),
+    }
+
+
+def test_the_screen_routes_say_when_screen_watching_is_off(api):
+    for path in ("/api/v1/screen/latest", "/api/v1/screen/7"):
+        answer = api.get(path, expect=404)
+        assert answer["detail"].startswith("screen watching is off")
 
 
 @pytest.mark.parametrize("method, path", NEEDS_MONITOR, ids=[" ".join(r) for r in NEEDS_MONITOR])
@@ -223,7 +234,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists(make_ap
     documented = documented_operations(openapi)
     assert not served - documented, f"undocumented routes: {sorted(served - documented)}"
     assert not documented - served, f"documented but not served: {sorted(documented - served)}"
-    assert len(served) == 28
+    assert len(served) == 30
 
 
 # ------------------------------------------------------------------ every route, happy path
@@ -687,6 +698,6 @@ def test_a_heartbeat_carries_a_progress_value_on_both_paths_and_a_bad_one_is_ref
     before = api.monitor.heartbeats_received
     for bad in ("x" * 129, "line%0Abreak"):
         refused = api.get(f"/api/v1/heartbeat?progress={bad}", expect=400)
-        assert "progress must be at most 128 printable characters" in refused["detail"]
+        assert "progress must be at most 128 characters without control" in refused["detail"]
     assert api.monitor.heartbeats_received == before
     assert api.monitor.heartbeat_status()["progress"]["value"] == "Flash: scene 2"

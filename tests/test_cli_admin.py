@@ -672,7 +672,7 @@ def test_every_verb_has_help(path):
     if (
         path
         # The verbs that work on this machine, not through a controller's API.
-        and path[0] not in ("serve", "check-config", "schedule", "notify", "vm")
+        and path[0] not in ("serve", "check-config", "schedule", "notify", "screen", "vm")
         and path not in (("snapshot",), ("revert",))
     ):
         for option in ("--url", "--token", "--json", "--timeout"):
@@ -714,11 +714,11 @@ def test_the_configs_api_token_goes_only_to_the_configs_address(stand_in, monkey
     the local config is never sent to an address typed by hand."""
     from types import SimpleNamespace
 
-    from vmcontroller import cli
+    from vmcontroller import clibase
 
     port = int(stand_in.url.rsplit(":", 1)[1])
     config = SimpleNamespace(api_host="0.0.0.0", api_port=port, api_token="from-the-config-file")
-    monkeypatch.setattr(cli, "load_config", lambda path, env=None: (config, None))
+    monkeypatch.setattr(clibase, "load_config", lambda path, env=None: (config, None))
     assert invoke("status").exit_code == 0
     assert invoke("status", "--token", "given").exit_code == 0
     assert invoke("status", "--url", stand_in.url).exit_code == 0

@@ -19,6 +19,7 @@ from vmcontroller.config import (
     load_config,
 )
 from vmcontroller.schedule import parse_schedule
+from vmcontroller.screen import parse_screen
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,10 @@ def valid_other_value(field: dataclasses.Field, tmp_path: Path) -> tuple[str, An
         "schedule": (
             "{hours: {monday: '10:00-18:00'}}",
             parse_schedule({"hours": {"monday": "10:00-18:00"}}),
+        ),
+        "screen": (
+            "{rules: [{kind: black, seconds: 5}]}",
+            parse_screen({"rules": [{"kind": "black", "seconds": 5}]}, Path.cwd()),
         ),
         "notify_webhook_url": (
             "https://hooks.museum.example/vm",

@@ -63,6 +63,9 @@ CONTRACT = {
     ("/metrics", "get"),
     # Server-Sent Events for dashboards (issue 14).
     ("/api/v1/events/stream", "get"),
+    # The screen as the screen watcher sees it (issue 16).
+    ("/api/v1/screen/latest", "get"),
+    ("/api/v1/screen/{event_id}", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 TAGS = {
@@ -73,6 +76,7 @@ TAGS = {
     "Auto-revert",
     "Guest requests",
     "History",
+    "Screen",
 }
 
 
@@ -331,6 +335,9 @@ def test_every_response_has_a_json_example(spec):
             if path == "/api/v1/events/stream" and status == "200":  # Server-Sent Events
                 assert set(content) == {"text/event-stream"}
                 content = {"application/json": content["text/event-stream"]}
+            if path.startswith("/api/v1/screen/") and status == "200":  # a PNG
+                assert set(content) == {"image/png"}
+                content = {"application/json": content["image/png"]}
             media = content["application/json"]
             assert "example" in media or "examples" in media, (
                 f"{method.upper()} {path} {status} has no example"

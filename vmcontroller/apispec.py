@@ -30,10 +30,12 @@ from .vocab import (
     MAX_QUERY,
     METRICS_PATH,
     OUTCOMES,
+    PROGRESS_CONTROL_CHARACTERS,
     PROGRESS_MAX_LENGTH,
     READ_ONLY_PATHS,
     REPEAT_INTERVAL,
     REPORT_MAX_DAYS,
+    RULE_KINDS,
     SCHEDULE_STATES,
     TRIGGERS,
 )
@@ -485,6 +487,63 @@ def _schemas() -> dict[str, Any]:
                 },
                 "schedule": _schedule_status(),
                 "notifications": _schema("NotificationStatus"),
+                "screen": _schema("ScreenStatus"),
+            },
+        },
+        "ScreenStatus": {
+            "type": "object",
+            "nullable": True,
+            "description": "What the screen watcher sees (additive; see README, Watching "
+            "the screen). Null when the configuration has no screen: section.",
+            "required": ["interval", "judged", "last_screenshot", "size", "error", "rules"],
+            "properties": {
+                "interval": {"type": "number", "description": "Seconds between screenshots."},
+                "judged": {
+                    "type": "boolean",
+                    "description": "Whether a failing rule is acted on now (false during "
+                    "the grace period, in maintenance, in closed hours, while stopped).",
+                },
+                "last_screenshot": {"type": "string", "format": "date-time", "nullable": True},
+                "size": {
+                    "type": "array",
+                    "nullable": True,
+                    "items": {"type": "integer"},
+                    "description": "The guest's screen in pixels: [width, height].",
+                },
+                "error": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "Why the last screenshot could not be taken (virsh's "
+                    "message), else null.",
+                },
+                "rules": {
+                    "type": "array",
+                    "description": "Each rule's verdict on the last screenshot.",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "rule",
+                            "kind",
+                            "holding",
+                            "since",
+                            "held_seconds",
+                            "failing",
+                            "detail",
+                        ],
+                        "properties": {
+                            "rule": {"type": "string"},
+                            "kind": {"type": "string", "enum": list(RULE_KINDS)},
+                            "holding": {"type": "boolean"},
+                            "since": {"type": "number", "nullable": True},
+                            "held_seconds": {
+                                "type": "number",
+                                "description": "Seconds counted toward the rule's limit.",
+                            },
+                            "failing": {"type": "boolean"},
+                            "detail": {"type": "string"},
+                        },
+                    },
+                },
             },
         },
         "NotificationStatus": {
@@ -597,6 +656,7 @@ def _schemas() -> dict[str, Any]:
                 "duration",
                 "error",
                 "count",
+                "screenshot",
             ],
             "properties": {
                 "id": {"type": "integer"},
@@ -632,6 +692,14 @@ def _schemas() -> dict[str, Any]:
                     f"{REPEAT_INTERVAL:g} s of the first is counted "
                     "here instead of adding a row; time and reason "
                     "are the first one's.",
+                },
+                "screenshot": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "For a screen rule's recovery: where the screenshot "
+                    "that caused it is served (GET it with the staff token); removed "
+                    "with the oldest beyond screen.keep. Null for other rows.",
+                    "example": None,
                 },
             },
         },
@@ -867,6 +935,18 @@ def _operation(
     return op
 
 
+def _png_response() -> dict[str, Any]:
+    return {
+        "description": "The screenshot, a PNG in the guest's own pixels.",
+        "content": {
+            "image/png": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(the PNG's bytes)",
+            }
+        },
+    }
+
+
 def _get_and_post(
     tag: str,
     base_id: str,
@@ -1080,7 +1160,8 @@ def _paths() -> dict[str, Any]:
                     "A progress value too long or with control characters; the "
                     "heartbeat is not recorded.",
                     "Invalid parameter: progress must be at most "
-                    f"{PROGRESS_MAX_LENGTH} printable characters (got 300 characters)",
+                    f"{PROGRESS_MAX_LENGTH} characters without control characters (got 300 "
+                    "characters)",
                 ),
                 "503": _503(),
             },
@@ -1097,7 +1178,11 @@ def _paths() -> dict[str, Any]:
                             "for that long is a failure (trigger `progress_stalled`). "
                             "Also accepted as a POST form field or JSON member."
                         ),
-                        "schema": {"type": "string", "maxLength": PROGRESS_MAX_LENGTH},
+                        "schema": {
+                            "type": "string",
+                            "maxLength": PROGRESS_MAX_LENGTH,
+                            "pattern": f"^((?!{PROGRESS_CONTROL_CHARACTERS}).)*$",
+                        },
                     }
                 ]
             },
@@ -1403,6 +1488,7 @@ def _paths() -> dict[str, Any]:
                                         "duration": 0.612,
                                         "error": None,
                                         "count": 1,
+                                        "screenshot": None,
                                     }
                                 ],
                             },
@@ -1515,6 +1601,56 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         },
+        "/api/v1/screen/latest": {
+            "get": _operation(
+                "Screen",
+                "getLatestScreenshot",
+                "The VM's screen as the screen watcher last took it",
+                "A PNG in the guest's own pixels (the ones screen rules' regions are "
+                "written in), taken every screen.interval seconds while the VM runs; "
+                "its time in the header X-Screenshot-Time.",
+                {
+                    "200": _png_response(),
+                    "404": _error(
+                        "Screen watching is off, or no screenshot was taken yet.",
+                        "screen watching is off: the configuration has no screen: section",
+                    ),
+                },
+            )
+        },
+        "/api/v1/screen/{event_id}": {
+            "get": _operation(
+                "Screen",
+                "getRecoveryScreenshot",
+                "The screenshot that caused a recovery",
+                "Kept under the id of the history row of a screen rule's recovery (the "
+                "row's `screenshot` field links it); at most screen.keep of them and "
+                "screen.keep_mib MiB, the oldest removed first.",
+                {
+                    "200": _png_response(),
+                    "400": _error(
+                        "The id is not a whole number.",
+                        "Invalid path: the history event's id must be a whole number "
+                        "(got 'latest1')",
+                    ),
+                    "404": _error(
+                        "No screenshot is kept for that row (another trigger, or removed).",
+                        "no screenshot kept for history event 12: only a screen rule's "
+                        "recoveries have one, and the oldest are removed (screen.keep, "
+                        "screen.keep_mib)",
+                    ),
+                },
+                parameters=[
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The id of the history row.",
+                        "schema": {"type": "integer", "minimum": 0},
+                    }
+                ],
+            )
+        },
         "/api/v1/report": {
             "get": _operation(
                 "History",
@@ -1584,6 +1720,7 @@ _TAGS = (
     ("Auto-revert", "Switch automatic recovery on and off (maintenance mode)."),
     ("Guest requests", "The guest's own calls beyond the heartbeat."),
     ("History", "What the controller did, and why."),
+    ("Screen", "The VM's screen, as the screen watcher sees it."),
 )
 
 

@@ -36,9 +36,11 @@ from .requestlog import RequestLog
 from .routes import (
     AnyTextConverter,
     HotPath,
+    Screens,
     api_blueprint,
     hot_answers,
     metrics_blueprint,
+    screen_blueprint,
     stream_blueprint,
 )
 from .security import SecuritySettings, init_security
@@ -127,10 +129,12 @@ def create_app(
     security: SecuritySettings | None = None,
     metrics: CollectorRegistry | None = None,
     stream: Hub | None = None,
+    screens: Screens | None = None,
 ) -> Flask:
     """Build the Flask app around the controller (the Monitor, or a stub in tests);
     with a registry of metrics (metrics.py), it serves /metrics too, and with an
-    event hub (stream.py), the event stream."""
+    event hub (stream.py), the event stream; with the screen watcher's shelf
+    (screenwatch.py), the VM's screen."""
     app = Flask(__name__, static_folder=None)
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False  # keep the field order of the API reference
@@ -142,6 +146,7 @@ def create_app(
         app.register_blueprint(metrics_blueprint(metrics))
     if stream is not None:
         app.register_blueprint(stream_blueprint(stream))
+    app.register_blueprint(screen_blueprint(screens))
     app.wsgi_app = HotPath(app, hot_answers(controls))  # type: ignore[method-assign]
 
     def docs_app() -> Flask:

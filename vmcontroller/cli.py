@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,45 +36,19 @@ import click
 import yaml
 
 from . import __version__, vmimport
+from .clibase import ExitStatus, Group, config_option, load_or_exit
 from .client import DEFAULT_TIMEOUT, ApiError, Client, Unreachable, base_url_for, check_base_url
-from .config import ConfigError, as_dict, load_config
+from .config import as_dict
 from .errors import LibvirtFailure
 from .report import ReportRangeError, parse_day
 from .schedule import Schedule
+from .screencmd import screen
 from .vocab import SCHEDULE_TRIGGERS, TRIGGERS
-
-
-class ExitStatus(IntEnum):
-    """The command's exit statuses, one meaning each for every verb (see above)."""
-
-    OK = 0
-    FAILED = 1  # the API refused or failed; serve could not start
-    USAGE = 2  # a bad option, argument or configuration (click's own usage errors too)
-    UNREACHABLE = 3  # nothing listens, unknown host, no answer
-
 
 MASK = "********"
 # Keys whose values are secrets: a token, tokens, or the file that holds them
 # (api_token, guest_tokens, token_file, ...), wherever they appear.
 SECRET_KEY_RE = re.compile(r"(^|_)(tokens?|secret|password)(_files?)?$")
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(readable=False),  # the loader says what is wrong, in one line
-    default=None,
-    help="Config file (default: $VMCTL_CONFIG, else ./config.yaml, "
-    "else /etc/exhibition-vm-controller/config.yaml).",
-)
-
-
-def _load(config_path: str | None, env: dict[str, str] | None = None):
-    try:
-        return load_config(config_path, env)
-    except ConfigError as exc:
-        hint = " (or give the controller's address with --url or VMCTL_URL)" if env else ""
-        click.echo(f"vmcontroller: configuration error: {exc}{hint}", err=True)
-        sys.exit(ExitStatus.USAGE)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
@@ -89,13 +62,6 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         return [mask_secrets(v, key) for v in value]
     return value
-
-
-class Group(click.Group):
-    """Lists commands in the order they are defined, as the help's story goes."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -119,7 +85,7 @@ def main() -> None:
 @config_option
 def serve(config_path: str | None) -> None:
     """Run the controller: REST API, heartbeat monitor and automatic recovery."""
-    config, source = _load(config_path)
+    config, source = load_or_exit(config_path)
     # Imported here so that check-config and --help stay fast and need no server stack.
     from .server import Controller, configure_logging
 
@@ -144,7 +110,7 @@ def serve(config_path: str | None) -> None:
 @config_option
 def check_config(config_path: str | None) -> None:
     """Validate the configuration and print the effective values (secrets masked)."""
-    config, source = _load(config_path)
+    config, source = load_or_exit(config_path)
     click.echo(f"# effective configuration (file: {source or 'none'}, then VMCTL_* overrides)")
     click.echo(yaml.safe_dump(mask_secrets(as_dict(config)), sort_keys=False).rstrip())
 
@@ -169,7 +135,7 @@ def check_config(config_path: str | None) -> None:
 def schedule(config_path: str | None, days: int, start: str | None) -> None:
     """List the coming openings, closings and maintenance windows, from the config alone
     (no controller needed)."""
-    config, _ = _load(config_path)
+    config, _ = load_or_exit(config_path)
     if config.schedule is None:
         click.echo("no schedule in the configuration: always open, always watched")
         return
@@ -208,7 +174,7 @@ def notify_test(config_path: str | None) -> None:
     Straight from the configuration: no running controller is needed. Says
     per channel what happened; exit status 1 if one of them failed.
     """
-    config, _ = _load(config_path)
+    config, _ = load_or_exit(config_path)
     # Imported here, as serve's server stack: --help stays fast.
     from .alerts import compose
     from .senders import DeliveryError, channels, ping
@@ -262,7 +228,7 @@ def _target(url: str | None, config_path: str | None) -> tuple[str, str | None]:
     # Only api_host, api_port (and the token) matter here: a placeholder VM name
     # keeps a configuration without one (or an admin's partial copy) usable.
     env = {**os.environ, "VMCTL_VM_NAME": "placeholder"}
-    config, _ = _load(config_path, env)
+    config, _ = load_or_exit(config_path, env)
     return base_url_for(config.api_host, config.api_port), getattr(config, "api_token", None)
 
 
@@ -392,6 +358,9 @@ def restart(client: Client) -> tuple[Any, Render]:
 def snapshots(client: Client) -> tuple[Any, Render]:
     """List the VM's snapshots, one name per line."""
     return client.snapshots(), lambda data: "\n".join(data.get("snapshots", []))
+
+
+main.add_command(screen)
 
 
 @main.group(cls=Group)

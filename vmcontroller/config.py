@@ -19,6 +19,7 @@ import yaml
 
 from .names import NAME_RE
 from .schedule import Schedule, ScheduleError, parse_schedule
+from .screen import BadImage, ScreenConfig, ScreenError, load_references, parse_screen
 
 ENV_PREFIX = "VMCTL_"
 CONFIG_ENV = "VMCTL_CONFIG"
@@ -70,6 +71,7 @@ class Config:
     api_channel_timeout: float = 30.0
     api_stream_clients: int = 32
     schedule: Schedule | None = None  # opening hours (schedule.py); None: always open
+    screen: ScreenConfig | None = None  # screen liveness rules (screen.py); None: off
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = None
     notify_webhook_secret_file: str | None = None
@@ -226,6 +228,8 @@ _RULES: dict[str, _Rule] = {
     ),
     # Checked key by key by schedule.parse_schedule, whose errors name the nested key.
     "schedule": _Rule(dict, lambda v: True, "null, or a mapping of opening hours (see the README)"),
+    # Checked key by key by screen.parse_screen, whose errors name the nested key.
+    "screen": _Rule(dict, lambda v: True, "null, or a mapping of screen rules (see the README)"),
     "notify_webhook_url": _Rule(
         str, _good_url, "null or an http:// or https:// URL to POST notifications to"
     ),
@@ -354,15 +358,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _coerce(key: str, value: Any) -> Any:
+def _coerce(key: str, value: Any, base_dir: Path) -> Any:
     rule = _RULES[key]
     if rule.kind is dict:
-        if isinstance(value, Schedule):
-            return value
-        try:
-            return parse_schedule(value)
-        except ScheduleError as exc:
-            raise ConfigError(str(exc)) from None
+        return _nested(key, value, base_dir)
     shown = (
         f"{key}=<hidden, {len(value)} characters>"
         if key in SECRET_KEYS and isinstance(value, str)
@@ -387,8 +386,24 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def build_config(values: Mapping[str, Any]) -> Config:
-    """Validate a mapping of settings into a Config, or raise ConfigError."""
+def _nested(key: str, value: Any, base_dir: Path) -> Any:
+    """A section with keys of its own, checked by its module (errors name the nested key)."""
+    try:
+        if key == "schedule":
+            return value if isinstance(value, Schedule) else parse_schedule(value)
+        if isinstance(value, ScreenConfig):
+            return value
+        screen = parse_screen(value, base_dir)
+        load_references(screen)  # a reference image that is missing stops the start here
+        return screen
+    except (ScheduleError, ScreenError, BadImage) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def build_config(values: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a mapping of settings into a Config, or raise ConfigError. ``base_dir``:
+    where relative paths in it start (the config file's folder; else the current one)."""
+    base = base_dir if base_dir is not None else Path.cwd()
     unknown = sorted(set(values) - set(_RULES))
     if unknown:
         key = unknown[0]
@@ -402,7 +417,7 @@ def build_config(values: Mapping[str, Any]) -> Config:
         merged[key] = _token_from_file(key, merged)
     config = Config(
         **{
-            key: _coerce(key, merged[key])
+            key: _coerce(key, merged[key], base)
             for key in KEYS
             if merged[key] is not None or DEFAULTS.get(key, 0) is not None
         }
@@ -470,7 +485,7 @@ def load_config(
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r}: expected one of {', '.join(KEYS)}")
     values.update(_env_overrides(env))
-    return build_config(values), source
+    return build_config(values, source.parent if source else None), source
 
 
 def masked(values: dict[str, Any]) -> dict[str, Any]:
@@ -486,4 +501,6 @@ def as_dict(config: Config) -> dict[str, Any]:
             data[key] = list(data[key])
     if config.schedule is not None:
         data["schedule"] = config.schedule.as_config()
+    if config.screen is not None:
+        data["screen"] = config.screen.as_config()
     return data

@@ -41,6 +41,7 @@ from .errors import Busy, Conflict, NotInitialised
 from .guard import RecoveryGuard
 from .loglines import RepeatLimiter
 from .schedule import Moment
+from .screenwatch import Look
 from .statewriter import Listener, StateWriter
 from .store import Event, Store
 from .virsh import LifecycleEvent, VirshError, run_command
@@ -183,6 +184,7 @@ class Monitor:
             unhealthy_after=config.notify_unhealthy_minutes * 60,
         )
         self._notification_status: Callable[[], dict[str, Any] | None] = lambda: None
+        self._screen_status: Callable[[], dict[str, Any] | None] = lambda: None
         self._w = Watch(
             timeout=self.timeout,
             armed_at=clock(),
@@ -412,6 +414,7 @@ class Monitor:
         self.require_initialised()
         problem = self.store.problem
         notifications = self._notification_status()  # the courier's lock, not ours
+        screen = self._screen_status()  # the screen watcher's
         with self._cond:
             return {
                 "vm_name": self.domain.name,
@@ -429,6 +432,7 @@ class Monitor:
                 "snapshot_detail": self._reference_note,
                 "schedule": self._schedule_json_locked(),
                 "notifications": notifications,
+                "screen": screen,
             }
 
     def _schedule_json_locked(self) -> dict[str, Any] | None:
@@ -491,6 +495,10 @@ class Monitor:
             return True
         with self._cond:
             return self._healthy_now and not self._stopping
+
+    def set_screen_status(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        """Where status finds what the screen watcher sees (screenwatch.py)."""
+        self._screen_status = status
 
     def set_notification_status(self, status: Callable[[], dict[str, Any] | None]) -> None:
         """Where status finds the notifications' state (the courier's)."""
@@ -1614,13 +1622,15 @@ class Monitor:
 
     # ---------------------------------------------------------------- the screen
 
-    def screen_watch(self) -> tuple[bool, float]:
-        """What the screen watcher needs: whether the screen is judged now (the VM runs
-        and failures are acted on), and since when (its rules count from there)."""
+    def screen_watch(self) -> Look:
+        """What the screen watcher needs: whether the VM runs (there is a screen to take),
+        whether it is judged now (failures are acted on), and since when (the rules
+        count from that arming, so a fresh start is never held to the last one's screen)."""
         with self._cond:
             w = self._w
-            judged = w.enabled and not w.busy and self._vm_state == RUNNING
-            return judged and self._may_recover_locked(), w.armed_at
+            running = self._vm_state == RUNNING and not self._stopping
+            judged = running and w.enabled and not w.busy and self._may_recover_locked()
+            return Look(running, judged, w.armed_at)
 
     def screen_failed(self, reason: str, png: bytes) -> bool:
         """A screen rule failed: act on it like a heartbeat timeout (same grace period,

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from flask import request
 
-from .vocab import PROGRESS_MAX_LENGTH
+from .vocab import PROGRESS_CONTROL_CHARACTERS, PROGRESS_MAX_LENGTH
 
 
 class ApiError(Exception):
@@ -80,13 +80,19 @@ def progress_value(raw: Any) -> str | None:
         raise ApiError(
             400, f"Invalid parameter: progress must be a string (got {type(raw).__name__})"
         )
-    if len(raw) > PROGRESS_MAX_LENGTH or not raw.isprintable():
+    control = _CONTROL.search(raw) is not None
+    if len(raw) > PROGRESS_MAX_LENGTH or control:
         raise ApiError(
             400,
-            f"Invalid parameter: progress must be at most {PROGRESS_MAX_LENGTH} printable "
-            f"characters (got {len(raw)} characters{'' if raw.isprintable() else ', some not printable'})",
+            f"Invalid parameter: progress must be at most {PROGRESS_MAX_LENGTH} characters "
+            f"without control characters (got {len(raw)} characters"
+            f"{', a control character among them' if control else ''})",
         )
     return raw
+
+
+#: Control characters (C0, DEL, C1): a progress value with one is refused.
+_CONTROL = re.compile(PROGRESS_CONTROL_CHARACTERS)
 
 
 def progress_in_query(query: str) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,6 +26,7 @@ from .params import (
     int_param,
     param,
     param_values,
+    parse_whole,
     progress_in_query,
     progress_value,
     seconds_param,
@@ -336,6 +338,62 @@ def stream_blueprint(hub: Hub) -> Blueprint:
         unsent = request.environ.get(UNSENT_KEY) or (lambda: 0)
         body = hub.events(client, opening, unsent)
         return Response(body, content_type="text/event-stream", headers=headers)
+
+    return bp
+
+
+class Screens(Protocol):
+    """What the screen routes read (screenwatch.ScreenShelf)."""
+
+    def latest(self) -> tuple[bytes, datetime] | None: ...
+
+    def kept(self, event_id: int) -> bytes | None: ...
+
+
+def _png(png: bytes, taken: str | None = None) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if taken:
+        headers["X-Screenshot-Time"] = taken
+    return Response(png, content_type="image/png", headers=headers)
+
+
+def screen_blueprint(screens: Screens | None) -> Blueprint:
+    """``/api/v1/screen/...``: the VM's screen as the screen watcher last took it, and
+    the screenshots that caused recoveries (their history rows link them)."""
+    bp = Blueprint("screen", __name__)
+    off = "screen watching is off: the configuration has no screen: section"
+
+    @bp.get(f"{API}/screen/latest")
+    def screen_latest():
+        if screens is None:
+            raise ApiError(404, off)
+        latest = screens.latest()
+        if latest is None:
+            raise ApiError(
+                404, "no screenshot yet: the VM has not been running since the controller started"
+            )
+        return _png(latest[0], latest[1].isoformat(timespec="seconds"))
+
+    @bp.get(f"{API}/screen/<event_id>")
+    def screen_kept(event_id: str):
+        # Read as text: werkzeug's int converter fails with a 500 on thousands of digits.
+        number = parse_whole(event_id)
+        if number is None:
+            raise ApiError(
+                400,
+                "Invalid path: the history event's id must be a whole number "
+                f"(got {event_id[:40]!r})",
+            )
+        if screens is None:
+            raise ApiError(404, off)
+        png = screens.kept(number)
+        if png is None:
+            raise ApiError(
+                404,
+                f"no screenshot kept for history event {number}: only a screen rule's "
+                "recoveries have one, and the oldest are removed (screen.keep, screen.keep_mib)",
+            )
+        return _png(png)
 
     return bp
 

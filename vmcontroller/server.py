@@ -18,6 +18,7 @@ import sys
 import termios
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,6 +35,7 @@ from .metrics import ControllerMetrics
 from .monitor import MAX_SLEEP, Monitor, longest_locked_operation
 from .notify import Notifier, stale_limit
 from .outbox import Courier, Outbox
+from .screenwatch import ScreenShelf, ScreenWatcher
 from .security import SecuritySettings
 from .senders import channels, ping
 from .store import Store
@@ -153,6 +155,24 @@ class Controller:
             ping_wanted=self.monitor.ping_wanted,
         )
         self.monitor.set_notification_status(self.courier.status)
+        # Screen liveness (screen.py, screenwatch.py): only when the config asks for it.
+        self.screen: ScreenWatcher | None = None
+        shelf: ScreenShelf | None = None
+        if config.screen is not None:
+            shelf = ScreenShelf(
+                Path(config.state_path).parent / "screens",
+                config.screen.keep,
+                int(config.screen.keep_mib * 1024 * 1024),
+            )
+            self.screen = ScreenWatcher(
+                config.screen,
+                self.domain.screenshot,
+                self.monitor.screen_watch,
+                self.monitor.screen_failed,
+                shelf,
+            )
+            self.monitor.keep_evidence = shelf.keep
+            self.monitor.set_screen_status(self.screen.status)
         self.metrics = ControllerMetrics(self.monitor, __version__)
         self.monitor.add_history_listener(self.metrics.on_history)
         self.hub = Hub(
@@ -178,6 +198,7 @@ class Controller:
             ),
             metrics=self.metrics.registry,
             stream=self.hub,
+            screens=shelf,
         )
         self.http: BaseWSGIServer | MultiSocketServer = create_server(
             self.app,
@@ -258,6 +279,8 @@ class Controller:
         self.monitor.start()
         self.courier.start()
         self.hub.start()
+        if self.screen is not None:
+            self.screen.start()
         if self.probe is not None:
             self.probe.start()
         self.notifier.start(
@@ -274,6 +297,8 @@ class Controller:
         if self.probe is not None:
             self.probe.stop()
         self.courier.stop()
+        if self.screen is not None:
+            self.screen.stop()
         self.hub.stop()  # the streams give their threads back before waitress waits for them
         self._close_http()
         self.monitor.stop(timeout)
@@ -288,6 +313,8 @@ class Controller:
         self.events.ensure_thread()
         self.courier.start()
         self.hub.start()
+        if self.screen is not None:
+            self.screen.start()
 
     def _close_http(self) -> None:
         """Stop accepting, let the workers finish the requests they hold (waitress

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import StateFileError
-from .vocab import INTERRUPTED, REPEAT_INTERVAL, STARTED
+from .vocab import API_PREFIX, INTERRUPTED, REFUSED, REPEAT_INTERVAL, SCREEN, SKIPPED, STARTED
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flags (
@@ -106,7 +106,16 @@ class Event:
             "duration": None if self.duration is None else round(self.duration, 3),
             "error": self.error,
             "count": self.count,
+            "screenshot": self.screenshot,
         }
+
+    @property
+    def screenshot(self) -> str | None:
+        """Where the screenshot that caused this recovery is served (a screen rule's
+        revert keeps it under the row's id), or None for any other row."""
+        if self.trigger != SCREEN or self.outcome in (REFUSED, SKIPPED):
+            return None
+        return f"{API_PREFIX}/screen/{self.id}"
 
 
 class Store:

@@ -65,6 +65,8 @@ RULE_LOOKS_LIKE = "looks_like"  # a region matches (or no longer matches) a refe
 RULE_KINDS = (RULE_FROZEN, RULE_UNIFORM, RULE_BLACK, RULE_LOOKS_LIKE)
 #: A heartbeat's progress value: at most this many characters.
 PROGRESS_MAX_LENGTH = 128
+#: and none of these (a regular expression the API and its description share).
+PROGRESS_CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
 
 # ------------------------------------------------------------------ outcomes
 # An action's outcome in the history. 'started' is rewritten when the action

@@ -1,0 +1,112 @@
+"""The screen watcher (screenwatch.py) between the fake virsh's screen and the monitor:
+a frozen screen is reverted with trigger ``screen`` and the picture kept under the
+history row; a moving one is not; maintenance is respected. Screens are PNGs made
+here with Pillow. The same on a real VM: test_screen_real.py."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+
+import pytest
+from libvirt_env import wait_until
+from PIL import Image, ImageDraw
+from test_monitor import beating, make_monitor  # noqa: F401 (the fixture)
+from waits import stays_false
+
+from vmcontroller.screen import parse_screen
+from vmcontroller.screenwatch import ScreenShelf, ScreenWatcher
+from vmcontroller.vocab import SCREEN
+
+
+def png_of(text: str, size: tuple[int, int] = (320, 200)) -> bytes:
+    image = Image.new("RGB", size, (20, 20, 60))
+    ImageDraw.Draw(image).text((40, 80), text, fill=(250, 250, 250))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_shelf_keeps_the_newest_within_count_and_size(tmp_path: Path):
+    shelf = ScreenShelf(tmp_path / "screens", keep=3, keep_bytes=10_000)
+    for event_id in range(1, 6):
+        shelf.keep(event_id, b"x" * 1000)
+    assert shelf.kept_ids() == [3, 4, 5]
+    shelf.keep(6, b"y" * 9500)  # alone nearly the whole budget: the others go
+    assert shelf.kept_ids() == [6]
+    assert shelf.kept(6) == b"y" * 9500 and shelf.kept(5) is None
+    assert not list((tmp_path / "screens").glob("*.part"))
+    assert shelf.latest() is None
+
+
+@pytest.fixture
+def watched(make_monitor, tmp_path):  # noqa: F811
+    """A monitor on the fake virsh with a screen watcher judging a frozen rule."""
+    made: list[ScreenWatcher] = []
+
+    def make(rules: list[dict], **overrides):
+        monitor, runner = make_monitor(heartbeat_timeout=5.0, **overrides)
+        config = parse_screen({"interval": 0.1, "rules": rules}, tmp_path)
+        shelf = ScreenShelf(tmp_path / "screens", config.keep, int(config.keep_mib * 2**20))
+        watcher = ScreenWatcher(
+            config, monitor.domain.screenshot, monitor.screen_watch, monitor.screen_failed, shelf
+        )
+        monitor.keep_evidence = shelf.keep
+        monitor.set_screen_status(watcher.status)
+        watcher.start()
+        made.append(watcher)
+        return monitor, runner, watcher
+
+    yield make
+    for watcher in made:
+        watcher.stop()
+
+
+def test_a_frozen_screen_is_reverted_and_its_picture_kept_with_the_row(watched):
+    monitor, runner, watcher = watched([{"kind": "frozen", "seconds": 1}])
+    frames = itertools.count()
+    moving = {"on": True}
+    runner.screen = lambda: png_of(f"frame {next(frames) if moving['on'] else 'stuck'}")
+    with beating(monitor):
+        stays_false(lambda: monitor.history(triggers=[SCREEN]), 2.0, "a revert of a moving screen")
+        shown = monitor.status()["screen"]
+        assert shown["judged"] is True and shown["size"] == [320, 200]
+        assert shown["rules"][0]["kind"] == "frozen" and shown["rules"][0]["failing"] is False
+        moving["on"] = False
+        wait_until(lambda: monitor.history(triggers=[SCREEN]), 5, message="a screen revert")
+    row = monitor.history(triggers=[SCREEN])[-1]
+    assert row.action == "revert" and "screen rule 'frozen-1' (frozen)" in row.reason
+    assert row.as_json()["screenshot"] == f"/api/v1/screen/{row.id}"
+    wait_until(lambda: watcher.shelf.kept(row.id) is not None, 5, message="the kept picture")
+    assert Image.open(io.BytesIO(watcher.shelf.kept(row.id))).size == (320, 200)
+
+
+def test_maintenance_judges_but_never_reverts(watched):
+    monitor, runner, _ = watched([{"kind": "frozen", "seconds": 0.5}])
+    monitor.set_auto_revert(False)
+    runner.screen = png_of("stuck")
+    with beating(monitor):
+        wait_until(
+            lambda: (monitor.status()["screen"]["rules"] or [{}])[0].get("failing"),
+            5,
+            message="the rule failing",
+        )
+        stays_false(lambda: monitor.history(triggers=[SCREEN]), 1.0, "a revert in maintenance")
+    assert monitor.status()["screen"]["judged"] is False
+
+
+def test_a_screen_that_cannot_be_taken_is_shown_and_retried(watched):
+    monitor, runner, _ = watched([{"kind": "black", "seconds": 1}])
+    runner.screen = None  # a VM without graphics
+    wait_until(lambda: monitor.status()["screen"]["error"], 5, message="the error in status")
+    assert "no screens to take screenshot from" in monitor.status()["screen"]["error"]
+    runner.screen = png_of("back")
+    wait_until(
+        lambda: (
+            monitor.status()["screen"]["error"] is None
+            and monitor.status()["screen"]["last_screenshot"]
+        ),
+        5,
+        message="screenshots again",
+    )
