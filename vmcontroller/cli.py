@@ -210,6 +210,9 @@ def notify_test(config_path: str | None) -> None:
         sys.exit(ExitStatus.FAILED)
 
 
+main.add_command(screen)  # screencmd.py: capture and test the VM's screen
+
+
 # ====================================================================== verbs over the API
 
 
@@ -358,9 +361,6 @@ def restart(client: Client) -> tuple[Any, Render]:
 def snapshots(client: Client) -> tuple[Any, Render]:
     """List the VM's snapshots, one name per line."""
     return client.snapshots(), lambda data: "\n".join(data.get("snapshots", []))
-
-
-main.add_command(screen)
 
 
 @main.group(cls=Group)
