@@ -53,6 +53,7 @@ def test_history_is_newest_first_and_filtered(tmp_path):
         "duration",
         "error",
         "count",
+        "screenshot",
     }
     assert as_json["count"] == 1
     assert "T" in as_json["time"]
