@@ -107,6 +107,8 @@ def test_the_page_is_open_loads_only_its_own_files_and_may_run_nothing_inline(ma
     for rule in ("default-src 'none'", "script-src 'self'", "connect-src 'self'"):
         assert rule in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    # Screenshots are fetched with the token and shown through object URLs (blob:).
+    assert "img-src 'self' blob:;" in csp
     assert "frame-ancestors 'none'" in csp and page.headers["X-Frame-Options"] == "DENY"
     parsed = Tags()
     parsed.feed(page.get_data(as_text=True))
@@ -170,7 +172,8 @@ class Browser:
         return page
 
     def hosts(self) -> set[str | None]:
-        return {urlsplit(r.url).hostname for r in self.requests}
+        """Where the requests went; a blob: URL (a picture the page fetched) by its origin."""
+        return {urlsplit(r.url.removeprefix("blob:")).hostname for r in self.requests}
 
 
 @pytest.fixture
@@ -202,6 +205,54 @@ def bar_width(page: Any) -> float:
 
 def visible(page: Any, selector: str) -> bool:
     return page.locator(selector).is_visible()
+
+
+def natural_size(page: Any, selector: str) -> tuple[int, int] | None:
+    """The picture an <img> shows, in its own pixels; None while it shows none."""
+    size = page.evaluate(
+        "(s) => { const i = document.querySelector(s);"
+        " return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null; }",
+        selector,
+    )
+    return tuple(size) if size else None
+
+
+#: A checksum of a rectangle of the picture an <img> shows (drawn on a canvas).
+PIXELS = """([selector, x, y, w, h]) => {
+  const img = document.querySelector(selector);
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const g = canvas.getContext("2d");
+  g.drawImage(img, 0, 0);
+  let sum = 0;
+  for (const v of g.getImageData(x, y, w, h).data) sum = (sum * 31 + v) | 0;
+  return sum;
+}"""
+
+
+def signed_in(page: Any) -> Any:
+    page.wait_for_selector("#login", state="visible")
+    page.fill("#token", STAFF)
+    page.click("#login-form button")
+    page.wait_for_selector("#board", state="visible")
+    return page
+
+
+def held(rule: Any) -> float:
+    """The seconds a screen rule's line in the panel says it has held."""
+    found = re.search(r"holding ([0-9.]+) s", rule.text_content() or "")
+    return float(found.group(1)) if found else 0.0
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
 
 
 @pytest.mark.libvirt
@@ -364,8 +415,37 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     rows by id, resumes with Last-Event-ID, and draws the report's days."""
     controller, api = start_controller(**QUIET)
     base = f"http://127.0.0.1:{controller.port}"
-    status = api.get("/api/v1/status")
-    beat = api.get("/api/v1/heartbeat/status")
+    # The screen watched (README, Watching the screen) but not judged now, one rule of
+    # each verdict, and the heartbeats' progress stalling.
+    verdict = {"kind": "frozen", "since": None, "held_seconds": 0.0, "failing": False}
+    screen = {
+        "interval": 2.0,
+        "judged": False,
+        "last_screenshot": "2026-05-30T12:00:01+00:00",
+        "size": [720, 400],
+        "error": "no screens to take screenshot from",
+        "rules": [
+            {**verdict, "rule": "moves", "holding": False, "detail": "changed"},
+            {**verdict, "rule": "still", "holding": True, "held_seconds": 2.5, "detail": "2.5 s"},
+            {
+                **verdict,
+                "rule": "black",
+                "kind": "black",
+                "holding": True,
+                "failing": True,
+                "held_seconds": 9.0,
+                "detail": "dark for 9 s",
+            },
+        ],
+    }
+    progress = {
+        "value": "frame 42",
+        "changed_at": "2026-05-30T11:59:57+00:00",
+        "seconds_unchanged": 3.0,
+        "timeout": 60.0,
+    }
+    beat = {**api.get("/api/v1/heartbeat/status"), "progress": progress}
+    status = {**api.get("/api/v1/status"), "screen": screen, "heartbeat": beat}
     row = {
         "id": 99999,
         "time": "2026-05-30T12:00:00+00:00",
@@ -377,6 +457,15 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
         "duration": None,
         "error": None,
         "count": 1,
+        "screenshot": None,
+    }
+    frozen = {
+        **row,
+        "id": 99998,
+        "trigger": "screen",
+        "reason": "screen rule 'still' (frozen)",
+        "outcome": "succeeded",
+        "screenshot": "/api/v1/screen/99998",
     }
     # After the reconnection: the museum closed, and the e-mail channel failing.
     closed = {
@@ -405,7 +494,7 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
         streams.append(route.request.headers)
         if len(streams) == 1:
             body = "retry: 200\n\n" + sse("status", status) + sse("heartbeat", beat)
-            body += ": keep-alive\n\n" + sse("history", row, 7)
+            body += ": keep-alive\n\n" + sse("history", frozen, 6) + sse("history", row, 7)
         else:
             body = sse("status", closed) + sse(
                 "history", {**row, "outcome": "succeeded", "duration": 4.2}, 8
@@ -422,6 +511,14 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     }
     browser.context.route(f"{base}/api/v1/events/stream", stream)
     browser.context.route(f"{base}/api/v1/report", lambda route: route.fulfill(json=report))
+    pictures = {"latest": png((720, 400), (0, 0, 170)), "99998": png((720, 400), (170, 0, 0))}
+    browser.context.route(
+        f"{base}/api/v1/screen/*",
+        lambda route: route.fulfill(
+            body=pictures[route.request.url.rsplit("/", 1)[1]],
+            headers={"Content-Type": "image/png", "X-Screenshot-Time": "2026-05-30T12:00:01"},
+        ),
+    )
     page = browser.open(f"{base}/ui/")
     page.wait_for_selector("#board", state="visible")
     logged: list[str] = []
@@ -455,6 +552,45 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     assert "98.75% healthy" in page.text_content("#report-total")
     assert "12 recoveries" in page.text_content("#report-total")
 
+    # The screen panel: the picture, why nothing is acted on, each rule's verdict.
+    wait_until(lambda: natural_size(page, "#screen-img") == (720, 400), 30, 0.1, "the picture")
+    assert visible(page, "#screen-judged") and "not judged now" in page.text_content("#screen")
+    assert "no screens to take screenshot from" in page.text_content("#screen-error")
+    assert "720 x 400 pixels" in page.text_content("#screen-time")
+    # Read at once: each status event draws the list anew.
+    lines = page.evaluate(
+        """[...document.querySelectorAll("#screen-rules li")].map((li) => [li.className,
+        li.querySelector(".verdict").textContent, getComputedStyle(li).borderLeftColor,
+        li.textContent])"""
+    )
+    assert [line[:3] for line in lines] == [
+        ["ok", "ok", "rgb(31, 138, 76)"],
+        ["holding", "holding 2.5 s", "rgb(184, 110, 0)"],  # amber
+        ["failing", "FAILING", "rgb(192, 53, 43)"],  # red
+    ]
+    assert "black (black)" in lines[2][3] and "dark for 9 s" in lines[2][3]
+    # The heartbeat's progress, counting on between events.
+    assert visible(page, "#progress") and "frame 42" in page.text_content("#progress")
+    assert "(revert after 60 s)" in page.text_content("#progress")
+    unchanged = re.compile(r"unchanged for ([0-9.]+) s")
+    # (The routed stream ends and is read again every 200 ms, each time from 3.0 s.)
+    wait_until(
+        lambda: float(unchanged.search(page.text_content("#progress")).group(1)) > 3.05,
+        10,
+        0.1,
+        "the progress's age to count on",
+    )
+    # A screen recovery's row opens its screenshot in an overlay.
+    shot = page.locator("#history-table tr[data-id='99998'] button.shot")
+    assert page.locator("#history-table button.shot").count() == 1
+    shot.click()
+    wait_until(lambda: natural_size(page, "#picture-img") == (720, 400), 30, 0.1, "the overlay")
+    red = page.evaluate(PIXELS, ["#picture-img", 0, 0, 1, 1])
+    assert red != page.evaluate(PIXELS, ["#screen-img", 0, 0, 1, 1]), "its own picture"
+    screenshot(page, "desktop-screenshot-overlay")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#picture", state="hidden")
+
     page.select_option("#filter-trigger", "vm_crashed")
     shown = page.locator("#history-table tbody tr")
     assert shown.count() == 1 and shown.first.get_attribute("data-id") == "99999"
@@ -464,3 +600,115 @@ def test_the_page_reads_the_stream_and_the_report_as_the_contract_says(start_con
     screenshot(page, "desktop-report")
     assert browser.hosts() == {"127.0.0.1"}
     assert browser.errors == []
+
+
+@pytest.mark.libvirt
+def test_the_screen_panel_shows_the_vms_moving_screen_and_a_recoverys_screenshot(
+    libvirt, guest_build, browser, tmp_path
+):
+    """The test guest with a screen, behind a staff token: the panel shows the screen as
+    it moves, the frozen artwork's revert gets a screenshot button in the history, and
+    every picture is fetched with the token in the header, never in a URL."""
+    import requests
+    from guest_env import (
+        SCREEN,
+        SCREEN_ARTWORK,
+        SCREEN_CLOCK,
+        SCREEN_MODE_KERNEL_ARGS,
+        SCREEN_SIZE,
+        GuestDomain,
+    )
+
+    from vmcontroller.server import Controller
+    from vmcontroller.vocab import SCREEN as SCREEN_TRIGGER
+
+    port = free_port()
+    vm = GuestDomain(
+        "uiscreen", guest_build.path, port, devices=SCREEN, kernel_args=SCREEN_MODE_KERNEL_ARGS
+    ).define()
+    artwork = {"name": "artwork", "kind": "frozen", "seconds": 4, "mask": [list(SCREEN_CLOCK)]}
+    controller = Controller(
+        build_config(
+            {
+                "vm_name": vm.name,
+                "api_host": "127.0.0.1",
+                "api_port": port,
+                "api_token": STAFF,
+                "heartbeat_timeout": 5,
+                "vm_startup_heartbeat_delay": 5,
+                "heartbeat_check_interval": 0.5,
+                "auto_revert_enabled": False,
+                "state_path": str(tmp_path / "state.db"),
+                "screen": {"interval": 0.5, "rules": [artwork]},
+            }
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    console: list[str] = []
+    try:
+        # guest_env.start_exhibit's order of work, with the staff token.
+        controller.start()
+        assert controller.monitor.wait_initialised(60)
+        vm.start()
+        wait_until(lambda: sum(b.ok for b in vm.beats()) >= 2, 120, message="heartbeats")
+        for path in ("/api/v1/snapshot/create", "/api/v1/revert/enable"):
+            answer = requests.post(
+                base + path, headers={"Authorization": f"Bearer {STAFF}"}, timeout=60
+            )
+            assert answer.status_code == 200, answer.text
+
+        page = signed_in(browser.open(f"{base}/ui/"))
+        page.on("console", lambda m: m.type == "error" and console.append(m.text))
+        page.wait_for_selector("#screen", state="visible")
+        wait_until(lambda: natural_size(page, "#screen-img") == SCREEN_SIZE, 30, 0.1, "the screen")
+        rule = page.locator("#screen-rules li[data-rule=artwork]")
+        assert "artwork (frozen)" in (rule.text_content() or "")
+        wait_until(lambda: not visible(page, "#screen-judged"), 30, 0.1, "judged")
+        # The artwork moves: the picture's artwork region differs from one fetch to another.
+        region = ["#screen-img", *SCREEN_ARTWORK]
+        first = page.evaluate(PIXELS, region)
+        wait_until(lambda: page.evaluate(PIXELS, region) != first, 30, 0.2, "a newer picture")
+        assert "taken " in page.text_content("#screen-time")
+        wait_until(lambda: rule.get_attribute("class") == "ok", 30, 0.1, "the rule ok")
+        screenshot(page, "desktop-screen")
+
+        phone = signed_in(browser.open(f"{base}/ui/", PHONE))
+        phone.wait_for_selector("#screen", state="visible")
+        wait_until(lambda: natural_size(phone, "#screen-img") == SCREEN_SIZE, 30, 0.1, "phone")
+        overflow = phone.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, "no horizontal scroll on a phone"
+        screenshot(phone, "phone-screen")
+        phone.close()
+
+        vm.screen_key("f")  # the artwork stops; the clock and the heartbeats go on
+        # Frames 0.5 s apart, the artwork moving once a second: it holds for 0.5 s at
+        # times while it moves, for longer only once it stops.
+        wait_until(lambda: held(rule) >= 2, 15, 0.1, "the frozen artwork held")
+        assert rule.get_attribute("class") == "holding"
+        screenshot(page, "desktop-screen-holding")
+        shot = page.locator(f"#history-table tbody tr:has-text('{SCREEN_TRIGGER}') button.shot")
+        wait_until(lambda: shot.count() >= 1, 30, 0.1, "the revert's screenshot button")
+        shot.first.click()
+        page.wait_for_selector("#picture", state="visible")
+        wait_until(lambda: natural_size(page, "#picture-img") == SCREEN_SIZE, 30, 0.1, "shown")
+        assert "screen rule 'artwork' (frozen)" in page.text_content("#picture-title")
+        screenshot(page, "desktop-screen-recovery")
+        page.click("#picture-close")
+        page.wait_for_selector("#picture", state="hidden")
+        assert page.get_attribute("#picture-img", "src") is None, "its object URL let go"
+
+        # The page asked for the latest screenshot at most every 2 s, as status events said.
+        latest = [r for r in browser.requests if r.url.endswith("/api/v1/screen/latest")]
+        assert len(latest) >= 2
+        page_starts = sorted(r.timing["startTime"] for r in latest if r.frame.page == page)
+        assert all(b - a >= 1900 for a, b in zip(page_starts, page_starts[1:])), page_starts
+        pictures = [r for r in browser.requests if "/api/v1/screen/" in r.url]
+        assert all(r.headers.get("authorization") == f"Bearer {STAFF}" for r in pictures)
+        assert all(STAFF not in r.url for r in browser.requests), "the token in a URL"
+        assert browser.hosts() == {"127.0.0.1"}
+        assert browser.errors == [] and console == []
+    finally:
+        controller.stop()
+        vm.remove()

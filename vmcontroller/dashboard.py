@@ -22,9 +22,11 @@ ASSETS_DIR = Path(__file__).parent / "static" / "ui"
 ASSETS = ("dashboard.js", "dashboard.css")
 
 #: Only this controller, no inline script or style, no framing: a page in the
-#: guest's browser must not be able to show the buttons under its own.
+#: guest's browser must not be able to show the buttons under its own. Images from
+#: blob: too: a screenshot needs the token, so the page fetches it and shows it from
+#: memory (an object URL) rather than by a link.
 UI_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 

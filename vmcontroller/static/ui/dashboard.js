@@ -8,11 +8,20 @@
   const API = document.body.dataset.api;
   const TOKEN_KEY = "vmcontroller-staff-token";
   const HISTORY_LIMIT = 200;
+  // The screen is taken every interval (0.5 s in tests): a phone on a gallery's Wi-Fi
+  // fetches the picture at most this often.
+  const SCREEN_EVERY_MS = 2000;
+  const SCREENS = API + "/screen/";
   const $ = (id) => document.getElementById(id);
 
   const view = {
     status: null,
     beat: null, // {age: seconds when received, at: performance.now() then, timeout}
+    progress: null, // {value, unchanged: seconds when received, at, timeout}
+    // The latest screenshot: the time status gave for it (wanted), the one asked for
+    // (asked), the object URL shown, when it was last asked for, a waiting timer.
+    screen: { wanted: null, asked: null, url: null, askedAt: -Infinity, timer: null, busy: false },
+    pictureUrl: null, // the object URL of the recovery's screenshot in the overlay
     rows: new Map(), // history rows by id
     lastEventId: null,
     streamAbort: null,
@@ -94,7 +103,10 @@
     for (const part of ["login", "guest", "board"]) $(part).hidden = part !== id;
     // A guest token gets no button at all: closing the tab forgets it.
     $("forget-token").hidden = !token() || id === "guest";
-    if (id !== "board") stopStream();
+    if (id !== "board") {
+      stopStream();
+      dropScreen();
+    }
   }
 
   // ------------------------------------------------------------ status
@@ -132,6 +144,7 @@
     text("state-file", sf.saving === false ? "not saving: " + (sf.detail || "") : "saving");
     $("state-file").className = sf.saving === false ? "warn" : "";
     if (s.heartbeat) renderBeat(s.heartbeat);
+    renderScreen(s.screen);
     // Only the maintenance button that changes something.
     document.querySelector("[data-action=maintenance-on]").hidden = !s.auto_revert_enabled;
     document.querySelector("[data-action=maintenance-off]").hidden = s.auto_revert_enabled;
@@ -204,6 +217,30 @@
       last: hb.last_heartbeat,
       enabled: hb.enabled !== false,
     };
+    const p = hb.progress;
+    view.progress = p ? {
+      value: p.value,
+      unchanged: p.seconds_unchanged === null || p.seconds_unchanged === undefined ? null :
+        Number(p.seconds_unchanged),
+      at: performance.now(),
+      timeout: p.timeout === null || p.timeout === undefined ? null : Number(p.timeout),
+    } : null;
+  }
+
+  function renderProgress() {
+    const p = view.progress;
+    $("progress").hidden = $("progress-label").hidden = !p;
+    if (!p) return;
+    let line = p.value === null || p.value === undefined ? "no value yet" : "\u201c" + p.value + "\u201d";
+    let late = false;
+    if (p.unchanged !== null) {
+      const still = p.unchanged + (performance.now() - p.at) / 1000;
+      line += ", unchanged for " + still.toFixed(1) + " s";
+      late = p.timeout !== null && still > p.timeout * 0.6;
+    }
+    line += p.timeout === null ? " (no progress rule)" : " (revert after " + p.timeout + " s)";
+    text("progress", line);
+    $("progress").className = late ? "warn" : "";
   }
 
   // Drawn every frame from what the last event said: the bar moves without asking
@@ -226,7 +263,139 @@
           (b.enabled ? "" : " (timeout not armed: start-up grace or VM off)"));
       }
     }
+    if (!$("board").hidden) renderProgress();
     requestAnimationFrame(animate);
+  }
+
+  // ------------------------------------------------------------ the screen
+
+  // An <img src> cannot send the Authorization header: a picture is fetched like the
+  // rest and shown through an object URL. Only the controller's screenshots are asked for.
+  async function fetchPicture(path) {
+    if (!path.startsWith(SCREENS)) throw new ApiError(0, "not a screenshot of this controller");
+    let response;
+    try {
+      response = await fetch(path, {
+        headers: headers({ Accept: "image/png, application/json" }),
+        cache: "no-store",
+        credentials: "omit",
+      });
+    } catch (err) {
+      throw new ApiError(0, "The controller did not answer: " + err.message);
+    }
+    if (!response.ok) {
+      let detail = response.status + " " + response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new ApiError(response.status, detail);
+    }
+    return { blob: await response.blob(), taken: response.headers.get("X-Screenshot-Time") };
+  }
+
+  function span(cls, value) {
+    const el = document.createElement("span");
+    el.className = cls;
+    el.textContent = value;
+    return el;
+  }
+
+  function renderScreen(sc) {
+    $("screen").hidden = !sc;
+    if (!sc) {
+      dropScreen();
+      return;
+    }
+    $("screen-judged").hidden = sc.judged;
+    $("screen-error").hidden = !sc.error;
+    text("screen-error", sc.error ? "The screen cannot be taken: " + sc.error : "");
+    const list = $("screen-rules");
+    list.replaceChildren();
+    for (const r of sc.rules || []) {
+      const li = document.createElement("li");
+      const state = r.failing ? "failing" : r.holding ? "holding" : "ok";
+      li.className = state;
+      li.dataset.rule = r.rule;
+      const verdict = r.failing ? "FAILING" : r.holding ?
+        "holding " + Number(r.held_seconds || 0).toFixed(1) + " s" : "ok";
+      li.append(span("verdict", verdict), span("name", r.rule + " (" + r.kind + ")"),
+        span("detail", r.detail || ""));
+      list.append(li);
+    }
+    if (!list.children.length) list.append(span("detail", "no rules"));
+    if (sc.last_screenshot) wantScreen(sc.last_screenshot);
+  }
+
+  // A status event says a newer screenshot exists: fetch it, but not more often than
+  // SCREEN_EVERY_MS and one at a time; the newest wanted is the one fetched.
+  function wantScreen(stamp) {
+    const s = view.screen;
+    s.wanted = stamp;
+    if (s.timer !== null || s.busy || s.asked === stamp) return;
+    const wait = Math.max(0, s.askedAt + SCREEN_EVERY_MS - performance.now());
+    s.timer = setTimeout(fetchScreen, wait);
+  }
+
+  async function fetchScreen() {
+    const s = view.screen;
+    s.timer = null;
+    if ($("screen").hidden || s.wanted === s.asked) return;
+    // Asked once per screenshot, answered or not: a failure waits for the next one.
+    s.asked = s.wanted;
+    s.askedAt = performance.now();
+    s.busy = true;
+    try {
+      const got = await fetchPicture(SCREENS + "latest");
+      if ($("screen").hidden) return;
+      const old = s.url;
+      s.url = URL.createObjectURL(got.blob);
+      $("screen-img").src = s.url;
+      $("screen-img").hidden = false;
+      if (old) URL.revokeObjectURL(old);
+      const size = view.status && view.status.screen && view.status.screen.size;
+      text("screen-time", "taken " + when(got.taken) + (size ? ", " + size.join(" x ") + " pixels" : ""));
+    } catch (err) {
+      if (!refused(err)) text("screen-time", "No screenshot: " + err.message);
+    } finally {
+      s.busy = false;
+      if (s.wanted !== s.asked && !$("screen").hidden) wantScreen(s.wanted);
+    }
+  }
+
+  function dropScreen() {
+    const s = view.screen;
+    clearTimeout(s.timer);
+    s.timer = null;
+    s.wanted = s.asked = null;
+    if (s.url) URL.revokeObjectURL(s.url);
+    s.url = null;
+    $("screen-img").hidden = true;
+    $("screen-img").removeAttribute("src");
+    text("screen-time", "no screenshot yet");
+  }
+
+  // The screenshot kept for a screen recovery, in an overlay (a plain link would
+  // open it without the token).
+  async function showPicture(row) {
+    const dialog = $("picture");
+    text("picture-title", "The screen at " + when(row.time) + ": " + (row.reason || row.trigger));
+    dropPicture();
+    if (!dialog.open) dialog.showModal();
+    try {
+      const got = await fetchPicture(row.screenshot);
+      if (!dialog.open) return;
+      view.pictureUrl = URL.createObjectURL(got.blob);
+      $("picture-img").src = view.pictureUrl;
+      $("picture-img").hidden = false;
+    } catch (err) {
+      if (refused(err)) dialog.close();
+      else text("picture-title", "No screenshot: " + err.message);
+    }
+  }
+
+  function dropPicture() {
+    if (view.pictureUrl) URL.revokeObjectURL(view.pictureUrl);
+    view.pictureUrl = null;
+    $("picture-img").hidden = true;
+    $("picture-img").removeAttribute("src");
   }
 
   // ------------------------------------------------------------ snapshots
@@ -336,6 +505,10 @@
         td.dataset.label = labels[i];
         td.textContent = c;
         tr.append(td);
+      }
+      if (r.screenshot && r.screenshot.startsWith(SCREENS)) {
+        const shot = button("screenshot", () => showPicture(r), "small shot");
+        tr.lastChild.append(" ", shot);
       }
       body.append(tr);
     }
@@ -606,6 +779,7 @@
     });
     $("filter-trigger").addEventListener("change", renderHistory);
     $("filter-outcome").addEventListener("change", renderHistory);
+    $("picture").addEventListener("close", dropPicture);
     requestAnimationFrame(animate);
   }
 
