@@ -88,6 +88,7 @@ STATUS_EXTRA = {
     "snapshot_detail": (str, type(None)),
     "schedule": (dict, type(None)),  # null: no opening hours configured
     "notifications": (dict, type(None)),
+    "screen": (dict, type(None)),
 }
 HEARTBEAT_FIELDS = {
     "enabled": bool,
@@ -95,6 +96,8 @@ HEARTBEAT_FIELDS = {
     "seconds_since_last": (int, float, type(None)),
     "is_healthy": bool,
     "timeout": (int, float),
+    # Additive (issue 16): the heartbeats' progress value, null while unused.
+    "progress": (dict, type(None)),
 }
 
 
