@@ -39,7 +39,8 @@ class AnsweringControls:
         self.vm_name = self._status["vm_name"]
         self.snapshot_name = self._status["snapshot_name"]
 
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self, progress: str | None = None) -> dict[str, Any]:
+        """The same answer whatever progress value the request carries."""
         return self._heartbeat
 
     def status(self) -> dict[str, Any]:
