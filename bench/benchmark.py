@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load as loadgen
-from bench import probes, stats
+from bench import probes, screen_cost, stats
 from bench.load import Client, Paced
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +64,10 @@ class Plan:
     throughput_clients: tuple[int, ...] = stats.LIMIT_LEVELS
     stream_clients: int = 200  # event streams that never read, in i.
     streams_s: float = 20.0  # heartbeats timed with them, and without them before
+    screen_span_s: float = 30.0  # j.: each span with the screen watcher, and each without
+    screen_pairs: int = 2  # so 60 s with it and 60 s without
+    screen_shots: int = 30  # screenshots timed one by one
+    screen_detect: int = 5  # frozen screens detected
 
 
 # The idle window spans three of the controller's 60 s safety polls in a full run, so that
@@ -92,6 +96,10 @@ QUICK = Plan(
     concurrent_rounds=2,
     idle_s=15,
     streams_s=5,
+    screen_span_s=8,
+    screen_pairs=1,
+    screen_shots=8,
+    screen_detect=1,
 )
 
 
@@ -121,8 +129,17 @@ def running_again(
 
 
 class Benchmark:
-    def __init__(self, plan: Plan, stack: ExitStack, keep: bool = False, load_tool: str = "auto"):
+    def __init__(
+        self,
+        plan: Plan,
+        stack: ExitStack,
+        keep: bool = False,
+        load_tool: str = "auto",
+        only: str | None = None,
+    ):
         self.plan = plan
+        self.only = only  # one phase alone ("screen"), for working on it
+        self.settings: dict[str, Any] = {}
         self.use_wrk = load_tool == "wrk" or (
             load_tool == "auto" and loadgen.wrk_available() is not None
         )
@@ -267,7 +284,7 @@ class Benchmark:
 
     # ============================================================ set-up
 
-    def setup(self) -> None:
+    def setup_work(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="vmctl-bench-"))
         if self.keep:
             say(f"keeping the work directory {self.work}")
@@ -276,6 +293,9 @@ class Benchmark:
                 "remove the work directory",
                 lambda: subprocess.run(["rm", "-rf", str(self.work)], check=False),
             )
+
+    def setup(self) -> None:
+        self.setup_work()
         self.virsh_log = self.work / "virsh-calls.log"
         self.stand_in = probes.write_stand_in(self.work / "bin", self.virsh_log)
         # Two identical VMs: the controller watches the first; the raw virsh floor is
@@ -1428,6 +1448,34 @@ class Benchmark:
         beats.stop()
         return beats
 
+    # ============================================================ j. the screen
+
+    def screen(self) -> None:
+        """What watching the screen costs and how soon a frozen one is reverted, on the
+        test guest with a controller in this process (bench/screen_cost.py). The simulated
+        guest of the other controller slows to 1 Hz meanwhile: its heartbeats run in this
+        process too, and weigh on the spans with and without the watcher alike."""
+        plan = self.plan
+        phase = screen_cost.ScreenPhase(
+            screen_cost.ScreenPlan(
+                plan.screen_span_s, plan.screen_pairs, plan.screen_shots, plan.screen_detect
+            ),
+            self.work,
+            self.cleanup,
+            say,
+        )
+        if self.guest is not None:
+            self.guest.set_rate(1.0)
+        try:
+            phase.run()
+        finally:
+            if self.guest is not None:
+                self.guest.set_rate(plan.guest_hz)
+            self.figures.update(phase.figures)
+            self.detail["screen"] = phase.detail
+            if hasattr(phase, "vm"):
+                self.detail.setdefault("vms", []).append(phase.vm.name)
+
     def run(self) -> dict[str, Any]:
         started_wall = datetime.now(timezone.utc)
         started = time.monotonic()
@@ -1437,18 +1485,23 @@ class Benchmark:
             f"{self.plan.mode} run; load average {load_start[0]:.2f} {load_start[1]:.2f} "
             f"{load_start[2]:.2f} on {machine['cores']} cores"
         )
-        self.setup()
-        self.phase("a. raw libvirt floor", self.raw_floor, needs_controller=False)
-        self.start_controller()
-        self.phase("b. detection: heartbeat deadline", self.detect_deadline)
-        self.phase("b. detection: virsh destroy", self.detect_destroy)
-        self.phase("b. detection: virsh suspend", self.detect_suspend)
-        self.phase("d. API latency", self.api_latency)
-        self.phase("e. throughput against the limit row", self.throughput)
-        self.phase("f. mixed load", self.mixed)
-        self.phase("g. concurrent restarts", self.concurrency)
-        self.phase("h. idle cost", self.idle)
-        self.phase("i. heartbeats with idle event streams", self.streams)
+        if self.only == "screen":
+            self.setup_work()
+            self.phase("j. screen liveness", self.screen, needs_controller=False)
+        else:
+            self.setup()
+            self.phase("a. raw libvirt floor", self.raw_floor, needs_controller=False)
+            self.start_controller()
+            self.phase("b. detection: heartbeat deadline", self.detect_deadline)
+            self.phase("b. detection: virsh destroy", self.detect_destroy)
+            self.phase("b. detection: virsh suspend", self.detect_suspend)
+            self.phase("d. API latency", self.api_latency)
+            self.phase("e. throughput against the limit row", self.throughput)
+            self.phase("f. mixed load", self.mixed)
+            self.phase("g. concurrent restarts", self.concurrency)
+            self.phase("h. idle cost", self.idle)
+            self.phase("i. heartbeats with idle event streams", self.streams)
+            self.phase("j. screen liveness", self.screen)
         say("cleaning up")
         self.stack.close()
         self.figures = dict(sorted(self.figures.items(), key=lambda kv: kv[1].get("section", "z")))
@@ -1594,6 +1647,11 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP load generator for e. and f. (default: wrk if installed)",
     )
     p.add_argument(
+        "--only",
+        choices=("screen",),
+        help="run this phase alone (j. screen liveness), for working on it",
+    )
+    p.add_argument(
         "--samples",
         type=float,
         default=1.0,
@@ -1677,7 +1735,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_terminate)
     stack = ExitStack()
-    bench = Benchmark(plan, stack, keep=args.keep, load_tool=args.load_tool)
+    bench = Benchmark(plan, stack, keep=args.keep, load_tool=args.load_tool, only=args.only)
     try:
         result = bench.run()
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """Pure helpers of the benchmark: statistics, the summary, targets, comparison, the table.
 
 Nothing here starts a process or touches libvirt, so tests/test_bench.py runs it in
-milliseconds. A *figure* is a dict: ``section`` (a-h), ``label``, ``unit``, ``method``
+milliseconds. A *figure* is a dict: ``section`` (a-j), ``label``, ``unit``, ``method``
 (how it was measured, in words) and either sample statistics (``n``, ``median``,
 ``p95``, ``p99``, ...) or a single ``value``.
 """
@@ -51,6 +51,10 @@ SUMMARY_KEYS = (
     "rss_mib",
     "event_stream_rss_mib",
     "log_bytes_per_day",
+    "screen_cpu_share_pct",
+    "screen_judge_1024_ms",
+    "screen_cpu_share_1024_pct",
+    "screen_detect_s",
 )
 
 #: Where each summary number comes from: (figure name, field of that figure).
@@ -72,6 +76,10 @@ SUMMARY_SOURCES: dict[str, tuple[str, str]] = {
     "rss_mib": ("rss", "value"),
     "event_stream_rss_mib": ("event_stream_rss", "value"),
     "log_bytes_per_day": ("idle_log", "value"),
+    "screen_cpu_share_pct": ("screen_cpu_share", "value"),
+    "screen_judge_1024_ms": ("screen_judge_1024", "median"),
+    "screen_cpu_share_1024_pct": ("screen_cpu_share_1024", "value"),
+    "screen_detect_s": ("screen_detect", "max"),
 }
 
 
@@ -101,6 +109,10 @@ SUMMARY_LABELS = {
     "rss_mib": "resident memory (VmRSS)",
     "event_stream_rss_mib": "``virsh event --loop`` child, VmRSS",
     "log_bytes_per_day": "INFO log per day of heartbeats",
+    "screen_cpu_share_pct": "screen watching, 720x400 every 2 s (share of one core)",
+    "screen_judge_1024_ms": "decode + judge a 1024x768 frame",
+    "screen_cpu_share_1024_pct": "screen watching, 1024x768 every 2 s (computed)",
+    "screen_detect_s": "frozen screen to revert start, slowest",
 }
 
 #: Summary keys for which a larger number is better (all others: smaller is better).
@@ -171,6 +183,16 @@ TARGETS: tuple[Target, ...] = (
     Target("virsh_per_minute", "virsh processes at steady state <= 1 per minute", 1.0),
     Target("rss_mib", "controller resident memory <= 40 MiB", 40.0),
     Target("log_bytes_per_day", "INFO log <= 1 MiB per day of heartbeats", float(MIB)),
+    Target(
+        "screen_cpu_share_1024_pct",
+        "screen watching at 1024x768, one screenshot every 2 s <= 1 % of one core",
+        1.0,
+    ),
+    Target(
+        "screen_detect_s",
+        "frozen screen -> revert start <= frozen seconds + interval, 12 s (slowest)",
+        12.0,
+    ),
 )
 
 UNITS = {
@@ -191,6 +213,10 @@ UNITS = {
     "rss_mib": "MiB",
     "event_stream_rss_mib": "MiB",
     "log_bytes_per_day": "B",
+    "screen_cpu_share_pct": "%",
+    "screen_judge_1024_ms": "ms",
+    "screen_cpu_share_1024_pct": "%",
+    "screen_detect_s": "s",
 }
 
 
@@ -393,6 +419,8 @@ SECTIONS = {
     "f": "f. mixed load",
     "g": "g. 20 simultaneous POST /api/v1/vm/restart",
     "h": "h. idle cost (one VM, 1 Hz heartbeat)",
+    "i": "i. heartbeats with event streams open that never read",
+    "j": "j. screen liveness (the test guest's 720x400 screen, one screenshot every 2 s)",
 }
 
 _TARGET_OF_FIGURE = {SUMMARY_SOURCES[t.key][0]: t for t in TARGETS}

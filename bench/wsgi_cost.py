@@ -40,6 +40,7 @@ class AnsweringControls:
         self.snapshot_name = self._status["snapshot_name"]
 
     def heartbeat(self, progress: str | None = None) -> dict[str, Any]:
+        """The same answer whatever progress value the request carries."""
         return self._heartbeat
 
     def status(self) -> dict[str, Any]:
