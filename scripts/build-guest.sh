@@ -23,6 +23,8 @@
 # --domain D KEY_F`) switch it between m(oving, the mode at boot), f(rozen),
 # b(lack) and e(rror dialog); see the script below for the layout. Keep the
 # kernel off that screen: no console=tty0 then (consoleblank=0 keeps it lit).
+# With hb_progress=1 too, each heartbeat carries the artwork's frame counter as
+# its progress value (heartbeat.sh -p): it stops when the artwork freezes.
 #
 # A second run with the same inputs (this script, the heartbeat script, the
 # package versions) does nothing; OUTDIR/build.stamp records them.
@@ -155,6 +157,7 @@ clock() {
     printf '%s%19s%s' "$E[1;61H$E[30;47m" "uptime $(cut -d. -f1 /proc/uptime) s" "$E[0m"
 }
 artwork() {
+    echo "$n" >/run/artwork-frame  # what the heartbeat's progress reads (hb_progress=1)
     s="$E[3;1H$E[1;33m frame $n$E[K$E[0m"
     r=5
     while [ $r -le 24 ]; do
@@ -220,14 +223,17 @@ url=http://10.0.2.2:8000
 interval=1
 limit=5
 screen=0
+progress=0
 for word in $(cat /proc/cmdline); do
     case $word in
         hb_url=*) url=${word#hb_url=} ;;
         hb_interval=*) interval=${word#hb_interval=} ;;
         hb_timeout=*) limit=${word#hb_timeout=} ;;
         hb_screen=*) screen=${word#hb_screen=} ;;
+        hb_progress=*) progress=${word#hb_progress=} ;;
     esac
 done
+mkdir -p /run /tmp  # heartbeat.sh -p keeps the command's output in a file in /tmp
 if [ "$screen" = 1 ] && [ -e /dev/tty1 ]; then
     echo "guest: the artwork's screen runs on tty1 (keys m f b e)"
     while :; do
@@ -243,8 +249,10 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "guest: up after $(cut -d' ' -f1 /proc/uptime) s; heartbeats to $url every $interval s"
+set --  # hb_progress=1: each heartbeat carries the screen's frame counter as progress
+if [ "$progress" = 1 ]; then set -- -p "cat /run/artwork-frame"; fi
 while :; do
-    sh /usr/share/vmcontroller/heartbeat.sh -v -t "$limit" "$url" "$interval"
+    sh /usr/share/vmcontroller/heartbeat.sh -v -t "$limit" "$@" "$url" "$interval"
     echo "guest: heartbeat script exited with status $?; starting it again"
     sleep 1
 done

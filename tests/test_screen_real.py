@@ -27,6 +27,7 @@ from PIL import Image
 from waits import stays_false
 
 from vmcontroller.server import Controller
+from vmcontroller.vocab import PROGRESS_STALLED
 from vmcontroller.vocab import SCREEN as SCREEN_TRIGGER
 
 pytestmark = pytest.mark.libvirt
@@ -94,7 +95,8 @@ def test_a_frozen_artwork_is_reverted_though_a_masked_clock_ticks_and_a_moving_o
         wait_until(
             lambda: verdicts(base)["artwork"]["holding"], 10, message="the frozen artwork seen"
         )
-        assert verdicts(base)["unmasked"]["holding"] is False  # the clock changes
+        # Without the mask the ticking clock restarts the count at least once a second.
+        assert verdicts(base)["unmasked"]["held_seconds"] < 1 + 2 * INTERVAL
         wait_until(lambda: screen_rows(base), 4 + 10, message="the screen revert")
         row = screen_rows(base)[0]
         assert row["action"] == "revert" and "screen rule 'artwork' (frozen)" in row["reason"]
@@ -122,6 +124,7 @@ def test_a_black_screen_and_a_captured_error_dialog_are_reverted(
     screenshot, then run the controller with it."""
     vm = screen_guest("black", guest_build)
     blank = {"name": "blank", "kind": "black", "seconds": 3, "regions": [list(SCREEN_ARTWORK)]}
+    plain = {"name": "plain", "kind": "uniform", "seconds": 3, "regions": [list(SCREEN_ARTWORK)]}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"vm_name": vm.name, "screen": {"rules": [blank]}}))
     monkeypatch.chdir(tmp_path)
@@ -155,7 +158,7 @@ def test_a_black_screen_and_a_captured_error_dialog_are_reverted(
         assert live.exit_code == 0 and "no rule fails" in live.stdout, shown(live)
         vm.remove()  # a fresh start for the exhibit, as staff would set it up
         vm = screen_guest("black", guest_build)
-        rules = [blank, {**dialog, "image": str(tmp_path / "dialog.png")}]
+        rules = [blank, plain, {**dialog, "image": str(tmp_path / "dialog.png")}]
         controllers.append(
             start_exhibit(
                 vm,
@@ -176,8 +179,53 @@ def test_a_black_screen_and_a_captured_error_dialog_are_reverted(
         wait_until(lambda: judged(base), 30, message="the screen judged again")
         vm.screen_key("b")
         wait_until(lambda: len(screen_rows(base)) == 2, 3 + 15, message="the black screen's revert")
-        assert "screen rule 'blank' (black)" in screen_rows(base)[0]["reason"]
+        reason = screen_rows(base)[0]["reason"]  # both see one dark colour for 3 s
+        assert "screen rule 'blank' (black)" in reason and "'plain' (uniform)" in reason
     finally:
         for controller in controllers:
+            controller.stop()
+        vm.remove()
+
+
+def test_a_progress_value_that_stops_is_reverted_and_a_moving_one_is_not(
+    libvirt, guest_build, tmp_path
+):
+    """The guest's heartbeats carry its screen's frame counter (hb_progress=1, through
+    heartbeat.sh -p); freezing the screen stops the counter, not the heartbeats."""
+    vm = GuestDomain(
+        "progress",
+        guest_build.path,
+        free_port(),
+        devices=SCREEN,
+        kernel_args=f"{SCREEN_MODE_KERNEL_ARGS} hb_progress=1",
+    ).define()
+    controller: Controller | None = None
+    try:
+        controller = start_exhibit(
+            vm, tmp_path / "state.db", TIMEOUT, GRACE, extra={"heartbeat_progress_timeout": 4}
+        )
+        base = f"http://127.0.0.1:{vm.port}"
+
+        def progress() -> dict:
+            return requests.get(f"{base}/api/v1/heartbeat/status", timeout=10).json()["progress"]
+
+        def stalled() -> list[dict]:
+            found = requests.get(f"{base}/api/v1/events?trigger={PROGRESS_STALLED}", timeout=10)
+            return found.json()["events"]
+
+        wait_until(lambda: progress()["value"] is not None, 30, message="a progress value")
+        first = progress()["value"]
+        wait_until(lambda: progress()["value"] != first, 10, message="the value moving")
+        stays_false(lambda: bool(stalled()), 4 + GRACE, "a revert while the value moves")
+        vm.screen_key("f")  # the frame counter stops; the heartbeats go on
+        wait_until(stalled, 4 + 10, message="the progress revert")
+        row = stalled()[0]
+        assert row["action"] == "revert" and "unchanged for" in row["reason"]
+        wait_until(lambda: stalled()[0]["outcome"] == "succeeded", 60, message="revert done")
+        # The snapshot's screen moves again, and so does the value: no second revert.
+        after = progress()["value"]
+        wait_until(lambda: progress()["value"] != after, 30, message="the value moving again")
+    finally:
+        if controller is not None:
             controller.stop()
         vm.remove()
