@@ -16,7 +16,7 @@ from test_monitor import beating, make_monitor  # noqa: F401 (the fixture)
 from waits import stays_false
 
 from vmcontroller.screen import parse_screen
-from vmcontroller.screenwatch import ScreenShelf, ScreenWatcher
+from vmcontroller.screenwatch import Look, ScreenShelf, ScreenWatcher
 from vmcontroller.vocab import SCREEN
 
 
@@ -110,3 +110,34 @@ def test_a_screen_that_cannot_be_taken_is_shown_and_retried(watched):
         5,
         message="screenshots again",
     )
+
+
+def test_screenshots_keep_the_interval_from_one_start_to_the_next(tmp_path):
+    """A screenshot takes time (a virsh call, the decoding): the next one is due an
+    interval after the last one began, not after it ended, or a 2 s interval becomes
+    2.1 s and a frozen screen is found late (the benchmark saw 12.3 s for 10 s + 2 s)."""
+    now = [0.0]
+    waits: list[float] = []
+
+    def take() -> bytes:
+        now[0] += 0.3  # virsh and the decoding
+        return png_of(f"frame {now[0]}")
+
+    def wait(seconds: float) -> bool:
+        waits.append(round(seconds, 6))
+        now[0] += seconds
+        return len(waits) > 5  # stop after five screenshots
+
+    config = parse_screen({"interval": 2, "rules": [{"kind": "black", "seconds": 5}]}, tmp_path)
+    watcher = ScreenWatcher(
+        config,
+        take,
+        lambda: Look(True, True, 0.0),
+        lambda reason, png: False,
+        ScreenShelf(tmp_path, 1, 1000),
+        clock=lambda: now[0],
+        wait=wait,
+    )
+    watcher.run()
+    assert watcher.frames == 5
+    assert waits == [2.0, 1.7, 1.7, 1.7, 1.7, 1.7]

@@ -126,6 +126,7 @@ class ScreenWatcher:
         shelf: ScreenShelf,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        wait: Callable[[float], bool] | None = None,
     ):
         self.config = config
         self._take = take
@@ -140,6 +141,8 @@ class ScreenWatcher:
         self._lock = threading.Lock()
         self._seen = _Seen()
         self._stop = threading.Event()
+        #: Sleeps up to the given seconds; True when the watcher is to stop.
+        self._wait = wait or self._stop.wait
         self._thread: threading.Thread | None = None
         #: Screenshots taken and judged; read without the lock (metrics, the benchmark).
         self.frames = 0
@@ -149,7 +152,7 @@ class ScreenWatcher:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="screen", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="screen", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -157,12 +160,18 @@ class ScreenWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.interval):
+    def run(self) -> None:
+        """Look every interval until stopped. Each look is due an interval after the last
+        one was due, not after it ended (a look takes tens of milliseconds, which would
+        otherwise stretch every interval); after one that overran, the next is at once."""
+        interval = self.config.interval
+        due = self._clock() + interval
+        while not self._wait(max(0.0, due - self._clock())):
             try:
                 self.step()
             except Exception:  # the watcher must outlive a surprise; the next look retries
                 log.exception("screen check failed; continuing")
+            due = max(due + interval, self._clock())
 
     def step(self) -> list[Verdict]:
         """One look: take the screen if the VM runs, judge it, report a failing rule."""
