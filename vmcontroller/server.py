@@ -8,6 +8,7 @@ first look at the VM so no lifecycle event falls between the two.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -40,7 +41,7 @@ from .security import SecuritySettings
 from .senders import channels, ping
 from .store import Store
 from .stream import Hub
-from .virsh import EventStream, VirshRunner
+from .virsh import EventStream, VirshRunner, VirshSession
 from .vm import Domain
 from .vocab import MAX_BODY, MAX_HEADER_BLOCK, UNSENT_KEY
 
@@ -164,9 +165,12 @@ class Controller:
                 config.screen.keep,
                 int(config.screen.keep_mib * 1024 * 1024),
             )
+            # One virsh for all the screenshots: starting one each time would cost 1 % of
+            # a core by itself (virsh.VirshSession).
+            self.screen_session = VirshSession(config.libvirt_uri, config.virsh_timeout)
             self.screen = ScreenWatcher(
                 config.screen,
-                self.domain.screenshot,
+                functools.partial(self.screen_session.screenshot, config.vm_name),
                 self.monitor.screen_watch,
                 self.monitor.screen_failed,
                 shelf,
@@ -299,6 +303,7 @@ class Controller:
         self.courier.stop()
         if self.screen is not None:
             self.screen.stop()
+            self.screen_session.close()
         self.hub.stop()  # the streams give their threads back before waitress waits for them
         self._close_http()
         self.monitor.stop(timeout)

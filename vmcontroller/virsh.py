@@ -10,10 +10,13 @@ a positional name starting with '-' would be read by virsh as an option.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -387,6 +390,135 @@ class VirshRunner:
 class CommandResult:
     returncode: int | None  # None: killed at the timeout
     output: str  # stdout and stderr, trimmed for the log
+
+
+class VirshSession:
+    """One virsh process that takes screenshot after screenshot.
+
+    Starting virsh costs about 20 ms of CPU (loading libvirt, connecting): at one
+    screenshot every 2 s that alone is 1 % of a core, for months. So the screen
+    watcher keeps one virsh reading commands from a pipe. After each command it is
+    asked to ``echo --err`` a marker: stderr is unbuffered, so everything before the
+    marker is that command's complaint, if any. Anything unexpected (a timeout, virsh
+    gone, libvirtd restarted under it) ends the process; the next call starts a new one.
+    Thread-safe: one command at a time.
+    """
+
+    def __init__(self, uri: str = "qemu:///system", timeout: float = 30.0, binary: str = "virsh"):
+        self.uri = uri
+        self.timeout = timeout
+        self.binary = binary
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._scratch: str | None = None  # a private folder for its files, in memory
+        self._count = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The process now serving (None: none; the next call starts one)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def screenshot(self, domain: str) -> bytes:
+        """As VirshRunner.screenshot, without starting a process each time. The domain name
+        has passed the name rule, so it cannot break the command line."""
+        with self._lock:
+            proc, folder = self._started()
+            self._count += 1
+            mark = f"vmctl-done-{self._count}"
+            path = os.path.join(folder, "screen.png")
+            argv = [self.binary, "screenshot", "--domain", domain, "--file", path]
+            complaint = self._ask(proc, f"screenshot --domain {domain} --file {path}", mark, argv)
+            try:
+                if complaint:
+                    raise classify_error(complaint, argv, None)
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:  # virsh said nothing, yet wrote nothing
+                raise VirshError(f"virsh screenshot wrote no image: {exc.strerror}", argv) from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._end()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
+
+    def _started(self) -> tuple[subprocess.Popen[bytes], str]:
+        if self._scratch is None:
+            scratch = SCRATCH_DIR if os.access(SCRATCH_DIR, os.W_OK) else None
+            self._scratch = tempfile.mkdtemp(prefix=f"vmctl-screen-{os.getpid()}-", dir=scratch)
+        if self._proc is None:
+            argv = [self.binary, "-q", "-c", self.uri]
+            try:
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=VirshRunner._env(),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise LibvirtUnreachable(
+                    f"cannot run {self.binary!r}: {exc.strerror}", argv
+                ) from None
+        return self._proc, self._scratch
+
+    def _ask(self, proc: subprocess.Popen[bytes], command: str, mark: str, argv: list[str]) -> str:
+        """Send one command and read its stderr up to the marker; the complaint, if any."""
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(f"{command}\necho --err {mark}\n".encode())
+            proc.stdin.flush()
+        except OSError:  # virsh is gone: what it said last is why
+            said = self._rest(proc)
+            self._end()
+            raise classify_error(said or "virsh ended", argv, proc.returncode) from None
+        seen = b""
+        deadline = time.monotonic() + self.timeout
+        fd = proc.stderr.fileno()
+        while (end := seen.find(mark.encode() + b"\n")) < 0:
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
+            if not ready:
+                self._end()
+                raise VirshTimeout(
+                    f"virsh screenshot did not answer within {self.timeout:g} s "
+                    "(is libvirtd hung?)",
+                    argv,
+                )
+            chunk = os.read(fd, 65536)
+            if not chunk:  # virsh ended
+                self._end()
+                raise classify_error(seen.decode(errors="replace") or "virsh ended", argv, None)
+            seen += chunk
+        before = seen[:end].decode(errors="replace")
+        return before[: before.rfind("\n") + 1].strip()  # the marker's own line left out
+
+    def _rest(self, proc: subprocess.Popen[bytes]) -> str:
+        assert proc.stderr is not None
+        try:
+            if select.select([proc.stderr.fileno()], [], [], 0.5)[0]:
+                return os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+        except OSError:  # pragma: no cover: closed meanwhile
+            pass
+        return ""
+
+    def _end(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _kill_group(proc)
+        for stream in (proc.stdin, proc.stderr):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_REAP_WAIT)
 
 
 def run_command(
