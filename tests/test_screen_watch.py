@@ -141,3 +141,40 @@ def test_screenshots_keep_the_interval_from_one_start_to_the_next(tmp_path):
     watcher.run()
     assert watcher.frames == 5
     assert waits == [2.0, 1.7, 1.7, 1.7, 1.7, 1.7]
+
+
+def test_a_rule_fails_at_the_look_its_seconds_are_up_however_late_the_looks_run(tmp_path):
+    """Looks run a few milliseconds after they are due, by varying amounts; a frozen rule
+    of 1 s at an interval of 0.25 s must fail at the fifth look (held 1.0 s), not at the
+    sixth because the fifth ran 2 ms less late than the first (held 0.998 s). The bench
+    measured 14.0 s from a frozen screen to its revert for 10 s + 2 s."""
+    now = [0.0]
+    lateness = iter([0.003, 0.002, 0.001, 0.0, 0.0, 0.0, 0.0, 0.0])
+    looks: list[float] = []
+    reported: list[int] = []
+
+    def take() -> bytes:
+        looks.append(now[0])
+        now[0] += 0.01
+        return png_of("frozen")
+
+    def wait(seconds: float) -> bool:
+        now[0] += seconds + next(lateness, 0.0)
+        return len(looks) >= 7 or bool(reported)
+
+    def report(reason: str, png: bytes) -> bool:
+        reported.append(len(looks))
+        return True
+
+    config = parse_screen({"interval": 0.25, "rules": [{"kind": "frozen", "seconds": 1}]}, tmp_path)
+    watcher = ScreenWatcher(
+        config,
+        take,
+        lambda: Look(True, True, 0.0),
+        report,
+        ScreenShelf(tmp_path, 1, 1000),
+        clock=lambda: now[0],
+        wait=wait,
+    )
+    watcher.run()
+    assert reported == [5]

@@ -168,13 +168,19 @@ class ScreenWatcher:
         due = self._clock() + interval
         while not self._wait(max(0.0, due - self._clock())):
             try:
-                self.step()
+                self.step(due)
             except Exception:  # the watcher must outlive a surprise; the next look retries
                 log.exception("screen check failed; continuing")
             due = max(due + interval, self._clock())
 
-    def step(self) -> list[Verdict]:
-        """One look: take the screen if the VM runs, judge it, report a failing rule."""
+    def step(self, due: float | None = None) -> list[Verdict]:
+        """One look: take the screen if the VM runs, judge it, report a failing rule.
+
+        ``due``: when the look was due. The rules count on that time, not on when the
+        look ran (a few milliseconds later, by varying amounts): a rule of 10 s at an
+        interval of 2 s then fails at the fifth look after the change, not at the sixth
+        for the one that ran 2 ms less late than the first.
+        """
         look = self._look()
         if not look.running:
             return []
@@ -184,7 +190,7 @@ class ScreenWatcher:
         except Exception as exc:  # libvirt mid-revert, a guest without a screen, BadImage
             self._note_error(str(getattr(exc, "message", exc)))
             return []
-        now, wall = self._clock(), self._wallclock()
+        now, wall = (self._clock() if due is None else due), self._wallclock()
         self.shelf.put_latest(png, wall)
         if look.armed_at != self._armed_at:
             self._judge.reset(now)  # a fresh start: nothing before it counts
