@@ -699,5 +699,7 @@ def test_a_heartbeat_carries_a_progress_value_on_both_paths_and_a_bad_one_is_ref
     for bad in ("x" * 129, "line%0Abreak"):
         refused = api.get(f"/api/v1/heartbeat?progress={bad}", expect=400)
         assert "progress must be at most 128 characters without control" in refused["detail"]
+    refused = api.post("/api/v1/heartbeat", expect=400, json={"progress": 12})
+    assert refused["detail"] == "Invalid parameter: progress must be a string (got int)"
     assert api.monitor.heartbeats_received == before
     assert api.monitor.heartbeat_status()["progress"]["value"] == "Flash: scene 2"

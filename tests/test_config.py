@@ -435,3 +435,8 @@ def test_a_schedule_already_parsed_is_taken_as_it_is():
     """A caller that already holds a parsed Schedule passes it through unchanged."""
     schedule = parse_schedule({"hours": {"monday": "10:00-18:00"}})
     assert build_config({"vm_name": "eden", "schedule": schedule}).schedule is schedule
+
+
+def test_a_screen_section_given_as_made_is_taken_as_it_is():
+    screen = parse_screen({"rules": [{"kind": "black", "seconds": 5}]}, Path.cwd())
+    assert build_config({"vm_name": "eden", "screen": screen}).screen is screen

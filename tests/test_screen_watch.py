@@ -178,3 +178,112 @@ def test_a_rule_fails_at_the_look_its_seconds_are_up_however_late_the_looks_run(
     )
     watcher.run()
     assert reported == [5]
+
+
+def test_a_screen_failure_waits_for_the_guards_back_off():
+    from vmcontroller import decide as rules
+
+    watch = rules.Watch(
+        timeout=10.0,
+        enabled=True,
+        armed_at=0.0,
+        last_hb=99.0,
+        screen_failed=True,
+        hold_until=105.0,
+        state_dirty=False,
+        next_poll=1e9,
+        next_prune=1e9,
+    )
+    waiting = rules.decide(watch, 100.0)
+    assert waiting.action is None and waiting.wake == 105.0
+    watch.last_hb = 104.9
+    assert rules.decide(watch, 105.0).action == rules.SCREEN_FAILED
+
+
+def test_a_guard_that_refuses_clears_the_failure_and_a_lost_picture_costs_no_revert(
+    watched, caplog
+):
+    monitor, runner, _ = watched(
+        [{"kind": "frozen", "seconds": 0.3}], max_recoveries=1, recovery_window=600
+    )
+
+    def lost(event_id: int, png: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monitor.keep_evidence = lost
+    runner.screen = png_of("stuck")
+    with beating(monitor):
+        wait_until(
+            lambda: monitor.status()["recovery"]["guard"]["state"] == "failed",
+            10,
+            message="the guard tripped by the second frozen screen",
+        )
+    rows = monitor.history(triggers=[SCREEN])
+    assert [r.outcome for r in rows] == ["refused", "succeeded"]
+    assert rows[0].as_json()["screenshot"] is None and rows[1].as_json()["screenshot"]
+    assert "cannot keep the screenshot of recovery" in caplog.text
+    assert "No space left on device" in caplog.text
+
+
+def test_maintenance_refuses_a_screen_failure_at_once(make_monitor):  # noqa: F811
+    monitor, _ = make_monitor()
+    monitor.set_auto_revert(False)
+    assert monitor.screen_failed("screen rule 'x' (black): dark", b"png") is False
+
+
+def test_the_shelf_of_a_missing_folder_is_empty_and_a_vanished_file_weighs_nothing(tmp_path):
+    from vmcontroller.screenwatch import _size
+
+    assert ScreenShelf(tmp_path / "never-made", 3, 1000).kept_ids() == []
+    assert _size(tmp_path / "vanished.png") == 0
+
+
+def test_a_look_that_raises_is_logged_and_the_next_look_goes_on(tmp_path, caplog):
+    looks = iter([RuntimeError("surprise"), Look(False, False, 0.0)])
+    waits: list[float] = []
+
+    def look() -> Look:
+        item = next(looks)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return len(waits) > 2
+
+    config = parse_screen({"interval": 1, "rules": [{"kind": "black", "seconds": 5}]}, tmp_path)
+    watcher = ScreenWatcher(
+        config,
+        lambda: b"",
+        look,
+        lambda reason, png: False,
+        ScreenShelf(tmp_path, 1, 1000),
+        wait=wait,
+    )
+    watcher.run()
+    assert "screen check failed; continuing" in caplog.text and "surprise" in caplog.text
+    assert len(waits) == 3
+
+
+def test_the_screen_routes_serve_the_latest_and_the_kept_pictures(make_monitor, tmp_path):  # noqa: F811
+    from datetime import datetime, timezone
+
+    from vmcontroller import __version__
+    from vmcontroller.app import create_app
+
+    monitor, _ = make_monitor()
+    shelf = ScreenShelf(tmp_path / "screens", 3, 10**6)
+    client = create_app(monitor, __version__, screens=shelf).test_client()
+    missing = client.get("/api/v1/screen/latest")
+    assert missing.status_code == 404 and "no screenshot yet" in missing.get_json()["detail"]
+    shelf.put_latest(png_of("now"), datetime(2027, 3, 2, 10, 0, tzinfo=timezone.utc))
+    latest = client.get("/api/v1/screen/latest")
+    assert latest.status_code == 200 and latest.mimetype == "image/png"
+    assert latest.headers["X-Screenshot-Time"] == "2027-03-02T10:00:00+00:00"
+    assert latest.headers["Cache-Control"] == "no-store"
+    assert client.get("/api/v1/screen/5").status_code == 404
+    shelf.keep(5, png_of("then"))
+    assert client.get("/api/v1/screen/5").data == shelf.kept(5)
+    bad = client.get("/api/v1/screen/five")
+    assert bad.status_code == 400 and "must be a whole number" in bad.get_json()["detail"]

@@ -86,3 +86,57 @@ def test_a_session_that_dies_is_an_error_and_is_started_again(tmp_path):
         assert len(Path(binary + ".pids").read_text().split()) == 2
     finally:
         session.close()
+
+
+SERVING = """echo $$ >> "$0.pids"
+while IFS= read -r line; do
+    case $line in
+        "echo --err "*) echo "error: ${line#echo --err }" >&2 ;;
+        screenshot*) [ -n "$SCREEN_SOURCE" ] && cp "$SCREEN_SOURCE" "${line##* }" ;;
+    esac
+done
+"""
+
+
+def test_a_session_whose_virsh_was_killed_says_so_and_the_next_call_starts_another(
+    tmp_path, monkeypatch
+):
+    source = tmp_path / "screen.png"
+    source.write_bytes(b"PNG pretend")
+    monkeypatch.setenv("SCREEN_SOURCE", str(source))
+    binary = stand_in(tmp_path, SERVING)
+    session = VirshSession("qemu:///system", timeout=5, binary=binary)
+    try:
+        assert session.screenshot("artwork") == source.read_bytes()
+        assert session.screenshot("artwork") == source.read_bytes()  # the same process
+        pid = session.pid
+        assert pid is not None
+        os.kill(pid, 9)
+        wait_until(lambda: not Path(f"/proc/{pid}/cmdline").read_bytes(), 5, message="gone")
+        with pytest.raises(VirshError):
+            session.screenshot("artwork")
+        assert session.screenshot("artwork") == source.read_bytes()
+        assert len(Path(binary + ".pids").read_text().split()) == 2
+        monkeypatch.setenv("SCREEN_SOURCE", "")  # virsh says nothing, yet writes nothing
+        session.close()
+        with pytest.raises(VirshError, match="wrote no image"):
+            session.screenshot("artwork")
+    finally:
+        session.close()
+
+
+def test_a_session_without_virsh_says_it_cannot_run_it(tmp_path):
+    session = VirshSession("qemu:///system", timeout=5, binary=str(tmp_path / "no-virsh"))
+    try:
+        with pytest.raises(VirshError, match="cannot run"):
+            session.screenshot("artwork")
+    finally:
+        session.close()
+
+
+def test_a_one_shot_screenshot_that_wrote_nothing_is_an_error(tmp_path, monkeypatch):
+    from vmcontroller.virsh import VirshRunner
+
+    runner = VirshRunner(binary=stand_in(tmp_path, "exit 0\n"))
+    with pytest.raises(VirshError, match="wrote no image"):
+        runner.screenshot("artwork")
